@@ -1,0 +1,76 @@
+package rpc
+
+import (
+	"context"
+
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+
+	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+)
+
+// Announcer puts the VIPs on the interface and tells the network about them.
+type Announcer interface {
+	Reporter
+	// Configure sets the interface and VIPs, and removes any VIP an earlier
+	// run left behind: a fresh announcer holds nothing.
+	Configure(ctx context.Context, cfg *pb.AnnouncerConfig) error
+	Acquire(ctx context.Context) error
+	Release(ctx context.Context) error
+}
+
+// AnnouncerPlugin joins an Announcer to go-plugin.
+type AnnouncerPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	Impl Announcer
+}
+
+func (p *AnnouncerPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	pb.RegisterAnnouncerServer(s, &announcerServer{reporterServer: reporterServer{p.Impl}, impl: p.Impl})
+	return nil
+}
+
+func (p *AnnouncerPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
+	cl := pb.NewAnnouncerClient(c)
+	return &announcerClient{reporterClient: reporterClient{cl}, c: cl}, nil
+}
+
+type unimplementedAnnouncer struct{ pb.UnimplementedAnnouncerServer }
+
+type announcerServer struct {
+	reporterServer
+	unimplementedAnnouncer
+	impl Announcer
+}
+
+func (s *announcerServer) Configure(ctx context.Context, cfg *pb.AnnouncerConfig) (*pb.Empty, error) {
+	return &pb.Empty{}, s.impl.Configure(ctx, cfg)
+}
+
+func (s *announcerServer) Acquire(ctx context.Context, _ *pb.Empty) (*pb.Empty, error) {
+	return &pb.Empty{}, s.impl.Acquire(ctx)
+}
+
+func (s *announcerServer) Release(ctx context.Context, _ *pb.Empty) (*pb.Empty, error) {
+	return &pb.Empty{}, s.impl.Release(ctx)
+}
+
+type announcerClient struct {
+	reporterClient
+	c pb.AnnouncerClient
+}
+
+func (c *announcerClient) Configure(ctx context.Context, cfg *pb.AnnouncerConfig) error {
+	_, err := c.c.Configure(ctx, cfg)
+	return err
+}
+
+func (c *announcerClient) Acquire(ctx context.Context) error {
+	_, err := c.c.Acquire(ctx, &pb.Empty{})
+	return err
+}
+
+func (c *announcerClient) Release(ctx context.Context) error {
+	_, err := c.c.Release(ctx, &pb.Empty{})
+	return err
+}

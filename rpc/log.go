@@ -1,0 +1,75 @@
+package rpc
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/rs/zerolog"
+)
+
+// LogLevelEnv carries the supervisor's log level to its plugins.
+const LogLevelEnv = "KEEPVIP_LOG_LEVEL"
+
+// GatherTimeout bounds one plugin's answer to a metrics scrape.
+const GatherTimeout = 2 * time.Second
+
+// Log is a plugin's logger: JSON lines on stderr, which go-plugin hands to
+// the supervisor, which re-logs them with a plugin field.
+var Log = newPluginLogger()
+
+func newPluginLogger() zerolog.Logger {
+	l := zerolog.New(os.Stderr).With().Timestamp().Logger()
+	if lvl, err := zerolog.ParseLevel(os.Getenv(LogLevelEnv)); err == nil && lvl != zerolog.NoLevel {
+		l = l.Level(lvl)
+	} else {
+		l = l.Level(zerolog.InfoLevel)
+	}
+	return l
+}
+
+// HCLog adapts l for libraries that log through hclog (raft, go-plugin):
+// their JSON entries are re-emitted through zerolog with level and fields.
+func HCLog(l zerolog.Logger, name string) hclog.Logger {
+	lvl := hclog.Info
+	switch {
+	case l.GetLevel() <= zerolog.TraceLevel:
+		lvl = hclog.Trace
+	case l.GetLevel() <= zerolog.DebugLevel:
+		lvl = hclog.Debug
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       name,
+		Level:      lvl,
+		JSONFormat: true,
+		Output:     hclogWriter{l},
+	})
+}
+
+type hclogWriter struct{ l zerolog.Logger }
+
+// Write takes one hclog JSON entry; hclog writes each entry in one call.
+func (w hclogWriter) Write(p []byte) (int, error) {
+	var m map[string]any
+	if err := json.Unmarshal(p, &m); err != nil {
+		w.l.Info().Msg(strings.TrimSpace(string(p)))
+		return len(p), nil
+	}
+	lvl, _ := m["@level"].(string)
+	msg, _ := m["@message"].(string)
+	mod, _ := m["@module"].(string)
+	for _, k := range []string{"@level", "@message", "@module", "@timestamp", "@caller"} {
+		delete(m, k)
+	}
+	zl, err := zerolog.ParseLevel(lvl)
+	if err != nil || zl == zerolog.NoLevel {
+		zl = zerolog.InfoLevel
+	}
+	if zl == zerolog.TraceLevel {
+		zl = zerolog.DebugLevel
+	}
+	w.l.WithLevel(zl).Str("module", mod).Fields(m).Msg(msg)
+	return len(p), nil
+}
