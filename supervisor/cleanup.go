@@ -1,0 +1,36 @@
+package supervisor
+
+import (
+	"context"
+
+	"github.com/rs/zerolog"
+
+	"github.com/keep-vip/keep-vip/rpc"
+	"github.com/keep-vip/keep-vip/supervisor/config"
+)
+
+// Cleanup removes the VIPs from the interface without starting a member: it
+// runs the announcer once, whose Configure removes every VIP it finds. It is
+// the service's ExecStopPost, so no VIP outlives the service.
+func Cleanup(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
+	path, err := FindPlugin(rpc.KindAnnouncer, cfg.Plugins.Announcer)
+	if err != nil {
+		return err
+	}
+	r := &runner{
+		kind:  rpc.KindAnnouncer,
+		path:  path,
+		log:   log.With().Str("plugin", rpc.KindAnnouncer).Logger(),
+		spawn: newSpawner(),
+		setup: func(ctx context.Context, impl any) error {
+			return impl.(rpc.Announcer).Configure(ctx, cfg.AnnouncerConfig())
+		},
+	}
+	inst, err := r.start(ctx)
+	if err != nil {
+		return err
+	}
+	r.stop(inst)
+	log.Info().Str("vip", cfg.VIP).Str("interface", cfg.Interface).Msg("VIP removed")
+	return nil
+}

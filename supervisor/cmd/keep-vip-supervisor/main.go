@@ -1,0 +1,129 @@
+// Command keep-vip-supervisor runs one keep-vip member: it starts the
+// elector, announcer, checker and balancer plugins and owns the VIP policy.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/keep-vip/keep-vip/etc"
+	"github.com/keep-vip/keep-vip/supervisor"
+	"github.com/keep-vip/keep-vip/supervisor/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `usage: keep-vip-supervisor <command> [flags]
+
+commands:
+  start     -c FILE         run this member
+  validate  -c FILE [--host] check a config file (with --host: also this host)
+  cleanup   -c FILE         remove the VIP from the interface
+  example-config            print the default config file
+  version                   print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, args := args[0], args[1:]
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", config.DefaultPath, "config file")
+	fs.StringVar(path, "config", config.DefaultPath, "config file")
+	host := fs.Bool("host", false, "validate: also check this host (interface, local member, plugin binaries)")
+	switch cmd {
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "keep-vip-supervisor", version)
+		return 0
+	case "example-config":
+		_, _ = stdout.Write(etc.DefaultConfig)
+		return 0
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "start", "validate", "cleanup":
+	default:
+		fmt.Fprintf(stderr, "keep-vip-supervisor: unknown command %q\n%s", cmd, usage)
+		return 2
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "keep-vip-supervisor %s: unexpected argument %q\n", cmd, fs.Arg(0))
+		return 2
+	}
+
+	var err error
+	switch cmd {
+	case "validate":
+		if _, err = supervisor.Validate(*path, *host); err == nil {
+			fmt.Fprintf(stdout, "%s: configuration is valid\n", *path)
+		}
+	case "cleanup":
+		err = cleanup(*path)
+	case "start":
+		err = start(*path)
+	}
+	if err != nil {
+		printErr(stderr, *path, err)
+		return 1
+	}
+	return 0
+}
+
+// printErr prints one line per problem, each naming the file.
+func printErr(w io.Writer, path string, err error) {
+	for _, line := range strings.Split(err.Error(), "\n") {
+		if line != "" {
+			fmt.Fprintf(w, "keep-vip-supervisor: %s: %s\n", path, line)
+		}
+	}
+}
+
+func cleanup(path string) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	log := supervisor.NewLogger(cfg.Log.Format, cfg.LogLevel(), os.Stdout)
+	return supervisor.Cleanup(context.Background(), cfg, log)
+}
+
+func start(path string) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	log := supervisor.NewLogger(cfg.Log.Format, cfg.LogLevel(), os.Stdout).
+		With().Str("cluster", cfg.Cluster).Logger()
+	s, err := supervisor.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	log.Info().Str("version", version).Str("config", path).Msg("starting")
+	if err := s.Run(ctx); err != nil {
+		return err
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		log.Info().Msg("stopped by signal")
+	}
+	return nil
+}

@@ -1,0 +1,26 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// The brief's example must load unchanged, on any host.
+func TestBriefExampleLoads(t *testing.T) {
+	path := filepath.Join("..", "..", "..", "shared", "seed", "config.yaml")
+	if _, err := os.Stat(path); err != nil {
+		t.Skipf("brief example not beside the repo: %v", err)
+	}
+	c, err := Load(path)
+	if err != nil {
+		t.Fatalf("brief example: %v", err)
+	}
+	if c.ChecksInterval != 2*time.Second || c.Checks[0].Timeout != time.Second {
+		t.Fatalf("ChecksInterval=%s timeout=%s, want 2s and 1s", c.ChecksInterval, c.Checks[0].Timeout)
+	}
+	if len(c.Members) != 3 || c.LoadBalancers[0].Backends[2].Address != "172.16.0.13:80" || !c.Prometheus.Enabled {
+		t.Fatalf("loaded %+v", c)
+	}
+}

@@ -1,0 +1,98 @@
+package supervisor
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/journal"
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+	"github.com/rs/zerolog/journald"
+)
+
+// NewLogger builds the supervisor's logger. format "auto" picks journald's
+// native protocol when systemd says stdout is the journal (JOURNAL_STREAM),
+// readable console lines on a terminal, and JSON lines otherwise.
+func NewLogger(format string, level zerolog.Level, out *os.File) zerolog.Logger {
+	var w io.Writer
+	switch format {
+	case "journal":
+		w = journald.NewJournalDWriter()
+	case "console":
+		w = zerolog.ConsoleWriter{Out: out, TimeFormat: time.RFC3339Nano}
+	case "json":
+		w = out
+	default:
+		switch {
+		case out == os.Stdout && journalStdout():
+			w = journald.NewJournalDWriter()
+		case isatty.IsTerminal(out.Fd()):
+			w = zerolog.ConsoleWriter{Out: out, TimeFormat: time.RFC3339Nano}
+		default:
+			w = out
+		}
+	}
+	zerolog.DurationFieldUnit = time.Millisecond
+	zerolog.DurationFieldInteger = false
+	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+}
+
+func journalStdout() bool {
+	ok, err := journal.StdoutIsJournalStream()
+	return err == nil && ok
+}
+
+// pluginLogWriter receives a plugin's stderr from go-plugin, which writes a
+// line and its newline in separate calls, and re-logs each line through the
+// supervisor's logger with a plugin field. JSON lines (what rpc.Log writes)
+// keep their level and fields; anything else (a panic) is logged as an error.
+type pluginLogWriter struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+	log zerolog.Logger
+}
+
+// newPluginLogWriter re-logs through log, which already carries the plugin field.
+func newPluginLogWriter(log zerolog.Logger) *pluginLogWriter {
+	return &pluginLogWriter{log: log}
+}
+
+func (w *pluginLogWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	for {
+		line, err := w.buf.ReadBytes('\n')
+		if err != nil { // no newline yet: keep the fragment
+			w.buf.Reset()
+			w.buf.Write(line)
+			return len(p), nil
+		}
+		w.emit(bytes.TrimRight(line, "\r\n"))
+	}
+}
+
+func (w *pluginLogWriter) emit(line []byte) {
+	if len(bytes.TrimSpace(line)) == 0 {
+		return
+	}
+	var m map[string]any
+	if err := json.Unmarshal(line, &m); err != nil {
+		w.log.Error().Msg(string(line))
+		return
+	}
+	lvl, _ := m[zerolog.LevelFieldName].(string)
+	msg, _ := m[zerolog.MessageFieldName].(string)
+	delete(m, zerolog.LevelFieldName)
+	delete(m, zerolog.MessageFieldName)
+	delete(m, zerolog.TimestampFieldName)
+	zl, err := zerolog.ParseLevel(lvl)
+	if err != nil || zl == zerolog.NoLevel {
+		zl = zerolog.InfoLevel
+	}
+	w.log.WithLevel(zl).Fields(m).Msg(msg)
+}

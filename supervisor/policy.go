@@ -1,0 +1,299 @@
+package supervisor
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/keep-vip/keep-vip/rpc"
+	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+)
+
+// policy is the supervisor's state machine. It runs on one goroutine, so
+// what it knows is never read half-updated: each event changes the facts,
+// then apply brings the plugins in line with them.
+type policy struct {
+	s   *Supervisor
+	log zerolog.Logger
+
+	// Live plugin clients and the generation they belong to; events of an
+	// older generation (a process already replaced) are ignored.
+	impls map[string]any
+	gens  map[string]uint64
+	// started counts starts per plugin, so every start after the first is a
+	// restart.
+	started map[string]int
+
+	leadership *pb.Leadership // nil while no elector runs
+	healthy    bool           // the checker's last verdict; false until one arrives
+	held       bool           // the announcer holds the VIP on our behalf
+	shutting   bool
+
+	checkerGrace *time.Timer
+}
+
+func newPolicy(s *Supervisor) *policy {
+	return &policy{
+		s:       s,
+		log:     s.log,
+		impls:   map[string]any{},
+		gens:    map[string]uint64{},
+		started: map[string]int{},
+	}
+}
+
+func (p *policy) loop(ctx context.Context) {
+	// The periodic pass retries an acquire or release that failed.
+	tick := time.NewTicker(p.s.cfg.ChecksInterval)
+	defer tick.Stop()
+	for {
+		var graceC <-chan time.Time
+		if p.checkerGrace != nil {
+			graceC = p.checkerGrace.C
+		}
+		select {
+		case <-ctx.Done():
+			p.log.Info().Msg("shutting down: releasing the VIP")
+			p.shutting = true
+			p.apply()
+			return
+		case ev := <-p.s.events:
+			p.handle(ev)
+		case <-graceC:
+			p.checkerGrace = nil
+			if p.impls[rpc.KindChecker] == nil && p.healthy {
+				p.log.Warn().Msg("checker still down: counting this member unhealthy")
+				p.setHealthy(false)
+			}
+			p.apply()
+		case <-tick.C:
+			p.apply()
+		}
+	}
+}
+
+func (p *policy) handle(ev event) {
+	switch {
+	case ev.leadership != nil:
+		if ev.gen == p.gens[rpc.KindElector] && p.impls[rpc.KindElector] != nil {
+			p.setLeadership(ev.leadership)
+		}
+	case ev.health != nil:
+		if ev.gen == p.gens[rpc.KindChecker] && p.impls[rpc.KindChecker] != nil {
+			p.setHealth(ev.health)
+		}
+	case ev.up:
+		p.pluginUp(ev)
+	default:
+		p.pluginDown(ev)
+	}
+	p.apply()
+}
+
+func (p *policy) pluginUp(ev event) {
+	p.impls[ev.kind] = ev.impl
+	p.gens[ev.kind] = ev.gen
+	if p.started[ev.kind] > 0 {
+		p.s.metrics.restarts.WithLabelValues(ev.kind).Inc()
+	}
+	p.started[ev.kind]++
+	p.s.metrics.up.WithLabelValues(ev.kind).Set(1)
+	if g, ok := ev.impl.(prometheus.Gatherer); ok {
+		p.s.plugins.set(ev.kind, g)
+	}
+	switch ev.kind {
+	case rpc.KindAnnouncer:
+		p.setHeld(false) // a fresh announcer has removed any VIP it found
+	case rpc.KindChecker:
+		if p.checkerGrace != nil {
+			p.checkerGrace.Stop()
+			p.checkerGrace = nil
+		}
+	}
+}
+
+func (p *policy) pluginDown(ev event) {
+	if ev.gen != p.gens[ev.kind] || p.impls[ev.kind] == nil {
+		return // a start that failed, or an instance already replaced
+	}
+	delete(p.impls, ev.kind)
+	p.s.plugins.set(ev.kind, nil)
+	p.s.metrics.up.WithLabelValues(ev.kind).Set(0)
+	lg := p.log.Info()
+	if ev.err != nil && ev.err != errNotWanted && !p.shutting {
+		lg = p.log.Warn().Err(ev.err)
+	}
+	lg.Str("plugin", ev.kind).Msg("plugin down")
+	switch ev.kind {
+	case rpc.KindElector:
+		p.setLeadership(nil)
+	case rpc.KindAnnouncer:
+		// What it held is unknown now; its successor removes any VIP left.
+		p.setHeld(false)
+	case rpc.KindChecker:
+		if !p.shutting && p.checkerGrace == nil {
+			p.checkerGrace = time.NewTimer(checkerGraceIntervals * p.s.cfg.ChecksInterval)
+		}
+	}
+}
+
+func (p *policy) setLeadership(l *pb.Leadership) {
+	was := p.isLeader()
+	p.leadership = l
+	state := memberFollower
+	switch {
+	case p.isLeader():
+		state = memberLeader
+	case l != nil && l.Role == pb.Role_ROLE_CANDIDATE:
+		state = memberCandidate
+	}
+	p.s.metrics.state.Set(float64(state))
+	p.s.metrics.isLeader.Set(b2f(p.isLeader()))
+	if l == nil {
+		if was {
+			p.log.Warn().Msg("elector gone: no longer leader")
+		}
+		return
+	}
+	ev := p.log.Debug()
+	if was != p.isLeader() {
+		ev = p.log.Info()
+	}
+	ev.Str("role", roleName(l.Role)).Uint64("term", l.Term).Str("leader", l.LeaderId).Msg("leadership")
+}
+
+func (p *policy) setHealth(h *pb.Health) {
+	for _, c := range h.Checks {
+		p.s.metrics.checkPort.WithLabelValues(c.Name, c.Address).Set(b2f(c.Healthy))
+		if !c.Healthy {
+			p.log.Debug().Str("check", c.Name).Str("address", c.Address).Str("error", c.Error).Msg("check failed")
+		}
+	}
+	if h.Healthy != p.healthy {
+		ev := p.log.Info()
+		if !h.Healthy {
+			ev = p.log.Warn()
+			for _, c := range h.Checks {
+				if !c.Healthy {
+					ev = ev.Str("check_"+c.Name, c.Error)
+				}
+			}
+		}
+		ev.Bool("healthy", h.Healthy).Msg("health changed")
+	}
+	p.setHealthy(h.Healthy)
+}
+
+func (p *policy) setHealthy(h bool) {
+	p.healthy = h
+	p.s.metrics.healthy.Set(b2f(h))
+}
+
+func (p *policy) setHeld(h bool) {
+	p.held = h
+	p.s.metrics.vipHeld.Set(b2f(h))
+}
+
+func (p *policy) isLeader() bool {
+	return p.leadership != nil && p.leadership.Role == pb.Role_ROLE_LEADER && p.impls[rpc.KindElector] != nil
+}
+
+// apply brings the plugins in line with the facts. Order matters: the VIP
+// is always released before leadership is handed over or the elector stops,
+// so the next leader can never find it still here.
+func (p *policy) apply() {
+	electorRunner := p.s.runners[rpc.KindElector]
+	wantElector := p.healthy && !p.shutting
+	if !wantElector && electorRunner.wanted() {
+		p.release()
+		p.transferLeadership()
+		if !p.shutting {
+			p.log.Warn().Msg("unhealthy: leaving the election until checks pass")
+		}
+		electorRunner.setWant(false)
+	}
+	if wantElector && !electorRunner.wanted() {
+		p.log.Info().Msg("healthy: joining the election")
+		electorRunner.setWant(true)
+	}
+	if !p.shutting && p.healthy && p.isLeader() {
+		p.acquire()
+	} else {
+		p.release()
+	}
+}
+
+func (p *policy) acquire() {
+	a, ok := p.impls[rpc.KindAnnouncer].(rpc.Announcer)
+	if !ok || p.held {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	start := time.Now()
+	if err := a.Acquire(ctx); err != nil {
+		p.log.Error().Err(err).Msg("acquire VIP failed; retrying")
+		return
+	}
+	p.setHeld(true)
+	p.log.Info().Str("vip", p.s.cfg.VIP).Dur("took", time.Since(start)).Msg("VIP acquired")
+}
+
+func (p *policy) release() {
+	a, ok := p.impls[rpc.KindAnnouncer].(rpc.Announcer)
+	if !ok || !p.held {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	if err := a.Release(ctx); err != nil {
+		// The announcer cannot be trusted with the VIP any more: restart it;
+		// a fresh announcer removes every VIP it finds.
+		p.log.Error().Err(err).Msg("release VIP failed; restarting the announcer")
+		p.s.runners[rpc.KindAnnouncer].kill()
+		p.setHeld(false)
+		return
+	}
+	p.setHeld(false)
+	p.log.Info().Str("vip", p.s.cfg.VIP).Msg("VIP released")
+}
+
+// transferLeadership hands leadership over, bounded, so the next leader is
+// elected at once instead of after an election timeout.
+func (p *policy) transferLeadership() {
+	e, ok := p.impls[rpc.KindElector].(rpc.Elector)
+	if !ok || !p.isLeader() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), transferTimeout)
+	defer cancel()
+	start := time.Now()
+	if err := e.TransferLeadership(ctx); err != nil {
+		p.log.Warn().Err(err).Msg("leadership transfer failed; the others will elect after a timeout")
+		return
+	}
+	p.log.Info().Dur("took", time.Since(start)).Msg("leadership handed over")
+}
+
+func roleName(r pb.Role) string {
+	switch r {
+	case pb.Role_ROLE_FOLLOWER:
+		return "follower"
+	case pb.Role_ROLE_CANDIDATE:
+		return "candidate"
+	case pb.Role_ROLE_LEADER:
+		return "leader"
+	case pb.Role_ROLE_SHUTDOWN:
+		return "shutdown"
+	}
+	return "unknown"
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

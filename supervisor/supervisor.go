@@ -1,0 +1,209 @@
+// Package supervisor is keep-vip's parent process: it starts the four
+// plugins, hands each its part of the config, restarts them when they die,
+// and owns the one policy that matters: the VIP is held only by a healthy
+// leader, and released first whenever that stops being true.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/keep-vip/keep-vip/rpc"
+	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+	"github.com/keep-vip/keep-vip/supervisor/config"
+)
+
+// Bounds of the policy's calls into plugins: a stuck plugin must not hold
+// the policy loop, least of all while it gives up the VIP.
+const (
+	callTimeout     = 2 * time.Second
+	transferTimeout = 2 * time.Second
+	// checkerGrace is how long a crashed checker's last verdict stands
+	// before the node counts as unhealthy, in ChecksIntervals.
+	checkerGraceIntervals = 3
+)
+
+// event is what runners and watch streams tell the policy loop.
+type event struct {
+	kind string
+	gen  uint64
+	// Exactly one of the following groups is set.
+	up         bool
+	impl       any
+	pid        int
+	err        error
+	leadership *pb.Leadership
+	health     *pb.Health
+}
+
+// Supervisor runs one member of the cluster.
+type Supervisor struct {
+	cfg   *config.Config
+	local config.Member
+	log   zerolog.Logger
+	paths map[string]string
+
+	events  chan event
+	runners map[string]*runner
+	metrics *metrics
+	plugins *pluginGatherer
+}
+
+// New resolves everything a start needs before anything is started: the
+// local member, the interface, and every plugin binary.
+func New(cfg *config.Config, log zerolog.Logger) (*Supervisor, error) {
+	local, err := cfg.CheckHost()
+	if err != nil {
+		return nil, err
+	}
+	s := &Supervisor{
+		cfg:     cfg,
+		local:   local,
+		log:     log.With().Str("member", local.ID).Logger(),
+		paths:   map[string]string{},
+		events:  make(chan event, 64),
+		runners: map[string]*runner{},
+	}
+	configured := cfg.PluginPaths()
+	var errs []error
+	for _, kind := range rpc.Kinds {
+		p, err := FindPlugin(kind, configured[kind])
+		if err != nil {
+			errs = append(errs, err)
+		}
+		s.paths[kind] = p
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	s.metrics = newMetrics(cfg, local)
+	s.plugins = &pluginGatherer{live: map[string]prometheus.Gatherer{}, log: log}
+	return s, nil
+}
+
+// Local is this host's member.
+func (s *Supervisor) Local() config.Member { return s.local }
+
+// Run starts the plugins and applies the policy until ctx ends, then gives
+// up the VIP, hands leadership over and stops every plugin.
+func (s *Supervisor) Run(ctx context.Context) error {
+	if s.cfg.Prometheus.Enabled {
+		if err := serveMetrics(ctx, s.cfg.Prometheus.Address, prometheus.Gatherers{s.metrics.reg, s.plugins}, s.log); err != nil {
+			return fmt.Errorf("prometheus.address %s: %w", s.cfg.Prometheus.Address, err)
+		}
+	}
+	spawn := newSpawner()
+	rctx, stopRunners := context.WithCancel(context.Background())
+	defer stopRunners()
+	for _, kind := range rpc.Kinds {
+		s.runners[kind] = s.newRunner(kind, spawn)
+	}
+	var wg sync.WaitGroup
+	for _, kind := range rpc.Kinds {
+		r := s.runners[kind]
+		// The elector waits for the first healthy verdict.
+		r.want = kind != rpc.KindElector
+		wg.Add(1)
+		go func() { defer wg.Done(); r.run(rctx) }()
+	}
+	s.log.Info().Str("member", s.local.ID).Str("address", s.local.Address).Str("vip", s.cfg.VIP).
+		Str("interface", s.cfg.Interface).Msg("supervisor started")
+
+	p := newPolicy(s)
+	p.loop(ctx)
+
+	// Shutting down: the policy has released the VIP and handed leadership
+	// over; now stop the plugins, draining their last events meanwhile.
+	s.log.Info().Msg("stopping plugins")
+	stopRunners()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for {
+		select {
+		case ev := <-s.events:
+			p.handle(ev)
+		case <-done:
+			s.log.Info().Msg("supervisor stopped")
+			return nil
+		}
+	}
+}
+
+func (s *Supervisor) newRunner(kind string, spawn *spawner) *runner {
+	r := &runner{
+		kind:   kind,
+		path:   s.paths[kind],
+		log:    s.log.With().Str("plugin", kind).Logger(),
+		spawn:  spawn,
+		events: s.events,
+		wake:   make(chan struct{}, 1),
+	}
+	switch kind {
+	case rpc.KindElector:
+		r.setup = func(ctx context.Context, impl any) error {
+			return impl.(rpc.Elector).Configure(ctx, s.cfg.ElectorConfig(s.local))
+		}
+		r.watch = func(ctx context.Context, impl any, gen uint64) error {
+			return impl.(rpc.Elector).Watch(ctx, func(l *pb.Leadership) error {
+				return s.send(ctx, event{kind: kind, gen: gen, leadership: l})
+			})
+		}
+	case rpc.KindChecker:
+		r.setup = func(ctx context.Context, impl any) error {
+			return impl.(rpc.Checker).Configure(ctx, s.cfg.CheckerConfig())
+		}
+		r.watch = func(ctx context.Context, impl any, gen uint64) error {
+			return impl.(rpc.Checker).Watch(ctx, func(h *pb.Health) error {
+				return s.send(ctx, event{kind: kind, gen: gen, health: h})
+			})
+		}
+	case rpc.KindAnnouncer:
+		r.setup = func(ctx context.Context, impl any) error {
+			return impl.(rpc.Announcer).Configure(ctx, s.cfg.AnnouncerConfig())
+		}
+	case rpc.KindBalancer:
+		r.setup = func(ctx context.Context, impl any) error {
+			return impl.(rpc.Balancer).Configure(ctx, s.cfg.BalancerConfig())
+		}
+	}
+	return r
+}
+
+func (s *Supervisor) send(ctx context.Context, ev event) error {
+	select {
+	case s.events <- ev:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Validate loads a config the way `nginx -t` does; with host it also checks
+// what depends on this host.
+func Validate(path string, host bool) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if host {
+		if _, err := cfg.CheckHost(); err != nil {
+			return nil, err
+		}
+		var errs []error
+		for kind, p := range cfg.PluginPaths() {
+			if _, err := FindPlugin(kind, p); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := errors.Join(errs...); err != nil {
+			return nil, err
+		}
+	}
+	return cfg, nil
+}
