@@ -24,6 +24,8 @@ import (
 	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/knadh/koanf/providers/confmap"
 	"github.com/knadh/koanf/v2"
+
+	"github.com/keep-vip/keep-vip/elector"
 )
 
 // EnvPrefix starts every environment override: KEEPVIP_CHECKSINTERVAL=1,
@@ -41,9 +43,9 @@ const (
 	DefaultCluster            = "keep-vip"
 	DefaultChecksInterval     = 2 * time.Second
 	DefaultDataDir            = "/var/lib/keep-vip"
-	DefaultHeartbeatTimeout   = 1000 * time.Millisecond
-	DefaultElectionTimeout    = 1000 * time.Millisecond
-	DefaultLeaderLeaseTimeout = 500 * time.Millisecond
+	DefaultHeartbeatTimeout   = elector.DefaultHeartbeatTimeout
+	DefaultElectionTimeout    = elector.DefaultElectionTimeout
+	DefaultLeaderLeaseTimeout = elector.DefaultLeaderLeaseTimeout
 	DefaultPrometheusAddress  = "0.0.0.0:9195"
 	DefaultLogLevel           = "info"
 	DefaultLogFormat          = "auto"

@@ -1,0 +1,547 @@
+// Package elector runs one keep-vip member's Raft node. Nothing is
+// replicated: the FSM is a no-op and leadership is the product, reported
+// through Watch, Status and Prometheus metrics.
+//
+// The static member list is bootstrapped by every member on first start (Raft
+// allows identical bootstraps); term, vote and log live in a bolt file in the
+// data dir so a restarted member never votes twice in a term.
+package elector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/rs/zerolog"
+	"go.etcd.io/bbolt"
+
+	"github.com/keep-vip/keep-vip/rpc"
+	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+)
+
+// Timings used when the config leaves a field at 0.
+const (
+	DefaultHeartbeatTimeout = time.Second
+	DefaultElectionTimeout  = time.Second
+	// DefaultLeaderLeaseTimeout is capped at the heartbeat timeout, which
+	// Raft requires to be no shorter.
+	DefaultLeaderLeaseTimeout = 500 * time.Millisecond
+	DefaultCommitTimeout      = 50 * time.Millisecond
+)
+
+// StoreFile is the bolt file in the data dir holding the Raft log, term and vote.
+const StoreFile = "raft.db"
+
+const (
+	// pollInterval is the safety net under the Raft observer, which drops
+	// observations when its buffer is full and reports no term changes of
+	// a candidate.
+	pollInterval = 100 * time.Millisecond
+	// observerBuffer is large enough for a burst of transitions; a drop is
+	// caught by the next poll.
+	observerBuffer = 64
+	// transportMaxPool and transportTimeout are the usual values for a
+	// small cluster; the timeout bounds one RPC's I/O, not failure detection.
+	transportMaxPool = 3
+	transportTimeout = 10 * time.Second
+)
+
+// storeOpenTimeout bounds the wait for the bolt file lock, so a data dir held
+// by another process is an error instead of a hang. A var for the tests.
+var storeOpenTimeout = 3 * time.Second
+
+var (
+	// ErrAlreadyConfigured is returned by a second Configure.
+	ErrAlreadyConfigured = errors.New("elector already configured")
+	// ErrClosed is returned by Configure after Close.
+	ErrClosed = errors.New("elector closed")
+)
+
+// Elector implements rpc.Elector with hashicorp/raft.
+type Elector struct {
+	log zerolog.Logger
+	met *metrics
+
+	// mu serialises Configure and Close.
+	mu       sync.Mutex
+	closed   bool
+	closeErr error
+
+	// node is the running Raft node; nil until Configure succeeds. Read
+	// without mu by Watch, Status, TransferLeadership and the metrics.
+	node atomic.Pointer[node]
+
+	// The published leadership that watchers fan out from.
+	pubMu   sync.Mutex
+	cur     leadership
+	ver     uint64        // 0 while nothing is published
+	changed chan struct{} // closed and replaced at every publish
+	final   bool          // set by Close: cur is the last one
+}
+
+var _ rpc.Elector = (*Elector)(nil)
+
+// New returns an unconfigured Elector logging to log.
+func New(log zerolog.Logger) *Elector {
+	e := &Elector{
+		log:     log.With().Str("component", "elector").Logger(),
+		changed: make(chan struct{}),
+	}
+	e.met = newMetrics(func() float64 {
+		if n := e.node.Load(); n != nil {
+			return lastContactSeconds(n.r)
+		}
+		return lastContactSeconds(nil)
+	})
+	return e
+}
+
+// node is one configured Raft instance and what it was built from.
+type node struct {
+	cfg       *pb.ElectorConfig
+	localID   string
+	localAddr string
+	addrs     map[string]string // member id → configured address
+
+	r     *raft.Raft
+	trans *raft.NetworkTransport
+	store *raftboltdb.BoltStore
+	obs   *raft.Observer
+	obsCh chan raft.Observation
+
+	stop        chan struct{} // closed to end the monitor
+	monitorDone chan struct{}
+}
+
+// timings are the Raft timeouts after defaults.
+type timings struct {
+	heartbeat, election, lease time.Duration
+}
+
+// validate checks cfg and returns the member addresses by id and the timings.
+func validate(cfg *pb.ElectorConfig) (map[string]string, timings, error) {
+	var t timings
+	if cfg == nil {
+		return nil, t, errors.New("no elector config")
+	}
+	if cfg.GetLocalId() == "" {
+		return nil, t, errors.New("local_id is empty")
+	}
+	if len(cfg.GetMembers()) == 0 {
+		return nil, t, errors.New("no members")
+	}
+	if cfg.GetDataDir() == "" {
+		return nil, t, errors.New("data_dir is empty")
+	}
+	addrs := make(map[string]string, len(cfg.GetMembers()))
+	seenAddr := make(map[string]string, len(cfg.GetMembers()))
+	for i, m := range cfg.GetMembers() {
+		if m.GetId() == "" {
+			return nil, t, fmt.Errorf("member %d has an empty id", i)
+		}
+		if _, dup := addrs[m.GetId()]; dup {
+			return nil, t, fmt.Errorf("member id %q appears twice", m.GetId())
+		}
+		if _, _, err := net.SplitHostPort(m.GetAddress()); err != nil {
+			return nil, t, fmt.Errorf("member %q address %q: %w", m.GetId(), m.GetAddress(), err)
+		}
+		if other, dup := seenAddr[m.GetAddress()]; dup {
+			return nil, t, fmt.Errorf("members %q and %q share address %s", other, m.GetId(), m.GetAddress())
+		}
+		addrs[m.GetId()] = m.GetAddress()
+		seenAddr[m.GetAddress()] = m.GetId()
+	}
+	if _, ok := addrs[cfg.GetLocalId()]; !ok {
+		return nil, t, fmt.Errorf("local_id %q is not among the members", cfg.GetLocalId())
+	}
+	ms := func(name string, v int64, def time.Duration) (time.Duration, error) {
+		switch {
+		case v < 0:
+			return 0, fmt.Errorf("%s is negative (%d)", name, v)
+		case v == 0:
+			return def, nil
+		}
+		return time.Duration(v) * time.Millisecond, nil
+	}
+	var err error
+	if t.heartbeat, err = ms("heartbeat_timeout_ms", cfg.GetHeartbeatTimeoutMs(), DefaultHeartbeatTimeout); err != nil {
+		return nil, t, err
+	}
+	if t.election, err = ms("election_timeout_ms", cfg.GetElectionTimeoutMs(), DefaultElectionTimeout); err != nil {
+		return nil, t, err
+	}
+	if t.lease, err = ms("leader_lease_timeout_ms", cfg.GetLeaderLeaseTimeoutMs(), min(DefaultLeaderLeaseTimeout, t.heartbeat)); err != nil {
+		return nil, t, err
+	}
+	return addrs, t, nil
+}
+
+// Configure starts this member's Raft node. It may be called once; after a
+// failed call it may be called again.
+func (e *Elector) Configure(ctx context.Context, cfg *pb.ElectorConfig) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	addrs, t, err := validate(cfg)
+	if err != nil {
+		return fmt.Errorf("elector config: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	if e.node.Load() != nil {
+		return ErrAlreadyConfigured
+	}
+	n, err := e.start(cfg, addrs, t)
+	if err != nil {
+		return err
+	}
+	e.node.Store(n)
+	e.publish(n.leadership())
+	go e.monitor(n)
+	e.log.Info().Str("cluster", cfg.GetCluster()).Str("local_id", n.localID).Str("address", n.localAddr).
+		Int("members", len(addrs)).Msg("raft started")
+	return nil
+}
+
+// start opens the store and transport, bootstraps a fresh data dir and
+// starts Raft; on error it leaves nothing open.
+func (e *Elector) start(cfg *pb.ElectorConfig, addrs map[string]string, t timings) (_ *node, err error) {
+	n := &node{
+		cfg:         cfg,
+		localID:     cfg.GetLocalId(),
+		localAddr:   addrs[cfg.GetLocalId()],
+		addrs:       addrs,
+		obsCh:       make(chan raft.Observation, observerBuffer),
+		stop:        make(chan struct{}),
+		monitorDone: make(chan struct{}),
+	}
+	// Tag Raft's own lines too: in tests several members share a process.
+	log := e.log.With().Str("local_id", n.localID).Logger()
+	dir := cfg.GetDataDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, StoreFile)
+	n.store, err = raftboltdb.New(raftboltdb.Options{
+		Path:        path,
+		BoltOptions: &bbolt.Options{Timeout: storeOpenTimeout},
+	})
+	if errors.Is(err, bbolt.ErrTimeout) {
+		return nil, fmt.Errorf("open raft store %s: locked by another process for %s: %w", path, storeOpenTimeout, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open raft store %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			n.store.Close()
+		}
+	}()
+
+	// Advertise the configured address: the listener's own address is the
+	// wildcard-free one only if the member address is an IP.
+	adv, err := net.ResolveTCPAddr("tcp", n.localAddr)
+	if err != nil {
+		return nil, fmt.Errorf("resolve raft address %s: %w", n.localAddr, err)
+	}
+	n.trans, err = raft.NewTCPTransportWithLogger(n.localAddr, adv, transportMaxPool, transportTimeout,
+		rpc.HCLog(log, "raft-net"))
+	if err != nil {
+		return nil, fmt.Errorf("listen raft on %s: %w", n.localAddr, err)
+	}
+	defer func() {
+		if err != nil {
+			n.trans.Close()
+		}
+	}()
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(n.localID)
+	rc.HeartbeatTimeout = t.heartbeat
+	rc.ElectionTimeout = t.election
+	rc.LeaderLeaseTimeout = t.lease
+	rc.CommitTimeout = DefaultCommitTimeout
+	// Never snapshot: the snapshot store is in memory, so after a restart
+	// a compacted log could not be replayed (Raft panics on the missing
+	// entries). The log only grows by one no-op per election.
+	rc.SnapshotThreshold = math.MaxUint64
+	rc.Logger = rpc.HCLog(log, "raft")
+	if err := raft.ValidateConfig(rc); err != nil {
+		return nil, fmt.Errorf("raft config for %s: %w", n.localID, err)
+	}
+
+	snaps := raft.NewInmemSnapshotStore()
+	has, err := raft.HasExistingState(n.store, n.store, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("read raft state in %s: %w", path, err)
+	}
+	if !has {
+		var conf raft.Configuration
+		for _, m := range cfg.GetMembers() {
+			conf.Servers = append(conf.Servers, raft.Server{
+				Suffrage: raft.Voter,
+				ID:       raft.ServerID(m.GetId()),
+				Address:  raft.ServerAddress(m.GetAddress()),
+			})
+		}
+		if err := raft.BootstrapCluster(rc, n.store, n.store, snaps, n.trans, conf); err != nil {
+			return nil, fmt.Errorf("bootstrap raft in %s: %w", path, err)
+		}
+	}
+	n.r, err = raft.NewRaft(rc, nopFSM{}, n.store, n.store, snaps, n.trans)
+	if err != nil {
+		return nil, fmt.Errorf("start raft on %s: %w", n.localAddr, err)
+	}
+	n.obs = raft.NewObserver(n.obsCh, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.RaftState, raft.LeaderObservation:
+			return true
+		}
+		return false
+	})
+	n.r.RegisterObserver(n.obs)
+	return n, nil
+}
+
+// monitor publishes n's leadership at every observation and every poll.
+// Observations only say "look now": the state is read from Raft itself, so
+// a dropped or stale observation costs at most one poll interval.
+func (e *Elector) monitor(n *node) {
+	defer close(n.monitorDone)
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-n.obsCh:
+		case <-tick.C:
+		}
+		e.publish(n.leadership())
+	}
+}
+
+// leadership is a comparable snapshot of pb.Leadership.
+type leadership struct {
+	role          pb.Role
+	term          uint64
+	leaderID      string
+	leaderAddress string
+}
+
+func (l leadership) proto() *pb.Leadership {
+	return &pb.Leadership{Role: l.role, Term: l.term, LeaderId: l.leaderID, LeaderAddress: l.leaderAddress}
+}
+
+func roleOf(s raft.RaftState) pb.Role {
+	switch s {
+	case raft.Follower:
+		return pb.Role_ROLE_FOLLOWER
+	case raft.Candidate:
+		return pb.Role_ROLE_CANDIDATE
+	case raft.Leader:
+		return pb.Role_ROLE_LEADER
+	case raft.Shutdown:
+		return pb.Role_ROLE_SHUTDOWN
+	}
+	return pb.Role_ROLE_UNSPECIFIED
+}
+
+// leadership reads n's current leadership. The leader address is the
+// configured one (Raft knows the resolved one) so it matches the config.
+func (n *node) leadership() leadership {
+	l := leadership{role: roleOf(n.r.State()), term: n.r.CurrentTerm()}
+	addr, id := n.r.LeaderWithID()
+	l.leaderID, l.leaderAddress = string(id), string(addr)
+	if a, ok := n.addrs[l.leaderID]; ok {
+		l.leaderAddress = a
+	}
+	return l
+}
+
+// publish makes l the current leadership unless it is already.
+func (e *Elector) publish(l leadership) {
+	e.pubMu.Lock()
+	defer e.pubMu.Unlock()
+	if e.final || (e.ver != 0 && l == e.cur) {
+		return
+	}
+	if n := e.node.Load(); e.ver != 0 && n != nil {
+		e.log.Info().Str("local_id", n.localID).Str("role", l.role.String()).Uint64("term", l.term).Str("leader_id", l.leaderID).
+			Str("from_role", e.cur.role.String()).Msg("leadership changed")
+	}
+	e.cur = l
+	e.ver++
+	e.met.update(l)
+	close(e.changed)
+	e.changed = make(chan struct{})
+}
+
+// publishFinal publishes l as the last leadership and ends every Watch.
+func (e *Elector) publishFinal(l leadership) {
+	e.pubMu.Lock()
+	defer e.pubMu.Unlock()
+	if e.final {
+		return
+	}
+	if e.ver == 0 || l != e.cur {
+		e.cur = l
+		e.ver++
+		e.met.update(l)
+	}
+	e.final = true
+	close(e.changed)
+	e.changed = make(chan struct{})
+}
+
+// Watch sends the current leadership and then every change until ctx ends
+// (it returns ctx.Err()), send fails, or the Elector is closed (it returns
+// nil after sending the SHUTDOWN leadership). Before Configure it waits.
+// A slow watcher gets the latest leadership, not every intermediate one:
+// what matters to a VIP holder is the state now, and the term shows that
+// something happened in between.
+func (e *Elector) Watch(ctx context.Context, send func(*pb.Leadership) error) error {
+	var sent uint64
+	for {
+		e.pubMu.Lock()
+		cur, ver, changed, final := e.cur, e.ver, e.changed, e.final
+		e.pubMu.Unlock()
+		if ver != sent {
+			if err := send(cur.proto()); err != nil {
+				return fmt.Errorf("send leadership: %w", err)
+			}
+			sent = ver
+		}
+		if final {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+// TransferLeadership hands leadership to another voter and waits for Raft
+// to confirm, bounded by ctx. A member that does not lead, or leads alone,
+// has nothing to hand over and returns nil.
+func (e *Elector) TransferLeadership(ctx context.Context) error {
+	n := e.node.Load()
+	if n == nil || n.r.State() != raft.Leader || len(n.addrs) < 2 {
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.r.LeadershipTransfer().Error() }()
+	select {
+	case err := <-done:
+		if err != nil && !errors.Is(err, raft.ErrNotLeader) {
+			return fmt.Errorf("transfer leadership from %s: %w", n.localID, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("transfer leadership from %s: %w", n.localID, ctx.Err())
+	}
+}
+
+// Status reports the Raft state word and details for humans.
+func (e *Elector) Status(context.Context) (*pb.PluginStatus, error) {
+	n := e.node.Load()
+	e.mu.Lock()
+	closed := e.closed
+	e.mu.Unlock()
+	if n == nil {
+		state := "unconfigured"
+		if closed {
+			state = "shutdown"
+		}
+		return &pb.PluginStatus{State: state, Details: map[string]string{}}, nil
+	}
+	l := n.leadership()
+	d := map[string]string{
+		"cluster":        n.cfg.GetCluster(),
+		"local_id":       n.localID,
+		"address":        n.localAddr,
+		"data_dir":       n.cfg.GetDataDir(),
+		"members":        strconv.Itoa(len(n.addrs)),
+		"term":           strconv.FormatUint(l.term, 10),
+		"leader_id":      l.leaderID,
+		"leader_address": l.leaderAddress,
+	}
+	state := "shutdown"
+	if !closed {
+		// Stats goes through the Raft loop, which is gone after Close.
+		s := n.r.Stats()
+		for _, k := range []string{"last_contact", "commit_index", "applied_index", "last_log_index", "last_log_term", "num_peers"} {
+			if v, ok := s[k]; ok {
+				d[k] = v
+			}
+		}
+		state = strings.ToLower(s["state"])
+	}
+	return &pb.PluginStatus{State: state, Details: d}, nil
+}
+
+// Gather returns the elector's own metrics.
+func (e *Elector) Gather() ([]*dto.MetricFamily, error) { return e.met.reg.Gather() }
+
+// Close stops Raft and releases the port and the data dir; it is idempotent.
+// Watchers get a last SHUTDOWN leadership and return.
+func (e *Elector) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return e.closeErr
+	}
+	e.closed = true
+	n := e.node.Load()
+	if n == nil {
+		e.publishFinal(leadership{role: pb.Role_ROLE_SHUTDOWN})
+		return nil
+	}
+	var errs []error
+	if err := n.r.Shutdown().Error(); err != nil {
+		errs = append(errs, fmt.Errorf("shut down raft %s: %w", n.localID, err))
+	}
+	n.r.DeregisterObserver(n.obs)
+	close(n.stop)
+	<-n.monitorDone
+	if err := n.trans.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close raft transport on %s: %w", n.localAddr, err))
+	}
+	if err := n.store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close raft store in %s: %w", n.cfg.GetDataDir(), err))
+	}
+	e.publishFinal(n.leadership())
+	e.closeErr = errors.Join(errs...)
+	e.log.Info().Str("local_id", n.localID).Msg("raft stopped")
+	return e.closeErr
+}
+
+// nopFSM replicates nothing: leadership is the product.
+type nopFSM struct{}
+
+func (nopFSM) Apply(*raft.Log) any                 { return nil }
+func (nopFSM) Snapshot() (raft.FSMSnapshot, error) { return nopSnapshot{}, nil }
+func (nopFSM) Restore(rc io.ReadCloser) error      { return rc.Close() }
+
+type nopSnapshot struct{}
+
+func (nopSnapshot) Persist(s raft.SnapshotSink) error { return s.Close() }
+func (nopSnapshot) Release()                          {}
