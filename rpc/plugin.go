@@ -10,6 +10,7 @@ package rpc
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -165,6 +166,9 @@ func (c reporterClient) Gather() ([]*dto.MetricFamily, error) {
 func recvAll[T any](recv func() (T, error), send func(T) error) error {
 	for {
 		m, err := recv()
+		if errors.Is(err, io.EOF) {
+			return ErrStreamEnded
+		}
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,442 @@
+package checker
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/rs/zerolog"
+
+	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+)
+
+const (
+	testInterval = 50 // ms
+	testTimeout  = 40 // ms
+	waitFor      = 3 * time.Second
+)
+
+// listen opens a TCP listener on 127.0.0.1 that accepts and drops
+// connections until the test ends.
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln
+}
+
+// closedAddr returns an address on 127.0.0.1 where nothing listens.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func newChecker(t *testing.T) *Checker {
+	t.Helper()
+	c := New(zerolog.New(zerolog.NewTestWriter(t)))
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// value reads one gauge or counter series.
+func value(t *testing.T, m prometheus.Metric) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case d.Gauge != nil:
+		return d.Gauge.GetValue()
+	case d.Counter != nil:
+		return d.Counter.GetValue()
+	}
+	t.Fatalf("%v is neither a gauge nor a counter", m.Desc())
+	return 0
+}
+
+// series counts the series of one metric family in c's registry.
+func series(t *testing.T, c *Checker, name string) int {
+	t.Helper()
+	fams, err := c.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == name {
+			return len(f.GetMetric())
+		}
+	}
+	return 0
+}
+
+func tcpCheck(name, addr string) *pb.Check {
+	return &pb.Check{Name: name, Protocol: "tcp", Address: addr, TimeoutMs: testTimeout}
+}
+
+func configure(t *testing.T, c *Checker, checks ...*pb.Check) {
+	t.Helper()
+	if err := c.Configure(context.Background(), &pb.CheckerConfig{IntervalMs: testInterval, Checks: checks}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// watchUntil watches c until a verdict satisfies ok and returns it.
+func watchUntil(t *testing.T, c *Checker, ok func(*pb.Health) bool) *pb.Health {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	var got *pb.Health
+	errFound := errors.New("found")
+	err := c.Watch(ctx, func(h *pb.Health) error {
+		if ok(h) {
+			got = h
+			return errFound
+		}
+		return nil
+	})
+	if !errors.Is(err, errFound) {
+		t.Fatalf("no matching verdict within %s: %v", waitFor, err)
+	}
+	return got
+}
+
+func result(t *testing.T, h *pb.Health, name string) *pb.CheckResult {
+	t.Helper()
+	for _, r := range h.Checks {
+		if r.Name == name {
+			return r
+		}
+	}
+	t.Fatalf("no result for check %q in %v", name, h)
+	return nil
+}
+
+func TestHealthyThenUnhealthy(t *testing.T) {
+	a, b := listen(t), listen(t)
+	c := newChecker(t)
+
+	if st, _ := c.Status(context.Background()); st.State != StateStarting {
+		t.Errorf("state before Configure = %q, want %q", st.State, StateStarting)
+	}
+	configure(t, c, tcpCheck("a", a.Addr().String()), tcpCheck("b", b.Addr().String()))
+
+	h := watchUntil(t, c, func(*pb.Health) bool { return true })
+	if !h.Healthy || len(h.Checks) != 2 {
+		t.Fatalf("first verdict = %v, want healthy with 2 checks", h)
+	}
+	for _, r := range h.Checks {
+		if !r.Healthy || r.Error != "" || r.LatencyUs <= 0 {
+			t.Errorf("result %v, want healthy with no error and a latency", r)
+		}
+	}
+	if r := result(t, h, "b"); r.Address != b.Addr().String() {
+		t.Errorf("address of b = %q, want %q", r.Address, b.Addr())
+	}
+	st, _ := c.Status(context.Background())
+	if st.State != StateHealthy || !strings.HasPrefix(st.Details["check a"], "up tcp ") {
+		t.Errorf("status = %v, want healthy with check a up", st)
+	}
+	if got := value(t, c.m.up.WithLabelValues("a")); got != 1 {
+		t.Errorf("%s{check=a} = %v, want 1", metricCheckUp, got)
+	}
+
+	b.Close()
+	h = watchUntil(t, c, func(h *pb.Health) bool { return !h.Healthy })
+	if r := result(t, h, "b"); r.Healthy || !strings.Contains(r.Error, "refused") {
+		t.Errorf("result of b = %v, want unhealthy with connection refused", r)
+	}
+	if r := result(t, h, "a"); !r.Healthy {
+		t.Errorf("result of a = %v, want healthy", r)
+	}
+	st, _ = c.Status(context.Background())
+	if st.State != StateUnhealthy || !strings.HasPrefix(st.Details["check b"], "down tcp ") {
+		t.Errorf("status = %v, want unhealthy with check b down", st)
+	}
+	if got := value(t, c.m.up.WithLabelValues("b")); got != 0 {
+		t.Errorf("%s{check=b} = %v, want 0", metricCheckUp, got)
+	}
+	if got := value(t, c.m.failures.WithLabelValues("b")); got < 1 {
+		t.Errorf("%s{check=b} = %v, want >= 1", metricCheckFailures, got)
+	}
+	fams, err := c.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, f := range fams {
+		names[f.GetName()] = true
+	}
+	for _, n := range []string{metricCheckUp, metricCheckDuration, metricCheckFailures} {
+		if !names[n] {
+			t.Errorf("Gather lacks %s", n)
+		}
+	}
+}
+
+func TestClosedPortIsUnhealthyFromTheStart(t *testing.T) {
+	c := newChecker(t)
+	configure(t, c, tcpCheck("gone", closedAddr(t)))
+	h := watchUntil(t, c, func(*pb.Health) bool { return true })
+	if h.Healthy || h.Checks[0].Error == "" {
+		t.Errorf("verdict = %v, want unhealthy with an error", h)
+	}
+}
+
+// slowProber blocks until its context ends, as a connect to a host that
+// never answers would, and counts its runs.
+type slowProber struct{ runs *atomic.Int64 }
+
+func (p slowProber) Probe(ctx context.Context) error {
+	p.runs.Add(1)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func TestTimeout(t *testing.T) {
+	c := newChecker(t)
+	var runs atomic.Int64
+	c.probers = map[string]newProber{
+		"slow": func(*pb.Check) (prober, error) { return slowProber{&runs}, nil },
+	}
+	configure(t, c, &pb.Check{Name: "slow", Protocol: "slow", TimeoutMs: 10})
+	h := watchUntil(t, c, func(*pb.Health) bool { return true })
+	r := h.Checks[0]
+	if h.Healthy || !strings.Contains(r.Error, "deadline") {
+		t.Errorf("verdict = %v, want unhealthy by deadline", h)
+	}
+	if r.LatencyUs < 10_000 || r.LatencyUs > testInterval*1000 {
+		t.Errorf("latency = %dµs, want about the 10ms timeout", r.LatencyUs)
+	}
+}
+
+func TestWatchFanOutAndSlowWatcher(t *testing.T) {
+	c := newChecker(t)
+	configure(t, c, tcpCheck("a", listen(t).Addr().String()))
+
+	// A watcher that blocks in send must hold up neither the rounds nor the
+	// other watchers.
+	ctx, cancel := context.WithCancel(context.Background())
+	release := make(chan struct{})
+	slowDone := make(chan error, 1)
+	var slowSends atomic.Int64
+	go func() {
+		slowDone <- c.Watch(ctx, func(*pb.Health) error {
+			slowSends.Add(1)
+			<-release
+			return nil
+		})
+	}()
+
+	var fast [2]atomic.Int64
+	fastDone := make(chan error, len(fast))
+	for i := range fast {
+		go func() {
+			fastDone <- c.Watch(ctx, func(*pb.Health) error {
+				fast[i].Add(1)
+				return nil
+			})
+		}()
+	}
+	deadline := time.Now().Add(waitFor)
+	for fast[0].Load() < 5 || fast[1].Load() < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("fast watchers got %d and %d verdicts, want 5 each", fast[0].Load(), fast[1].Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := slowSends.Load(); n != 1 {
+		t.Errorf("slow watcher is in send %d times, want 1", n)
+	}
+
+	// Released after many rounds, the slow watcher gets only the newest
+	// verdict, not the backlog.
+	close(release)
+	time.Sleep(testInterval * time.Millisecond / 2)
+	if n := slowSends.Load(); n > 3 {
+		t.Errorf("slow watcher got %d verdicts after release, want the latest only", n)
+	}
+	cancel()
+	for range 3 {
+		select {
+		case err := <-fastDone:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("Watch = %v, want context.Canceled", err)
+			}
+		case err := <-slowDone:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("Watch = %v, want context.Canceled", err)
+			}
+		case <-time.After(waitFor):
+			t.Fatal("Watch did not end with its context")
+		}
+	}
+}
+
+func TestWatchSendErrorEndsWatch(t *testing.T) {
+	c := newChecker(t)
+	configure(t, c, tcpCheck("a", listen(t).Addr().String()))
+	boom := errors.New("boom")
+	err := c.Watch(context.Background(), func(*pb.Health) error { return boom })
+	if !errors.Is(err, boom) {
+		t.Errorf("Watch = %v, want %v", err, boom)
+	}
+}
+
+func TestReconfigureReplacesChecks(t *testing.T) {
+	c := newChecker(t)
+	configure(t, c, tcpCheck("old", listen(t).Addr().String()))
+	watchUntil(t, c, func(*pb.Health) bool { return true })
+
+	configure(t, c, tcpCheck("new1", listen(t).Addr().String()), tcpCheck("new2", closedAddr(t)))
+	h := watchUntil(t, c, func(h *pb.Health) bool { return len(h.Checks) == 2 })
+	if h.Checks[0].Name != "new1" || h.Checks[1].Name != "new2" || h.Healthy {
+		t.Errorf("verdict = %v, want new1 up and new2 down", h)
+	}
+	st, _ := c.Status(context.Background())
+	if _, ok := st.Details["check old"]; ok {
+		t.Errorf("status still shows the replaced check: %v", st)
+	}
+	if n := series(t, c, metricCheckUp); n != 2 {
+		t.Errorf("%s has %d series, want 2 (old one forgotten)", metricCheckUp, n)
+	}
+}
+
+func TestCloseEndsWatchAndLoop(t *testing.T) {
+	c := newChecker(t)
+	configure(t, c, tcpCheck("a", listen(t).Addr().String()))
+	watchUntil(t, c, func(*pb.Health) bool { return true })
+
+	done := make(chan error, 1)
+	go func() { done <- c.Watch(context.Background(), func(*pb.Health) error { return nil }) }()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("Watch after Close = %v, want ErrClosed", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("Watch did not end on Close")
+	}
+	if c.stopLoop != nil {
+		t.Error("loop still registered after Close")
+	}
+	if err := c.Configure(context.Background(), &pb.CheckerConfig{IntervalMs: 100}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Configure after Close = %v, want ErrClosed", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
+}
+
+func TestConfigureValidation(t *testing.T) {
+	ok := &pb.Check{Name: "web", Protocol: "tcp", Address: "127.0.0.1:80", TimeoutMs: 500}
+	with := func(f func(*pb.Check)) *pb.Check {
+		ch := &pb.Check{Name: ok.Name, Protocol: ok.Protocol, Address: ok.Address, TimeoutMs: ok.TimeoutMs}
+		f(ch)
+		return ch
+	}
+	tests := []struct {
+		name    string
+		cfg     *pb.CheckerConfig
+		wantErr []string // substrings; nil means valid
+	}{
+		{"valid", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{ok}}, nil},
+		{"no checks", &pb.CheckerConfig{IntervalMs: 1000}, nil},
+		{"zero interval", &pb.CheckerConfig{Checks: []*pb.Check{ok}}, []string{"interval_ms 0"}},
+		{"negative interval", &pb.CheckerConfig{IntervalMs: -5}, []string{"interval_ms -5"}},
+		{"zero timeout", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{with(func(c *pb.Check) { c.TimeoutMs = 0 })}},
+			[]string{`"web"`, "timeout_ms 0"}},
+		{"timeout equals interval", &pb.CheckerConfig{IntervalMs: 500, Checks: []*pb.Check{ok}},
+			[]string{`"web"`, "timeout_ms 500", "interval_ms 500"}},
+		{"timeout above interval", &pb.CheckerConfig{IntervalMs: 100, Checks: []*pb.Check{ok}},
+			[]string{`"web"`, "timeout_ms 500"}},
+		{"unknown protocol", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{with(func(c *pb.Check) { c.Protocol = "http" })}},
+			[]string{`check "web"`, `protocol "http"`, "not supported"}},
+		{"empty protocol", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{with(func(c *pb.Check) { c.Protocol = "" })}},
+			[]string{`check "web"`, `protocol ""`}},
+		{"bad tcp address", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{with(func(c *pb.Check) { c.Address = "127.0.0.1" })}},
+			[]string{`check "web"`, "127.0.0.1", "missing port"}},
+		{"no name", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{with(func(c *pb.Check) { c.Name = "" })}},
+			[]string{"#1 has no name"}},
+		{"duplicate name", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{ok, ok}},
+			[]string{`"web" is defined twice`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newChecker(t)
+			err := c.Configure(context.Background(), tt.cfg)
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatalf("Configure = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("Configure = nil, want an error")
+			}
+			for _, s := range tt.wantErr {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q lacks %q", err, s)
+				}
+			}
+			if c.stopLoop != nil {
+				t.Error("an invalid config started the loop")
+			}
+		})
+	}
+}
+
+func TestInvalidConfigKeepsRunningChecks(t *testing.T) {
+	c := newChecker(t)
+	configure(t, c, tcpCheck("a", listen(t).Addr().String()))
+	watchUntil(t, c, func(*pb.Health) bool { return true })
+	err := c.Configure(context.Background(), &pb.CheckerConfig{IntervalMs: 0})
+	if err == nil {
+		t.Fatal("Configure accepted interval_ms 0")
+	}
+	// Still running: a new watcher sees fresh rounds of check a.
+	n := 0
+	watchUntil(t, c, func(h *pb.Health) bool { n++; return n == 3 && h.Checks[0].Name == "a" })
+}
+
+func TestFirstRoundRunsAtOnce(t *testing.T) {
+	c := newChecker(t)
+	// With a one-minute interval, only the immediate first round can answer
+	// within the test's wait.
+	cfg := &pb.CheckerConfig{IntervalMs: 60_000, Checks: []*pb.Check{tcpCheck("a", listen(t).Addr().String())}}
+	if err := c.Configure(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	h := watchUntil(t, c, func(*pb.Health) bool { return true })
+	if !h.Healthy || time.Since(start) > time.Second {
+		t.Errorf("first verdict %v after %s, want healthy at once", h, time.Since(start))
+	}
+}
