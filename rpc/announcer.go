@@ -35,7 +35,9 @@ func (p *AnnouncerPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c 
 	return &announcerClient{reporterClient: reporterClient{cl}, c: cl}, nil
 }
 
-type unimplementedAnnouncer struct{ pb.UnimplementedAnnouncerServer }
+type unimplementedAnnouncer struct {
+	pb.UnimplementedAnnouncerServer
+}
 
 type announcerServer struct {
 	reporterServer
