@@ -1,0 +1,82 @@
+package announcer
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+)
+
+// DefaultRefreshInterval is used when the config leaves refresh_interval_ms
+// at 0: often enough that a switch or host that missed the first
+// announcement learns the VIP's new owner soon, rarely enough to be noise.
+const DefaultRefreshInterval = 10 * time.Second
+
+// MinRefreshInterval keeps a typo from flooding the segment with broadcasts.
+const MinRefreshInterval = 10 * time.Millisecond
+
+// config is a validated pb.AnnouncerConfig.
+type config struct {
+	ifname  string
+	vips    []netip.Addr
+	refresh time.Duration
+}
+
+// parseConfig checks everything that can be checked without the kernel;
+// whether the interface exists is Configure's business.
+func parseConfig(c *pb.AnnouncerConfig) (config, error) {
+	if c == nil {
+		return config{}, errors.New("no announcer config")
+	}
+	out := config{ifname: c.GetInterface()}
+	if out.ifname == "" {
+		return config{}, errors.New("no interface")
+	}
+	if len(c.GetVips()) == 0 {
+		return config{}, fmt.Errorf("interface %s: no vips", out.ifname)
+	}
+	seen := make(map[netip.Addr]bool, len(c.GetVips()))
+	for _, s := range c.GetVips() {
+		vip, err := parseVIP(s)
+		if err != nil {
+			return config{}, err
+		}
+		if seen[vip] {
+			return config{}, fmt.Errorf("vip %s: listed twice", vip)
+		}
+		seen[vip] = true
+		out.vips = append(out.vips, vip)
+	}
+	switch ms := c.GetRefreshIntervalMs(); {
+	case ms == 0:
+		out.refresh = DefaultRefreshInterval
+	case ms < 0 || time.Duration(ms)*time.Millisecond < MinRefreshInterval:
+		return config{}, fmt.Errorf("refresh_interval_ms %d: below the minimum of %s", ms, MinRefreshInterval)
+	default:
+		out.refresh = time.Duration(ms) * time.Millisecond
+	}
+	return out, nil
+}
+
+// parseVIP accepts a plain unicast IPv4 or IPv6 address. A VIP is a host
+// address we put on an interface and announce, so prefixes, zones and
+// addresses no one could reach through us are refused here rather than
+// half-working later.
+func parseVIP(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("vip %q: not an IP address", s)
+	}
+	// An IPv4-mapped IPv6 address is the IPv4 address for our purposes.
+	a = a.Unmap()
+	switch {
+	case a.Zone() != "":
+		return netip.Addr{}, fmt.Errorf("vip %q: has a zone", s)
+	case a.IsUnspecified(), a.IsLoopback(), a.IsMulticast(), a.IsLinkLocalUnicast(),
+		a.Is4() && a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return netip.Addr{}, fmt.Errorf("vip %q: not a unicast address", s)
+	}
+	return a, nil
+}
