@@ -112,7 +112,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); r.run(rctx) }()
 	}
-	s.log.Info().Str("member", s.local.ID).Str("address", s.local.Address).Str("vip", s.cfg.VIP).
+	s.log.Info().Str("address", s.local.Address).Str("vip", s.cfg.VIP).
 		Str("interface", s.cfg.Interface).Msg("supervisor started")
 
 	p := newPolicy(s)
