@@ -328,3 +328,13 @@ func (r *refresher) halt() {
 	r.stop()
 	<-r.done
 }
+
+// Watch reports the interface as usable and holds the stream open until ctx
+// ends. Link and carrier events are not watched yet, so it never changes.
+func (a *Announcer) Watch(ctx context.Context, send func(*pb.InterfaceEvent) error) error {
+	if err := send(&pb.InterfaceEvent{Usable: true}); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}

@@ -442,13 +442,26 @@ func (e *Elector) Watch(ctx context.Context, send func(*pb.Leadership) error) er
 // TransferLeadership hands leadership to another voter and waits for Raft
 // to confirm, bounded by ctx. A member that does not lead, or leads alone,
 // has nothing to hand over and returns nil.
-func (e *Elector) TransferLeadership(ctx context.Context) error {
+func (e *Elector) TransferLeadership(ctx context.Context, target string) error {
 	n := e.node.Load()
 	if n == nil || n.r.State() != raft.Leader || len(n.addrs) < 2 {
 		return nil
 	}
+	var addr string
+	if target != "" {
+		var ok bool
+		if addr, ok = n.addrs[target]; !ok || target == n.localID {
+			return fmt.Errorf("transfer leadership to %q: not another member", target)
+		}
+	}
 	done := make(chan error, 1)
-	go func() { done <- n.r.LeadershipTransfer().Error() }()
+	go func() {
+		if target == "" {
+			done <- n.r.LeadershipTransfer().Error()
+			return
+		}
+		done <- n.r.LeadershipTransferToServer(raft.ServerID(target), raft.ServerAddress(addr)).Error()
+	}()
 	select {
 	case err := <-done:
 		if err != nil && !errors.Is(err, raft.ErrNotLeader) {

@@ -347,10 +347,10 @@ func TestTransferLeadership(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	follower := (old + 1) % 3
-	if err := c.nodes[follower].TransferLeadership(ctx); err != nil {
+	if err := c.nodes[follower].TransferLeadership(ctx, ""); err != nil {
 		t.Errorf("transfer on a follower: %v", err)
 	}
-	if err := c.nodes[old].TransferLeadership(ctx); err != nil {
+	if err := c.nodes[old].TransferLeadership(ctx, ""); err != nil {
 		t.Fatalf("transfer on the leader: %v", err)
 	}
 	waitFor(t, "a new leader", func() (bool, string) {
@@ -428,7 +428,7 @@ func TestSingleNodeLifecycle(t *testing.T) {
 	if st, _ := e.Status(context.Background()); st.GetState() != "unconfigured" {
 		t.Errorf("status before configure %q", st.GetState())
 	}
-	if err := e.TransferLeadership(context.Background()); err != nil {
+	if err := e.TransferLeadership(context.Background(), ""); err != nil {
 		t.Errorf("transfer before configure: %v", err)
 	}
 	// Watch before Configure waits for it.
@@ -448,7 +448,7 @@ func TestSingleNodeLifecycle(t *testing.T) {
 		return l.GetRole() == pb.Role_ROLE_LEADER && l.GetLeaderId() == cfg.GetLocalId(), fmt.Sprint(l)
 	})
 	// Nobody to hand over to.
-	if err := e.TransferLeadership(context.Background()); err != nil {
+	if err := e.TransferLeadership(context.Background(), ""); err != nil {
 		t.Errorf("transfer alone: %v", err)
 	}
 	if err := e.Close(); err != nil {

@@ -17,6 +17,9 @@ type Announcer interface {
 	Configure(ctx context.Context, cfg *pb.AnnouncerConfig) error
 	Acquire(ctx context.Context) error
 	Release(ctx context.Context) error
+	// Watch calls send with the interface's state at once and on every
+	// change, until ctx ends or send fails.
+	Watch(ctx context.Context, send func(*pb.InterfaceEvent) error) error
 }
 
 // AnnouncerPlugin joins an Announcer to go-plugin.
@@ -57,6 +60,10 @@ func (s *announcerServer) Release(ctx context.Context, _ *pb.Empty) (*pb.Empty, 
 	return &pb.Empty{}, s.impl.Release(ctx)
 }
 
+func (s *announcerServer) Watch(_ *pb.Empty, st pb.Announcer_WatchServer) error {
+	return s.impl.Watch(st.Context(), st.Send)
+}
+
 type announcerClient struct {
 	reporterClient
 	c pb.AnnouncerClient
@@ -75,4 +82,12 @@ func (c *announcerClient) Acquire(ctx context.Context) error {
 func (c *announcerClient) Release(ctx context.Context) error {
 	_, err := c.c.Release(ctx, &pb.Empty{})
 	return err
+}
+
+func (c *announcerClient) Watch(ctx context.Context, send func(*pb.InterfaceEvent) error) error {
+	st, err := c.c.Watch(ctx, &pb.Empty{})
+	if err != nil {
+		return err
+	}
+	return recvAll(st.Recv, send)
 }

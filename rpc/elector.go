@@ -16,8 +16,10 @@ type Elector interface {
 	// Watch calls send with the current leadership and then with every
 	// change, until ctx ends or send fails.
 	Watch(ctx context.Context, send func(*pb.Leadership) error) error
-	// TransferLeadership hands leadership to another voter.
-	TransferLeadership(ctx context.Context) error
+	// TransferLeadership hands leadership to target, or to the voter Raft
+	// picks when target is empty. A member that does not lead has nothing to
+	// hand over and returns nil.
+	TransferLeadership(ctx context.Context, target string) error
 }
 
 // ElectorPlugin joins an Elector to go-plugin.
@@ -52,8 +54,8 @@ func (s *electorServer) Watch(_ *pb.Empty, st pb.Elector_WatchServer) error {
 	return s.impl.Watch(st.Context(), st.Send)
 }
 
-func (s *electorServer) TransferLeadership(ctx context.Context, _ *pb.Empty) (*pb.Empty, error) {
-	return &pb.Empty{}, s.impl.TransferLeadership(ctx)
+func (s *electorServer) TransferLeadership(ctx context.Context, req *pb.TransferRequest) (*pb.Empty, error) {
+	return &pb.Empty{}, s.impl.TransferLeadership(ctx, req.GetTargetId())
 }
 
 type electorClient struct {
@@ -74,7 +76,7 @@ func (c *electorClient) Watch(ctx context.Context, send func(*pb.Leadership) err
 	return recvAll(st.Recv, send)
 }
 
-func (c *electorClient) TransferLeadership(ctx context.Context) error {
-	_, err := c.c.TransferLeadership(ctx, &pb.Empty{})
+func (c *electorClient) TransferLeadership(ctx context.Context, target string) error {
+	_, err := c.c.TransferLeadership(ctx, &pb.TransferRequest{TargetId: target})
 	return err
 }

@@ -27,7 +27,8 @@ type policy struct {
 	started map[string]int
 
 	leadership *pb.Leadership // nil while no elector runs
-	healthy    bool           // the checker's last verdict; false until one arrives
+	checksOK   bool           // the checker's last verdict; false until one arrives
+	linkOK     bool           // the announcer's last word on the interface
 	held       bool           // the announcer holds the VIP on our behalf
 	shutting   bool
 
@@ -41,8 +42,13 @@ func newPolicy(s *Supervisor) *policy {
 		impls:   map[string]any{},
 		gens:    map[string]uint64{},
 		started: map[string]int{},
+		linkOK:  true, // until the announcer says otherwise
 	}
 }
+
+// healthy is whether this member may serve the VIP: its checks pass and its
+// interface can carry the VIP.
+func (p *policy) healthy() bool { return p.checksOK && p.linkOK }
 
 func (p *policy) loop(ctx context.Context) {
 	// The periodic pass retries an acquire or release that failed.
@@ -63,9 +69,9 @@ func (p *policy) loop(ctx context.Context) {
 			p.handle(ev)
 		case <-graceC:
 			p.checkerGrace = nil
-			if p.impls[rpc.KindChecker] == nil && p.healthy {
+			if p.impls[rpc.KindChecker] == nil && p.checksOK {
 				p.log.Warn().Msg("checker still down: counting this member unhealthy")
-				p.setHealthy(false)
+				p.checksOK = false
 			}
 			p.apply()
 		case <-tick.C:
@@ -83,6 +89,10 @@ func (p *policy) handle(ev event) {
 	case ev.health != nil:
 		if ev.gen == p.gens[rpc.KindChecker] && p.impls[rpc.KindChecker] != nil {
 			p.setHealth(ev.health)
+		}
+	case ev.iface != nil:
+		if ev.gen == p.gens[rpc.KindAnnouncer] && p.impls[rpc.KindAnnouncer] != nil {
+			p.setInterface(ev.iface)
 		}
 	case ev.up:
 		p.pluginUp(ev)
@@ -171,7 +181,7 @@ func (p *policy) setHealth(h *pb.Health) {
 			p.log.Debug().Str("check", c.Name).Str("address", c.Address).Str("error", c.Error).Msg("check failed")
 		}
 	}
-	if h.Healthy != p.healthy {
+	if h.Healthy != p.checksOK {
 		ev := p.log.Info()
 		if !h.Healthy {
 			ev = p.log.Warn()
@@ -181,14 +191,20 @@ func (p *policy) setHealth(h *pb.Health) {
 				}
 			}
 		}
-		ev.Bool("healthy", h.Healthy).Msg("health changed")
+		ev.Bool("healthy", h.Healthy).Msg("checks changed")
 	}
-	p.setHealthy(h.Healthy)
+	p.checksOK = h.Healthy
 }
 
-func (p *policy) setHealthy(h bool) {
-	p.healthy = h
-	p.s.metrics.healthy.Set(b2f(h))
+func (p *policy) setInterface(e *pb.InterfaceEvent) {
+	if e.Usable != p.linkOK {
+		ev := p.log.Info()
+		if !e.Usable {
+			ev = p.log.Warn()
+		}
+		ev.Str("interface", p.s.cfg.Interface).Bool("usable", e.Usable).Str("reason", e.Reason).Msg("interface changed")
+	}
+	p.linkOK = e.Usable
 }
 
 func (p *policy) setHeld(h bool) {
@@ -204,8 +220,9 @@ func (p *policy) isLeader() bool {
 // is always released before leadership is handed over or the elector stops,
 // so the next leader can never find it still here.
 func (p *policy) apply() {
+	p.s.metrics.healthy.Set(b2f(p.healthy()))
 	electorRunner := p.s.runners[rpc.KindElector]
-	wantElector := p.healthy && !p.shutting
+	wantElector := p.healthy() && !p.shutting
 	if !wantElector && electorRunner.wanted() {
 		p.release()
 		p.transferLeadership()
@@ -218,7 +235,7 @@ func (p *policy) apply() {
 		p.log.Info().Msg("healthy: joining the election")
 		electorRunner.setWant(true)
 	}
-	if !p.shutting && p.healthy && p.isLeader() {
+	if !p.shutting && p.healthy() && p.isLeader() {
 		p.acquire()
 	} else {
 		p.release()
@@ -270,7 +287,7 @@ func (p *policy) transferLeadership() {
 	ctx, cancel := context.WithTimeout(context.Background(), transferTimeout)
 	defer cancel()
 	start := time.Now()
-	if err := e.TransferLeadership(ctx); err != nil {
+	if err := e.TransferLeadership(ctx, ""); err != nil {
 		p.log.Warn().Err(err).Msg("leadership transfer failed; the others will elect after a timeout")
 		return
 	}

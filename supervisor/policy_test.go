@@ -34,6 +34,9 @@ type fakeAnnouncer struct {
 func (f fakeAnnouncer) Configure(context.Context, *pb.AnnouncerConfig) error { return nil }
 func (f fakeAnnouncer) Acquire(context.Context) error                        { f.j.add("acquire"); return nil }
 func (f fakeAnnouncer) Release(context.Context) error                        { f.j.add("release"); return nil }
+func (f fakeAnnouncer) Watch(context.Context, func(*pb.InterfaceEvent) error) error {
+	return nil
+}
 
 type fakeElector struct {
 	fakeReporter
@@ -44,7 +47,10 @@ func (f fakeElector) Configure(context.Context, *pb.ElectorConfig) error { retur
 func (f fakeElector) Watch(context.Context, func(*pb.Leadership) error) error {
 	return nil
 }
-func (f fakeElector) TransferLeadership(context.Context) error { f.j.add("transfer"); return nil }
+func (f fakeElector) TransferLeadership(context.Context, string) error {
+	f.j.add("transfer")
+	return nil
+}
 
 var (
 	_ rpc.Announcer = fakeAnnouncer{}
@@ -119,6 +125,10 @@ func TestPolicy(t *testing.T) {
 		{"unhealthy leader releases, then hands over, then stops the elector", func(j *callLog) []event {
 			return []event{checkerUp, health(true), {kind: rpc.KindElector, gen: 1, up: true, impl: fakeElector{j: j}}, leader(1), health(false)}
 		}, "acquire release transfer", false, false},
+		{"unusable interface releases and leaves the election", func(j *callLog) []event {
+			return []event{checkerUp, health(true), {kind: rpc.KindElector, gen: 1, up: true, impl: fakeElector{j: j}}, leader(1),
+				{kind: rpc.KindAnnouncer, gen: 1, iface: &pb.InterfaceEvent{Usable: false, Reason: "no carrier"}}}
+		}, "acquire release transfer", false, false},
 		{"announcer restart re-acquires", func(j *callLog) []event {
 			return []event{checkerUp, health(true), {kind: rpc.KindElector, gen: 1, up: true, impl: fakeElector{j: j}}, leader(1),
 				{kind: rpc.KindAnnouncer, gen: 1}, {kind: rpc.KindAnnouncer, gen: 2, up: true, impl: fakeAnnouncer{j: j}}}
@@ -167,7 +177,7 @@ func TestCheckerGraceThenUnhealthy(t *testing.T) {
 	p.handle(event{kind: rpc.KindChecker, gen: 1, up: true, impl: fakeReporter{}})
 	p.handle(health(true))
 	p.handle(event{kind: rpc.KindChecker, gen: 1})
-	if !p.healthy || p.checkerGrace == nil {
+	if !p.healthy() || p.checkerGrace == nil {
 		t.Fatalf("a crashed checker's verdict should stand during the grace period")
 	}
 }

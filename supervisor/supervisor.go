@@ -40,6 +40,7 @@ type event struct {
 	err        error
 	leadership *pb.Leadership
 	health     *pb.Health
+	iface      *pb.InterfaceEvent
 }
 
 // Supervisor runs one member of the cluster.
@@ -166,6 +167,11 @@ func (s *Supervisor) newRunner(kind string, spawn *spawner) *runner {
 	case rpc.KindAnnouncer:
 		r.setup = func(ctx context.Context, impl any) error {
 			return impl.(rpc.Announcer).Configure(ctx, s.cfg.AnnouncerConfig())
+		}
+		r.watch = func(ctx context.Context, impl any, gen uint64) error {
+			return impl.(rpc.Announcer).Watch(ctx, func(e *pb.InterfaceEvent) error {
+				return s.send(ctx, event{kind: kind, gen: gen, iface: e})
+			})
 		}
 	case rpc.KindBalancer:
 		r.setup = func(ctx context.Context, impl any) error {

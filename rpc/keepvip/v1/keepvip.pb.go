@@ -225,7 +225,10 @@ type Member struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// host:port of the member's Raft transport.
-	Address       string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// Preferred holder: with preemption on, leadership moves to the healthy,
+	// caught-up member of highest priority. 0 is the lowest.
+	Priority      int32 `protobuf:"varint,3,opt,name=priority,proto3" json:"priority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -274,6 +277,75 @@ func (x *Member) GetAddress() string {
 	return ""
 }
 
+func (x *Member) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+// Mutual TLS between members' Raft transports. PEM contents, not paths:
+// the supervisor reads the files so a plugin needs no file access.
+type RaftTLS struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CaPem         []byte                 `protobuf:"bytes,1,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
+	CertPem       []byte                 `protobuf:"bytes,2,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"`
+	KeyPem        []byte                 `protobuf:"bytes,3,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RaftTLS) Reset() {
+	*x = RaftTLS{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RaftTLS) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RaftTLS) ProtoMessage() {}
+
+func (x *RaftTLS) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RaftTLS.ProtoReflect.Descriptor instead.
+func (*RaftTLS) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RaftTLS) GetCaPem() []byte {
+	if x != nil {
+		return x.CaPem
+	}
+	return nil
+}
+
+func (x *RaftTLS) GetCertPem() []byte {
+	if x != nil {
+		return x.CertPem
+	}
+	return nil
+}
+
+func (x *RaftTLS) GetKeyPem() []byte {
+	if x != nil {
+		return x.KeyPem
+	}
+	return nil
+}
+
 type ElectorConfig struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
@@ -285,13 +357,19 @@ type ElectorConfig struct {
 	HeartbeatTimeoutMs   int64  `protobuf:"varint,5,opt,name=heartbeat_timeout_ms,json=heartbeatTimeoutMs,proto3" json:"heartbeat_timeout_ms,omitempty"`
 	ElectionTimeoutMs    int64  `protobuf:"varint,6,opt,name=election_timeout_ms,json=electionTimeoutMs,proto3" json:"election_timeout_ms,omitempty"`
 	LeaderLeaseTimeoutMs int64  `protobuf:"varint,7,opt,name=leader_lease_timeout_ms,json=leaderLeaseTimeoutMs,proto3" json:"leader_lease_timeout_ms,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Unset: plain TCP.
+	Tls *RaftTLS `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
+	// Move leadership to a higher-priority member once it has been healthy
+	// and caught up for preempt_delay_ms.
+	Preempt        bool  `protobuf:"varint,9,opt,name=preempt,proto3" json:"preempt,omitempty"`
+	PreemptDelayMs int64 `protobuf:"varint,10,opt,name=preempt_delay_ms,json=preemptDelayMs,proto3" json:"preempt_delay_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ElectorConfig) Reset() {
 	*x = ElectorConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[4]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -303,7 +381,7 @@ func (x *ElectorConfig) String() string {
 func (*ElectorConfig) ProtoMessage() {}
 
 func (x *ElectorConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[4]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -316,7 +394,7 @@ func (x *ElectorConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ElectorConfig.ProtoReflect.Descriptor instead.
 func (*ElectorConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{4}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ElectorConfig) GetCluster() string {
@@ -368,6 +446,73 @@ func (x *ElectorConfig) GetLeaderLeaseTimeoutMs() int64 {
 	return 0
 }
 
+func (x *ElectorConfig) GetTls() *RaftTLS {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
+func (x *ElectorConfig) GetPreempt() bool {
+	if x != nil {
+		return x.Preempt
+	}
+	return false
+}
+
+func (x *ElectorConfig) GetPreemptDelayMs() int64 {
+	if x != nil {
+		return x.PreemptDelayMs
+	}
+	return 0
+}
+
+type TransferRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member to hand leadership to; empty lets Raft pick the most
+	// up-to-date voter.
+	TargetId      string `protobuf:"bytes,1,opt,name=target_id,json=targetId,proto3" json:"target_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferRequest) Reset() {
+	*x = TransferRequest{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferRequest) ProtoMessage() {}
+
+func (x *TransferRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferRequest.ProtoReflect.Descriptor instead.
+func (*TransferRequest) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TransferRequest) GetTargetId() string {
+	if x != nil {
+		return x.TargetId
+	}
+	return ""
+}
+
 type Leadership struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Role  Role                   `protobuf:"varint,1,opt,name=role,proto3,enum=keepvip.v1.Role" json:"role,omitempty"`
@@ -381,7 +526,7 @@ type Leadership struct {
 
 func (x *Leadership) Reset() {
 	*x = Leadership{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[5]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +538,7 @@ func (x *Leadership) String() string {
 func (*Leadership) ProtoMessage() {}
 
 func (x *Leadership) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[5]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +551,7 @@ func (x *Leadership) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leadership.ProtoReflect.Descriptor instead.
 func (*Leadership) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{5}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Leadership) GetRole() Role {
@@ -445,13 +590,16 @@ type AnnouncerConfig struct {
 	Vips []string `protobuf:"bytes,2,rep,name=vips,proto3" json:"vips,omitempty"`
 	// How often gratuitous ARP is repeated while the VIPs are held.
 	RefreshIntervalMs int64 `protobuf:"varint,3,opt,name=refresh_interval_ms,json=refreshIntervalMs,proto3" json:"refresh_interval_ms,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Announcements sent at once on acquire, burst_interval_ms apart.
+	BurstCount      int32 `protobuf:"varint,4,opt,name=burst_count,json=burstCount,proto3" json:"burst_count,omitempty"`
+	BurstIntervalMs int64 `protobuf:"varint,5,opt,name=burst_interval_ms,json=burstIntervalMs,proto3" json:"burst_interval_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AnnouncerConfig) Reset() {
 	*x = AnnouncerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[6]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +611,7 @@ func (x *AnnouncerConfig) String() string {
 func (*AnnouncerConfig) ProtoMessage() {}
 
 func (x *AnnouncerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[6]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +624,7 @@ func (x *AnnouncerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnouncerConfig.ProtoReflect.Descriptor instead.
 func (*AnnouncerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{6}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AnnouncerConfig) GetInterface() string {
@@ -500,6 +648,84 @@ func (x *AnnouncerConfig) GetRefreshIntervalMs() int64 {
 	return 0
 }
 
+func (x *AnnouncerConfig) GetBurstCount() int32 {
+	if x != nil {
+		return x.BurstCount
+	}
+	return 0
+}
+
+func (x *AnnouncerConfig) GetBurstIntervalMs() int64 {
+	if x != nil {
+		return x.BurstIntervalMs
+	}
+	return 0
+}
+
+// InterfaceEvent tells the supervisor what happened to the VIP interface.
+type InterfaceEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False while the interface is down or has no carrier: the member cannot
+	// serve the VIP and must give it up.
+	Usable bool   `protobuf:"varint,1,opt,name=usable,proto3" json:"usable,omitempty"`
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// VIPs found missing while held and added back, since the start.
+	Readds        uint64 `protobuf:"varint,3,opt,name=readds,proto3" json:"readds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InterfaceEvent) Reset() {
+	*x = InterfaceEvent{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InterfaceEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InterfaceEvent) ProtoMessage() {}
+
+func (x *InterfaceEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InterfaceEvent.ProtoReflect.Descriptor instead.
+func (*InterfaceEvent) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *InterfaceEvent) GetUsable() bool {
+	if x != nil {
+		return x.Usable
+	}
+	return false
+}
+
+func (x *InterfaceEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *InterfaceEvent) GetReadds() uint64 {
+	if x != nil {
+		return x.Readds
+	}
+	return 0
+}
+
 type Check struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -508,14 +734,25 @@ type Check struct {
 	Address   string `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
 	TimeoutMs int64  `protobuf:"varint,4,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
 	// Settings of the check's type that have no field of their own.
-	Options       map[string]string `protobuf:"bytes,5,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Options map[string]string `protobuf:"bytes,5,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// 0: the checker's interval.
+	IntervalMs int64 `protobuf:"varint,6,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`
+	// Consecutive successes to turn healthy, failures to turn unhealthy.
+	Rise int32 `protobuf:"varint,7,opt,name=rise,proto3" json:"rise,omitempty"`
+	Fall int32 `protobuf:"varint,8,opt,name=fall,proto3" json:"fall,omitempty"`
+	// A check that is not required is reported and exported but does not
+	// move the VIP.
+	NotRequired   bool       `protobuf:"varint,9,opt,name=not_required,json=notRequired,proto3" json:"not_required,omitempty"`
+	Http          *HTTPCheck `protobuf:"bytes,10,opt,name=http,proto3" json:"http,omitempty"`
+	Udp           *UDPCheck  `protobuf:"bytes,11,opt,name=udp,proto3" json:"udp,omitempty"`
+	Exec          *ExecCheck `protobuf:"bytes,12,opt,name=exec,proto3" json:"exec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[7]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +764,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[7]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +777,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{7}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Check) GetName() string {
@@ -578,6 +815,263 @@ func (x *Check) GetOptions() map[string]string {
 	return nil
 }
 
+func (x *Check) GetIntervalMs() int64 {
+	if x != nil {
+		return x.IntervalMs
+	}
+	return 0
+}
+
+func (x *Check) GetRise() int32 {
+	if x != nil {
+		return x.Rise
+	}
+	return 0
+}
+
+func (x *Check) GetFall() int32 {
+	if x != nil {
+		return x.Fall
+	}
+	return 0
+}
+
+func (x *Check) GetNotRequired() bool {
+	if x != nil {
+		return x.NotRequired
+	}
+	return false
+}
+
+func (x *Check) GetHttp() *HTTPCheck {
+	if x != nil {
+		return x.Http
+	}
+	return nil
+}
+
+func (x *Check) GetUdp() *UDPCheck {
+	if x != nil {
+		return x.Udp
+	}
+	return nil
+}
+
+func (x *Check) GetExec() *ExecCheck {
+	if x != nil {
+		return x.Exec
+	}
+	return nil
+}
+
+type HTTPCheck struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Method string                 `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	Path   string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// Empty: any 2xx or 3xx.
+	ExpectStatus       []int32           `protobuf:"varint,3,rep,packed,name=expect_status,json=expectStatus,proto3" json:"expect_status,omitempty"`
+	BodyContains       string            `protobuf:"bytes,4,opt,name=body_contains,json=bodyContains,proto3" json:"body_contains,omitempty"`
+	InsecureSkipVerify bool              `protobuf:"varint,5,opt,name=insecure_skip_verify,json=insecureSkipVerify,proto3" json:"insecure_skip_verify,omitempty"`
+	Headers            map[string]string `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Host header and TLS server name; empty: the address's host.
+	Host          string `protobuf:"bytes,7,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HTTPCheck) Reset() {
+	*x = HTTPCheck{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HTTPCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HTTPCheck) ProtoMessage() {}
+
+func (x *HTTPCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HTTPCheck.ProtoReflect.Descriptor instead.
+func (*HTTPCheck) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *HTTPCheck) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *HTTPCheck) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *HTTPCheck) GetExpectStatus() []int32 {
+	if x != nil {
+		return x.ExpectStatus
+	}
+	return nil
+}
+
+func (x *HTTPCheck) GetBodyContains() string {
+	if x != nil {
+		return x.BodyContains
+	}
+	return ""
+}
+
+func (x *HTTPCheck) GetInsecureSkipVerify() bool {
+	if x != nil {
+		return x.InsecureSkipVerify
+	}
+	return false
+}
+
+func (x *HTTPCheck) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *HTTPCheck) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+type UDPCheck struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Payload []byte                 `protobuf:"bytes,1,opt,name=payload,proto3" json:"payload,omitempty"`
+	// Empty: any reply will do.
+	Expect        []byte `protobuf:"bytes,2,opt,name=expect,proto3" json:"expect,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UDPCheck) Reset() {
+	*x = UDPCheck{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UDPCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UDPCheck) ProtoMessage() {}
+
+func (x *UDPCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UDPCheck.ProtoReflect.Descriptor instead.
+func (*UDPCheck) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *UDPCheck) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *UDPCheck) GetExpect() []byte {
+	if x != nil {
+		return x.Expect
+	}
+	return nil
+}
+
+type ExecCheck struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Command string                 `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
+	Args    []string               `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
+	// Run command through /bin/sh -c.
+	Shell         bool `protobuf:"varint,3,opt,name=shell,proto3" json:"shell,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecCheck) Reset() {
+	*x = ExecCheck{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecCheck) ProtoMessage() {}
+
+func (x *ExecCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecCheck.ProtoReflect.Descriptor instead.
+func (*ExecCheck) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ExecCheck) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *ExecCheck) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *ExecCheck) GetShell() bool {
+	if x != nil {
+		return x.Shell
+	}
+	return false
+}
+
 type CheckerConfig struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	IntervalMs    int64                  `protobuf:"varint,1,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`
@@ -588,7 +1082,7 @@ type CheckerConfig struct {
 
 func (x *CheckerConfig) Reset() {
 	*x = CheckerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[8]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +1094,7 @@ func (x *CheckerConfig) String() string {
 func (*CheckerConfig) ProtoMessage() {}
 
 func (x *CheckerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[8]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +1107,7 @@ func (x *CheckerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckerConfig.ProtoReflect.Descriptor instead.
 func (*CheckerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{8}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CheckerConfig) GetIntervalMs() int64 {
@@ -636,15 +1130,18 @@ type CheckResult struct {
 	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	Healthy bool                   `protobuf:"varint,3,opt,name=healthy,proto3" json:"healthy,omitempty"`
 	// Why the last run failed; empty when healthy.
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
-	LatencyUs     int64  `protobuf:"varint,5,opt,name=latency_us,json=latencyUs,proto3" json:"latency_us,omitempty"`
+	Error     string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	LatencyUs int64  `protobuf:"varint,5,opt,name=latency_us,json=latencyUs,proto3" json:"latency_us,omitempty"`
+	Required  bool   `protobuf:"varint,6,opt,name=required,proto3" json:"required,omitempty"`
+	// The start of an exec check's output, for status.
+	Output        string `protobuf:"bytes,7,opt,name=output,proto3" json:"output,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[9]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +1153,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[9]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +1166,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{9}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CheckResult) GetName() string {
@@ -707,9 +1204,23 @@ func (x *CheckResult) GetLatencyUs() int64 {
 	return 0
 }
 
+func (x *CheckResult) GetRequired() bool {
+	if x != nil {
+		return x.Required
+	}
+	return false
+}
+
+func (x *CheckResult) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
 type Health struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// True when every check passes.
+	// True when every required check passes.
 	Healthy       bool           `protobuf:"varint,1,opt,name=healthy,proto3" json:"healthy,omitempty"`
 	Checks        []*CheckResult `protobuf:"bytes,2,rep,name=checks,proto3" json:"checks,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -718,7 +1229,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[10]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +1241,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[10]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +1254,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{10}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Health) GetHealthy() bool {
@@ -761,16 +1272,18 @@ func (x *Health) GetChecks() []*CheckResult {
 }
 
 type Backend struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// 0 means 1.
+	Weight        int32 `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[11]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +1295,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[11]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +1308,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{11}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Backend) GetName() string {
@@ -812,20 +1325,128 @@ func (x *Backend) GetAddress() string {
 	return ""
 }
 
+func (x *Backend) GetWeight() int32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+type BackendHealth struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tcp or http; empty: no active checks.
+	Type       string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Path       string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	IntervalMs int64  `protobuf:"varint,3,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`
+	TimeoutMs  int64  `protobuf:"varint,4,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	Rise       int32  `protobuf:"varint,5,opt,name=rise,proto3" json:"rise,omitempty"`
+	Fall       int32  `protobuf:"varint,6,opt,name=fall,proto3" json:"fall,omitempty"`
+	// Passive ejection: consecutive connect errors that take a backend out.
+	EjectAfterErrors int32 `protobuf:"varint,7,opt,name=eject_after_errors,json=ejectAfterErrors,proto3" json:"eject_after_errors,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *BackendHealth) Reset() {
+	*x = BackendHealth{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendHealth) ProtoMessage() {}
+
+func (x *BackendHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendHealth.ProtoReflect.Descriptor instead.
+func (*BackendHealth) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *BackendHealth) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *BackendHealth) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *BackendHealth) GetIntervalMs() int64 {
+	if x != nil {
+		return x.IntervalMs
+	}
+	return 0
+}
+
+func (x *BackendHealth) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *BackendHealth) GetRise() int32 {
+	if x != nil {
+		return x.Rise
+	}
+	return 0
+}
+
+func (x *BackendHealth) GetFall() int32 {
+	if x != nil {
+		return x.Fall
+	}
+	return 0
+}
+
+func (x *BackendHealth) GetEjectAfterErrors() int32 {
+	if x != nil {
+		return x.EjectAfterErrors
+	}
+	return 0
+}
+
 type LoadBalancer struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	BindAddress string                 `protobuf:"bytes,2,opt,name=bind_address,json=bindAddress,proto3" json:"bind_address,omitempty"`
-	// tcp for now.
-	Type          string     `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
-	Backends      []*Backend `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// tcp, udp or http.
+	Type     string     `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	Backends []*Backend `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	// roundrobin (default), leastconn, sourcehash.
+	Algorithm string         `protobuf:"bytes,5,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	Health    *BackendHealth `protobuf:"bytes,6,opt,name=health,proto3" json:"health,omitempty"`
+	// 0 off, 1 or 2: PROXY protocol version sent to backends.
+	ProxyProtocol    int32 `protobuf:"varint,7,opt,name=proxy_protocol,json=proxyProtocol,proto3" json:"proxy_protocol,omitempty"`
+	ConnectTimeoutMs int64 `protobuf:"varint,8,opt,name=connect_timeout_ms,json=connectTimeoutMs,proto3" json:"connect_timeout_ms,omitempty"`
+	IdleTimeoutMs    int64 `protobuf:"varint,9,opt,name=idle_timeout_ms,json=idleTimeoutMs,proto3" json:"idle_timeout_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *LoadBalancer) Reset() {
 	*x = LoadBalancer{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[12]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +1458,7 @@ func (x *LoadBalancer) String() string {
 func (*LoadBalancer) ProtoMessage() {}
 
 func (x *LoadBalancer) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[12]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +1471,7 @@ func (x *LoadBalancer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadBalancer.ProtoReflect.Descriptor instead.
 func (*LoadBalancer) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{12}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LoadBalancer) GetName() string {
@@ -881,16 +1502,54 @@ func (x *LoadBalancer) GetBackends() []*Backend {
 	return nil
 }
 
+func (x *LoadBalancer) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
+func (x *LoadBalancer) GetHealth() *BackendHealth {
+	if x != nil {
+		return x.Health
+	}
+	return nil
+}
+
+func (x *LoadBalancer) GetProxyProtocol() int32 {
+	if x != nil {
+		return x.ProxyProtocol
+	}
+	return 0
+}
+
+func (x *LoadBalancer) GetConnectTimeoutMs() int64 {
+	if x != nil {
+		return x.ConnectTimeoutMs
+	}
+	return 0
+}
+
+func (x *LoadBalancer) GetIdleTimeoutMs() int64 {
+	if x != nil {
+		return x.IdleTimeoutMs
+	}
+	return 0
+}
+
 type BalancerConfig struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	LoadBalancers []*LoadBalancer        `protobuf:"bytes,1,rep,name=load_balancers,json=loadBalancers,proto3" json:"load_balancers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// How long connections may drain when a load balancer is removed or the
+	// balancer stops.
+	DrainTimeoutMs int64 `protobuf:"varint,2,opt,name=drain_timeout_ms,json=drainTimeoutMs,proto3" json:"drain_timeout_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *BalancerConfig) Reset() {
 	*x = BalancerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +1561,7 @@ func (x *BalancerConfig) String() string {
 func (*BalancerConfig) ProtoMessage() {}
 
 func (x *BalancerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +1574,7 @@ func (x *BalancerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalancerConfig.ProtoReflect.Descriptor instead.
 func (*BalancerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{13}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BalancerConfig) GetLoadBalancers() []*LoadBalancer {
@@ -923,6 +1582,13 @@ func (x *BalancerConfig) GetLoadBalancers() []*LoadBalancer {
 		return x.LoadBalancers
 	}
 	return nil
+}
+
+func (x *BalancerConfig) GetDrainTimeoutMs() int64 {
+	if x != nil {
+		return x.DrainTimeoutMs
+	}
+	return 0
 }
 
 var File_keepvip_v1_keepvip_proto protoreflect.FileDescriptor
@@ -939,10 +1605,15 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"+\n" +
 	"\rPluginMetrics\x12\x1a\n" +
-	"\bfamilies\x18\x01 \x03(\fR\bfamilies\"2\n" +
+	"\bfamilies\x18\x01 \x03(\fR\bfamilies\"N\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress\"\xa6\x02\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
+	"\bpriority\x18\x03 \x01(\x05R\bpriority\"T\n" +
+	"\aRaftTLS\x12\x15\n" +
+	"\x06ca_pem\x18\x01 \x01(\fR\x05caPem\x12\x19\n" +
+	"\bcert_pem\x18\x02 \x01(\fR\acertPem\x12\x17\n" +
+	"\akey_pem\x18\x03 \x01(\fR\x06keyPem\"\x91\x03\n" +
 	"\rElectorConfig\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x19\n" +
 	"\blocal_id\x18\x02 \x01(\tR\alocalId\x12,\n" +
@@ -950,67 +1621,127 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\bdata_dir\x18\x04 \x01(\tR\adataDir\x120\n" +
 	"\x14heartbeat_timeout_ms\x18\x05 \x01(\x03R\x12heartbeatTimeoutMs\x12.\n" +
 	"\x13election_timeout_ms\x18\x06 \x01(\x03R\x11electionTimeoutMs\x125\n" +
-	"\x17leader_lease_timeout_ms\x18\a \x01(\x03R\x14leaderLeaseTimeoutMs\"\x8a\x01\n" +
+	"\x17leader_lease_timeout_ms\x18\a \x01(\x03R\x14leaderLeaseTimeoutMs\x12%\n" +
+	"\x03tls\x18\b \x01(\v2\x13.keepvip.v1.RaftTLSR\x03tls\x12\x18\n" +
+	"\apreempt\x18\t \x01(\bR\apreempt\x12(\n" +
+	"\x10preempt_delay_ms\x18\n" +
+	" \x01(\x03R\x0epreemptDelayMs\".\n" +
+	"\x0fTransferRequest\x12\x1b\n" +
+	"\ttarget_id\x18\x01 \x01(\tR\btargetId\"\x8a\x01\n" +
 	"\n" +
 	"Leadership\x12$\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x10.keepvip.v1.RoleR\x04role\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x1b\n" +
 	"\tleader_id\x18\x03 \x01(\tR\bleaderId\x12%\n" +
-	"\x0eleader_address\x18\x04 \x01(\tR\rleaderAddress\"s\n" +
+	"\x0eleader_address\x18\x04 \x01(\tR\rleaderAddress\"\xc0\x01\n" +
 	"\x0fAnnouncerConfig\x12\x1c\n" +
 	"\tinterface\x18\x01 \x01(\tR\tinterface\x12\x12\n" +
 	"\x04vips\x18\x02 \x03(\tR\x04vips\x12.\n" +
-	"\x13refresh_interval_ms\x18\x03 \x01(\x03R\x11refreshIntervalMs\"\xe6\x01\n" +
+	"\x13refresh_interval_ms\x18\x03 \x01(\x03R\x11refreshIntervalMs\x12\x1f\n" +
+	"\vburst_count\x18\x04 \x01(\x05R\n" +
+	"burstCount\x12*\n" +
+	"\x11burst_interval_ms\x18\x05 \x01(\x03R\x0fburstIntervalMs\"X\n" +
+	"\x0eInterfaceEvent\x12\x16\n" +
+	"\x06usable\x18\x01 \x01(\bR\x06usable\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06readds\x18\x03 \x01(\x04R\x06readds\"\xd0\x03\n" +
 	"\x05Check\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x1d\n" +
 	"\n" +
 	"timeout_ms\x18\x04 \x01(\x03R\ttimeoutMs\x128\n" +
-	"\aoptions\x18\x05 \x03(\v2\x1e.keepvip.v1.Check.OptionsEntryR\aoptions\x1a:\n" +
+	"\aoptions\x18\x05 \x03(\v2\x1e.keepvip.v1.Check.OptionsEntryR\aoptions\x12\x1f\n" +
+	"\vinterval_ms\x18\x06 \x01(\x03R\n" +
+	"intervalMs\x12\x12\n" +
+	"\x04rise\x18\a \x01(\x05R\x04rise\x12\x12\n" +
+	"\x04fall\x18\b \x01(\x05R\x04fall\x12!\n" +
+	"\fnot_required\x18\t \x01(\bR\vnotRequired\x12)\n" +
+	"\x04http\x18\n" +
+	" \x01(\v2\x15.keepvip.v1.HTTPCheckR\x04http\x12&\n" +
+	"\x03udp\x18\v \x01(\v2\x14.keepvip.v1.UDPCheckR\x03udp\x12)\n" +
+	"\x04exec\x18\f \x01(\v2\x15.keepvip.v1.ExecCheckR\x04exec\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"[\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc1\x02\n" +
+	"\tHTTPCheck\x12\x16\n" +
+	"\x06method\x18\x01 \x01(\tR\x06method\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12#\n" +
+	"\rexpect_status\x18\x03 \x03(\x05R\fexpectStatus\x12#\n" +
+	"\rbody_contains\x18\x04 \x01(\tR\fbodyContains\x120\n" +
+	"\x14insecure_skip_verify\x18\x05 \x01(\bR\x12insecureSkipVerify\x12<\n" +
+	"\aheaders\x18\x06 \x03(\v2\".keepvip.v1.HTTPCheck.HeadersEntryR\aheaders\x12\x12\n" +
+	"\x04host\x18\a \x01(\tR\x04host\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
+	"\bUDPCheck\x12\x18\n" +
+	"\apayload\x18\x01 \x01(\fR\apayload\x12\x16\n" +
+	"\x06expect\x18\x02 \x01(\fR\x06expect\"O\n" +
+	"\tExecCheck\x12\x18\n" +
+	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
+	"\x04args\x18\x02 \x03(\tR\x04args\x12\x14\n" +
+	"\x05shell\x18\x03 \x01(\bR\x05shell\"[\n" +
 	"\rCheckerConfig\x12\x1f\n" +
 	"\vinterval_ms\x18\x01 \x01(\x03R\n" +
 	"intervalMs\x12)\n" +
-	"\x06checks\x18\x02 \x03(\v2\x11.keepvip.v1.CheckR\x06checks\"\x8a\x01\n" +
+	"\x06checks\x18\x02 \x03(\v2\x11.keepvip.v1.CheckR\x06checks\"\xbe\x01\n" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x18\n" +
 	"\ahealthy\x18\x03 \x01(\bR\ahealthy\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12\x1d\n" +
 	"\n" +
-	"latency_us\x18\x05 \x01(\x03R\tlatencyUs\"S\n" +
+	"latency_us\x18\x05 \x01(\x03R\tlatencyUs\x12\x1a\n" +
+	"\brequired\x18\x06 \x01(\bR\brequired\x12\x16\n" +
+	"\x06output\x18\a \x01(\tR\x06output\"S\n" +
 	"\x06Health\x12\x18\n" +
 	"\ahealthy\x18\x01 \x01(\bR\ahealthy\x12/\n" +
-	"\x06checks\x18\x02 \x03(\v2\x17.keepvip.v1.CheckResultR\x06checks\"7\n" +
+	"\x06checks\x18\x02 \x03(\v2\x17.keepvip.v1.CheckResultR\x06checks\"O\n" +
 	"\aBackend\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress\"\x8a\x01\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
+	"\x06weight\x18\x03 \x01(\x05R\x06weight\"\xcd\x01\n" +
+	"\rBackendHealth\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1f\n" +
+	"\vinterval_ms\x18\x03 \x01(\x03R\n" +
+	"intervalMs\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x04 \x01(\x03R\ttimeoutMs\x12\x12\n" +
+	"\x04rise\x18\x05 \x01(\x05R\x04rise\x12\x12\n" +
+	"\x04fall\x18\x06 \x01(\x05R\x04fall\x12,\n" +
+	"\x12eject_after_errors\x18\a \x01(\x05R\x10ejectAfterErrors\"\xd8\x02\n" +
 	"\fLoadBalancer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fbind_address\x18\x02 \x01(\tR\vbindAddress\x12\x12\n" +
 	"\x04type\x18\x03 \x01(\tR\x04type\x12/\n" +
-	"\bbackends\x18\x04 \x03(\v2\x13.keepvip.v1.BackendR\bbackends\"Q\n" +
+	"\bbackends\x18\x04 \x03(\v2\x13.keepvip.v1.BackendR\bbackends\x12\x1c\n" +
+	"\talgorithm\x18\x05 \x01(\tR\talgorithm\x121\n" +
+	"\x06health\x18\x06 \x01(\v2\x19.keepvip.v1.BackendHealthR\x06health\x12%\n" +
+	"\x0eproxy_protocol\x18\a \x01(\x05R\rproxyProtocol\x12,\n" +
+	"\x12connect_timeout_ms\x18\b \x01(\x03R\x10connectTimeoutMs\x12&\n" +
+	"\x0fidle_timeout_ms\x18\t \x01(\x03R\ridleTimeoutMs\"{\n" +
 	"\x0eBalancerConfig\x12?\n" +
-	"\x0eload_balancers\x18\x01 \x03(\v2\x18.keepvip.v1.LoadBalancerR\rloadBalancers*g\n" +
+	"\x0eload_balancers\x18\x01 \x03(\v2\x18.keepvip.v1.LoadBalancerR\rloadBalancers\x12(\n" +
+	"\x10drain_timeout_ms\x18\x02 \x01(\x03R\x0edrainTimeoutMs*g\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rROLE_FOLLOWER\x10\x01\x12\x12\n" +
 	"\x0eROLE_CANDIDATE\x10\x02\x12\x0f\n" +
 	"\vROLE_LEADER\x10\x03\x12\x11\n" +
-	"\rROLE_SHUTDOWN\x10\x042\xa6\x02\n" +
+	"\rROLE_SHUTDOWN\x10\x042\xb0\x02\n" +
 	"\aElector\x129\n" +
 	"\tConfigure\x12\x19.keepvip.v1.ElectorConfig\x1a\x11.keepvip.v1.Empty\x124\n" +
-	"\x05Watch\x12\x11.keepvip.v1.Empty\x1a\x16.keepvip.v1.Leadership0\x01\x12:\n" +
-	"\x12TransferLeadership\x12\x11.keepvip.v1.Empty\x1a\x11.keepvip.v1.Empty\x125\n" +
+	"\x05Watch\x12\x11.keepvip.v1.Empty\x1a\x16.keepvip.v1.Leadership0\x01\x12D\n" +
+	"\x12TransferLeadership\x12\x1b.keepvip.v1.TransferRequest\x1a\x11.keepvip.v1.Empty\x125\n" +
 	"\x06Status\x12\x11.keepvip.v1.Empty\x1a\x18.keepvip.v1.PluginStatus\x127\n" +
-	"\aMetrics\x12\x11.keepvip.v1.Empty\x1a\x19.keepvip.v1.PluginMetrics2\x9a\x02\n" +
+	"\aMetrics\x12\x11.keepvip.v1.Empty\x1a\x19.keepvip.v1.PluginMetrics2\xd4\x02\n" +
 	"\tAnnouncer\x12;\n" +
 	"\tConfigure\x12\x1b.keepvip.v1.AnnouncerConfig\x1a\x11.keepvip.v1.Empty\x12/\n" +
 	"\aAcquire\x12\x11.keepvip.v1.Empty\x1a\x11.keepvip.v1.Empty\x12/\n" +
-	"\aRelease\x12\x11.keepvip.v1.Empty\x1a\x11.keepvip.v1.Empty\x125\n" +
+	"\aRelease\x12\x11.keepvip.v1.Empty\x1a\x11.keepvip.v1.Empty\x128\n" +
+	"\x05Watch\x12\x11.keepvip.v1.Empty\x1a\x1a.keepvip.v1.InterfaceEvent0\x01\x125\n" +
 	"\x06Status\x12\x11.keepvip.v1.Empty\x1a\x18.keepvip.v1.PluginStatus\x127\n" +
 	"\aMetrics\x12\x11.keepvip.v1.Empty\x1a\x19.keepvip.v1.PluginMetrics2\xe6\x01\n" +
 	"\aChecker\x129\n" +
@@ -1036,74 +1767,90 @@ func file_keepvip_v1_keepvip_proto_rawDescGZIP() []byte {
 }
 
 var file_keepvip_v1_keepvip_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_keepvip_v1_keepvip_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_keepvip_v1_keepvip_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_keepvip_v1_keepvip_proto_goTypes = []any{
 	(Role)(0),               // 0: keepvip.v1.Role
 	(*Empty)(nil),           // 1: keepvip.v1.Empty
 	(*PluginStatus)(nil),    // 2: keepvip.v1.PluginStatus
 	(*PluginMetrics)(nil),   // 3: keepvip.v1.PluginMetrics
 	(*Member)(nil),          // 4: keepvip.v1.Member
-	(*ElectorConfig)(nil),   // 5: keepvip.v1.ElectorConfig
-	(*Leadership)(nil),      // 6: keepvip.v1.Leadership
-	(*AnnouncerConfig)(nil), // 7: keepvip.v1.AnnouncerConfig
-	(*Check)(nil),           // 8: keepvip.v1.Check
-	(*CheckerConfig)(nil),   // 9: keepvip.v1.CheckerConfig
-	(*CheckResult)(nil),     // 10: keepvip.v1.CheckResult
-	(*Health)(nil),          // 11: keepvip.v1.Health
-	(*Backend)(nil),         // 12: keepvip.v1.Backend
-	(*LoadBalancer)(nil),    // 13: keepvip.v1.LoadBalancer
-	(*BalancerConfig)(nil),  // 14: keepvip.v1.BalancerConfig
-	nil,                     // 15: keepvip.v1.PluginStatus.DetailsEntry
-	nil,                     // 16: keepvip.v1.Check.OptionsEntry
+	(*RaftTLS)(nil),         // 5: keepvip.v1.RaftTLS
+	(*ElectorConfig)(nil),   // 6: keepvip.v1.ElectorConfig
+	(*TransferRequest)(nil), // 7: keepvip.v1.TransferRequest
+	(*Leadership)(nil),      // 8: keepvip.v1.Leadership
+	(*AnnouncerConfig)(nil), // 9: keepvip.v1.AnnouncerConfig
+	(*InterfaceEvent)(nil),  // 10: keepvip.v1.InterfaceEvent
+	(*Check)(nil),           // 11: keepvip.v1.Check
+	(*HTTPCheck)(nil),       // 12: keepvip.v1.HTTPCheck
+	(*UDPCheck)(nil),        // 13: keepvip.v1.UDPCheck
+	(*ExecCheck)(nil),       // 14: keepvip.v1.ExecCheck
+	(*CheckerConfig)(nil),   // 15: keepvip.v1.CheckerConfig
+	(*CheckResult)(nil),     // 16: keepvip.v1.CheckResult
+	(*Health)(nil),          // 17: keepvip.v1.Health
+	(*Backend)(nil),         // 18: keepvip.v1.Backend
+	(*BackendHealth)(nil),   // 19: keepvip.v1.BackendHealth
+	(*LoadBalancer)(nil),    // 20: keepvip.v1.LoadBalancer
+	(*BalancerConfig)(nil),  // 21: keepvip.v1.BalancerConfig
+	nil,                     // 22: keepvip.v1.PluginStatus.DetailsEntry
+	nil,                     // 23: keepvip.v1.Check.OptionsEntry
+	nil,                     // 24: keepvip.v1.HTTPCheck.HeadersEntry
 }
 var file_keepvip_v1_keepvip_proto_depIdxs = []int32{
-	15, // 0: keepvip.v1.PluginStatus.details:type_name -> keepvip.v1.PluginStatus.DetailsEntry
+	22, // 0: keepvip.v1.PluginStatus.details:type_name -> keepvip.v1.PluginStatus.DetailsEntry
 	4,  // 1: keepvip.v1.ElectorConfig.members:type_name -> keepvip.v1.Member
-	0,  // 2: keepvip.v1.Leadership.role:type_name -> keepvip.v1.Role
-	16, // 3: keepvip.v1.Check.options:type_name -> keepvip.v1.Check.OptionsEntry
-	8,  // 4: keepvip.v1.CheckerConfig.checks:type_name -> keepvip.v1.Check
-	10, // 5: keepvip.v1.Health.checks:type_name -> keepvip.v1.CheckResult
-	12, // 6: keepvip.v1.LoadBalancer.backends:type_name -> keepvip.v1.Backend
-	13, // 7: keepvip.v1.BalancerConfig.load_balancers:type_name -> keepvip.v1.LoadBalancer
-	5,  // 8: keepvip.v1.Elector.Configure:input_type -> keepvip.v1.ElectorConfig
-	1,  // 9: keepvip.v1.Elector.Watch:input_type -> keepvip.v1.Empty
-	1,  // 10: keepvip.v1.Elector.TransferLeadership:input_type -> keepvip.v1.Empty
-	1,  // 11: keepvip.v1.Elector.Status:input_type -> keepvip.v1.Empty
-	1,  // 12: keepvip.v1.Elector.Metrics:input_type -> keepvip.v1.Empty
-	7,  // 13: keepvip.v1.Announcer.Configure:input_type -> keepvip.v1.AnnouncerConfig
-	1,  // 14: keepvip.v1.Announcer.Acquire:input_type -> keepvip.v1.Empty
-	1,  // 15: keepvip.v1.Announcer.Release:input_type -> keepvip.v1.Empty
-	1,  // 16: keepvip.v1.Announcer.Status:input_type -> keepvip.v1.Empty
-	1,  // 17: keepvip.v1.Announcer.Metrics:input_type -> keepvip.v1.Empty
-	9,  // 18: keepvip.v1.Checker.Configure:input_type -> keepvip.v1.CheckerConfig
-	1,  // 19: keepvip.v1.Checker.Watch:input_type -> keepvip.v1.Empty
-	1,  // 20: keepvip.v1.Checker.Status:input_type -> keepvip.v1.Empty
-	1,  // 21: keepvip.v1.Checker.Metrics:input_type -> keepvip.v1.Empty
-	14, // 22: keepvip.v1.Balancer.Configure:input_type -> keepvip.v1.BalancerConfig
-	1,  // 23: keepvip.v1.Balancer.Status:input_type -> keepvip.v1.Empty
-	1,  // 24: keepvip.v1.Balancer.Metrics:input_type -> keepvip.v1.Empty
-	1,  // 25: keepvip.v1.Elector.Configure:output_type -> keepvip.v1.Empty
-	6,  // 26: keepvip.v1.Elector.Watch:output_type -> keepvip.v1.Leadership
-	1,  // 27: keepvip.v1.Elector.TransferLeadership:output_type -> keepvip.v1.Empty
-	2,  // 28: keepvip.v1.Elector.Status:output_type -> keepvip.v1.PluginStatus
-	3,  // 29: keepvip.v1.Elector.Metrics:output_type -> keepvip.v1.PluginMetrics
-	1,  // 30: keepvip.v1.Announcer.Configure:output_type -> keepvip.v1.Empty
-	1,  // 31: keepvip.v1.Announcer.Acquire:output_type -> keepvip.v1.Empty
-	1,  // 32: keepvip.v1.Announcer.Release:output_type -> keepvip.v1.Empty
-	2,  // 33: keepvip.v1.Announcer.Status:output_type -> keepvip.v1.PluginStatus
-	3,  // 34: keepvip.v1.Announcer.Metrics:output_type -> keepvip.v1.PluginMetrics
-	1,  // 35: keepvip.v1.Checker.Configure:output_type -> keepvip.v1.Empty
-	11, // 36: keepvip.v1.Checker.Watch:output_type -> keepvip.v1.Health
-	2,  // 37: keepvip.v1.Checker.Status:output_type -> keepvip.v1.PluginStatus
-	3,  // 38: keepvip.v1.Checker.Metrics:output_type -> keepvip.v1.PluginMetrics
-	1,  // 39: keepvip.v1.Balancer.Configure:output_type -> keepvip.v1.Empty
-	2,  // 40: keepvip.v1.Balancer.Status:output_type -> keepvip.v1.PluginStatus
-	3,  // 41: keepvip.v1.Balancer.Metrics:output_type -> keepvip.v1.PluginMetrics
-	25, // [25:42] is the sub-list for method output_type
-	8,  // [8:25] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	5,  // 2: keepvip.v1.ElectorConfig.tls:type_name -> keepvip.v1.RaftTLS
+	0,  // 3: keepvip.v1.Leadership.role:type_name -> keepvip.v1.Role
+	23, // 4: keepvip.v1.Check.options:type_name -> keepvip.v1.Check.OptionsEntry
+	12, // 5: keepvip.v1.Check.http:type_name -> keepvip.v1.HTTPCheck
+	13, // 6: keepvip.v1.Check.udp:type_name -> keepvip.v1.UDPCheck
+	14, // 7: keepvip.v1.Check.exec:type_name -> keepvip.v1.ExecCheck
+	24, // 8: keepvip.v1.HTTPCheck.headers:type_name -> keepvip.v1.HTTPCheck.HeadersEntry
+	11, // 9: keepvip.v1.CheckerConfig.checks:type_name -> keepvip.v1.Check
+	16, // 10: keepvip.v1.Health.checks:type_name -> keepvip.v1.CheckResult
+	18, // 11: keepvip.v1.LoadBalancer.backends:type_name -> keepvip.v1.Backend
+	19, // 12: keepvip.v1.LoadBalancer.health:type_name -> keepvip.v1.BackendHealth
+	20, // 13: keepvip.v1.BalancerConfig.load_balancers:type_name -> keepvip.v1.LoadBalancer
+	6,  // 14: keepvip.v1.Elector.Configure:input_type -> keepvip.v1.ElectorConfig
+	1,  // 15: keepvip.v1.Elector.Watch:input_type -> keepvip.v1.Empty
+	7,  // 16: keepvip.v1.Elector.TransferLeadership:input_type -> keepvip.v1.TransferRequest
+	1,  // 17: keepvip.v1.Elector.Status:input_type -> keepvip.v1.Empty
+	1,  // 18: keepvip.v1.Elector.Metrics:input_type -> keepvip.v1.Empty
+	9,  // 19: keepvip.v1.Announcer.Configure:input_type -> keepvip.v1.AnnouncerConfig
+	1,  // 20: keepvip.v1.Announcer.Acquire:input_type -> keepvip.v1.Empty
+	1,  // 21: keepvip.v1.Announcer.Release:input_type -> keepvip.v1.Empty
+	1,  // 22: keepvip.v1.Announcer.Watch:input_type -> keepvip.v1.Empty
+	1,  // 23: keepvip.v1.Announcer.Status:input_type -> keepvip.v1.Empty
+	1,  // 24: keepvip.v1.Announcer.Metrics:input_type -> keepvip.v1.Empty
+	15, // 25: keepvip.v1.Checker.Configure:input_type -> keepvip.v1.CheckerConfig
+	1,  // 26: keepvip.v1.Checker.Watch:input_type -> keepvip.v1.Empty
+	1,  // 27: keepvip.v1.Checker.Status:input_type -> keepvip.v1.Empty
+	1,  // 28: keepvip.v1.Checker.Metrics:input_type -> keepvip.v1.Empty
+	21, // 29: keepvip.v1.Balancer.Configure:input_type -> keepvip.v1.BalancerConfig
+	1,  // 30: keepvip.v1.Balancer.Status:input_type -> keepvip.v1.Empty
+	1,  // 31: keepvip.v1.Balancer.Metrics:input_type -> keepvip.v1.Empty
+	1,  // 32: keepvip.v1.Elector.Configure:output_type -> keepvip.v1.Empty
+	8,  // 33: keepvip.v1.Elector.Watch:output_type -> keepvip.v1.Leadership
+	1,  // 34: keepvip.v1.Elector.TransferLeadership:output_type -> keepvip.v1.Empty
+	2,  // 35: keepvip.v1.Elector.Status:output_type -> keepvip.v1.PluginStatus
+	3,  // 36: keepvip.v1.Elector.Metrics:output_type -> keepvip.v1.PluginMetrics
+	1,  // 37: keepvip.v1.Announcer.Configure:output_type -> keepvip.v1.Empty
+	1,  // 38: keepvip.v1.Announcer.Acquire:output_type -> keepvip.v1.Empty
+	1,  // 39: keepvip.v1.Announcer.Release:output_type -> keepvip.v1.Empty
+	10, // 40: keepvip.v1.Announcer.Watch:output_type -> keepvip.v1.InterfaceEvent
+	2,  // 41: keepvip.v1.Announcer.Status:output_type -> keepvip.v1.PluginStatus
+	3,  // 42: keepvip.v1.Announcer.Metrics:output_type -> keepvip.v1.PluginMetrics
+	1,  // 43: keepvip.v1.Checker.Configure:output_type -> keepvip.v1.Empty
+	17, // 44: keepvip.v1.Checker.Watch:output_type -> keepvip.v1.Health
+	2,  // 45: keepvip.v1.Checker.Status:output_type -> keepvip.v1.PluginStatus
+	3,  // 46: keepvip.v1.Checker.Metrics:output_type -> keepvip.v1.PluginMetrics
+	1,  // 47: keepvip.v1.Balancer.Configure:output_type -> keepvip.v1.Empty
+	2,  // 48: keepvip.v1.Balancer.Status:output_type -> keepvip.v1.PluginStatus
+	3,  // 49: keepvip.v1.Balancer.Metrics:output_type -> keepvip.v1.PluginMetrics
+	32, // [32:50] is the sub-list for method output_type
+	14, // [14:32] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_keepvip_v1_keepvip_proto_init() }
@@ -1117,7 +1864,7 @@ func file_keepvip_v1_keepvip_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keepvip_v1_keepvip_proto_rawDesc), len(file_keepvip_v1_keepvip_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

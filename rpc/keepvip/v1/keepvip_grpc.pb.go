@@ -41,7 +41,7 @@ type ElectorClient interface {
 	// Watch sends the current leadership at once and then every change.
 	Watch(ctx context.Context, in *Empty, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Leadership], error)
 	// TransferLeadership hands leadership to another voter and waits for it.
-	TransferLeadership(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
+	TransferLeadership(ctx context.Context, in *TransferRequest, opts ...grpc.CallOption) (*Empty, error)
 	Status(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*PluginStatus, error)
 	Metrics(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*PluginMetrics, error)
 }
@@ -83,7 +83,7 @@ func (c *electorClient) Watch(ctx context.Context, in *Empty, opts ...grpc.CallO
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Elector_WatchClient = grpc.ServerStreamingClient[Leadership]
 
-func (c *electorClient) TransferLeadership(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error) {
+func (c *electorClient) TransferLeadership(ctx context.Context, in *TransferRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Elector_TransferLeadership_FullMethodName, in, out, cOpts...)
@@ -121,7 +121,7 @@ type ElectorServer interface {
 	// Watch sends the current leadership at once and then every change.
 	Watch(*Empty, grpc.ServerStreamingServer[Leadership]) error
 	// TransferLeadership hands leadership to another voter and waits for it.
-	TransferLeadership(context.Context, *Empty) (*Empty, error)
+	TransferLeadership(context.Context, *TransferRequest) (*Empty, error)
 	Status(context.Context, *Empty) (*PluginStatus, error)
 	Metrics(context.Context, *Empty) (*PluginMetrics, error)
 	mustEmbedUnimplementedElectorServer()
@@ -140,7 +140,7 @@ func (UnimplementedElectorServer) Configure(context.Context, *ElectorConfig) (*E
 func (UnimplementedElectorServer) Watch(*Empty, grpc.ServerStreamingServer[Leadership]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
 }
-func (UnimplementedElectorServer) TransferLeadership(context.Context, *Empty) (*Empty, error) {
+func (UnimplementedElectorServer) TransferLeadership(context.Context, *TransferRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method TransferLeadership not implemented")
 }
 func (UnimplementedElectorServer) Status(context.Context, *Empty) (*PluginStatus, error) {
@@ -200,7 +200,7 @@ func _Elector_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 type Elector_WatchServer = grpc.ServerStreamingServer[Leadership]
 
 func _Elector_TransferLeadership_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(Empty)
+	in := new(TransferRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -212,7 +212,7 @@ func _Elector_TransferLeadership_Handler(srv interface{}, ctx context.Context, d
 		FullMethod: Elector_TransferLeadership_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ElectorServer).TransferLeadership(ctx, req.(*Empty))
+		return srv.(ElectorServer).TransferLeadership(ctx, req.(*TransferRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -291,6 +291,7 @@ const (
 	Announcer_Configure_FullMethodName = "/keepvip.v1.Announcer/Configure"
 	Announcer_Acquire_FullMethodName   = "/keepvip.v1.Announcer/Acquire"
 	Announcer_Release_FullMethodName   = "/keepvip.v1.Announcer/Release"
+	Announcer_Watch_FullMethodName     = "/keepvip.v1.Announcer/Watch"
 	Announcer_Status_FullMethodName    = "/keepvip.v1.Announcer/Status"
 	Announcer_Metrics_FullMethodName   = "/keepvip.v1.Announcer/Metrics"
 )
@@ -303,6 +304,8 @@ type AnnouncerClient interface {
 	Configure(ctx context.Context, in *AnnouncerConfig, opts ...grpc.CallOption) (*Empty, error)
 	Acquire(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
 	Release(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
+	// Watch sends the interface's state at once and on every change.
+	Watch(ctx context.Context, in *Empty, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InterfaceEvent], error)
 	Status(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*PluginStatus, error)
 	Metrics(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*PluginMetrics, error)
 }
@@ -345,6 +348,25 @@ func (c *announcerClient) Release(ctx context.Context, in *Empty, opts ...grpc.C
 	return out, nil
 }
 
+func (c *announcerClient) Watch(ctx context.Context, in *Empty, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InterfaceEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Announcer_ServiceDesc.Streams[0], Announcer_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[Empty, InterfaceEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Announcer_WatchClient = grpc.ServerStreamingClient[InterfaceEvent]
+
 func (c *announcerClient) Status(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*PluginStatus, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PluginStatus)
@@ -373,6 +395,8 @@ type AnnouncerServer interface {
 	Configure(context.Context, *AnnouncerConfig) (*Empty, error)
 	Acquire(context.Context, *Empty) (*Empty, error)
 	Release(context.Context, *Empty) (*Empty, error)
+	// Watch sends the interface's state at once and on every change.
+	Watch(*Empty, grpc.ServerStreamingServer[InterfaceEvent]) error
 	Status(context.Context, *Empty) (*PluginStatus, error)
 	Metrics(context.Context, *Empty) (*PluginMetrics, error)
 	mustEmbedUnimplementedAnnouncerServer()
@@ -393,6 +417,9 @@ func (UnimplementedAnnouncerServer) Acquire(context.Context, *Empty) (*Empty, er
 }
 func (UnimplementedAnnouncerServer) Release(context.Context, *Empty) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Release not implemented")
+}
+func (UnimplementedAnnouncerServer) Watch(*Empty, grpc.ServerStreamingServer[InterfaceEvent]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
 }
 func (UnimplementedAnnouncerServer) Status(context.Context, *Empty) (*PluginStatus, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
@@ -475,6 +502,17 @@ func _Announcer_Release_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Announcer_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(Empty)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AnnouncerServer).Watch(m, &grpc.GenericServerStream[Empty, InterfaceEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Announcer_WatchServer = grpc.ServerStreamingServer[InterfaceEvent]
+
 func _Announcer_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(Empty)
 	if err := dec(in); err != nil {
@@ -539,7 +577,13 @@ var Announcer_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Announcer_Metrics_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _Announcer_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "keepvip/v1/keepvip.proto",
 }
 
