@@ -38,8 +38,10 @@ e2e: deps build
 demo: deps build
 	KEEPVIP_BIN_DIR=$(BIN) KEEPVIP_DEMO=1 $(GO) test -count=1 -timeout 5m -run '^TestDemo$$' -v ./e2e/
 
-bench:
-	@echo "no benchmarks yet"
+# Benchmarks against real peers (keepalived, HAProxy, nginx); they print
+# figures and ratios instead of asserting timings.
+bench: deps build
+	KEEPVIP_BIN_DIR=$(BIN) KEEPVIP_BENCH=1 $(GO) test -count=1 -timeout 80m -run '^TestBench' -v ./e2e/...
 
 # Regenerates rpc/ from the .proto with the generator versions pinned in go.mod.
 generate:
