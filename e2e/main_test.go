@@ -1,0 +1,33 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"testing"
+)
+
+// TestMain turns the test binary into one of the small helper programs the
+// harness runs inside namespaces (see helper_test.go) when helperModeEnv is
+// set; otherwise it runs the tests and removes the binaries it built.
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(helperModeEnv); mode != "" {
+		os.Exit(runHelper(mode, os.Args[1:]))
+	}
+	if os.Geteuid() == 0 {
+		if err := reapStaleRuns(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: reaping leftovers of earlier runs: %v\n", err)
+		}
+		reapStaleBinaries()
+	}
+	code := m.Run()
+	removeBuiltBinaries()
+	os.Exit(code)
+}
+
+// requireRoot skips a test that needs namespaces when it does not run as root.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("e2e tests need root (network namespaces, veths, bridges)")
+	}
+}
