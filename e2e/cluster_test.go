@@ -27,6 +27,13 @@ type Cluster struct {
 // the supervisor's id auto-detection is exercised.
 func StartCluster(t *testing.T, size int) *Cluster {
 	t.Helper()
+	return StartClusterWith(t, size, nil)
+}
+
+// StartClusterWith is StartCluster with each node's config adjusted by
+// adjust (when not nil) before it is written.
+func StartClusterWith(t *testing.T, size int, adjust func(*NodeConfig)) *Cluster {
+	t.Helper()
 	requireRoot(t)
 	bins := binariesForTest(t)
 	n := NewNet(t, size)
@@ -44,6 +51,9 @@ func StartCluster(t *testing.T, size int) *Cluster {
 	c.Started = time.Now()
 	for i := 1; i <= size; i++ {
 		cfg := NodeConfig{Cluster: cluster, Index: i, Members: size, OmitID: i == size}
+		if adjust != nil {
+			adjust(&cfg)
+		}
 		c.Nodes = append(c.Nodes, StartNode(t, n, bins, nodesDir, cfg))
 	}
 	return c

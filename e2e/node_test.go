@@ -28,10 +28,15 @@ type NodeConfig struct {
 	OmitID  bool // leave id out so the supervisor must work it out
 	Members int  // cluster size
 	DataDir string
+	// Render, if set, writes the config instead of YAML's default.
+	Render func(c NodeConfig, n *Net) string
 }
 
 // YAML renders the config in the supervisor's schema.
 func (c NodeConfig) YAML(n *Net) string {
+	if c.Render != nil {
+		return c.Render(c, n)
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "cluster: %s\n", c.Cluster)
 	fmt.Fprintf(&b, "interface: %s\n", nodeIfName)
