@@ -10,12 +10,14 @@ import (
 )
 
 // Checker runs this member's health checks. It is the plugin users may
-// replace with their own binary (config key plugins.checker).
+// replace with their own binary (config key plugins.checker); the protocol,
+// and what each message means, is docs/checker-protocol.md.
 type Checker interface {
 	Reporter
 	Configure(ctx context.Context, cfg *pb.CheckerConfig) error
-	// Watch calls send with a verdict after every round of checks, until
-	// ctx ends or send fails.
+	// Watch calls send with the latest verdict at once, if there is one,
+	// and then a verdict after every round of checks, until ctx ends or
+	// send fails. Healthy means every required check is healthy.
 	Watch(ctx context.Context, send func(*pb.Health) error) error
 }
 
