@@ -62,6 +62,10 @@ func (a *addrs) add(vip netip.Addr) error {
 		return fmt.Errorf("add vip %s to %s: %w", vip, a.ifname, err)
 	}
 	if err := a.h.AddrAdd(l, hostAddr(vip)); err != nil && !errors.Is(err, unix.EEXIST) {
+		if vip.Is6() && errors.Is(err, unix.EACCES) {
+			// What the kernel answers when IPv6 is off on the interface.
+			return fmt.Errorf("add vip %s to %s: is IPv6 disabled on %s (sysctl net.ipv6.conf.%s.disable_ipv6)? %w", vip, a.ifname, a.ifname, a.ifname, err)
+		}
 		return fmt.Errorf("add vip %s to %s: %w", vip, a.ifname, err)
 	}
 	return nil
@@ -93,7 +97,14 @@ func (a *addrs) has(vip netip.Addr) (bool, error) {
 	if vip.Is6() {
 		family = netlink.FAMILY_V6
 	}
-	list, err := a.h.AddrList(l, family)
+	var list []netlink.Addr
+	// An address added or removed during the dump interrupts it; the
+	// watcher sees exactly such changes, so read again.
+	for range 3 {
+		if list, err = a.h.AddrList(l, family); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
 	if err != nil {
 		return false, fmt.Errorf("list addresses of %s: %w", a.ifname, err)
 	}
@@ -107,14 +118,18 @@ func (a *addrs) has(vip netip.Addr) (bool, error) {
 	return false, nil
 }
 
-// iface is the interface as the net package describes it, for the ARP
-// socket. It comes from the same netlink handle so it is looked up in the
-// announcer's network namespace.
+// iface is the interface as the net package describes it, for the ARP and
+// NDP sockets. It comes from the same netlink handle so it is looked up in
+// the announcer's network namespace.
 func (a *addrs) iface() (*net.Interface, error) {
 	l, err := a.link()
 	if err != nil {
 		return nil, err
 	}
+	return ifaceOf(l), nil
+}
+
+func ifaceOf(l netlink.Link) *net.Interface {
 	at := l.Attrs()
 	return &net.Interface{
 		Index:        at.Index,
@@ -122,5 +137,5 @@ func (a *addrs) iface() (*net.Interface, error) {
 		Name:         at.Name,
 		HardwareAddr: at.HardwareAddr,
 		Flags:        at.Flags,
-	}, nil
+	}
 }

@@ -1,22 +1,29 @@
 // Package announcer puts keep-vip's VIPs on an interface and tells the
-// segment about them with gratuitous ARP, in the manner of MetalLB's layer2
-// mode: one small type per concern (addrs for netlink, arpSender for ARP,
-// refresher for the repeat) and Announcer tying them to rpc.Announcer.
+// segment about them, in the manner of MetalLB's layer2 mode: gratuitous
+// ARP for IPv4 VIPs, unsolicited neighbour advertisements for IPv6 ones. One
+// small type per concern: addrs (netlink), arpSender and ndpSender (one
+// packet each), speaker (their sockets), refresher (burst and repeat),
+// linkWatcher (netlink subscriptions), an rpc.Feed (Watch streams), and Announcer
+// tying them to rpc.Announcer.
 //
-// IPv6 VIPs are added to the interface (/128, no DAD) but not announced:
-// the announcer sends no unsolicited neighbour advertisements.
+// Robustness: the interface's state is followed through netlink; an
+// interface that is down or has no carrier is reported unusable on Watch,
+// and a VIP that someone else removes while it is held is added back at
+// once, announced again and counted.
 //
-// Network namespace: Configure opens the netlink and packet sockets in the
-// network namespace of the thread that calls it, and every later call works
-// through those sockets, so the announcer stays in that namespace whatever
-// thread later calls run on.
+// Network namespace: Configure opens the netlink handle in the network
+// namespace of the thread that calls it, and remembers that namespace:
+// every socket opened later (ARP, NDP, subscriptions) is opened in it, so
+// the announcer stays in that namespace whatever thread later calls run on.
 package announcer
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,30 +54,46 @@ const (
 type Announcer struct {
 	log      zerolog.Logger
 	m        *metrics
+	state    *rpc.Feed[*pb.InterfaceEvent] // what Watch streams follow
 	garpSent atomic.Uint64
+	naSent   atomic.Uint64
+	sendErrs sendErrors
 
 	mu      sync.Mutex
+	ns      *netnsRef       // opened with nl
 	nl      *netlink.Handle // opened by the first Configure
+	sp      *speaker        // opened with nl
 	cfg     *config         // nil until Configure succeeds, and after Close
 	addrs   *addrs
-	arp     *arpSender // nil when no VIP is IPv4
+	watcher *linkWatcher // non-nil while configured
 	held    bool
 	refresh *refresher // non-nil while held
+	// The interface's state as last read, and how many VIPs were added
+	// back since the start; published to Watch streams on every change.
+	usable bool
+	reason string
+	readds uint64
 }
 
 var _ rpc.Announcer = (*Announcer)(nil)
 
 // New returns an announcer that holds nothing until configured.
 func New(log zerolog.Logger) *Announcer {
-	return &Announcer{log: log, m: newMetrics()}
+	return &Announcer{
+		log:    log,
+		m:      newMetrics(),
+		state:  newInterfaceFeed(),
+		usable: true,
+	}
 }
 
 // Configure validates cfg, releases what an earlier config held, and takes
 // off the interface any of cfg's VIPs that are on it already: they can only
 // be left over from a run that died, and a fresh announcer holds nothing.
+// It then starts watching the interface.
 //
-// An invalid cfg changes nothing. A failure after validation leaves the
-// announcer unconfigured.
+// An invalid cfg, or one naming an interface that does not exist, changes
+// nothing. A failure after that leaves the announcer unconfigured.
 func (a *Announcer) Configure(ctx context.Context, c *pb.AnnouncerConfig) error {
 	cfg, err := parseConfig(c)
 	if err != nil {
@@ -78,80 +101,110 @@ func (a *Announcer) Configure(ctx context.Context, c *pb.AnnouncerConfig) error 
 		return fmt.Errorf("configure announcer: %w", err)
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if err := a.configure(cfg); err != nil {
+	old, err := a.configure(cfg)
+	a.mu.Unlock()
+	if old != nil {
+		old.wait()
+	}
+	if err != nil {
 		a.m.failed(opConfigure)
 		return fmt.Errorf("configure announcer: %w", err)
 	}
 	return nil
 }
 
-func (a *Announcer) configure(cfg config) error {
+// configure does Configure's work under a.mu. It returns the watcher of the
+// old config, stopping: the caller waits for it once a.mu is unlocked, as
+// the watcher may be waiting for a.mu itself.
+func (a *Announcer) configure(cfg config) (*linkWatcher, error) {
 	if a.nl == nil {
+		ns, err := currentNetns()
+		if err != nil {
+			return nil, err
+		}
 		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 		if err != nil {
-			return fmt.Errorf("open netlink: %w", err)
+			ns.close()
+			return nil, fmt.Errorf("open netlink: %w", err)
 		}
-		a.nl = h
+		a.ns, a.nl, a.sp = ns, h, &speaker{ns: ns}
 	}
 	next := &addrs{h: a.nl, ifname: cfg.ifname}
 	ifi, err := next.iface()
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	// From here on the old config is gone, whatever happens.
+	old := a.watcher
+	if old != nil {
+		old.signal()
+	}
 	relErr := a.release()
-	a.closeARP()
-	a.cfg, a.addrs = nil, nil
+	if err := a.sp.reset(ifi); err != nil {
+		a.log.Warn().Err(err).Msg("close announcement sockets")
+	}
+	a.cfg, a.addrs, a.watcher = nil, nil, nil
 	a.m.vipHeld.Reset()
+	a.m.usable.Reset()
 	if relErr != nil {
-		return relErr
+		return old, relErr
 	}
 
 	for _, vip := range cfg.vips {
 		present, err := next.has(vip)
 		if err != nil {
 			a.m.failed(opRemove)
-			return err
+			return old, err
 		}
 		if !present {
 			continue
 		}
 		if err := next.remove(vip); err != nil {
 			a.m.failed(opRemove)
-			return err
+			return old, err
 		}
 		a.log.Warn().Str("vip", vip.String()).Str("interface", cfg.ifname).
 			Msg("removed vip left on the interface by an earlier run")
 	}
 
-	var sender *arpSender
-	for _, vip := range cfg.vips {
-		if vip.Is4() {
-			if sender, err = newARPSender(ifi); err != nil {
-				return err
-			}
-			break
+	if cfg.has4() {
+		// Without an ARP socket no IPv4 VIP can be announced: a lasting
+		// problem (no ethernet address), so Configure fails on it.
+		if err := a.sp.open4(); err != nil {
+			return old, err
+		}
+	}
+	if cfg.has6() {
+		// The NDP socket needs a link-local address, which comes and goes
+		// with the link (and is tentative for a while after it comes up):
+		// not worth failing for now, it is opened again when needed.
+		if err := a.sp.open6(); err != nil {
+			a.log.Warn().Err(err).Msg("ipv6 vips: neighbour advertisements will be tried again on every announcement")
 		}
 	}
 
-	a.cfg, a.addrs, a.arp = &cfg, next, sender
+	a.cfg, a.addrs = &cfg, next
 	for _, vip := range cfg.vips {
 		a.m.vipHeld.WithLabelValues(vip.String()).Set(0)
+		a.m.readds.WithLabelValues(vip.String())
 	}
+	a.refreshLinkLocked()
+	a.watcher = startLinkWatcher(a.ns, a.log, a, cfg.refresh, func() { a.m.failed(opWatch) })
 	a.log.Info().Str("interface", cfg.ifname).Str("vips", joinVIPs(cfg.vips)).
-		Dur("refresh", cfg.refresh).Msg("configured")
-	return nil
+		Dur("refresh", cfg.refresh).Int("burst", cfg.burst).Dur("burst_interval", cfg.spacing).
+		Bool("usable", a.usable).Msg("configured")
+	return old, nil
 }
 
-// Acquire puts every VIP on the interface, announces them at once, and
-// keeps announcing them every refresh interval until Release or Close.
-// Acquiring again while held only makes sure the VIPs are still there.
+// Acquire puts every VIP on the interface, announces them at once and
+// burst-1 more times burst_interval apart, and then every refresh interval
+// until Release or Close. Acquiring again while held only makes sure the
+// VIPs are still there.
 //
 // A failed announcement does not fail Acquire: the VIP is in place, hosts
-// reach it once their ARP entries age out, the refresh tries again, and the
-// errors metric shows it.
+// reach it once their neighbour entries age out, the next round tries
+// again, and the errors metric shows it.
 func (a *Announcer) Acquire(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -164,6 +217,13 @@ func (a *Announcer) Acquire(ctx context.Context) error {
 	for _, vip := range a.cfg.vips {
 		if err := a.addrs.add(vip); err != nil {
 			a.m.failed(opAdd)
+			if !a.held {
+				// All or nothing: a caller whose Acquire failed holds
+				// nothing and will not release, so no VIP may stay.
+				if rerr := a.release(); rerr != nil {
+					err = errors.Join(err, rerr)
+				}
+			}
 			return err
 		}
 	}
@@ -176,29 +236,30 @@ func (a *Announcer) Acquire(ctx context.Context) error {
 	}
 	a.log.Info().Str("interface", a.cfg.ifname).Str("vips", joinVIPs(a.cfg.vips)).Msg("acquired")
 
-	vips, sender := a.cfg.vips, a.arp
-	a.announce(sender, vips)
-	a.refresh = startRefresher(a.cfg.refresh, func() { a.announce(sender, vips) })
+	vips := a.cfg.vips
+	a.announce(vips)
+	a.refresh = startRefresher(a.cfg.burst, a.cfg.spacing, a.cfg.refresh, func() { a.announce(vips) })
 	return nil
 }
 
-// announce sends one round of gratuitous ARP for the IPv4 VIPs. It runs on
-// the refresher's goroutine too, so it touches nothing a.mu guards.
-func (a *Announcer) announce(sender *arpSender, vips []netip.Addr) {
-	if sender == nil {
-		return
-	}
+// announce sends one round of announcements for vips. It runs on the
+// refresher's goroutine too, so it touches nothing a.mu guards.
+func (a *Announcer) announce(vips []netip.Addr) {
 	for _, vip := range vips {
-		if !vip.Is4() {
-			continue // IPv6 VIPs are only added, see the package doc.
+		n, err := a.sp.announce(vip)
+		op := opGARP
+		if vip.Is4() {
+			a.garpSent.Add(uint64(n))
+			a.m.garpSent.Add(float64(n))
+		} else {
+			op = opNA
+			a.naSent.Add(uint64(n))
+			a.m.naSent.Add(float64(n))
 		}
-		n, err := sender.gratuitous(vip)
-		a.garpSent.Add(uint64(n))
-		a.m.garpSent.Add(float64(n))
 		if err != nil {
-			a.m.failed(opGARP)
-			a.log.Error().Err(err).Str("vip", vip.String()).Msg("gratuitous arp")
+			a.m.failed(op)
 		}
+		a.sendErrs.note(a.log, vip, err)
 	}
 }
 
@@ -220,6 +281,8 @@ func (a *Announcer) release() error {
 		return nil
 	}
 	wasHeld := a.held
+	// Not held any more before the VIPs go: the watcher must not take
+	// their removal for someone else's and add them back.
 	a.held = false
 	var errs []error
 	for _, vip := range a.cfg.vips {
@@ -235,46 +298,233 @@ func (a *Announcer) release() error {
 	return errors.Join(errs...)
 }
 
-func (a *Announcer) closeARP() {
-	if a.arp == nil {
-		return
-	}
-	if err := a.arp.close(); err != nil {
-		a.log.Warn().Err(err).Msg("close arp socket")
-	}
-	a.arp = nil
-}
-
-// Close releases the VIPs and closes the sockets. It is what runs when the
-// plugin is stopped or gets SIGTERM, so a dying announcer leaves no VIP
-// behind. Closing twice is fine; a later Configure starts afresh.
+// Close releases the VIPs, stops watching the interface and closes the
+// sockets. It is what runs when the plugin is stopped or gets SIGTERM, so a
+// dying announcer leaves no VIP behind. Closing twice is fine; a later
+// Configure starts afresh.
 func (a *Announcer) Close() error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	err := a.release()
-	a.closeARP()
+	w := a.watcher
+	if w != nil {
+		w.signal()
+	}
+	ns := a.ns
+	if a.sp != nil {
+		if cerr := a.sp.close(); cerr != nil {
+			a.log.Warn().Err(cerr).Msg("close announcement sockets")
+		}
+	}
 	if a.nl != nil {
 		a.nl.Close()
-		a.nl = nil
 	}
-	a.cfg, a.addrs = nil, nil
+	a.ns, a.nl, a.sp, a.cfg, a.addrs, a.watcher = nil, nil, nil, nil, nil, nil
+	a.mu.Unlock()
+	if w != nil {
+		w.wait()
+	}
+	if ns != nil {
+		ns.close() // the watcher, which opens sockets in it, is gone
+	}
 	if err != nil {
 		return fmt.Errorf("close announcer: %w", err)
 	}
 	return nil
 }
 
-// Status reports holding or released, with the interface, the VIPs and how
-// many gratuitous ARP packets were sent since the start.
+// Watch sends the interface's state at once and on every change (usable,
+// reason, or the count of VIPs added back), to any number of streams at
+// once, until ctx ends or send fails.
+func (a *Announcer) Watch(ctx context.Context, send func(*pb.InterfaceEvent) error) error {
+	return a.state.Watch(ctx, send)
+}
+
+// newInterfaceFeed starts out usable: nothing has said otherwise yet.
+func newInterfaceFeed() *rpc.Feed[*pb.InterfaceEvent] {
+	f := rpc.NewFeed[*pb.InterfaceEvent](nil)
+	f.Publish(&pb.InterfaceEvent{Usable: true})
+	return f
+}
+
+// current is the interface state last sent to the Watch streams.
+func (a *Announcer) current() *pb.InterfaceEvent {
+	ev, _ := a.state.Latest()
+	return ev
+}
+
+// linkChanged implements linkEvents: an update about our interface (by
+// name, or by the index it had) has the state read afresh.
+func (a *Announcer) linkChanged(w *linkWatcher, name string, index int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.watcher != w || a.cfg == nil {
+		return
+	}
+	if name != a.cfg.ifname && index != a.sp.interfaceIndex() {
+		return
+	}
+	a.refreshLinkLocked()
+}
+
+// addrGone implements linkEvents: a host address that is one of our VIPs
+// went away while held; whoever removed it, it goes back at once.
+func (a *Announcer) addrGone(w *linkWatcher, u netlink.AddrUpdate) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.watcher != w || a.cfg == nil || !a.held {
+		return
+	}
+	ones, bits := u.LinkAddress.Mask.Size()
+	ip, ok := netip.AddrFromSlice(u.LinkAddress.IP)
+	if !ok || ones != bits || !slices.Contains(a.cfg.vips, ip.Unmap()) {
+		return
+	}
+	if a.ensureVIPsLocked() > 0 {
+		a.refresh.kick()
+	}
+}
+
+// resync implements linkEvents.
+func (a *Announcer) resync(w *linkWatcher) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.watcher != w || a.cfg == nil {
+		return
+	}
+	a.refreshLinkLocked()
+	if a.ensureVIPsLocked() > 0 {
+		a.refresh.kick()
+	}
+}
+
+// refreshLinkLocked reads the interface's state and publishes a change. An
+// interface that comes back while the VIPs are held gets them back (the
+// kernel takes IPv6 addresses off a link that goes down) and a new burst of
+// announcements: neighbours may have flushed their entries meanwhile.
+func (a *Announcer) refreshLinkLocked() {
+	l, err := a.addrs.link()
+	usable, reason := false, ""
+	switch {
+	case errors.Is(err, ErrInterfaceNotFound):
+		reason = fmt.Sprintf("interface %s is gone", a.cfg.ifname)
+	case err != nil:
+		a.m.failed(opWatch)
+		a.log.Warn().Err(err).Msg("read interface state")
+		return
+	default:
+		usable, reason = linkUsable(l)
+		if at := l.Attrs(); at.Index != a.sp.interfaceIndex() {
+			// Recreated: sockets bound to the old one are useless.
+			a.log.Info().Str("interface", at.Name).Int("index", at.Index).Msg("interface has a new index; reopening sockets")
+			if err := a.sp.reset(ifaceOf(l)); err != nil {
+				a.log.Warn().Err(err).Msg("close announcement sockets")
+			}
+		}
+	}
+	wasUsable := a.usable
+	a.m.usable.WithLabelValues(a.cfg.ifname).Set(b2f(usable))
+	if usable != a.usable || reason != a.reason {
+		ev := a.log.Info()
+		if !usable {
+			ev = a.log.Warn()
+		}
+		ev.Str("interface", a.cfg.ifname).Bool("usable", usable).Str("reason", reason).Msg("interface changed")
+	}
+	a.usable, a.reason = usable, reason
+	a.publishLocked()
+	if usable && !wasUsable && a.held {
+		a.ensureVIPsLocked()
+		a.refresh.kick()
+	}
+}
+
+// ensureVIPsLocked adds back every held VIP missing from a usable
+// interface, counts them, publishes the count and returns how many it added
+// back; the caller starts a new burst of announcements for them.
+func (a *Announcer) ensureVIPsLocked() int {
+	if !a.held {
+		return 0
+	}
+	// On a link that is down the kernel removes IPv6 addresses itself; the
+	// VIPs come back with the link (refreshLinkLocked), and meanwhile the
+	// supervisor gives them up anyway.
+	if l, err := a.addrs.link(); err != nil {
+		return 0
+	} else if ok, _ := linkUsable(l); !ok {
+		return 0
+	}
+	readded := 0
+	for _, vip := range a.cfg.vips {
+		present, err := a.addrs.has(vip)
+		if err != nil || present {
+			if err != nil {
+				a.m.failed(opReadd)
+				a.log.Warn().Err(err).Str("vip", vip.String()).Msg("check vip")
+			}
+			continue
+		}
+		if err := a.addrs.add(vip); err != nil {
+			a.m.failed(opReadd)
+			a.log.Error().Err(err).Str("vip", vip.String()).Msg("vip missing from the interface while held; adding it back failed")
+			continue
+		}
+		readded++
+		a.readds++
+		a.m.readds.WithLabelValues(vip.String()).Inc()
+		a.log.Warn().Str("vip", vip.String()).Str("interface", a.cfg.ifname).Uint64("readds", a.readds).
+			Msg("vip was missing from the interface while held; added it back")
+	}
+	if readded > 0 {
+		a.publishLocked()
+	}
+	return readded
+}
+
+// publishLocked sends the current state to the Watch streams if it differs
+// from what they were last sent.
+func (a *Announcer) publishLocked() {
+	last := a.current()
+	if last.GetUsable() == a.usable && last.GetReason() == a.reason && last.GetReadds() == a.readds {
+		return
+	}
+	a.state.Publish(&pb.InterfaceEvent{Usable: a.usable, Reason: a.reason, Readds: a.readds})
+}
+
+// linkUsable tells whether the link can carry the VIP: administratively up,
+// with carrier (IFF_LOWER_UP), and operationally up. Unknown counts as up:
+// some drivers never report an operational state.
+func linkUsable(l netlink.Link) (bool, string) {
+	at := l.Attrs()
+	switch {
+	case at.Flags&net.FlagUp == 0:
+		return false, fmt.Sprintf("interface %s is down", at.Name)
+	case at.RawFlags&unix.IFF_LOWER_UP == 0:
+		return false, fmt.Sprintf("interface %s has no carrier", at.Name)
+	case at.OperState != netlink.OperUp && at.OperState != netlink.OperUnknown:
+		return false, fmt.Sprintf("interface %s is operationally %s", at.Name, at.OperState)
+	}
+	return true, ""
+}
+
+// Status reports holding or released, with the interface, the VIPs, its
+// state and the announcements sent and VIPs added back since the start.
 func (a *Announcer) Status(context.Context) (*pb.PluginStatus, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	st := &pb.PluginStatus{
-		State:   StateReleased,
-		Details: map[string]string{"garp_sent": strconv.FormatUint(a.garpSent.Load(), 10)},
+		State: StateReleased,
+		Details: map[string]string{
+			"garp_sent": strconv.FormatUint(a.garpSent.Load(), 10),
+			"na_sent":   strconv.FormatUint(a.naSent.Load(), 10),
+			"readds":    strconv.FormatUint(a.readds, 10),
+			"usable":    strconv.FormatBool(a.usable),
+		},
 	}
 	if a.held {
 		st.State = StateHolding
+	}
+	if a.reason != "" {
+		st.Details["reason"] = a.reason
 	}
 	if a.cfg != nil {
 		st.Details["interface"] = a.cfg.ifname
@@ -296,30 +546,94 @@ func joinVIPs(vips []netip.Addr) string {
 	return strings.Join(s, ",")
 }
 
-// refresher calls a function every interval on its own goroutine until
-// halted.
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// sendErrors keeps the last announcement error per VIP, so a failure that
+// lasts (IPv6 off on the interface, say) is logged once as an error, not
+// every round, and its end is logged too.
+type sendErrors struct {
+	mu   sync.Mutex
+	last map[netip.Addr]string
+}
+
+func (s *sendErrors) note(log zerolog.Logger, vip netip.Addr, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prev := s.last[vip]
+	switch {
+	case err == nil && prev != "":
+		delete(s.last, vip)
+		log.Info().Str("vip", vip.String()).Msg("announcements go out again")
+	case err == nil:
+	case err.Error() != prev:
+		if s.last == nil {
+			s.last = map[netip.Addr]string{}
+		}
+		s.last[vip] = err.Error()
+		log.Error().Err(err).Str("vip", vip.String()).Msg("announce vip")
+	default:
+		log.Debug().Err(err).Str("vip", vip.String()).Msg("announce vip")
+	}
+}
+
+// refresher runs announcement rounds on its own goroutine until halted: a
+// burst of rounds spacing apart (the first is the caller's, at once), then
+// one every interval. kick starts a new burst at once.
 type refresher struct {
 	stop context.CancelFunc
 	done chan struct{}
+	kc   chan struct{}
 }
 
-func startRefresher(every time.Duration, round func()) *refresher {
+func startRefresher(burst int, spacing, every time.Duration, round func()) *refresher {
 	ctx, stop := context.WithCancel(context.Background())
-	r := &refresher{stop: stop, done: make(chan struct{})}
+	r := &refresher{stop: stop, done: make(chan struct{}), kc: make(chan struct{}, 1)}
 	go func() {
 		defer close(r.done)
-		t := time.NewTicker(every)
+		// due is how many rounds of the current burst are still to come.
+		due := burst - 1
+		next := func() time.Duration {
+			if due > 0 {
+				return spacing
+			}
+			return every
+		}
+		t := time.NewTimer(next())
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
+			case <-r.kc:
+				round()
+				due = burst - 1
 			case <-t.C:
 				round()
+				if due > 0 {
+					due--
+				}
 			}
+			t.Reset(next())
 		}
 	}()
 	return r
+}
+
+// kick asks for a new burst; a kick already pending covers this one. It is
+// safe on a nil refresher (nothing held).
+func (r *refresher) kick() {
+	if r == nil {
+		return
+	}
+	select {
+	case r.kc <- struct{}{}:
+	default:
+	}
 }
 
 // halt stops the refresher and waits for a round in progress to finish, so
@@ -327,14 +641,4 @@ func startRefresher(every time.Duration, round func()) *refresher {
 func (r *refresher) halt() {
 	r.stop()
 	<-r.done
-}
-
-// Watch reports the interface as usable and holds the stream open until ctx
-// ends. Link and carrier events are not watched yet, so it never changes.
-func (a *Announcer) Watch(ctx context.Context, send func(*pb.InterfaceEvent) error) error {
-	if err := send(&pb.InterfaceEvent{Usable: true}); err != nil {
-		return err
-	}
-	<-ctx.Done()
-	return ctx.Err()
 }

@@ -21,8 +21,10 @@ func testLogger(t *testing.T) zerolog.Logger {
 	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
 }
 
+// cfgFor is a config with a burst of one: each test that counts
+// announcements asks for the burst it wants.
 func cfgFor(ifname string, refresh time.Duration, vips ...netip.Addr) *pb.AnnouncerConfig {
-	c := &pb.AnnouncerConfig{Interface: ifname, RefreshIntervalMs: refresh.Milliseconds()}
+	c := &pb.AnnouncerConfig{Interface: ifname, RefreshIntervalMs: refresh.Milliseconds(), BurstCount: 1}
 	for _, v := range vips {
 		c.Vips = append(c.Vips, v.String())
 	}
@@ -83,9 +85,15 @@ func TestParseConfig(t *testing.T) {
 		cfg     *pb.AnnouncerConfig
 		wantErr string // substring; empty for success
 		refresh time.Duration
+		burst   int           // 0: the default
+		spacing time.Duration // 0: the default
 	}{
-		{name: "ok", cfg: &pb.AnnouncerConfig{Interface: "eth0", Vips: []string{"198.18.7.100", "2001:db8::1"}, RefreshIntervalMs: 500}, refresh: 500 * time.Millisecond},
-		{name: "default refresh", cfg: &pb.AnnouncerConfig{Interface: "eth0", Vips: []string{"198.18.7.100"}}, refresh: DefaultRefreshInterval},
+		{name: "ok", cfg: &pb.AnnouncerConfig{Interface: "eth0", Vips: []string{"198.18.7.100", "2001:db8::1"}, RefreshIntervalMs: 500, BurstCount: 5, BurstIntervalMs: 20}, refresh: 500 * time.Millisecond, burst: 5, spacing: 20 * time.Millisecond},
+		{name: "default refresh and burst", cfg: &pb.AnnouncerConfig{Interface: "eth0", Vips: []string{"198.18.7.100"}}, refresh: DefaultRefreshInterval},
+		{name: "negative burst", cfg: &pb.AnnouncerConfig{Interface: "eth0", Vips: []string{"198.18.7.100"}, BurstCount: -1}, wantErr: "burst_count -1"},
+		{name: "huge burst", cfg: &pb.AnnouncerConfig{Interface: "eth0", Vips: []string{"198.18.7.100"}, BurstCount: 101}, wantErr: "burst_count 101"},
+		{name: "tiny burst interval", cfg: &pb.AnnouncerConfig{Interface: "eth0", Vips: []string{"198.18.7.100"}, BurstIntervalMs: 1}, wantErr: "burst_interval_ms 1"},
+		{name: "long burst interval", cfg: &pb.AnnouncerConfig{Interface: "eth0", Vips: []string{"198.18.7.100"}, BurstIntervalMs: 60000}, wantErr: "burst_interval_ms 60000"},
 		{name: "nil", cfg: nil, wantErr: "no announcer config"},
 		{name: "no interface", cfg: &pb.AnnouncerConfig{Vips: []string{"198.18.7.100"}}, wantErr: "no interface"},
 		{name: "no vips", cfg: &pb.AnnouncerConfig{Interface: "eth0"}, wantErr: "interface eth0: no vips"},
@@ -111,6 +119,15 @@ func TestParseConfig(t *testing.T) {
 			}
 			if got.refresh != tc.refresh {
 				t.Errorf("refresh = %s, want %s", got.refresh, tc.refresh)
+			}
+			if tc.burst == 0 {
+				tc.burst = DefaultBurstCount
+			}
+			if tc.spacing == 0 {
+				tc.spacing = DefaultBurstInterval
+			}
+			if got.burst != tc.burst || got.spacing != tc.spacing {
+				t.Errorf("burst %d every %s, want %d every %s", got.burst, got.spacing, tc.burst, tc.spacing)
 			}
 			if len(got.vips) != len(tc.cfg.Vips) {
 				t.Errorf("vips = %v, want %d", got.vips, len(tc.cfg.Vips))
@@ -171,12 +188,14 @@ func TestAcquireRelease(t *testing.T) {
 			if v, _ := metricValue(t, a, metricVIPHeld, map[string]string{"vip": tc.vip.String()}); v != 1 {
 				t.Errorf("%s = %v, want 1", metricVIPHeld, v)
 			}
-			wantGARP := "2" // one request and one reply
+			// A burst of one: one request and one reply, or one
+			// neighbour advertisement.
+			wantGARP, wantNA := "2", "0"
 			if tc.vip.Is6() {
-				wantGARP = "0"
+				wantGARP, wantNA = "0", "1"
 			}
-			if st.Details["garp_sent"] != wantGARP {
-				t.Errorf("garp_sent = %q, want %s", st.Details["garp_sent"], wantGARP)
+			if st.Details["garp_sent"] != wantGARP || st.Details["na_sent"] != wantNA {
+				t.Errorf("garp_sent = %q, na_sent = %q, want %s and %s", st.Details["garp_sent"], st.Details["na_sent"], wantGARP, wantNA)
 			}
 
 			for range 2 {
@@ -207,7 +226,7 @@ func TestGratuitousARPSeenByPeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	capture := tn.captureARP(t)
+	capture := tn.capture(t)
 	a := tn.newAnnouncer(t)
 	// A long refresh: only Acquire's own announcement can be seen here.
 	if err := tn.configure(a, nodeIf, time.Hour, testVIP); err != nil {
@@ -433,7 +452,7 @@ func TestSubnetAddressSurvives(t *testing.T) {
 
 func TestRefresh(t *testing.T) {
 	tn := newTestNet(t)
-	capture := tn.captureARP(t)
+	capture := tn.capture(t)
 	a := tn.newAnnouncer(t)
 	if err := tn.configure(a, nodeIf, 100*time.Millisecond, testVIP); err != nil {
 		t.Fatal(err)
@@ -469,4 +488,24 @@ func TestRefresh(t *testing.T) {
 	if after, _ := metricValue(t, a, metricGARPSent, nil); after != sent {
 		t.Errorf("%s went from %v to %v after Release", metricGARPSent, sent, after)
 	}
+}
+
+// A host with an entry for the VIP (it talked to the previous holder)
+// points it at the new holder on the gratuitous ARP alone, without
+// arp_accept: what makes a failover take effect at once on real hosts.
+func TestGratuitousARPUpdatesExistingEntry(t *testing.T) {
+	tn := newTestNet(t)
+	tn.addStaleNeighbour(t, testVIP)
+	a := tn.newAnnouncer(t)
+	if err := tn.configure(a, nodeIf, time.Hour, testVIP); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := a.Acquire(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(time.Second, func() bool { return tn.peerNeighbour(t, testVIP).String() == tn.nodeMAC.String() }) {
+		t.Fatalf("peer's entry for %s is %v, want %s", testVIP, tn.peerNeighbour(t, testVIP), tn.nodeMAC)
+	}
+	t.Logf("peer's entry for %s moved from %s to %s %s after Acquire", testVIP, oldMAC, tn.nodeMAC, time.Since(start).Round(time.Microsecond))
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
@@ -17,12 +18,33 @@ const DefaultRefreshInterval = 10 * time.Second
 // MinRefreshInterval keeps a typo from flooding the segment with broadcasts.
 const MinRefreshInterval = 10 * time.Millisecond
 
+// The burst on acquire, used when the config leaves burst_count or
+// burst_interval_ms at 0: one announcement can be lost on a busy segment or
+// arrive while a switch port is still learning; three, 100ms apart, reach
+// every neighbour within a fraction of a second without being a storm.
+const (
+	DefaultBurstCount    = 3
+	DefaultBurstInterval = 100 * time.Millisecond
+	MaxBurstCount        = 100
+	MinBurstInterval     = 10 * time.Millisecond
+	MaxBurstInterval     = 10 * time.Second
+)
+
 // config is a validated pb.AnnouncerConfig.
 type config struct {
 	ifname  string
 	vips    []netip.Addr
 	refresh time.Duration
+	// burst announcements go out on acquire (the first at once), spacing
+	// apart, before the refresh takes over.
+	burst   int
+	spacing time.Duration
 }
+
+// has4 and has6 tell whether any VIP is IPv4 (announced by ARP) or IPv6
+// (announced by neighbour advertisements).
+func (c config) has4() bool { return slices.ContainsFunc(c.vips, netip.Addr.Is4) }
+func (c config) has6() bool { return slices.ContainsFunc(c.vips, netip.Addr.Is6) }
 
 // parseConfig checks everything that can be checked without the kernel;
 // whether the interface exists is Configure's business.
@@ -56,6 +78,22 @@ func parseConfig(c *pb.AnnouncerConfig) (config, error) {
 		return config{}, fmt.Errorf("refresh_interval_ms %d: below the minimum of %s", ms, MinRefreshInterval)
 	default:
 		out.refresh = time.Duration(ms) * time.Millisecond
+	}
+	switch n := c.GetBurstCount(); {
+	case n == 0:
+		out.burst = DefaultBurstCount
+	case n < 0 || n > MaxBurstCount:
+		return config{}, fmt.Errorf("burst_count %d: must be between 1 and %d", n, MaxBurstCount)
+	default:
+		out.burst = int(n)
+	}
+	switch ms := c.GetBurstIntervalMs(); {
+	case ms == 0:
+		out.spacing = DefaultBurstInterval
+	case ms < 0 || time.Duration(ms)*time.Millisecond < MinBurstInterval || time.Duration(ms)*time.Millisecond > MaxBurstInterval:
+		return config{}, fmt.Errorf("burst_interval_ms %d: must be between %s and %s", ms, MinBurstInterval, MaxBurstInterval)
+	default:
+		out.spacing = time.Duration(ms) * time.Millisecond
 	}
 	return out, nil
 }

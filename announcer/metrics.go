@@ -4,9 +4,12 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Metric names, defined once.
 const (
-	metricVIPHeld  = "keep_vip_announcer_vip_held"
-	metricGARPSent = "keep_vip_announcer_gratuitous_arp_sent_total"
-	metricErrors   = "keep_vip_announcer_errors_total"
+	metricVIPHeld         = "keep_vip_announcer_vip_held"
+	metricGARPSent        = "keep_vip_announcer_gratuitous_arp_sent_total"
+	metricNASent          = "keep_vip_announcer_neighbor_advertisements_sent_total"
+	metricReadds          = "keep_vip_announcer_vip_readds_total"
+	metricInterfaceUsable = "keep_vip_announcer_interface_usable"
+	metricErrors          = "keep_vip_announcer_errors_total"
 )
 
 // Values of the op label of metricErrors.
@@ -15,12 +18,18 @@ const (
 	opAdd       = "add"
 	opRemove    = "remove"
 	opGARP      = "garp"
+	opNA        = "na"
+	opReadd     = "readd"
+	opWatch     = "watch"
 )
 
 type metrics struct {
 	reg      *prometheus.Registry
 	vipHeld  *prometheus.GaugeVec
 	garpSent prometheus.Counter
+	naSent   prometheus.Counter
+	readds   *prometheus.CounterVec
+	usable   *prometheus.GaugeVec
 	errors   *prometheus.CounterVec
 }
 
@@ -35,14 +44,26 @@ func newMetrics() *metrics {
 			Name: metricGARPSent,
 			Help: "Gratuitous ARP packets sent (requests and replies).",
 		}),
+		naSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricNASent,
+			Help: "Unsolicited IPv6 neighbour advertisements sent (override flag set, to all-nodes).",
+		}),
+		readds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricReadds,
+			Help: "VIPs found missing from the interface while held, and added back.",
+		}, []string{"vip"}),
+		usable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: metricInterfaceUsable,
+			Help: "1 while the VIP interface is up and has carrier, else 0.",
+		}, []string{"interface"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricErrors,
 			Help: "Failed announcer operations, by operation.",
 		}, []string{"op"}),
 	}
-	m.reg.MustRegister(m.vipHeld, m.garpSent, m.errors)
+	m.reg.MustRegister(m.vipHeld, m.garpSent, m.naSent, m.readds, m.usable, m.errors)
 	// Every op starts at 0 so a rate() over it works from the first scrape.
-	for _, op := range []string{opConfigure, opAdd, opRemove, opGARP} {
+	for _, op := range []string{opConfigure, opAdd, opRemove, opGARP, opNA, opReadd, opWatch} {
 		m.errors.WithLabelValues(op)
 	}
 	return m

@@ -10,12 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ethernet"
+	"github.com/mdlayher/ndp"
 	"github.com/mdlayher/packet"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -94,6 +96,7 @@ func (r *nsRunner) do(fn func() error) error {
 // testNet is a node namespace, where the announcer runs, and a peer
 // namespace that watches what the node announces.
 type testNet struct {
+	nodeNS, peerNS string // the namespaces' names
 	node, peer     *nsRunner
 	nodeNL, peerNL *netlink.Handle // opened inside the namespaces
 	nodeMAC        net.HardwareAddr
@@ -142,10 +145,17 @@ func newTestNet(t *testing.T) *testNet {
 	runIP(t, "-n", peerNS, "addr", "add", peerAddr, "dev", peerIf)
 	runIP(t, "-n", nodeNS, "-6", "addr", "add", nodeV6, "dev", nodeIf, "nodad")
 	runIP(t, "-n", peerNS, "-6", "addr", "add", peerV6, "dev", peerIf, "nodad")
+	// No duplicate address detection: the link-local addresses the links
+	// get when they come up are usable at once (the NDP socket binds to the
+	// node's), instead of tentative for a second or two.
+	runIP(t, "netns", "exec", nodeNS, "sysctl", "-q", "-w", "net.ipv6.conf."+nodeIf+".accept_dad=0")
+	runIP(t, "netns", "exec", peerNS, "sysctl", "-q", "-w", "net.ipv6.conf."+peerIf+".accept_dad=0")
 	runIP(t, "-n", nodeNS, "link", "set", nodeIf, "up")
 	runIP(t, "-n", peerNS, "link", "set", peerIf, "up")
 
-	tn := &testNet{node: startNSRunner(t, nodeNS), peer: startNSRunner(t, peerNS)}
+	waitLinkLocal(t, nodeNS, nodeIf)
+
+	tn := &testNet{nodeNS: nodeNS, peerNS: peerNS, node: startNSRunner(t, nodeNS), peer: startNSRunner(t, peerNS)}
 	for _, x := range []struct {
 		r  *nsRunner
 		nl **netlink.Handle
@@ -166,6 +176,24 @@ func newTestNet(t *testing.T) *testNet {
 	}
 	tn.nodeMAC = l.Attrs().HardwareAddr
 	return tn
+}
+
+// waitLinkLocal waits until ifname in ns has a link-local address that is
+// no longer tentative: even without DAD the kernel marks it usable from a
+// work queue, a little after the link comes up.
+func waitLinkLocal(t *testing.T, ns, ifname string) {
+	t.Helper()
+	var out []byte
+	ok := eventually(5*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var err error
+		out, err = exec.CommandContext(ctx, "ip", "-n", ns, "-6", "addr", "show", "dev", ifname, "scope", "link").CombinedOutput()
+		return err == nil && strings.Contains(string(out), "inet6 fe80::") && !strings.Contains(string(out), "tentative")
+	})
+	if !ok {
+		t.Fatalf("%s in %s: no usable link-local address: %s", ifname, ns, out)
+	}
 }
 
 // newAnnouncer makes an announcer whose Close runs, inside the node
@@ -223,19 +251,27 @@ func (tn *testNet) addLeftover(t *testing.T, vip netip.Addr) {
 	}
 }
 
-// captured is one ARP packet the peer received.
+// captured is one announcement the peer received: a gratuitous ARP (p is
+// set) or a neighbour advertisement (na is set).
 type captured struct {
-	dst net.HardwareAddr
-	p   arp.Packet
+	at       time.Time
+	src, dst net.HardwareAddr
+	p        arp.Packet
+
+	na       *ndp.NeighborAdvertisement
+	ipSrc    netip.Addr
+	ipDst    netip.Addr
+	hopLimit uint8
 }
 
-// arpCapture records the ARP packets arriving on the peer's interface.
-type arpCapture struct {
+// capture records the ARP packets and ICMPv6 neighbour advertisements
+// arriving on the peer's interface.
+type capture struct {
 	mu   sync.Mutex
 	pkts []captured
 }
 
-func (tn *testNet) captureARP(t *testing.T) *arpCapture {
+func (tn *testNet) capture(t *testing.T) *capture {
 	t.Helper()
 	var conn *packet.Conn
 	err := tn.peer.do(func() error {
@@ -243,13 +279,13 @@ func (tn *testNet) captureARP(t *testing.T) *arpCapture {
 		if err != nil {
 			return err
 		}
-		conn, err = packet.Listen(ifi, packet.Raw, int(ethernet.EtherTypeARP), nil)
+		conn, err = packet.Listen(ifi, packet.Raw, unix.ETH_P_ALL, nil)
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &arpCapture{}
+	c := &capture{}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -260,14 +296,12 @@ func (tn *testNet) captureARP(t *testing.T) *arpCapture {
 			if err != nil {
 				return
 			}
-			var f ethernet.Frame
-			var p arp.Packet
-			if f.UnmarshalBinary(buf[:n]) != nil || f.EtherType != ethernet.EtherTypeARP || p.UnmarshalBinary(f.Payload) != nil {
-				continue
+			if x, ok := parseAnnouncement(buf[:n]); ok {
+				x.at = time.Now()
+				c.mu.Lock()
+				c.pkts = append(c.pkts, x)
+				c.mu.Unlock()
 			}
-			c.mu.Lock()
-			c.pkts = append(c.pkts, captured{dst: f.Destination, p: p})
-			c.mu.Unlock()
 		}
 	}()
 	t.Cleanup(func() {
@@ -277,13 +311,64 @@ func (tn *testNet) captureARP(t *testing.T) *arpCapture {
 	return c
 }
 
+// parseAnnouncement reads an ethernet frame carrying an ARP packet or an
+// ICMPv6 neighbour advertisement (in an IPv6 header without extensions).
+func parseAnnouncement(b []byte) (captured, bool) {
+	var f ethernet.Frame
+	if f.UnmarshalBinary(b) != nil {
+		return captured{}, false
+	}
+	x := captured{src: f.Source, dst: f.Destination}
+	switch f.EtherType {
+	case ethernet.EtherTypeARP:
+		if x.p.UnmarshalBinary(f.Payload) != nil {
+			return captured{}, false
+		}
+		return x, true
+	case ethernet.EtherTypeIPv6:
+		ip := f.Payload
+		const icmpv6 = 58
+		if len(ip) < 40 || ip[0]>>4 != 6 || ip[6] != icmpv6 {
+			return captured{}, false
+		}
+		x.hopLimit = ip[7]
+		x.ipSrc = netip.AddrFrom16([16]byte(ip[8:24]))
+		x.ipDst = netip.AddrFrom16([16]byte(ip[24:40]))
+		m, err := ndp.ParseMessage(ip[40:])
+		if err != nil {
+			return captured{}, false
+		}
+		na, ok := m.(*ndp.NeighborAdvertisement)
+		if !ok {
+			return captured{}, false
+		}
+		x.na = na
+		return x, true
+	}
+	return captured{}, false
+}
+
 // garps returns the gratuitous ARP packets seen for vip from mac.
-func (c *arpCapture) garps(vip netip.Addr, mac net.HardwareAddr) []captured {
+func (c *capture) garps(vip netip.Addr, mac net.HardwareAddr) []captured {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []captured
 	for _, x := range c.pkts {
-		if x.p.SenderIP == vip && x.p.TargetIP == vip && x.p.SenderHardwareAddr.String() == mac.String() {
+		if x.na == nil && x.p.SenderIP == vip && x.p.TargetIP == vip && x.p.SenderHardwareAddr.String() == mac.String() {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// nas returns the neighbour advertisements seen for target vip in frames
+// from mac.
+func (c *capture) nas(vip netip.Addr, mac net.HardwareAddr) []captured {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []captured
+	for _, x := range c.pkts {
+		if x.na != nil && x.na.TargetAddress == vip && x.src.String() == mac.String() {
 			out = append(out, x)
 		}
 	}

@@ -9,9 +9,10 @@ import (
 	"github.com/keep-vip/keep-vip/supervisor/config"
 )
 
-// Cleanup removes the VIPs from the interface without starting a member: it
-// runs the announcer once, whose Configure removes every VIP it finds. It is
-// the service's ExecStopPost, so no VIP outlives the service.
+// Cleanup removes the VIPs (vip and every vips entry, IPv4 and IPv6) from the
+// interface without starting a member: it runs the announcer once, whose
+// Configure removes every VIP it finds. It is the service's ExecStopPost,
+// so no VIP outlives the service.
 func Cleanup(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 	path, err := FindPlugin(rpc.KindAnnouncer, cfg.Plugins.Announcer)
 	if err != nil {
@@ -31,6 +32,6 @@ func Cleanup(ctx context.Context, cfg *config.Config, log zerolog.Logger) error 
 		return err
 	}
 	r.stop(inst)
-	log.Info().Str("vip", cfg.VIP).Str("interface", cfg.Interface).Msg("VIP removed")
+	log.Info().Strs("vips", cfg.AnnouncerConfig().Vips).Str("interface", cfg.Interface).Msg("VIPs removed")
 	return nil
 }

@@ -1,5 +1,6 @@
 // Command announcer is keep-vip's announcer plugin: it puts the VIPs on the
-// interface and announces them with gratuitous ARP, on the supervisor's
+// interface, announces them (gratuitous ARP for IPv4, unsolicited neighbour
+// advertisements for IPv6) and watches the interface, on the supervisor's
 // behalf.
 package main
 
