@@ -1,7 +1,8 @@
-// Package checker runs keep-vip's built-in health checks: every interval it
-// runs all configured checks at once and publishes one verdict, healthy when
-// every check passed. It is the library behind the checker plugin and knows
-// nothing of the config file.
+// Package checker runs keep-vip's built-in health checks (tcp, http, https,
+// udp, exec). Each check runs on its own interval, its state damped by rise
+// and fall; after every run the checker publishes a verdict, healthy when
+// every required check is. It is the library behind the checker plugin and
+// knows nothing of the config file.
 package checker
 
 import (
@@ -43,51 +44,63 @@ type Checker struct {
 	probers map[string]newProber
 
 	// cfgMu serializes Configure and Close, the two that stop and start the
-	// loop. It is never taken by the loop, so stopping the loop under it
-	// cannot deadlock with a round that is publishing under mu.
-	cfgMu    sync.Mutex
-	stopLoop context.CancelFunc // nil while no loop runs
-	loopDone chan struct{}
+	// loops. It is never taken by a loop, so stopping the loops under it
+	// cannot deadlock with a run that is publishing under mu.
+	cfgMu     sync.Mutex
+	stopLoops context.CancelFunc // nil while no loops run
+	loopsDone chan struct{}
 
 	mu       sync.Mutex
 	interval time.Duration
 	checks   []*check
-	// latest is the verdict of the last complete round of the current
-	// checks, nil until there is one. Published verdicts are never modified.
-	latest *pb.Health
-	// changed is closed and replaced whenever latest changes. A watcher
-	// that misses several rounds wakes once and sends only the newest, so
-	// a slow watcher costs the loop nothing.
-	changed chan struct{}
-	closed  chan struct{}
+	// verdicts holds the verdict after the last run of any check, empty
+	// until every current check has run once. A slow watcher skips to the
+	// newest verdict, so it costs the loops nothing.
+	verdicts *rpc.Feed[*pb.Health]
+	closed   chan struct{}
 }
 
+// check is one configured check and, under Checker.mu, its state.
 type check struct {
+	def      *pb.Check // as configured, to know the same check again
 	name     string
 	protocol string
 	address  string
+	target   string // what Status shows the check aims at
 	timeout  time.Duration
+	interval time.Duration
+	required bool
 	prober   prober
+
+	damp damper
+	last *pb.CheckResult // the last run, healthy meaning the run passed; nil before the first
 }
 
 // New returns a Checker that checks nothing until Configure.
 func New(log zerolog.Logger) *Checker {
 	reg := prometheus.NewRegistry()
 	return &Checker{
-		log:     log,
-		reg:     reg,
-		m:       newMetrics(reg),
-		probers: defaultProbers,
-		changed: make(chan struct{}),
-		closed:  make(chan struct{}),
+		log:      log,
+		reg:      reg,
+		m:        newMetrics(reg),
+		probers:  defaultProbers,
+		verdicts: rpc.NewFeed[*pb.Health](ErrClosed),
+		closed:   make(chan struct{}),
 	}
 }
 
+// Validate tells whether the built-in checker accepts cfg, without running
+// anything; the error names the check and the setting.
+func Validate(cfg *pb.CheckerConfig) error {
+	_, _, err := build(defaultProbers, cfg)
+	return err
+}
+
 // Configure validates cfg and, if it is valid, replaces the running checks
-// with it; the first round starts at once. An invalid cfg leaves the running
+// with it; every check runs at once. An invalid cfg leaves the running
 // checks alone.
 func (c *Checker) Configure(_ context.Context, cfg *pb.CheckerConfig) error {
-	interval, checks, err := c.build(cfg)
+	interval, checks, err := build(c.probers, cfg)
 	if err != nil {
 		return fmt.Errorf("configure checker: %w", err)
 	}
@@ -103,15 +116,29 @@ func (c *Checker) Configure(_ context.Context, cfg *pb.CheckerConfig) error {
 
 	c.mu.Lock()
 	old := c.checks
+	// A check configured exactly as before (a reload that changed other
+	// checks) keeps its state: its damping count and last run.
+	prev := make(map[string]*check, len(old))
+	for _, ch := range old {
+		prev[ch.name] = ch
+	}
+	for _, ch := range checks {
+		if o := prev[ch.name]; o != nil && proto.Equal(o.def, ch.def) {
+			ch.damp, ch.last = o.damp, o.last
+		}
+	}
 	c.interval, c.checks = interval, checks
-	// The old verdict was about other checks: until the new ones have run,
+	// The old verdict was about other checks: until every new one has run,
 	// the honest answer is "starting", and watchers hear nothing.
-	c.latest = nil
+	c.verdicts.Reset()
 	c.mu.Unlock()
 
 	keep := make(map[string]bool, len(checks))
 	for _, ch := range checks {
 		keep[ch.name] = true
+		c.m.required.WithLabelValues(ch.name).Set(b2f(ch.required))
+		// From the start, so rate() and increase() see the first failure.
+		c.m.failures.WithLabelValues(ch.name)
 	}
 	for _, ch := range old {
 		if !keep[ch.name] {
@@ -121,15 +148,19 @@ func (c *Checker) Configure(_ context.Context, cfg *pb.CheckerConfig) error {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	c.stopLoop, c.loopDone = cancel, done
-	go c.loop(ctx, interval, checks, done)
+	var wg sync.WaitGroup
+	for _, ch := range checks {
+		wg.Go(func() { c.loop(ctx, ch) })
+	}
+	go func() { wg.Wait(); close(done) }()
+	c.stopLoops, c.loopsDone = cancel, done
 
 	c.log.Info().Int("checks", len(checks)).Dur("interval", interval).Msg("checker configured")
 	return nil
 }
 
-// build validates cfg and makes the prober of every check.
-func (c *Checker) build(cfg *pb.CheckerConfig) (time.Duration, []*check, error) {
+// build validates cfg and makes every check with its prober.
+func build(probers map[string]newProber, cfg *pb.CheckerConfig) (time.Duration, []*check, error) {
 	if cfg.GetIntervalMs() <= 0 {
 		return 0, nil, fmt.Errorf("interval_ms %d must be above 0", cfg.GetIntervalMs())
 	}
@@ -145,55 +176,88 @@ func (c *Checker) build(cfg *pb.CheckerConfig) (time.Duration, []*check, error) 
 			return 0, nil, fmt.Errorf("check %q is defined twice", name)
 		}
 		seen[name] = true
-		if pc.GetTimeoutMs() <= 0 || pc.GetTimeoutMs() >= cfg.GetIntervalMs() {
-			return 0, nil, fmt.Errorf("check %q: timeout_ms %d must be above 0 and below interval_ms %d",
-				name, pc.GetTimeoutMs(), cfg.GetIntervalMs())
+		intervalMs := pc.GetIntervalMs()
+		switch {
+		case intervalMs < 0:
+			return 0, nil, fmt.Errorf("check %q: interval_ms %d must not be negative", name, intervalMs)
+		case intervalMs == 0:
+			intervalMs = cfg.GetIntervalMs()
 		}
-		newP, ok := c.probers[pc.GetProtocol()]
+		if pc.GetTimeoutMs() <= 0 || pc.GetTimeoutMs() >= intervalMs {
+			return 0, nil, fmt.Errorf("check %q: timeout_ms %d must be above 0 and below interval_ms %d",
+				name, pc.GetTimeoutMs(), intervalMs)
+		}
+		if pc.GetRise() < 0 || pc.GetFall() < 0 {
+			return 0, nil, fmt.Errorf("check %q: rise %d and fall %d must not be negative (0 means 1)", name, pc.GetRise(), pc.GetFall())
+		}
+		newP, ok := probers[pc.GetProtocol()]
 		if !ok {
 			return 0, nil, fmt.Errorf("check %q: protocol %q is not supported (supported: %s)",
-				name, pc.GetProtocol(), strings.Join(slices.Sorted(maps.Keys(c.probers)), ", "))
+				name, pc.GetProtocol(), strings.Join(slices.Sorted(maps.Keys(probers)), ", "))
 		}
 		p, err := newP(pc)
 		if err != nil {
 			return 0, nil, fmt.Errorf("check %q (%s): %w", name, pc.GetProtocol(), err)
 		}
 		checks = append(checks, &check{
+			def:      proto.CloneOf(pc),
 			name:     name,
 			protocol: pc.GetProtocol(),
 			address:  pc.GetAddress(),
+			target:   target(pc),
 			timeout:  time.Duration(pc.GetTimeoutMs()) * time.Millisecond,
+			interval: time.Duration(intervalMs) * time.Millisecond,
+			required: !pc.GetNotRequired(),
 			prober:   p,
+			damp:     damper{rise: max(int(pc.GetRise()), 1), fall: max(int(pc.GetFall()), 1)},
 		})
 	}
 	return time.Duration(cfg.GetIntervalMs()) * time.Millisecond, checks, nil
 }
 
-// stop ends the running loop, if any, and waits for it: after stop returns
-// no round of the old checks can publish. Callers hold cfgMu.
-func (c *Checker) stop() {
-	if c.stopLoop == nil {
-		return
+// target is what a check aims at, for Status.
+func target(pc *pb.Check) string {
+	switch pc.GetProtocol() {
+	case ProtocolExec:
+		cmd := strings.Join(append([]string{pc.GetExec().GetCommand()}, pc.GetExec().GetArgs()...), " ")
+		if pc.GetExec().GetShell() {
+			cmd = "sh -c " + cmd
+		}
+		return clean(cmd, 120)
+	case ProtocolHTTP, ProtocolHTTPS:
+		path := pc.GetHttp().GetPath()
+		if path == "" {
+			path = "/"
+		}
+		return clean(pc.GetProtocol()+"://"+pc.GetAddress()+path, 120)
 	}
-	c.stopLoop()
-	<-c.loopDone
-	c.stopLoop, c.loopDone = nil, nil
+	return pc.GetAddress()
 }
 
-func (c *Checker) loop(ctx context.Context, interval time.Duration, checks []*check, done chan struct{}) {
-	defer close(done)
-	// A round lasts at most the longest timeout, which is below the
+// stop ends the running loops, if any, and waits for them: after stop
+// returns no run of the old checks can publish. Callers hold cfgMu.
+func (c *Checker) stop() {
+	if c.stopLoops == nil {
+		return
+	}
+	c.stopLoops()
+	<-c.loopsDone
+	c.stopLoops, c.loopsDone = nil, nil
+}
+
+// loop runs one check at once and then every interval until ctx ends.
+func (c *Checker) loop(ctx context.Context, ch *check) {
+	// A run lasts at most the check's timeout, which is below its
 	// interval, so the ticker does not drop ticks in normal operation.
-	t := time.NewTicker(interval)
+	t := time.NewTicker(ch.interval)
 	defer t.Stop()
-	var prev *pb.Health
 	for {
-		h := c.round(ctx, checks)
-		if h == nil {
+		r := c.run(ctx, ch)
+		if ctx.Err() != nil {
+			// Cut short by a reconfigure or Close, not a real result.
 			return
 		}
-		c.logChanges(prev, h)
-		prev = h
+		c.record(ch, r)
 		select {
 		case <-ctx.Done():
 			return
@@ -202,38 +266,11 @@ func (c *Checker) loop(ctx context.Context, interval time.Duration, checks []*ch
 	}
 }
 
-// round runs every check at once and publishes the verdict. It returns nil,
-// publishing nothing, when ctx ended meanwhile: the checks were replaced or
-// the Checker closed, and their verdict no longer matters.
-func (c *Checker) round(ctx context.Context, checks []*check) *pb.Health {
-	results := make([]*pb.CheckResult, len(checks))
-	var wg sync.WaitGroup
-	for i, ch := range checks {
-		wg.Go(func() { results[i] = c.run(ctx, ch) })
-	}
-	wg.Wait()
-	if ctx.Err() != nil {
-		return nil
-	}
-	h := &pb.Health{Healthy: true, Checks: results}
-	for _, r := range results {
-		if !r.Healthy {
-			h.Healthy = false
-		}
-	}
-	c.mu.Lock()
-	c.latest = h
-	close(c.changed)
-	c.changed = make(chan struct{})
-	c.mu.Unlock()
-	return h
-}
-
-// run runs one check once and records it in the metrics.
+// run runs one check once.
 func (c *Checker) run(ctx context.Context, ch *check) *pb.CheckResult {
+	start := time.Now() // before the deadline is set, so a timed-out run shows at least its timeout
 	pctx, cancel := context.WithTimeout(ctx, ch.timeout)
-	start := time.Now()
-	err := ch.prober.Probe(pctx)
+	output, err := ch.prober.Probe(pctx)
 	took := time.Since(start)
 	cancel()
 	r := &pb.CheckResult{
@@ -241,75 +278,93 @@ func (c *Checker) run(ctx context.Context, ch *check) *pb.CheckResult {
 		Address:   ch.address,
 		Healthy:   err == nil,
 		LatencyUs: took.Microseconds(),
+		Required:  ch.required,
+		Output:    output,
 	}
 	if err != nil {
-		r.Error = err.Error()
-	}
-	if ctx.Err() != nil {
-		// Cut short by a reconfigure or Close, not a real failure.
-		return r
-	}
-	c.m.duration.WithLabelValues(ch.name).Observe(took.Seconds())
-	if err != nil {
-		c.m.up.WithLabelValues(ch.name).Set(0)
-		c.m.failures.WithLabelValues(ch.name).Inc()
-	} else {
-		c.m.up.WithLabelValues(ch.name).Set(1)
+		r.Error = clean(err.Error(), maxError)
 	}
 	return r
 }
 
-// logChanges logs checks that changed state, and the verdict if it did, so
-// the log shows transitions rather than one line per round.
-func (c *Checker) logChanges(prev, h *pb.Health) {
-	was := map[string]bool{}
-	if prev != nil {
-		for _, r := range prev.Checks {
-			was[r.Name] = r.Healthy
-		}
+// record applies one run to its check's state, the metrics and the log,
+// and publishes the new verdict.
+func (c *Checker) record(ch *check, r *pb.CheckResult) {
+	c.m.duration.WithLabelValues(ch.name).Observe(float64(r.LatencyUs) / 1e6)
+	if !r.Healthy {
+		c.m.failures.WithLabelValues(ch.name).Inc()
 	}
-	for _, r := range h.Checks {
-		if ok, known := was[r.Name]; known && ok == r.Healthy {
-			continue
-		}
-		if r.Healthy {
-			c.log.Info().Str("check", r.Name).Str("address", r.Address).Msg("check passes")
-		} else {
-			c.log.Warn().Str("check", r.Name).Str("address", r.Address).Str("error", r.Error).Msg("check fails")
-		}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	first := ch.last == nil
+	ch.last = r
+	if ch.damp.observe(r.Healthy) {
+		c.logState(ch, first)
 	}
-	if prev == nil || prev.Healthy != h.Healthy {
+	c.m.up.WithLabelValues(ch.name).Set(b2f(ch.damp.healthy))
+
+	h := &pb.Health{Healthy: true, Checks: make([]*pb.CheckResult, 0, len(c.checks))}
+	for _, o := range c.checks {
+		if o.last == nil {
+			return // not every check has run yet: still starting
+		}
+		res := &pb.CheckResult{
+			Name:      o.name,
+			Address:   o.address,
+			Healthy:   o.damp.healthy,
+			Error:     o.last.Error,
+			LatencyUs: o.last.LatencyUs,
+			Required:  o.required,
+			Output:    o.last.Output,
+		}
+		if o.required && !res.Healthy {
+			h.Healthy = false
+		}
+		h.Checks = append(h.Checks, res)
+	}
+	if prev, ok := c.verdicts.Latest(); !ok || prev.Healthy != h.Healthy {
 		c.log.Info().Bool("healthy", h.Healthy).Msg("verdict changed")
 	}
+	c.verdicts.Publish(h)
+}
+
+// logState logs a check that changed state, so the log shows transitions
+// rather than one line per run. Callers hold mu.
+func (c *Checker) logState(ch *check, first bool) {
+	r := ch.last
+	ev := c.log.Info()
+	msg := "check passes"
+	if !ch.damp.healthy {
+		ev, msg = c.log.Warn().Str("error", r.Error), "check fails"
+		if r.Output != "" {
+			ev = ev.Str("output", r.Output)
+		}
+	}
+	if !first {
+		n := ch.damp.rise
+		if !ch.damp.healthy {
+			n = ch.damp.fall
+		}
+		ev = ev.Int("runs_in_a_row", n)
+	}
+	ev.Str("check", ch.name).Str("protocol", ch.protocol).Str("target", ch.target).Bool("required", ch.required).Msg(msg)
 }
 
 // Watch sends the latest verdict at once if there is one, then the verdict
-// of every round, until ctx ends, send fails or the Checker closes. A watcher
-// slower than the rounds skips to the newest verdict. Each call gets its own
-// copy, so send may keep or modify it.
+// after every run, until ctx ends, send fails or the Checker closes. A
+// watcher slower than the runs skips to the newest verdict. Each call gets
+// its own copy, so send may keep or modify it.
 func (c *Checker) Watch(ctx context.Context, send func(*pb.Health) error) error {
-	var sent *pb.Health
-	for {
-		c.mu.Lock()
-		h, changed := c.latest, c.changed
-		c.mu.Unlock()
-		if h != nil && h != sent {
-			if err := send(proto.CloneOf(h)); err != nil {
-				return err
-			}
-			sent = h
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c.closed:
-			return ErrClosed
-		case <-changed:
-		}
-	}
+	return c.verdicts.Watch(ctx, send)
 }
 
-// Status reports the verdict and, per check, its last result.
+// Status reports the verdict and, per check, its state, its last run's
+// latency, error and output:
+//
+//	check web          up http://127.0.0.1:80/health, failing 1 of 3
+//	check web error    GET http://127.0.0.1:80/health: status 503 Service Unavailable, want 2xx or 3xx
+//	check web latency  1.2ms
 func (c *Checker) Status(context.Context) (*pb.PluginStatus, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -317,26 +372,46 @@ func (c *Checker) Status(context.Context) (*pb.PluginStatus, error) {
 	if c.interval > 0 {
 		st.Details["interval"] = c.interval.String()
 	}
-	results := map[string]*pb.CheckResult{}
-	if c.latest != nil {
+	if latest, ok := c.verdicts.Latest(); ok {
 		st.State = StateUnhealthy
-		if c.latest.Healthy {
+		if latest.Healthy {
 			st.State = StateHealthy
-		}
-		for _, r := range c.latest.Checks {
-			results[r.Name] = r
 		}
 	}
 	for _, ch := range c.checks {
 		key := "check " + ch.name
-		target := ch.protocol + " " + ch.address
-		switch r := results[ch.name]; {
-		case r == nil:
-			st.Details[key] = "pending " + target
-		case r.Healthy:
-			st.Details[key] = fmt.Sprintf("up %s in %s", target, time.Duration(r.LatencyUs)*time.Microsecond)
+		var b strings.Builder
+		switch {
+		case ch.last == nil:
+			b.WriteString("pending")
+		case ch.damp.healthy:
+			b.WriteString("up")
 		default:
-			st.Details[key] = fmt.Sprintf("down %s: %s", target, r.Error)
+			b.WriteString("down")
+		}
+		fmt.Fprintf(&b, " %s %s", ch.protocol, ch.target)
+		if ch.damp.streak > 0 {
+			what := "failing"
+			if !ch.damp.healthy {
+				what = "passing"
+			}
+			fmt.Fprintf(&b, ", %s %d of %d", what, ch.damp.streak, ch.damp.need())
+		}
+		if !ch.required {
+			b.WriteString(" (not required)")
+		}
+		if ch.interval != c.interval {
+			fmt.Fprintf(&b, " every %s", ch.interval)
+		}
+		st.Details[key] = b.String()
+		if r := ch.last; r != nil {
+			st.Details[key+" latency"] = (time.Duration(r.LatencyUs) * time.Microsecond).String()
+			if r.Error != "" {
+				st.Details[key+" error"] = r.Error
+			}
+			if r.Output != "" {
+				st.Details[key+" output"] = r.Output
+			}
 		}
 	}
 	return st, nil
@@ -355,6 +430,14 @@ func (c *Checker) Close() error {
 	default:
 	}
 	close(c.closed)
+	c.verdicts.Close()
 	c.stop()
 	return nil
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -3,8 +3,11 @@ package checker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -211,10 +214,10 @@ func TestClosedPortIsUnhealthyFromTheStart(t *testing.T) {
 // never answers would, and counts its runs.
 type slowProber struct{ runs *atomic.Int64 }
 
-func (p slowProber) Probe(ctx context.Context) error {
+func (p slowProber) Probe(ctx context.Context) (string, error) {
 	p.runs.Add(1)
 	<-ctx.Done()
-	return ctx.Err()
+	return "", ctx.Err()
 }
 
 func TestTimeout(t *testing.T) {
@@ -344,7 +347,7 @@ func TestCloseEndsWatchAndLoop(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatal("Watch did not end on Close")
 	}
-	if c.stopLoop != nil {
+	if c.stopLoops != nil {
 		t.Error("loop still registered after Close")
 	}
 	if err := c.Configure(context.Background(), &pb.CheckerConfig{IntervalMs: 100}); !errors.Is(err, ErrClosed) {
@@ -377,8 +380,8 @@ func TestConfigureValidation(t *testing.T) {
 			[]string{`"web"`, "timeout_ms 500", "interval_ms 500"}},
 		{"timeout above interval", &pb.CheckerConfig{IntervalMs: 100, Checks: []*pb.Check{ok}},
 			[]string{`"web"`, "timeout_ms 500"}},
-		{"unknown protocol", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{with(func(c *pb.Check) { c.Protocol = "http" })}},
-			[]string{`check "web"`, `protocol "http"`, "not supported"}},
+		{"unknown protocol", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{with(func(c *pb.Check) { c.Protocol = "icmp" })}},
+			[]string{`check "web"`, `protocol "icmp"`, "not supported", "exec, http, https, tcp, udp"}},
 		{"empty protocol", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{with(func(c *pb.Check) { c.Protocol = "" })}},
 			[]string{`check "web"`, `protocol ""`}},
 		{"bad tcp address", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{with(func(c *pb.Check) { c.Address = "127.0.0.1" })}},
@@ -387,9 +390,21 @@ func TestConfigureValidation(t *testing.T) {
 			[]string{"#1 has no name"}},
 		{"duplicate name", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{ok, ok}},
 			[]string{`"web" is defined twice`}},
+		{"own interval", &pb.CheckerConfig{IntervalMs: 100, Checks: []*pb.Check{with(func(c *pb.Check) { c.IntervalMs = 600 })}}, nil},
+		{"timeout not below own interval", &pb.CheckerConfig{IntervalMs: 5000, Checks: []*pb.Check{with(func(c *pb.Check) { c.IntervalMs = 500 })}},
+			[]string{`check "web"`, "timeout_ms 500", "interval_ms 500"}},
+		{"negative own interval", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{with(func(c *pb.Check) { c.IntervalMs = -1 })}},
+			[]string{`check "web"`, "interval_ms -1"}},
+		{"negative fall", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{with(func(c *pb.Check) { c.Fall = -2 })}},
+			[]string{`check "web"`, "fall -2"}},
+		{"settings of another type", &pb.CheckerConfig{IntervalMs: 1000, Checks: []*pb.Check{with(func(c *pb.Check) { c.Udp = &pb.UDPCheck{} })}},
+			[]string{`check "web" (tcp)`, "udp settings"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if err := Validate(tt.cfg); (err == nil) != (tt.wantErr == nil) {
+				t.Errorf("Validate = %v, want an error: %v", err, tt.wantErr != nil)
+			}
 			c := newChecker(t)
 			err := c.Configure(context.Background(), tt.cfg)
 			if tt.wantErr == nil {
@@ -406,7 +421,7 @@ func TestConfigureValidation(t *testing.T) {
 					t.Errorf("error %q lacks %q", err, s)
 				}
 			}
-			if c.stopLoop != nil {
+			if c.stopLoops != nil {
 				t.Error("an invalid config started the loop")
 			}
 		})
@@ -438,5 +453,188 @@ func TestFirstRoundRunsAtOnce(t *testing.T) {
 	h := watchUntil(t, c, func(*pb.Health) bool { return true })
 	if !h.Healthy || time.Since(start) > time.Second {
 		t.Errorf("first verdict %v after %s, want healthy at once", h, time.Since(start))
+	}
+}
+
+// scripted is a prober that plays back results: '+' passes, '-' fails,
+// and the last one repeats. It counts its runs, and its output is the
+// number of the run.
+type scripted struct {
+	mu     sync.Mutex
+	script string
+	runs   int
+}
+
+func (p *scripted) Probe(context.Context) (string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := p.script[min(p.runs, len(p.script)-1)]
+	p.runs++
+	out := strconv.Itoa(p.runs)
+	if r == '-' {
+		return out, fmt.Errorf("run %d failed", p.runs)
+	}
+	return out, nil
+}
+
+func (p *scripted) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.runs
+}
+
+// withScripts makes c's checks of protocol "script:NAME" play scripts[NAME].
+func withScripts(c *Checker, scripts map[string]*scripted) {
+	c.probers = map[string]newProber{}
+	for name, p := range scripts {
+		c.probers["script:"+name] = func(*pb.Check) (prober, error) { return p, nil }
+	}
+}
+
+// TestFlapDampingThroughWatch runs a check with rise 2 and fall 3 through
+// the whole Checker and reads the verdict after every run (a watcher may
+// skip one, so each verdict is matched to its run by the run's output).
+func TestFlapDampingThroughWatch(t *testing.T) {
+	c := newChecker(t)
+	const (
+		script = "+--+---+-++"
+		want   = "UUUUUUDDDDU"
+	)
+	withScripts(c, map[string]*scripted{"a": {script: script}})
+	configure(t, c, &pb.Check{Name: "a", Protocol: "script:a", TimeoutMs: testTimeout, Rise: 2, Fall: 3})
+
+	seen := 0
+	watchUntil(t, c, func(h *pb.Health) bool {
+		r := h.Checks[0]
+		run, err := strconv.Atoi(r.Output)
+		if err != nil || run < 1 {
+			t.Fatalf("result %v has no run number", r)
+		}
+		i := min(run, len(script)) - 1 // the script's last result repeats
+		seen++
+		if wantUp := want[i] == 'U'; r.Healthy != wantUp || h.Healthy != wantUp {
+			t.Errorf("after run %d (%s): verdict %v, want healthy %v", run, script[:i+1], h, wantUp)
+		}
+		// The run's own error shows, even while damping keeps the check up.
+		if wantErr := script[i] == '-'; (r.Error != "") != wantErr {
+			t.Errorf("after run %d: error %q, want one: %v", run, r.Error, wantErr)
+		}
+		return run >= len(script)
+	})
+	if seen < len(script)/2 {
+		t.Errorf("saw %d of %d verdicts", seen, len(script))
+	}
+}
+
+func TestNotRequiredCheck(t *testing.T) {
+	c := newChecker(t)
+	configure(t, c,
+		tcpCheck("needed", listen(t).Addr().String()),
+		&pb.Check{Name: "extra", Protocol: "tcp", Address: closedAddr(t), TimeoutMs: testTimeout, NotRequired: true},
+	)
+	h := watchUntil(t, c, func(*pb.Health) bool { return true })
+	if !h.Healthy {
+		t.Errorf("verdict = %v, want healthy: the failing check is not required", h)
+	}
+	needed, extra := result(t, h, "needed"), result(t, h, "extra")
+	if !needed.Required || !needed.Healthy || extra.Required || extra.Healthy || extra.Error == "" {
+		t.Errorf("results %v and %v, want needed required and up, extra not required and down with an error", needed, extra)
+	}
+	st, _ := c.Status(context.Background())
+	if d := st.Details["check extra"]; st.State != StateHealthy || !strings.HasPrefix(d, "down tcp ") || !strings.HasSuffix(d, "(not required)") {
+		t.Errorf("status = %v, want healthy with extra down and not required", st)
+	}
+	if got := value(t, c.m.required.WithLabelValues("extra")); got != 0 {
+		t.Errorf("%s{check=extra} = %v, want 0", metricCheckRequired, got)
+	}
+	if got := value(t, c.m.required.WithLabelValues("needed")); got != 1 {
+		t.Errorf("%s{check=needed} = %v, want 1", metricCheckRequired, got)
+	}
+	if got := value(t, c.m.up.WithLabelValues("extra")); got != 0 {
+		t.Errorf("%s{check=extra} = %v, want 0", metricCheckUp, got)
+	}
+
+	// Only not-required checks, all failing: still healthy.
+	configure(t, c, &pb.Check{Name: "extra", Protocol: "tcp", Address: closedAddr(t), TimeoutMs: testTimeout, NotRequired: true})
+	if h := watchUntil(t, c, func(h *pb.Health) bool { return len(h.Checks) == 1 }); !h.Healthy {
+		t.Errorf("verdict = %v, want healthy", h)
+	}
+}
+
+func TestEachCheckOnItsOwnInterval(t *testing.T) {
+	c := newChecker(t)
+	fast, slow := &scripted{script: "+"}, &scripted{script: "+"}
+	withScripts(c, map[string]*scripted{"fast": fast, "slow": slow})
+	configure(t, c,
+		&pb.Check{Name: "fast", Protocol: "script:fast", TimeoutMs: 5, IntervalMs: 10},
+		&pb.Check{Name: "slow", Protocol: "script:slow", TimeoutMs: 5, IntervalMs: 400},
+	)
+	// The first verdict comes once both ran once; then one per run.
+	n := 0
+	watchUntil(t, c, func(h *pb.Health) bool {
+		if len(h.Checks) != 2 {
+			t.Fatalf("verdict %v, want both checks", h)
+		}
+		n++
+		return fast.count() >= 20
+	})
+	f, s := fast.count(), slow.count()
+	if s < 1 || s*4 > f {
+		t.Errorf("fast ran %d times, slow %d: want slow to run at a 40th of the rate", f, s)
+	}
+	if n < 10 {
+		t.Errorf("%d verdicts for %d runs of fast, want one per run", n, f)
+	}
+	st, _ := c.Status(context.Background())
+	if !strings.HasSuffix(st.Details["check slow"], " every 400ms") || st.Details["interval"] != "50ms" {
+		t.Errorf("status = %v, want slow's own interval shown", st)
+	}
+}
+
+func TestStatusDetails(t *testing.T) {
+	c := newChecker(t)
+	configure(t, c,
+		&pb.Check{Name: "script", Protocol: "exec", TimeoutMs: testTimeout, Fall: 3,
+			Exec: &pb.ExecCheck{Command: "echo 'not ready'; exit 1", Shell: true}},
+		&pb.Check{Name: "web", Protocol: "http", Address: closedAddr(t), TimeoutMs: testTimeout, Http: &pb.HTTPCheck{Path: "/health"}},
+	)
+	h := watchUntil(t, c, func(*pb.Health) bool { return true })
+	if r := result(t, h, "script"); r.Output != "not ready" || !strings.Contains(r.Error, "exit status 1") || r.Address != "" {
+		t.Errorf("script result %v, want its output and exit status", r)
+	}
+	st, _ := c.Status(context.Background())
+	for key, want := range map[string]string{
+		"check script":        "down exec sh -c echo 'not ready'; exit 1",
+		"check script output": "not ready",
+		"check script error":  "sh -c echo 'not ready'; exit 1: exit status 1",
+		"check web":           "down http http://" + result(t, h, "web").Address + "/health",
+		"check web error":     "connection refused",
+		"check web latency":   "s",
+	} {
+		if got := st.Details[key]; !strings.Contains(got, want) {
+			t.Errorf("status %q = %q, want it to contain %q", key, got, want)
+		}
+	}
+}
+
+// TestReconfigureKeepsStateOfUnchangedChecks: a reload that changes one
+// check leaves the damping of the others where it was.
+func TestReconfigureKeepsStateOfUnchangedChecks(t *testing.T) {
+	c := newChecker(t)
+	same := &scripted{script: "+-"} // up, then failing: 1 of 3, 2 of 3, ...
+	withScripts(c, map[string]*scripted{"same": same, "other": {script: "+"}})
+	sameCheck := &pb.Check{Name: "same", Protocol: "script:same", TimeoutMs: 5, IntervalMs: 60_000, Fall: 3}
+	configure(t, c, sameCheck, &pb.Check{Name: "other", Protocol: "script:other", TimeoutMs: 5})
+	watchUntil(t, c, func(*pb.Health) bool { return true })
+	// Reconfigured (other's timeout changed): same runs again at once, its
+	// second run, a failure; with its state kept that is 1 of 3, still up.
+	configure(t, c, sameCheck, &pb.Check{Name: "other", Protocol: "script:other", TimeoutMs: 6})
+	h := watchUntil(t, c, func(*pb.Health) bool { return same.count() >= 2 })
+	if r := result(t, h, "same"); !r.Healthy || r.Error == "" {
+		t.Errorf("same = %v, want still healthy with its failure shown", r)
+	}
+	st, _ := c.Status(context.Background())
+	if !strings.Contains(st.Details["check same"], "failing 1 of 3") {
+		t.Errorf("status %v, want same failing 1 of 3", st)
 	}
 }

@@ -7,19 +7,21 @@ const (
 	metricCheckUp       = "keep_vip_checker_check_up"
 	metricCheckDuration = "keep_vip_checker_check_duration_seconds"
 	metricCheckFailures = "keep_vip_checker_check_failures_total"
+	metricCheckRequired = "keep_vip_checker_check_required"
 )
 
 type metrics struct {
 	up       *prometheus.GaugeVec
 	duration *prometheus.HistogramVec
 	failures *prometheus.CounterVec
+	required *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: metricCheckUp,
-			Help: "1 if the check passed its last run, else 0.",
+			Help: "1 while the check counts as healthy (after rise/fall damping), else 0.",
 		}, []string{"check"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: metricCheckDuration,
@@ -31,10 +33,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"check"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricCheckFailures,
-			Help: "Runs of the check that failed.",
+			Help: "Runs of the check that failed, damped or not.",
+		}, []string{"check"}),
+		required: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: metricCheckRequired,
+			Help: "1 if the check's failure makes the member unhealthy (gives up the VIP), 0 if it is only reported.",
 		}, []string{"check"}),
 	}
-	reg.MustRegister(m.up, m.duration, m.failures)
+	reg.MustRegister(m.up, m.duration, m.failures, m.required)
 	return m
 }
 
@@ -44,4 +50,5 @@ func (m *metrics) forget(check string) {
 	m.up.DeleteLabelValues(check)
 	m.duration.DeleteLabelValues(check)
 	m.failures.DeleteLabelValues(check)
+	m.required.DeleteLabelValues(check)
 }

@@ -3,9 +3,14 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"go/parser"
+	"go/token"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,21 +21,107 @@ import (
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
-// TestPluginOverGRPC builds this command and talks to it as the supervisor
-// does: go-plugin handshake, then Configure and Watch over gRPC.
-func TestPluginOverGRPC(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the plugin binary")
+// allowedImports is all a third-party checker needs besides the standard
+// library: the SDK, its messages, and Prometheus for its metrics.
+var allowedImports = map[string]bool{
+	"github.com/keep-vip/keep-vip/rpc":                               true,
+	"github.com/keep-vip/keep-vip/rpc/keepvip/v1":                    true,
+	"github.com/prometheus/client_golang/prometheus":                 true,
+	"github.com/keep-vip/keep-vip/plugins/example-checker/filecheck": true, // its own package
+}
+
+// TestImportsOnlyTheSDK keeps the example honest: nothing of keep-vip but
+// the SDK, so it can be copied out of this repository as it is.
+func TestImportsOnlyTheSDK(t *testing.T) {
+	for _, dir := range []string{".", "filecheck"} {
+		files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			parsed, err := parser.ParseFile(token.NewFileSet(), f, nil, parser.ImportsOnly)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, imp := range parsed.Imports {
+				path, _ := strconv.Unquote(imp.Path.Value)
+				first, _, _ := strings.Cut(path, "/")
+				if strings.Contains(first, ".") && !allowedImports[path] {
+					t.Errorf("%s imports %s; a third-party checker has only the SDK (rpc, pb) and Prometheus", f, path)
+				}
+			}
+		}
 	}
+}
+
+// buildOutside copies the example into a module of its own, as a third
+// party would have it (module example.com/file-checker, requiring keep-vip
+// for the SDK), and builds it there. The build is offline: the requirements
+// come from keep-vip's go.mod and the module cache.
+func buildOutside(t *testing.T) string {
+	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("no go command to build the plugin with")
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "example-checker")
-	if out, err := exec.Command(goBin, "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
 	}
+	goMod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	goVersion := "1.26"
+	for _, line := range strings.Split(string(goMod), "\n") {
+		if v, ok := strings.CutPrefix(line, "go "); ok {
+			goVersion = strings.TrimSpace(v)
+		}
+	}
+	src := t.TempDir()
+	copyFile := func(from, to string, replace ...string) {
+		t.Helper()
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(to, []byte(strings.NewReplacer(replace...).Replace(string(b))), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const ownPath = "github.com/keep-vip/keep-vip/plugins/example-checker/filecheck"
+	copyFile("main.go", filepath.Join(src, "main.go"), ownPath, "example.com/file-checker/filecheck")
+	copyFile(filepath.Join("filecheck", "filecheck.go"), filepath.Join(src, "filecheck", "filecheck.go"))
+	copyFile(filepath.Join(root, "go.sum"), filepath.Join(src, "go.sum"))
+	mod := fmt.Sprintf("module example.com/file-checker\n\ngo %s\n\nrequire github.com/keep-vip/keep-vip v0.0.0\n\nreplace github.com/keep-vip/keep-vip => %s\n", goVersion, root)
+	if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte(mod), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "file-checker")
+	cmd := exec.Command(goBin, "build", "-o", bin, ".")
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off", "GOWORK=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build as module example.com/file-checker: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestPluginOverGRPC builds this command outside this module and talks to
+// it as the supervisor does: go-plugin handshake, then Configure and Watch
+// over gRPC.
+func TestPluginOverGRPC(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the plugin binary")
+	}
+	bin := buildOutside(t)
+	dir := t.TempDir()
 	flag := filepath.Join(dir, "up")
 	if err := os.WriteFile(flag, nil, 0o600); err != nil {
 		t.Fatal(err)

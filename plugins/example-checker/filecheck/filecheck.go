@@ -4,8 +4,13 @@
 // or to follow a condition some other tool writes down as a file.
 //
 // It is built against keep-vip's plugin SDK alone (package rpc, its pb
-// messages and Prometheus), as a checker outside the keep-vip repository
-// would be; it does not use keep-vip's own checker library.
+// messages and Prometheus) and the standard library, as a checker outside
+// the keep-vip repository would be; it does not use keep-vip's own checker
+// library. main_test.go builds it as a module of its own to keep it so.
+//
+// It implements the protocol in keep-vip's docs/checker-protocol.md: a
+// verdict after every round, healthy while every required check passes,
+// and a refusal, naming the check, of any setting it does not implement.
 package filecheck
 
 import (
@@ -17,8 +22,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
@@ -37,19 +40,18 @@ var _ rpc.Checker = (*Checker)(nil)
 
 // Checker implements rpc.Checker for file checks.
 type Checker struct {
-	reg *prometheus.Registry
-	up  *prometheus.GaugeVec
+	// The registry answers Gather, the other half of rpc.Reporter.
+	prometheus.Gatherer
+	up *prometheus.GaugeVec
 
 	mu     sync.Mutex
 	cfg    *pb.CheckerConfig
 	gen    int // bumped by every Configure; a loop of an older one publishes nothing
 	cancel context.CancelFunc
-	latest *pb.Health
-	// changed is closed and replaced on every new verdict: a watcher waits
-	// on it and then sends only the newest verdict, so a slow watcher never
-	// holds up the loop.
-	changed chan struct{}
-	closed  chan struct{}
+	// verdicts is the SDK's feed: it sends each watcher the newest verdict,
+	// so a slow watcher never holds up the loop.
+	verdicts *rpc.Feed[*pb.Health]
+	closed   chan struct{}
 }
 
 // New returns a Checker that checks nothing until Configure.
@@ -60,7 +62,7 @@ func New() *Checker {
 		Help: "1 if the file of the check existed at its last run, else 0.",
 	}, []string{"check"})
 	reg.MustRegister(up)
-	return &Checker{reg: reg, up: up, changed: make(chan struct{}), closed: make(chan struct{})}
+	return &Checker{Gatherer: reg, up: up, verdicts: rpc.NewFeed[*pb.Health](ErrClosed), closed: make(chan struct{})}
 }
 
 func validate(cfg *pb.CheckerConfig) error {
@@ -81,6 +83,16 @@ func validate(cfg *pb.CheckerConfig) error {
 		case ch.GetTimeoutMs() <= 0 || ch.GetTimeoutMs() >= cfg.GetIntervalMs():
 			return fmt.Errorf("check %q: timeout_ms %d must be above 0 and below interval_ms %d",
 				ch.GetName(), ch.GetTimeoutMs(), cfg.GetIntervalMs())
+		// What this checker does not do, it refuses rather than ignores:
+		// the supervisor sends every check its own interval and rise and
+		// fall of 1 unless the config asks for more.
+		case ch.GetIntervalMs() != 0 && ch.GetIntervalMs() != cfg.GetIntervalMs():
+			return fmt.Errorf("check %q: interval_ms %d is not supported: every check runs each interval_ms (%d)",
+				ch.GetName(), ch.GetIntervalMs(), cfg.GetIntervalMs())
+		case ch.GetRise() > 1 || ch.GetFall() > 1:
+			return fmt.Errorf("check %q: rise %d and fall %d are not supported: one run decides", ch.GetName(), ch.GetRise(), ch.GetFall())
+		case ch.GetHttp() != nil || ch.GetUdp() != nil || ch.GetExec() != nil || len(ch.GetOptions()) > 0:
+			return fmt.Errorf("check %q: a file check has no settings besides its address (the path)", ch.GetName())
 		}
 		seen[ch.GetName()] = true
 	}
@@ -93,7 +105,7 @@ func (c *Checker) Configure(_ context.Context, cfg *pb.CheckerConfig) error {
 	if err := validate(cfg); err != nil {
 		return fmt.Errorf("configure filecheck: %w", err)
 	}
-	cfg = proto.CloneOf(cfg) // the caller may reuse its message
+	cfg = cloneConfig(cfg) // the caller may reuse its message
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	select {
@@ -106,7 +118,8 @@ func (c *Checker) Configure(_ context.Context, cfg *pb.CheckerConfig) error {
 	}
 	c.up.Reset()
 	c.gen++
-	c.cfg, c.latest = cfg, nil
+	c.cfg = cfg
+	c.verdicts.Reset()
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	go c.loop(ctx, c.gen, cfg)
@@ -146,13 +159,12 @@ func (c *Checker) publish(gen int, h *pb.Health) {
 		}
 		c.up.WithLabelValues(r.Name).Set(v)
 	}
-	c.latest = h
-	close(c.changed)
-	c.changed = make(chan struct{})
+	c.verdicts.Publish(h)
 }
 
 // round runs every check once, in order, and returns the verdict: healthy
-// when every file exists.
+// when every required file exists. A check that is not required is
+// reported all the same.
 func round(checks []*pb.Check) *pb.Health {
 	h := &pb.Health{Healthy: true}
 	for _, ch := range checks {
@@ -163,10 +175,13 @@ func round(checks []*pb.Check) *pb.Health {
 			Address:   ch.GetAddress(),
 			Healthy:   err == nil,
 			LatencyUs: time.Since(start).Microseconds(),
+			Required:  !ch.GetNotRequired(),
 		}
 		if err != nil {
 			r.Error = err.Error()
-			h.Healthy = false
+			if r.Required {
+				h.Healthy = false
+			}
 		}
 		h.Checks = append(h.Checks, r)
 	}
@@ -193,25 +208,7 @@ func probe(path string, timeout time.Duration) error {
 // Watch sends the latest verdict at once if there is one, then the verdict
 // of every round, until ctx ends, send fails or the Checker closes.
 func (c *Checker) Watch(ctx context.Context, send func(*pb.Health) error) error {
-	var sent *pb.Health
-	for {
-		c.mu.Lock()
-		h, changed := c.latest, c.changed
-		c.mu.Unlock()
-		if h != nil && h != sent {
-			if err := send(proto.CloneOf(h)); err != nil {
-				return err
-			}
-			sent = h
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c.closed:
-			return ErrClosed
-		case <-changed:
-		}
-	}
+	return c.verdicts.Watch(ctx, send)
 }
 
 // Status reports the verdict and every check's last result.
@@ -219,25 +216,27 @@ func (c *Checker) Status(context.Context) (*pb.PluginStatus, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := &pb.PluginStatus{State: "starting", Details: map[string]string{}}
-	if c.latest == nil {
+	latest, ok := c.verdicts.Latest()
+	if !ok {
 		return st, nil
 	}
 	st.State = "unhealthy"
-	if c.latest.Healthy {
+	if latest.Healthy {
 		st.State = "healthy"
 	}
-	for _, r := range c.latest.Checks {
-		if r.Healthy {
-			st.Details["check "+r.Name] = "present " + r.Address
-		} else {
-			st.Details["check "+r.Name] = "missing: " + r.Error
+	for _, r := range latest.Checks {
+		d := "present " + r.Address
+		if !r.Healthy {
+			d = "missing: " + r.Error
 		}
+		if !r.Required {
+			d += " (not required)"
+		}
+		st.Details["check "+r.Name] = d
+		st.Details["check "+r.Name+" latency"] = (time.Duration(r.LatencyUs) * time.Microsecond).String()
 	}
 	return st, nil
 }
-
-// Gather returns the checker's metrics.
-func (c *Checker) Gather() ([]*dto.MetricFamily, error) { return c.reg.Gather() }
 
 // Close stops the checks and ends every Watch; rpc.ServeChecker calls it
 // when the plugin stops.
@@ -250,8 +249,24 @@ func (c *Checker) Close() error {
 	default:
 	}
 	close(c.closed)
+	c.verdicts.Close()
 	if c.cancel != nil {
 		c.cancel()
 	}
 	return nil
+}
+
+// cloneConfig copies the fields of a config this checker uses.
+func cloneConfig(cfg *pb.CheckerConfig) *pb.CheckerConfig {
+	out := &pb.CheckerConfig{IntervalMs: cfg.GetIntervalMs()}
+	for _, ch := range cfg.GetChecks() {
+		out.Checks = append(out.Checks, &pb.Check{
+			Name:        ch.GetName(),
+			Protocol:    ch.GetProtocol(),
+			Address:     ch.GetAddress(),
+			TimeoutMs:   ch.GetTimeoutMs(),
+			NotRequired: ch.GetNotRequired(),
+		})
+	}
+	return out
 }

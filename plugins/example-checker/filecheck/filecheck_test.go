@@ -18,6 +18,10 @@ func fileCheck(name, path string) *pb.Check {
 	return &pb.Check{Name: name, Protocol: Protocol, Address: path, TimeoutMs: 20}
 }
 
+func notRequired(c *pb.Check) *pb.Check { c.NotRequired = true; return c }
+
+func with(c *pb.Check, f func(*pb.Check)) *pb.Check { f(c); return c }
+
 func TestRound(t *testing.T) {
 	dir := t.TempDir()
 	present := filepath.Join(dir, "present")
@@ -37,6 +41,7 @@ func TestRound(t *testing.T) {
 		{"missing", []*pb.Check{fileCheck("a", missing)}, false, []string{"no such file"}},
 		{"one missing", []*pb.Check{fileCheck("a", present), fileCheck("b", missing)}, false, []string{"", "no such file"}},
 		{"directory counts", []*pb.Check{fileCheck("a", dir)}, true, []string{""}},
+		{"missing but not required", []*pb.Check{fileCheck("a", present), notRequired(fileCheck("b", missing))}, true, []string{"", "no such file"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -51,6 +56,9 @@ func TestRound(t *testing.T) {
 				}
 				if r.Healthy != (want == "") || !strings.Contains(r.Error, want) {
 					t.Errorf("result %d = %v, want error containing %q", i, r, want)
+				}
+				if r.Required == tt.checks[i].NotRequired {
+					t.Errorf("result %d = %v, want required %v", i, r, !tt.checks[i].NotRequired)
 				}
 			}
 		})
@@ -71,6 +79,10 @@ func TestValidate(t *testing.T) {
 		{"timeout too long", &pb.CheckerConfig{IntervalMs: 20, Checks: []*pb.Check{fileCheck("a", "/x")}}, "timeout_ms 20"},
 		{"no name", &pb.CheckerConfig{IntervalMs: 100, Checks: []*pb.Check{fileCheck("", "/x")}}, "no name"},
 		{"twice", &pb.CheckerConfig{IntervalMs: 100, Checks: []*pb.Check{fileCheck("a", "/x"), fileCheck("a", "/y")}}, "twice"},
+		{"same interval given", &pb.CheckerConfig{IntervalMs: 100, Checks: []*pb.Check{with(fileCheck("a", "/x"), func(c *pb.Check) { c.IntervalMs = 100; c.Rise, c.Fall = 1, 1 })}}, ""},
+		{"own interval", &pb.CheckerConfig{IntervalMs: 100, Checks: []*pb.Check{with(fileCheck("a", "/x"), func(c *pb.Check) { c.IntervalMs = 200 })}}, "interval_ms 200 is not supported"},
+		{"fall", &pb.CheckerConfig{IntervalMs: 100, Checks: []*pb.Check{with(fileCheck("a", "/x"), func(c *pb.Check) { c.Fall = 3 })}}, "fall 3 are not supported"},
+		{"http settings", &pb.CheckerConfig{IntervalMs: 100, Checks: []*pb.Check{with(fileCheck("a", "/x"), func(c *pb.Check) { c.Http = &pb.HTTPCheck{} })}}, "no settings besides"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
