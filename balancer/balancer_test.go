@@ -70,7 +70,7 @@ func deadAddr(t *testing.T) string {
 func newBalancer(t *testing.T) *Balancer {
 	t.Helper()
 	b := New(zerolog.New(zerolog.NewTestWriter(t)))
-	b.dialTimeout = 500 * time.Millisecond
+	b.ejectCooldown = 200 * time.Millisecond
 	t.Cleanup(func() { b.Close() })
 	return b
 }
@@ -93,7 +93,14 @@ func named(l *pb.LoadBalancer, names ...string) *pb.LoadBalancer {
 
 func configure(t *testing.T, b *Balancer, lbs ...*pb.LoadBalancer) {
 	t.Helper()
-	if err := b.Configure(context.Background(), &pb.BalancerConfig{LoadBalancers: lbs}); err != nil {
+	configureDrain(t, b, 0, lbs...)
+}
+
+// configureDrain configures with a drain timeout for removed load balancers
+// and Close.
+func configureDrain(t *testing.T, b *Balancer, drain time.Duration, lbs ...*pb.LoadBalancer) {
+	t.Helper()
+	if err := b.Configure(context.Background(), &pb.BalancerConfig{LoadBalancers: lbs, DrainTimeoutMs: drain.Milliseconds()}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -216,12 +223,12 @@ func TestFailedBackendSkipped(t *testing.T) {
 	for range 4 {
 		got = append(got, whoAnswers(t, front))
 	}
-	// The second pick is the dead one, so its client goes on to b3.
-	if want := "b1 b3 b3 b1"; strings.Join(got, " ") != want {
+	// Every second pick is the dead one, so its client goes on to b3.
+	if want := "b1 b3 b1 b3"; strings.Join(got, " ") != want {
 		t.Errorf("backends in turn = %v, want %s", got, want)
 	}
-	if n := value(t, b.m.dialErrors.WithLabelValues("web", "dead")); n != 1 {
-		t.Errorf("%s{backend=dead} = %v, want 1", metricDialErrors, n)
+	if n := value(t, b.m.dialErrors.WithLabelValues("web", "dead")); n != 2 {
+		t.Errorf("%s{backend=dead} = %v, want 2", metricDialErrors, n)
 	}
 }
 
@@ -288,15 +295,15 @@ func TestLargeTransferAndBytes(t *testing.T) {
 		t.Errorf("answer = %q, want %q", got, want)
 	}
 	eventually(t, "bytes counted", func() bool {
-		return value(t, b.m.bytes.WithLabelValues("web", dirToBackend)) == size &&
-			value(t, b.m.bytes.WithLabelValues("web", dirToClient)) == float64(len(got))
+		return value(t, b.m.bytes.WithLabelValues("web", "b1", dirToBackend)) == size &&
+			value(t, b.m.bytes.WithLabelValues("web", "b1", dirToClient)) == float64(len(got))
 	})
 }
 
 func TestReconfigureKeepsConnections(t *testing.T) {
 	b := newBalancer(t)
 	b1, b2 := startBackend(t, "b1"), startBackend(t, "b2")
-	configure(t, b, named(lb("web", "127.0.0.1:0", b1), "b1"))
+	configureDrain(t, b, time.Minute, named(lb("web", "127.0.0.1:0", b1), "b1"))
 	front := addr(t, b, "web")
 	c := dial(t, front)
 	if got := c.ask("one"); got != "b1 one" {
@@ -307,7 +314,7 @@ func TestReconfigureKeepsConnections(t *testing.T) {
 	}
 
 	// Same name, bind and type: the socket stays, the backends change.
-	configure(t, b, named(lb("web", "127.0.0.1:0", b2), "b2"))
+	configureDrain(t, b, time.Minute, named(lb("web", "127.0.0.1:0", b2), "b2"))
 	if got := addr(t, b, "web"); got != front {
 		t.Errorf("unchanged load balancer moved from %s to %s", front, got)
 	}
@@ -318,17 +325,23 @@ func TestReconfigureKeepsConnections(t *testing.T) {
 		t.Errorf("established connection after backend swap: answer = %q, want %q", got, "b1 two")
 	}
 
-	// Removed: it stops listening, the established connection goes on.
-	configure(t, b)
+	// Removed: it stops listening, the established connection drains.
+	configureDrain(t, b, time.Minute)
 	if _, err := net.DialTimeout("tcp", front, waitFor); err == nil {
 		t.Error("removed load balancer still accepts")
 	}
 	if got := c.ask("three"); got != "b1 three" {
 		t.Errorf("established connection after removal: answer = %q, want %q", got, "b1 three")
 	}
-	if st, _ := b.Status(context.Background()); st.State != StateIdle || len(st.Details) != 0 {
-		t.Errorf("status with nothing configured = %v", st)
-	}
+	eventually(t, "one connection draining", func() bool {
+		st, _ := b.Status(context.Background())
+		return st.State == StateDraining && st.Details["draining clients"] == "1"
+	})
+	c.c.Close()
+	eventually(t, "drained", func() bool {
+		st, _ := b.Status(context.Background())
+		return st.State == StateIdle && len(st.Details) == 0
+	})
 }
 
 func TestRenameKeepsSocket(t *testing.T) {
@@ -399,10 +412,34 @@ func TestConfigureValidation(t *testing.T) {
 		{"valid", []*pb.LoadBalancer{ok()}, nil},
 		{"empty", nil, nil},
 		{"no backends", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Backends = nil })}, nil},
-		{"udp", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Type = "udp" })},
-			[]string{`load balancer "web": type udp is not supported yet`}},
+		{"udp", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Type = TypeUDP })}, nil},
+		{"http", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Type = TypeHTTP })}, nil},
+		{"sctp", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Type = "sctp" })},
+			[]string{`load balancer "web": type "sctp" is not one of tcp, udp, http`}},
 		{"no type", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Type = "" })},
-			[]string{`"web"`, "not supported"}},
+			[]string{`"web"`, "not one of"}},
+		{"tcp and udp on one port", []*pb.LoadBalancer{
+			with(func(l *pb.LoadBalancer) { l.BindAddress = "127.0.0.1:1" }),
+			with(func(l *pb.LoadBalancer) { l.Name, l.BindAddress, l.Type = "dns", "127.0.0.1:1", TypeUDP }),
+		}, nil},
+		{"bad algorithm", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Algorithm = "random" })},
+			[]string{`"web"`, `algorithm "random" is not one of roundrobin, leastconn, sourcehash`}},
+		{"proxy protocol 3", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.ProxyProtocol = 3 })},
+			[]string{`"web"`, "proxy protocol version 3"}},
+		{"proxy protocol on udp", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Type, l.ProxyProtocol = TypeUDP, 2 })},
+			[]string{`"web"`, "not udp"}},
+		{"weight", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Backends[0].Weight = 1001 })},
+			[]string{`"web"`, "backend #1", "weight 1001"}},
+		{"health type", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Health = &pb.BackendHealth{Type: "icmp"} })},
+			[]string{`"web"`, `health check type "icmp"`}},
+		{"health timeout", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) {
+			l.Health = &pb.BackendHealth{Type: HealthTCP, IntervalMs: 100, TimeoutMs: 200}
+		})}, []string{`"web"`, "timeout 200ms is above its interval 100ms"}},
+		{"health path", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Health = &pb.BackendHealth{Type: HealthHTTP, Path: "up"} })},
+			[]string{`"web"`, `path "up"`}},
+		{"duplicate backend address", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) {
+			l.Backends = append(l.Backends, &pb.Backend{Name: "b2", Address: "127.0.0.1:8080"})
+		})}, []string{`"web"`, `backend #2 "b2"`, "also backend #1's"}},
 		{"no name", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Name = "" })},
 			[]string{"#1 has no name"}},
 		{"duplicate name", []*pb.LoadBalancer{ok(), with(func(l *pb.LoadBalancer) { l.BindAddress = "127.0.0.1:1" })},
@@ -410,7 +447,7 @@ func TestConfigureValidation(t *testing.T) {
 		{"duplicate bind", []*pb.LoadBalancer{
 			with(func(l *pb.LoadBalancer) { l.BindAddress = "127.0.0.1:1" }),
 			with(func(l *pb.LoadBalancer) { l.Name, l.BindAddress = "api", "127.0.0.1:1" }),
-		}, []string{`"web" and "api" both bind 127.0.0.1:1`}},
+		}, []string{`"web" and "api" both bind tcp 127.0.0.1:1`}},
 		{"port 0 twice", []*pb.LoadBalancer{ok(), with(func(l *pb.LoadBalancer) { l.Name = "api" })}, nil},
 		{"bad bind", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.BindAddress = "127.0.0.1" })},
 			[]string{`"web"`, "bind address", "missing port"}},

@@ -1,0 +1,251 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// backendState is what is known of a backend at run time. A reload that
+// keeps the backend keeps its state.
+type backendState struct {
+	// up is the hot path's view: no new connections while false.
+	up atomic.Bool
+	// active counts connections (udp sessions, http requests) it serves.
+	active atomic.Int64
+	// connErrs counts consecutive connect errors, for passive ejection.
+	connErrs atomic.Int32
+
+	mu sync.Mutex
+	// checkDown: the active checks failed fall times in a row.
+	checkDown bool
+	// ejected: connect errors took it out at ejectedAt.
+	ejected   bool
+	ejectedAt time.Time
+	// Consecutive active check results.
+	okStreak, failStreak int
+}
+
+func newBackendState() *backendState {
+	st := &backendState{}
+	st.up.Store(true)
+	return st
+}
+
+// available says whether be may get a new connection. A backend ejected by
+// connect errors, with no active check to bring it back, is let in again
+// once the cool-down has passed.
+func (b *Balancer) available(be *backend) bool {
+	if be.st.up.Load() {
+		return true
+	}
+	if be.lb.health.typ != "" {
+		return false
+	}
+	st := be.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.ejected && time.Since(st.ejectedAt) >= b.ejectCooldown {
+		// On trial: one more connect error ejects it again, one success
+		// clears the count.
+		st.ejected = false
+		st.connErrs.Store(int32(be.lb.health.ejectAfter - 1))
+		b.refresh(be, "cool-down after ejection over")
+	}
+	return st.up.Load()
+}
+
+// refresh recomputes up from the state, under st.mu, and logs a change.
+func (b *Balancer) refresh(be *backend, why string) {
+	st := be.st
+	up := !st.checkDown && !st.ejected
+	if st.up.Swap(up) == up {
+		return
+	}
+	be.m.up.Set(b2f(up))
+	ev := b.log.Info()
+	msg := "backend up"
+	if !up {
+		ev = b.log.Warn()
+		msg = "backend down"
+	}
+	ev.Str("balancer", be.lb.name).Str("backend", be.name).Str("address", be.address).Str("reason", why).Msg(msg)
+}
+
+// connectOK resets the passive error count; it costs one atomic load when
+// there is nothing to reset.
+func (b *Balancer) connectOK(be *backend) {
+	if be.st.connErrs.Load() != 0 {
+		be.st.connErrs.Store(0)
+	}
+}
+
+// connectFailed counts a failed connect and ejects the backend after
+// ejectAfter of them in a row.
+func (b *Balancer) connectFailed(be *backend, err error) {
+	be.m.dialErrors.Inc()
+	n := be.st.connErrs.Add(1)
+	limit := be.lb.health.ejectAfter
+	if limit <= 0 || int(n) < limit {
+		return
+	}
+	st := be.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.ejected {
+		return
+	}
+	st.ejected, st.ejectedAt, st.okStreak = true, time.Now(), 0
+	be.m.ejections.Inc()
+	b.refresh(be, fmt.Sprintf("ejected after %d connect errors in a row: %v", n, err))
+}
+
+// checked applies one active check result with rise and fall. A success
+// streak of rise also re-admits a backend ejected by connect errors.
+func (b *Balancer) checked(be *backend, err error) {
+	st := be.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if err == nil {
+		st.failStreak = 0
+		st.okStreak++
+		if (st.checkDown || st.ejected) && st.okStreak >= be.lb.health.rise {
+			st.checkDown, st.ejected = false, false
+			st.connErrs.Store(0)
+			b.refresh(be, fmt.Sprintf("%d %s checks passed", st.okStreak, be.lb.health.typ))
+		}
+		return
+	}
+	st.okStreak = 0
+	st.failStreak++
+	if !st.checkDown && st.failStreak >= be.lb.health.fall {
+		st.checkDown = true
+		b.refresh(be, fmt.Sprintf("%d %s checks failed, last: %v", st.failStreak, be.lb.health.typ, err))
+	}
+}
+
+// startHealth runs lb's active checks, one loop per backend, until
+// lb.stopHealth. Without active checks it only clears a check verdict an
+// earlier config left.
+func (b *Balancer) startHealth(lb *loadBalancer) {
+	for _, be := range lb.backends {
+		be.m.up.Set(b2f(be.st.up.Load()))
+	}
+	if lb.health.typ == "" {
+		for _, be := range lb.backends {
+			be.st.mu.Lock()
+			be.st.checkDown, be.st.okStreak, be.st.failStreak = false, 0, 0
+			b.refresh(be, "active checks turned off")
+			be.st.mu.Unlock()
+		}
+		lb.stopHealth = func() {}
+		return
+	}
+	ctx, cancel := context.WithCancel(b.ctx)
+	var wg sync.WaitGroup
+	probe := b.tcpProbe
+	if lb.health.typ == HealthHTTP {
+		probe = b.httpProbe(lb)
+	}
+	for _, be := range lb.backends {
+		wg.Go(func() {
+			// Spread the first checks so a reload does not probe every
+			// backend at the same instant.
+			first := time.Duration(rand.Int64N(int64(lb.health.interval)/4 + 1))
+			t := time.NewTimer(first)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				cctx, ccancel := context.WithTimeout(ctx, lb.health.timeout)
+				err := probe(cctx, be)
+				ccancel()
+				if ctx.Err() != nil {
+					return
+				}
+				b.checked(be, err)
+				t.Reset(lb.health.interval)
+			}
+		})
+	}
+	lb.stopHealth = func() { cancel(); wg.Wait() }
+}
+
+// tcpProbe connects and closes. With the PROXY protocol on it sends a LOCAL
+// header first, as a backend that expects one may log a bare connection.
+func (b *Balancer) tcpProbe(ctx context.Context, be *backend) error {
+	var d net.Dialer
+	c, err := d.DialTCP(ctx, "tcp", nilAddrPort, be.ap)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if v := be.lb.proxyProtocol; v > 0 {
+		c.SetWriteDeadline(time.Now().Add(be.lb.health.timeout))
+		return writeProxyLocal(c, v)
+	}
+	return nil
+}
+
+// httpProbe returns a probe that asks for lb's health path on a fresh
+// connection each time and wants a 2xx or 3xx answer.
+func (b *Balancer) httpProbe(lb *loadBalancer) func(ctx context.Context, be *backend) error {
+	tr := &http.Transport{
+		Proxy:             nil,
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil || lb.proxyProtocol == 0 {
+				return c, err
+			}
+			if err := writeProxyLocal(c, lb.proxyProtocol); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return c, nil
+		},
+	}
+	client := &http.Client{
+		Transport:     tr,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return func(ctx context.Context, be *backend) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+be.address+lb.health.path, nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("User-Agent", "keep-vip-balancer health check")
+		resp, err := client.Do(req)
+		if err != nil {
+			var ue interface{ Unwrap() error }
+			if errors.As(err, &ue) {
+				err = ue.Unwrap()
+			}
+			return err
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		if resp.StatusCode < 200 || resp.StatusCode >= 400 {
+			return fmt.Errorf("GET %s answered %s", lb.health.path, resp.Status)
+		}
+		return nil
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,358 @@
+package balancer
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+
+	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+)
+
+func httpLB(name string, backends ...string) *pb.LoadBalancer {
+	return typed(lb(name, "127.0.0.1:0", backends...), TypeHTTP)
+}
+
+func TestHTTPProxy(t *testing.T) {
+	b := newBalancer(t)
+	h1, _ := startHTTPBackend(t, "h1")
+	h2, _ := startHTTPBackend(t, "h2")
+	configure(t, b, named(httpLB("web", hostOf(h1), hostOf(h2)), "h1", "h2"))
+	front := addr(t, b, "web")
+
+	resp, body := get(t, front, "/a?q=1", "Host", "shop.example", "X-Forwarded-For", "203.0.113.7")
+	if resp.StatusCode != 200 || body != "h1 /a" {
+		t.Fatalf("first request: %s %q", resp.Status, body)
+	}
+	for h, want := range map[string]string{
+		"X-Got-Host":            "shop.example",
+		"X-Got-Forwarded-For":   "203.0.113.7, 127.0.0.1",
+		"X-Got-Forwarded-Proto": "http",
+	} {
+		if got := resp.Header.Get(h); got != want {
+			t.Errorf("backend saw %s %q, want %q", strings.TrimPrefix(h, "X-Got-"), got, want)
+		}
+	}
+	if _, body := get(t, front, "/b"); body != "h2 /b" {
+		t.Errorf("second request (round robin): %q", body)
+	}
+	if resp, _ := get(t, front, "/status/500"); resp.StatusCode != 500 {
+		t.Errorf("a backend's 500 came back as %s", resp.Status)
+	}
+	if n := value(t, b.m.requests.WithLabelValues("web", "h1", "200")); n != 1 {
+		t.Errorf("%s{h1,200} = %v, want 1", metricHTTPRequests, n)
+	}
+	if n := value(t, b.m.requests.WithLabelValues("web", "h1", "500")); n != 1 {
+		t.Errorf("%s{h1,500} = %v, want 1", metricHTTPRequests, n)
+	}
+	if n := seriesCount(t, b, metricHTTPRequestSeconds); n != 2 {
+		t.Errorf("%s has %d series, want 2 (h1, h2)", metricHTTPRequestSeconds, n)
+	}
+	if n := value(t, b.m.bytes.WithLabelValues("web", "h1", dirToClient)); n < float64(len("h1 /a")) {
+		t.Errorf("bytes from h1 = %v", n)
+	}
+}
+
+// Requests from many client connections share the backend's keep-alive
+// pool.
+func TestHTTPKeepAlivePool(t *testing.T) {
+	b := newBalancer(t)
+	h1, conns := startHTTPBackend(t, "h1")
+	configure(t, b, named(httpLB("web", hostOf(h1)), "h1"))
+	front := addr(t, b, "web")
+	for range 20 {
+		if resp, _ := get(t, front, "/"); resp.StatusCode != 200 {
+			t.Fatal(resp.Status)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("backend got %d connections for 20 sequential requests, want 1", n)
+	}
+	if n := value(t, b.m.connections.WithLabelValues("web", "h1")); n != 1 {
+		t.Errorf("%s = %v, want 1", metricConnections, n)
+	}
+}
+
+func TestHTTPFailures(t *testing.T) {
+	h1, _ := startHTTPBackend(t, "h1")
+	for _, tc := range []struct {
+		name     string
+		backends func(t *testing.T) []string
+		idle     int64
+		path     string
+		want     int
+		body     string
+	}{
+		{"dead backend skipped", func(t *testing.T) []string { return []string{deadAddr(t), hostOf(h1)} }, 0, "/", 200, "h1 /"},
+		{"none answers", func(t *testing.T) []string { return []string{deadAddr(t), deadAddr(t)} }, 0, "/", 502, "Bad Gateway: no backend answered\n"},
+		{"connect times out", func(t *testing.T) []string { return []string{blackhole(t)} }, 0, "/", 504, "Gateway Timeout: no backend answered in time\n"},
+		{"slow answer", func(t *testing.T) []string { return []string{hostOf(h1)} }, 200, "/?sleep=1s", 504, "Gateway Timeout: the backend did not answer in time\n"},
+		{"no backends", func(t *testing.T) []string { return nil }, 0, "/", 503, "Service Unavailable: every backend is down\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBalancer(t)
+			l := httpLB("web", tc.backends(t)...)
+			l.ConnectTimeoutMs, l.IdleTimeoutMs = 100, tc.idle
+			configure(t, b, l)
+			resp, body := get(t, addr(t, b, "web"), tc.path)
+			if resp.StatusCode != tc.want || body != tc.body {
+				t.Errorf("got %s %q, want %d %q", resp.Status, body, tc.want, tc.body)
+			}
+		})
+	}
+}
+
+// Every backend down (here: failing its http check) answers 503 at once.
+func TestHTTPAllDown503(t *testing.T) {
+	b := newBalancer(t)
+	h1, _ := startHTTPBackend(t, "h1")
+	l := named(httpLB("web", hostOf(h1)), "h1")
+	l.Health = &pb.BackendHealth{Type: HealthHTTP, Path: "/status/500", IntervalMs: 20, TimeoutMs: 20, Fall: 1}
+	configure(t, b, l)
+	eventually(t, "h1 down", func() bool { return value(t, b.m.up.WithLabelValues("web", "h1")) == 0 })
+	resp, body := get(t, addr(t, b, "web"), "/")
+	if resp.StatusCode != 503 || body != "Service Unavailable: every backend is down\n" {
+		t.Errorf("got %s %q", resp.Status, body)
+	}
+	if n := value(t, b.m.requests.WithLabelValues("web", backendNone, "503")); n != 1 {
+		t.Errorf("%s{none,503} = %v, want 1", metricHTTPRequests, n)
+	}
+}
+
+// An Upgrade request (WebSocket) is passed through and the connection then
+// carries raw bytes both ways.
+func TestHTTPUpgrade(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "websocket" {
+			http.Error(w, "want an upgrade", 400)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "echo "+line)
+		}
+	}))
+	b := newBalancer(t)
+	configure(t, b, named(httpLB("web", ln.Addr().String()), "ws"))
+	c := dial(t, addr(t, b, "web"))
+	io.WriteString(c.c, "GET /chat HTTP/1.1\r\nHost: chat.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	resp, err := http.ReadResponse(c.r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 {
+		t.Fatalf("upgrade answered %s", resp.Status)
+	}
+	for _, msg := range []string{"one", "two"} {
+		if got := c.ask(msg); got != "echo "+msg {
+			t.Errorf("over the upgraded connection: %q", got)
+		}
+	}
+	// Counted when the upgraded connection ends.
+	c.c.Close()
+	eventually(t, "upgrade counted", func() bool { return value(t, b.m.requests.WithLabelValues("web", "ws", "101")) == 1 })
+	eventually(t, "no client left", func() bool { return value(t, b.m.active.WithLabelValues("web")) == 0 })
+}
+
+// With the PROXY protocol, each client connection gets its own backend
+// connections, whose header carries that client's address.
+func TestHTTPProxyProtocol(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	// The backend reads the header, then serves http on the connection,
+	// answering with the header's source address.
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				h, err := proxyproto.Read(r)
+				if err != nil {
+					return
+				}
+				for {
+					req, err := http.ReadRequest(r)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					body := fmt.Sprintf("v%d %s", h.Version, h.SourceAddr)
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+				}
+			}()
+		}
+	}()
+	b := newBalancer(t)
+	l := httpLB("web", ln.Addr().String())
+	l.ProxyProtocol = 2
+	configure(t, b, l)
+	front := addr(t, b, "web")
+
+	for range 2 {
+		c := dial(t, front)
+		for range 2 {
+			io.WriteString(c.c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+			resp, err := http.ReadResponse(c.r, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if want := "v2 " + c.c.LocalAddr().String(); string(body) != want {
+				t.Errorf("backend saw %q, want %q", body, want)
+			}
+		}
+	}
+	// Two client connections, two requests each: two backend connections.
+	if n := value(t, b.m.connections.WithLabelValues("web", ln.Addr().String())); n != 2 {
+		t.Errorf("%s = %v, want 2", metricConnections, n)
+	}
+}
+
+// A reload that keeps a backend keeps its keep-alive pool.
+func TestHTTPReloadKeepsPool(t *testing.T) {
+	b := newBalancer(t)
+	h1, conns := startHTTPBackend(t, "h1")
+	h2, _ := startHTTPBackend(t, "h2")
+	configure(t, b, named(httpLB("web", hostOf(h1)), "h1"))
+	front := addr(t, b, "web")
+	get(t, front, "/")
+	l := named(httpLB("web", hostOf(h1), hostOf(h2)), "h1", "h2")
+	configure(t, b, l)
+	for range 4 {
+		get(t, front, "/")
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("h1 got %d connections across the reload, want 1", n)
+	}
+}
+
+// seriesCount is how many series of the family name the balancer exports.
+func seriesCount(t *testing.T, b *Balancer, name string) int {
+	t.Helper()
+	fams, err := b.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == name {
+			return len(f.GetMetric())
+		}
+	}
+	return 0
+}
+
+// A backend that closes idle keep-alive connections early: the pool notices
+// before reusing one, and a POST that cannot be retried still gets through.
+func TestHTTPBackendClosesIdleConnection(t *testing.T) {
+	h1, conns := startHTTPBackend(t, "h1", func(s *http.Server) { s.IdleTimeout = 50 * time.Millisecond })
+	was := idleCheckAfter
+	idleCheckAfter = 100 * time.Millisecond
+	t.Cleanup(func() { idleCheckAfter = was })
+	b := newBalancer(t)
+	configure(t, b, named(httpLB("web", hostOf(h1)), "h1"))
+	front := addr(t, b, "web")
+	for i, method := range []string{"GET", "POST", "POST", "GET"} {
+		// Over the pool's check threshold and the backend's timeout.
+		time.Sleep(idleCheckAfter + 100*time.Millisecond)
+		req, _ := http.NewRequest(method, "http://"+front+"/", strings.NewReader("body"))
+		client := &http.Client{Timeout: waitFor, Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("request %d (%s): %s", i, method, resp.Status)
+		}
+	}
+	if n := conns.Load(); n != 4 {
+		t.Errorf("backend saw %d connections, want 4 (each idle one closed)", n)
+	}
+}
+
+// Bodies both ways through the keep-alive pool: sized and chunked request
+// bodies, a large response, HEAD, and a response delimited by the
+// connection's end (not reusable).
+func TestHTTPBodies(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/echo":
+			b, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "%s %d %v %s", r.Method, len(b), r.TransferEncoding, b[:min(len(b), 8)])
+		case "/big":
+			w.Header().Set("Content-Length", fmt.Sprint(len(big)))
+			io.WriteString(w, big)
+		case "/close":
+			// HTTP/1.0 style: no length, the end of the connection ends it.
+			w.Header().Set("Connection", "close")
+			w.(http.Flusher).Flush()
+			io.WriteString(w, "until close")
+		}
+	}))
+	t.Cleanup(srv.Close)
+	b := newBalancer(t)
+	configure(t, b, named(httpLB("web", hostOf(srv)), "be"))
+	base := "http://" + addr(t, b, "web")
+	client := &http.Client{Timeout: waitFor}
+	do := func(method, path string, body io.Reader) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, body)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("%s %s: body: %v", method, path, err)
+		}
+		return resp, string(b)
+	}
+	for range 2 { // twice: the second time over pooled connections
+		if _, got := do("POST", "/echo", strings.NewReader("hello body")); got != "POST 10 [] hello bo" {
+			t.Errorf("sized body: %q", got)
+		}
+		// io.MultiReader hides the length: the client sends it chunked.
+		if _, got := do("PUT", "/echo", io.MultiReader(strings.NewReader("chunked "), strings.NewReader("body"))); got != "PUT 12 [chunked] chunked " {
+			t.Errorf("chunked body: %q", got)
+		}
+		if _, got := do("GET", "/big", nil); got != big {
+			t.Errorf("big body: %d bytes, want %d", len(got), len(big))
+		}
+		if resp, got := do("HEAD", "/big", nil); got != "" || resp.ContentLength != int64(len(big)) {
+			t.Errorf("HEAD: body %q, length %d", got, resp.ContentLength)
+		}
+		if _, got := do("GET", "/close", nil); got != "until close" {
+			t.Errorf("close-delimited body: %q", got)
+		}
+	}
+}

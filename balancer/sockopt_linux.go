@@ -1,0 +1,106 @@
+package balancer
+
+import (
+	"net"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpProgress is the bytes a connection has received plus those it sent
+// that the peer acknowledged, from TCP_INFO: it moves whenever data moves
+// either way, also while the data is spliced in the kernel.
+func tcpProgress(c *net.TCPConn) (uint64, bool) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var info *unix.TCPInfo
+	cerr := raw.Control(func(fd uintptr) {
+		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	})
+	if cerr != nil || err != nil {
+		return 0, false
+	}
+	return info.Bytes_received + info.Bytes_acked, true
+}
+
+// enablePktinfo asks a udp socket bound to a wildcard address to report
+// each datagram's destination address, so replies can leave from the
+// address the client wrote to (the VIP) rather than whichever address the
+// route prefers. It returns the IP version of the control messages, or 0
+// for a socket bound to one address, which needs none.
+func enablePktinfo(pc *net.UDPConn) (int, error) {
+	la, ok := pc.LocalAddr().(*net.UDPAddr)
+	if !ok || !la.IP.IsUnspecified() {
+		return 0, nil
+	}
+	raw, err := pc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	v := 6
+	if la.IP.To4() != nil {
+		v = 4
+	}
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		if v == 4 {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+		} else {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return 0, err
+	}
+	return v, nil
+}
+
+// pktinfoDst finds the destination address in a datagram's control
+// messages. It runs once per udp session, not per datagram.
+func pktinfoDst(oob []byte) (netip.Addr, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	for _, m := range msgs {
+		switch {
+		case m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_PKTINFO && len(m.Data) >= unix.SizeofInet4Pktinfo:
+			// struct in_pktinfo { int ipi_ifindex; in_addr ipi_spec_dst; in_addr ipi_addr; }
+			return netip.AddrFrom4([4]byte(m.Data[8:12])), true
+		case m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_PKTINFO && len(m.Data) >= unix.SizeofInet6Pktinfo:
+			// struct in6_pktinfo { in6_addr ipi6_addr; int ipi6_ifindex; }
+			return netip.AddrFrom16([16]byte(m.Data[0:16])), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// pktinfoSrc builds the control message that sends a reply from src.
+func pktinfoSrc(v int, src netip.Addr) []byte {
+	if v == 4 {
+		return unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: src.Unmap().As4()})
+	}
+	return unix.PktInfo6(&unix.Inet6Pktinfo{Addr: src.As16()})
+}
+
+// connAlive peeks at an idle connection without blocking: a backend that
+// closed it (end of stream) or sent something unasked makes it unusable.
+func connAlive(c *net.TCPConn) bool {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := false
+	var b [1]byte
+	cerr := raw.Read(func(fd uintptr) bool {
+		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		alive = err == unix.EAGAIN
+		return true
+	})
+	return cerr == nil && alive
+}

@@ -1,0 +1,237 @@
+package balancer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestTCPConnectTimeoutTriesNext(t *testing.T) {
+	b := newBalancer(t)
+	l := named(lb("web", "127.0.0.1:0", blackhole(t), startBackend(t, "b2")), "hole", "b2")
+	l.ConnectTimeoutMs = 100
+	configure(t, b, l)
+
+	start := time.Now()
+	if got := whoAnswers(t, addr(t, b, "web")); got != "b2" {
+		t.Errorf("answer from %s, want b2", got)
+	}
+	if took := time.Since(start); took < 100*time.Millisecond || took > time.Second {
+		t.Errorf("answer after %s, want just over the 100ms connect timeout", took)
+	}
+	if n := value(t, b.m.dialErrors.WithLabelValues("web", "hole")); n != 1 {
+		t.Errorf("%s{backend=hole} = %v, want 1", metricDialErrors, n)
+	}
+}
+
+func TestTCPIdleTimeout(t *testing.T) {
+	b := newBalancer(t)
+	l := named(lb("web", "127.0.0.1:0", startBackend(t, "b1")), "b1")
+	l.IdleTimeoutMs = 300
+	configure(t, b, l)
+	front := addr(t, b, "web")
+
+	busy, quiet := dial(t, front), dial(t, front)
+	busy.ask("one")
+	quiet.ask("one")
+	start := time.Now()
+	// The busy connection talks every 100ms and outlives the timeout
+	// twice over; the quiet one is closed within 1.25 timeouts.
+	for time.Since(start) < 700*time.Millisecond {
+		if got := busy.ask("ping"); got != "b1 ping" {
+			t.Fatalf("busy connection: answer %q", got)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	quiet.c.SetReadDeadline(time.Now().Add(waitFor))
+	if _, err := quiet.r.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("quiet connection: read = %v, want EOF", err)
+	}
+	if got := busy.ask("still"); got != "b1 still" {
+		t.Errorf("busy connection after %s: answer %q", time.Since(start), got)
+	}
+}
+
+// The client's address reaches the backend in a PROXY header of the
+// configured version; the header's destination is the balancer's address.
+func TestTCPProxyProtocol(t *testing.T) {
+	for _, v := range []int32{1, 2} {
+		t.Run(map[int32]string{1: "v1", 2: "v2"}[v], func(t *testing.T) {
+			b := newBalancer(t)
+			l := lb("web", "127.0.0.1:0", startProxyBackend(t))
+			l.ProxyProtocol = v
+			configure(t, b, l)
+			front := addr(t, b, "web")
+			c := dial(t, front)
+			line, err := c.r.ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := "v" + string(rune('0'+v)) + " " + c.c.LocalAddr().String() + " " + front + "\n"
+			if line != want {
+				t.Errorf("backend saw %q, want %q", line, want)
+			}
+		})
+	}
+}
+
+// Close lets connections drain for the drain timeout, then cuts them.
+func TestTCPDrainOnClose(t *testing.T) {
+	b := newBalancer(t)
+	configureDrain(t, b, 400*time.Millisecond, named(lb("web", "127.0.0.1:0", startBackend(t, "b1")), "b1"))
+	front := addr(t, b, "web")
+	leaving, staying := dial(t, front), dial(t, front)
+	leaving.ask("hi")
+	staying.ask("hi")
+
+	start := time.Now()
+	closed := make(chan struct{})
+	go func() { b.Close(); close(closed) }()
+	time.Sleep(100 * time.Millisecond)
+	if _, err := net.DialTimeout("tcp", front, waitFor); err == nil {
+		t.Error("a closing balancer accepts")
+	}
+	if got := staying.ask("draining"); got != "b1 draining" {
+		t.Errorf("while draining: answer %q", got)
+	}
+	leaving.c.Close()
+	select {
+	case <-closed:
+		if took := time.Since(start); took < 400*time.Millisecond {
+			t.Errorf("Close returned after %s, before the drain timeout with a connection open", took)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("Close hangs")
+	}
+	staying.c.SetReadDeadline(time.Now().Add(waitFor))
+	if _, err := staying.r.ReadByte(); err == nil {
+		t.Error("connection still open after the drain timeout")
+	}
+}
+
+// A load balancer that changes type between tcp and http keeps its socket:
+// no connect is refused, established tcp connections go on, new ones get
+// the http proxy.
+func TestTypeChangeKeepsSocket(t *testing.T) {
+	b := newBalancer(t)
+	bind := deadAddr(t)
+	web, _ := startHTTPBackend(t, "h1")
+	configureDrain(t, b, time.Minute, named(lb("web", bind, startBackend(t, "b1")), "b1"))
+	old := dial(t, bind)
+	old.ask("hi")
+
+	// Connect attempts all along the change: none may be refused.
+	stop := make(chan struct{})
+	refused := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				refused <- nil
+				return
+			default:
+			}
+			c, err := net.DialTimeout("tcp", bind, waitFor)
+			if err != nil {
+				refused <- err
+				return
+			}
+			c.Close()
+		}
+	}()
+	time.Sleep(20 * time.Millisecond)
+	configureDrain(t, b, time.Minute, typed(named(lb("web", bind, hostOf(web)), "h1"), TypeHTTP))
+	time.Sleep(20 * time.Millisecond)
+	close(stop)
+	if err := <-refused; err != nil {
+		t.Errorf("connect during the type change: %v", err)
+	}
+	if got := addr(t, b, "web"); got != bind {
+		t.Errorf("bound to %s, want %s", got, bind)
+	}
+	if resp, body := get(t, bind, "/x"); resp.StatusCode != 200 || body != "h1 /x" {
+		t.Errorf("http after the change: %s %q", resp.Status, body)
+	}
+	if got := old.ask("still"); got != "b1 still" {
+		t.Errorf("tcp connection from before the change: answer %q", got)
+	}
+	st, _ := b.Status(context.Background())
+	if st.Details["web bind"] != "http "+bind {
+		t.Errorf("status = %v", st)
+	}
+}
+
+func TestLeastConnTCP(t *testing.T) {
+	b := newBalancer(t)
+	l := named(lb("web", "127.0.0.1:0", startBackend(t, "b1"), startBackend(t, "b2")), "b1", "b2")
+	l.Algorithm = AlgoLeastConn
+	configure(t, b, l)
+	front := addr(t, b, "web")
+	// Two long connections, one each; closing b1's leaves b1 the least
+	// loaded, so the next two go to b1 then to either.
+	c1, c2 := dial(t, front), dial(t, front)
+	n1, _, _ := strings.Cut(c1.ask("x"), " ")
+	n2, _, _ := strings.Cut(c2.ask("x"), " ")
+	if n1 == n2 {
+		t.Fatalf("two connections both on %s", n1)
+	}
+	c1.c.Close()
+	eventually(t, "closed connection no longer counted", func() bool {
+		return value(t, b.m.beActive.WithLabelValues("web", n1)) == 0
+	})
+	c3 := dial(t, front)
+	if got, _, _ := strings.Cut(c3.ask("x"), " "); got != n1 {
+		t.Errorf("least loaded is %s, connection went to %s", n1, got)
+	}
+}
+
+func TestSourceHashTCP(t *testing.T) {
+	b := newBalancer(t)
+	var addrs, names []string
+	for _, n := range []string{"b1", "b2", "b3"} {
+		addrs = append(addrs, startBackend(t, n))
+		names = append(names, n)
+	}
+	l := named(lb("web", "127.0.0.1:0", addrs...), names...)
+	l.Algorithm = AlgoSourceHash
+	configure(t, b, l)
+	front := addr(t, b, "web")
+	// One client address: always the same backend.
+	first := whoAnswers(t, front)
+	for range 5 {
+		if got := whoAnswers(t, front); got != first {
+			t.Fatalf("same client went to %s, then %s", first, got)
+		}
+	}
+}
+
+// The backend closes first: the client reads its last bytes and the end,
+// and once it closes too nothing is left open.
+func TestTCPBackendClosesFirst(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			io.WriteString(c, "bye\n")
+			c.Close()
+		}
+	}()
+	b := newBalancer(t)
+	configure(t, b, lb("web", "127.0.0.1:0", ln.Addr().String()))
+	c := dial(t, addr(t, b, "web"))
+	got, err := io.ReadAll(bufio.NewReader(c.c))
+	if err != nil || string(got) != "bye\n" {
+		t.Errorf("read %q, %v", got, err)
+	}
+	c.c.Close()
+	eventually(t, "connection gone", func() bool { return value(t, b.m.active.WithLabelValues("web")) == 0 })
+}

@@ -1,0 +1,711 @@
+package e2e
+
+// TestBenchBalancer measures keep-vip's balancer against the proxies it
+// replaces, on this machine, over loopback:
+//
+//	(a) tcp:  ours vs HAProxy `mode tcp`
+//	(b) http: ours vs nginx `proxy_pass` with upstream keep-alive
+//	(c) udp:  ours vs nginx `stream` udp
+//
+// Backends are shared: nginx from Debian serving a small file for (a) and
+// (b), a udp echo server for (c). Our balancer is the real plugin binary,
+// configured over go-plugin as the supervisor does. Peers get equivalent
+// settings: the same number of threads (HAProxy nbthread, nginx
+// worker_processes, our GOMAXPROCS), the same timeouts, logging off. Runs
+// are interleaved round by round, ours first on even rounds and the peer
+// first on odd ones, and the table shows the median of the rounds. Load
+// comes from wrk for (a) and (b) and from a small closed-loop Go generator
+// for (c).
+//
+// It runs only with KEEPVIP_BENCH=1 (make bench) and prints figures and
+// ratios instead of asserting them. haproxy, nginx and wrk are installed
+// with apt-get when missing and running as root; otherwise it skips.
+//
+// Knobs: KEEPVIP_BENCH_DURATION (per run, default 5s), KEEPVIP_BENCH_ROUNDS
+// (3), KEEPVIP_BENCH_PROCS (threads per proxy, 1), KEEPVIP_BENCH_CONNS
+// (concurrent connections or udp clients, 64).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/keep-vip/keep-vip/rpc"
+	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+)
+
+const lbBenchEnv = "KEEPVIP_BENCH"
+
+// lbBenchFile is what the nginx backend serves: small, as the brief says.
+var lbBenchFile = strings.Repeat("keep-vip bench ", 8) + "\n"
+
+type lbBenchSettings struct {
+	duration time.Duration
+	rounds   int
+	procs    int
+	conns    int
+}
+
+func lbBenchSettingsFromEnv(t *testing.T) lbBenchSettings {
+	s := lbBenchSettings{duration: 5 * time.Second, rounds: 3, procs: 1, conns: 64}
+	if v := os.Getenv("KEEPVIP_BENCH_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second {
+			t.Fatalf("KEEPVIP_BENCH_DURATION=%q: want a duration of 1s or more", v)
+		}
+		s.duration = d
+	}
+	for _, k := range []struct {
+		env string
+		p   *int
+	}{{"KEEPVIP_BENCH_ROUNDS", &s.rounds}, {"KEEPVIP_BENCH_PROCS", &s.procs}, {"KEEPVIP_BENCH_CONNS", &s.conns}} {
+		if v := os.Getenv(k.env); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 4096 {
+				t.Fatalf("%s=%q: want a number from 1 to 4096", k.env, v)
+			}
+			*k.p = n
+		}
+	}
+	return s
+}
+
+// lbBenchResult is one run: requests (or datagrams) per second and the 99th
+// percentile latency.
+type lbBenchResult struct {
+	rps float64
+	p99 time.Duration
+	// cpu is the proxy's CPU time (all its processes and threads) per
+	// request: on a machine the load and the backend share, throughput
+	// follows it.
+	cpu time.Duration
+}
+
+type lbBenchTarget struct {
+	name string
+	run  func(t *testing.T, d time.Duration) lbBenchResult
+	pid  int // the proxy's process; nginx's master, whose workers count too
+}
+
+// measure runs tg and adds the CPU its processes used per request.
+func (tg lbBenchTarget) measure(t *testing.T, d time.Duration) lbBenchResult {
+	before := lbBenchCPU(tg.pid)
+	r := tg.run(t, d)
+	if used := lbBenchCPU(tg.pid) - before; r.rps > 0 {
+		r.cpu = time.Duration(float64(used) / (r.rps * d.Seconds()))
+	}
+	return r
+}
+
+type lbBenchScenario struct {
+	title      string
+	ours, peer lbBenchTarget
+	results    [2][]lbBenchResult
+}
+
+func TestBenchBalancer(t *testing.T) {
+	if os.Getenv(lbBenchEnv) != "1" {
+		t.Skipf("a benchmark: run with %s=1 (make bench)", lbBenchEnv)
+	}
+	set := lbBenchSettingsFromEnv(t)
+	tools := lbBenchNeedTools(t)
+	bins := binariesForTest(t)
+	dir := t.TempDir()
+
+	// Backends.
+	backendPort := lbBenchFreePort(t, "tcp")
+	_ = lbBenchNginx(t, tools, dir, "backend", 1, lbBenchBackendConf(dir, backendPort))
+	backend := fmt.Sprintf("127.0.0.1:%d", backendPort)
+	lbBenchWait(t, "nginx backend", func() error { return lbBenchGet("http://" + backend + "/index.html") })
+	echo := lbBenchUDPEcho(t)
+
+	// Peers.
+	haproxyPort, nginxHTTPPort, nginxUDPPort := lbBenchFreePort(t, "tcp"), lbBenchFreePort(t, "tcp"), lbBenchFreePort(t, "udp")
+	haproxyPID := lbBenchHAProxy(t, tools, dir, set.procs, haproxyPort, backend)
+	nginxHTTPPID := lbBenchNginx(t, tools, dir, "proxy", set.procs, lbBenchProxyConf(dir, set.procs, nginxHTTPPort, backend))
+	nginxUDPPID := lbBenchNginx(t, tools, dir, "stream", set.procs, lbBenchStreamConf(tools, dir, set.procs, nginxUDPPort, echo))
+
+	// Ours.
+	oursTCP, oursHTTP, oursUDP := lbBenchFreePort(t, "tcp"), lbBenchFreePort(t, "tcp"), lbBenchFreePort(t, "udp")
+	oursPID := lbBenchOurBalancer(t, bins, set.procs, &pb.BalancerConfig{LoadBalancers: []*pb.LoadBalancer{
+		{Name: "bench-tcp", Type: "tcp", BindAddress: fmt.Sprintf("127.0.0.1:%d", oursTCP), Backends: []*pb.Backend{{Name: "nginx", Address: backend}}},
+		{Name: "bench-http", Type: "http", BindAddress: fmt.Sprintf("127.0.0.1:%d", oursHTTP), Backends: []*pb.Backend{{Name: "nginx", Address: backend}}},
+		{Name: "bench-udp", Type: "udp", BindAddress: fmt.Sprintf("127.0.0.1:%d", oursUDP), Backends: []*pb.Backend{{Name: "echo", Address: echo}}},
+	}})
+
+	url := func(port int) string { return fmt.Sprintf("http://127.0.0.1:%d/index.html", port) }
+	udp := func(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+	for _, u := range []string{url(haproxyPort), url(nginxHTTPPort), url(oursTCP), url(oursHTTP)} {
+		lbBenchWait(t, u, func() error { return lbBenchGet(u) })
+	}
+	for _, a := range []string{udp(nginxUDPPort), udp(oursUDP)} {
+		lbBenchWait(t, "udp "+a, func() error { return lbBenchUDPOnce(a) })
+	}
+
+	wrk := func(u string) func(t *testing.T, d time.Duration) lbBenchResult {
+		return func(t *testing.T, d time.Duration) lbBenchResult { return lbBenchWrk(t, tools.wrk, u, set.conns, d) }
+	}
+	udpLoad := func(a string) func(t *testing.T, d time.Duration) lbBenchResult {
+		return func(t *testing.T, d time.Duration) lbBenchResult { return lbBenchUDPLoad(t, a, set.conns, d) }
+	}
+	scenarios := []*lbBenchScenario{
+		{title: "(a) tcp  vs HAProxy mode tcp", ours: lbBenchTarget{"keep-vip tcp", wrk(url(oursTCP)), oursPID}, peer: lbBenchTarget{"haproxy", wrk(url(haproxyPort)), haproxyPID}},
+		{title: "(b) http vs nginx proxy_pass", ours: lbBenchTarget{"keep-vip http", wrk(url(oursHTTP)), oursPID}, peer: lbBenchTarget{"nginx http", wrk(url(nginxHTTPPort)), nginxHTTPPID}},
+		{title: "(c) udp  vs nginx stream udp", ours: lbBenchTarget{"keep-vip udp", udpLoad(udp(oursUDP)), oursPID}, peer: lbBenchTarget{"nginx udp", udpLoad(udp(nginxUDPPort)), nginxUDPPID}},
+	}
+
+	t.Logf("bench: %d rounds of %s per target, %d connections (udp: clients), %d thread(s) per proxy, %d CPUs",
+		set.rounds, set.duration, set.conns, set.procs, lbBenchCPUs())
+	// A short warm-up of each target: keep-alive pools filled, sessions
+	// and buffers allocated, the Go heap grown.
+	for _, sc := range scenarios {
+		for _, tg := range []lbBenchTarget{sc.ours, sc.peer} {
+			tg.run(t, time.Second)
+		}
+	}
+	for round := range set.rounds {
+		for _, sc := range scenarios {
+			order := []int{0, 1}
+			if round%2 == 1 {
+				order = []int{1, 0}
+			}
+			for _, which := range order {
+				tg := []lbBenchTarget{sc.ours, sc.peer}[which]
+				r := tg.measure(t, set.duration)
+				sc.results[which] = append(sc.results[which], r)
+				t.Logf("round %d %-14s %10.0f /s  p99 %-10s CPU %s/request", round+1, tg.name, r.rps, r.p99, r.cpu.Round(100*time.Nanosecond))
+			}
+		}
+	}
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nkeep-vip balancer vs peers: median of %d interleaved runs of %s, %d connections, %d thread(s) each, %d CPUs\n",
+		set.rounds, set.duration, set.conns, set.procs, lbBenchCPUs())
+	fmt.Fprintf(&b, "%-30s %12s %12s %7s %10s %10s %7s %9s %9s  %s\n", "scenario", "ours /s", "peer /s", "ratio",
+		"ours p99", "peer p99", "ratio", "ours CPU", "peer CPU", "targets (>=1.0x, <=1.1x)")
+	for _, sc := range scenarios {
+		o, p := lbBenchMedian(sc.results[0]), lbBenchMedian(sc.results[1])
+		tput, lat := o.rps/p.rps, float64(o.p99)/float64(p.p99)
+		verdict := "met"
+		if tput < 1.0 || lat > 1.1 {
+			verdict = "NOT met"
+		}
+		fmt.Fprintf(&b, "%-30s %12.0f %12.0f %6.2fx %10s %10s %6.2fx %9s %9s  %s\n", sc.title, o.rps, p.rps, tput,
+			o.p99.Round(time.Microsecond), p.p99.Round(time.Microsecond), lat,
+			o.cpu.Round(100*time.Nanosecond), p.cpu.Round(100*time.Nanosecond), verdict)
+	}
+	t.Log(b.String())
+}
+
+// lbBenchTools are the peers' and the load's binaries.
+type lbBenchTools struct {
+	haproxy, nginx, wrk string
+	// streamModule is nginx's dynamic stream module, "" when built in.
+	streamModule string
+}
+
+func lbBenchNeedTools(t *testing.T) lbBenchTools {
+	t.Helper()
+	look := func() (lbBenchTools, []string) {
+		var tl lbBenchTools
+		var missing []string
+		for _, x := range []struct {
+			name string
+			p    *string
+		}{{"haproxy", &tl.haproxy}, {"nginx", &tl.nginx}, {"wrk", &tl.wrk}} {
+			p, err := exec.LookPath(x.name)
+			if err != nil {
+				for _, dir := range []string{"/usr/sbin", "/usr/local/sbin"} {
+					if _, serr := os.Stat(filepath.Join(dir, x.name)); serr == nil {
+						p, err = filepath.Join(dir, x.name), nil
+					}
+				}
+			}
+			if err != nil {
+				missing = append(missing, x.name)
+			}
+			*x.p = p
+		}
+		return tl, missing
+	}
+	tl, missing := look()
+	if len(missing) > 0 {
+		apt, err := exec.LookPath("apt-get")
+		if os.Geteuid() != 0 || err != nil {
+			t.Skipf("benchmark needs %s: install them (Debian: apt-get install haproxy nginx wrk)", strings.Join(missing, ", "))
+		}
+		t.Logf("bench: installing %s with apt-get", strings.Join(missing, " "))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		for _, args := range [][]string{{"update", "-qq"}, {"install", "-y", "-qq", "--no-install-recommends", "haproxy", "nginx", "wrk"}} {
+			cmd := exec.CommandContext(ctx, apt, args...)
+			cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Skipf("benchmark needs haproxy, nginx, wrk; apt-get %s: %v\n%s", args[0], err, tail(string(out), 2000))
+			}
+		}
+		if tl, missing = look(); len(missing) > 0 {
+			t.Skipf("benchmark needs %s, still missing after apt-get", strings.Join(missing, ", "))
+		}
+	}
+	out, _ := exec.Command(tl.nginx, "-V").CombinedOutput()
+	switch {
+	case strings.Contains(string(out), "--with-stream=dynamic") || !strings.Contains(string(out), "--with-stream"):
+		for _, p := range []string{"/usr/lib/nginx/modules/ngx_stream_module.so", "/usr/share/nginx/modules/ngx_stream_module.so"} {
+			if _, err := os.Stat(p); err == nil {
+				tl.streamModule = p
+			}
+		}
+		if tl.streamModule == "" {
+			t.Skip("benchmark needs nginx's stream module (Debian: apt-get install libnginx-mod-stream)")
+		}
+	}
+	return tl
+}
+
+func lbBenchCPUs() int { return runtime.NumCPU() }
+
+// lbBenchFreePort is a port free on 127.0.0.1 for network, now.
+func lbBenchFreePort(t *testing.T, network string) int {
+	t.Helper()
+	if network == "udp" {
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		return pc.LocalAddr().(*net.UDPAddr).Port
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// lbBenchStart runs a peer in the foreground, output to a log file, and
+// stops it at the end of the test.
+func lbBenchStart(t *testing.T, dir, name string, env []string, path string, args ...string) int {
+	t.Helper()
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(path, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), env...)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		logf.Close()
+		if t.Failed() {
+			if b, err := os.ReadFile(logf.Name()); err == nil && len(b) > 0 {
+				t.Logf("%s log:\n%s", name, tail(string(b), 2000))
+			}
+		}
+	})
+	return cmd.Process.Pid
+}
+
+func lbBenchWait(t *testing.T, what string, probe func() error) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := probe()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bench: %s not ready: %v", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func lbBenchGet(url string) error {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+// nginx's runtime files all under dir, and root workers when run as root
+// (the default user could not read dir).
+func lbBenchNginxCommon(dir, name string, procs int) string {
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;\n"
+	}
+	tmp := filepath.Join(dir, name+"-tmp")
+	os.MkdirAll(tmp, 0o700)
+	return fmt.Sprintf(`%sworker_processes %d;
+pid %s/%s.pid;
+error_log %s/%s-error.log warn;
+events { worker_connections 4096; }
+`, user, procs, dir, name, dir, name)
+}
+
+func lbBenchHTTPTemp(dir, name string) string {
+	tmp := filepath.Join(dir, name+"-tmp")
+	return fmt.Sprintf(`  client_body_temp_path %[1]s/body; proxy_temp_path %[1]s/proxy; fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi; scgi_temp_path %[1]s/scgi;
+  access_log off;
+`, tmp)
+}
+
+func lbBenchBackendConf(dir string, port int) string {
+	www := filepath.Join(dir, "www")
+	os.MkdirAll(www, 0o755)
+	os.WriteFile(filepath.Join(www, "index.html"), []byte(lbBenchFile), 0o644)
+	return lbBenchNginxCommon(dir, "backend", 1) + "http {\n" + lbBenchHTTPTemp(dir, "backend") + fmt.Sprintf(`  sendfile on;
+  keepalive_requests 100000000;
+  keepalive_timeout 75s;
+  open_file_cache max=16;
+  server {
+    listen 127.0.0.1:%d backlog=4096;
+    root %s;
+  }
+}
+`, port, www)
+}
+
+// lbBenchProxyConf is nginx as an http reverse proxy with what ours does:
+// keep-alive to the backend (the pool size ours has), the Host header kept,
+// X-Forwarded-For appended and X-Forwarded-Proto set, the same timeouts.
+func lbBenchProxyConf(dir string, procs, port int, backend string) string {
+	return lbBenchNginxCommon(dir, "proxy", procs) + "http {\n" + lbBenchHTTPTemp(dir, "proxy") + fmt.Sprintf(`  keepalive_requests 100000000;
+  keepalive_timeout 60s;
+  upstream backend {
+    server %s;
+    keepalive 256;
+    keepalive_requests 100000000;
+    keepalive_timeout 60s;
+  }
+  server {
+    listen 127.0.0.1:%d backlog=4096;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_connect_timeout 2s;
+      proxy_read_timeout 60s;
+    }
+  }
+}
+`, backend, port)
+}
+
+// lbBenchStreamConf is nginx's udp proxy with our udp defaults: a session
+// per client, 30s idle timeout.
+func lbBenchStreamConf(tools lbBenchTools, dir string, procs, port int, backend string) string {
+	load := ""
+	if tools.streamModule != "" {
+		load = fmt.Sprintf("load_module %s;\n", tools.streamModule)
+	}
+	return load + lbBenchNginxCommon(dir, "stream", procs) + fmt.Sprintf(`stream {
+  upstream echo {
+    server %s;
+  }
+  server {
+    listen 127.0.0.1:%d udp;
+    proxy_pass echo;
+    proxy_timeout 30s;
+  }
+}
+`, backend, port)
+}
+
+func lbBenchNginx(t *testing.T, tools lbBenchTools, dir, name string, procs int, conf string) int {
+	t.Helper()
+	path := filepath.Join(dir, name+".conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(tools.nginx, "-t", "-q", "-p", dir, "-c", path).CombinedOutput(); err != nil {
+		t.Fatalf("nginx %s config: %v\n%s\n%s", name, err, out, conf)
+	}
+	return lbBenchStart(t, dir, "nginx-"+name, nil, tools.nginx, "-p", dir, "-c", path, "-g", "daemon off;")
+}
+
+// lbBenchHAProxy is HAProxy in mode tcp with our tcp defaults: round robin,
+// 2s connect timeout, 10 minute idle timeouts, no logging.
+func lbBenchHAProxy(t *testing.T, tools lbBenchTools, dir string, procs, port int, backend string) int {
+	t.Helper()
+	conf := fmt.Sprintf(`global
+  nbthread %d
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 10m
+  timeout server 10m
+frontend bench
+  bind 127.0.0.1:%d
+  default_backend nginx
+backend nginx
+  balance roundrobin
+  server nginx %s
+`, procs, port, backend)
+	path := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(tools.haproxy, "-c", "-q", "-f", path).CombinedOutput(); err != nil {
+		t.Fatalf("haproxy config: %v\n%s", err, out)
+	}
+	return lbBenchStart(t, dir, "haproxy", nil, tools.haproxy, "-db", "-f", path)
+}
+
+// lbBenchOurBalancer starts the balancer plugin binary as the supervisor
+// does and configures it with cfg.
+func lbBenchOurBalancer(t *testing.T, bins Binaries, procs int, cfg *pb.BalancerConfig) int {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(bins.Dir, "keep-vip-balancer"))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", procs), rpc.LogLevelEnv+"=warn")
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  rpc.Handshake,
+		Plugins:          plugin.PluginSet{rpc.KindBalancer: rpc.PluginMap[rpc.KindBalancer]},
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:         true,
+		Logger:           hclog.NewNullLogger(),
+	})
+	t.Cleanup(client.Kill)
+	proto, err := client.Client()
+	if err != nil {
+		t.Fatalf("start keep-vip-balancer: %v", err)
+	}
+	impl, err := proto.Dispense(rpc.KindBalancer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := impl.(rpc.Balancer).Configure(ctx, cfg); err != nil {
+		t.Fatalf("configure keep-vip-balancer: %v", err)
+	}
+	return client.ReattachConfig().Pid
+}
+
+var (
+	lbBenchRPSRe = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	lbBenchP99Re = regexp.MustCompile(`\n\s+99%\s+([0-9.]+)(us|ms|s)\b`)
+)
+
+// lbBenchWrk runs wrk with one thread (the machine's other CPUs are the
+// proxies' and the backend's) and returns its rate and p99.
+func lbBenchWrk(t *testing.T, wrk, url string, conns int, d time.Duration) lbBenchResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
+	defer cancel()
+	secs := int(d.Round(time.Second) / time.Second)
+	out, err := exec.CommandContext(ctx, wrk, "-t1", "-c"+strconv.Itoa(conns), "-d"+strconv.Itoa(secs)+"s", "--latency", url).CombinedOutput()
+	if err != nil {
+		t.Fatalf("wrk %s: %v\n%s", url, err, out)
+	}
+	if strings.Contains(string(out), "Non-2xx") || strings.Contains(string(out), "Socket errors") {
+		t.Logf("wrk %s reported errors:\n%s", url, out)
+	}
+	m, l := lbBenchRPSRe.FindSubmatch(out), lbBenchP99Re.FindSubmatch(out)
+	if m == nil || l == nil {
+		t.Fatalf("wrk output not understood:\n%s", out)
+	}
+	rps, _ := strconv.ParseFloat(string(m[1]), 64)
+	v, _ := strconv.ParseFloat(string(l[1]), 64)
+	unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[string(l[2])]
+	return lbBenchResult{rps: rps, p99: time.Duration(v * float64(unit))}
+}
+
+// lbBenchUDPEcho is the udp backend: it sends every datagram back.
+func lbBenchUDPEcho(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.SetReadBuffer(4 << 20)
+	t.Cleanup(func() { pc.Close() })
+	for range 2 {
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				n, from, err := pc.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					if errors.Is(err, net.ErrClosed) {
+						return
+					}
+					continue
+				}
+				pc.WriteToUDPAddrPort(buf[:n], from)
+			}
+		}()
+	}
+	return pc.LocalAddr().String()
+}
+
+func lbBenchUDPOnce(addr string) error {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	buf := make([]byte, 16)
+	_, err = c.Read(buf)
+	return err
+}
+
+// lbBenchUDPLoad runs clients closed-loop clients for d, each its own socket
+// (its own session in the proxy): send 64 bytes, wait for the echo, again.
+// A datagram unanswered within 200ms counts as lost and as a 200ms sample.
+// Latencies go into 10µs buckets up to 200ms.
+func lbBenchUDPLoad(t *testing.T, addr string, clients int, d time.Duration) lbBenchResult {
+	t.Helper()
+	const bucket, maxWait = 10 * time.Microsecond, 200 * time.Millisecond
+	nb := int(maxWait/bucket) + 1
+	hists := make([][]uint32, clients)
+	var lost, total int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	stop := start.Add(d)
+	for i := range clients {
+		hists[i] = make([]uint32, nb)
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func(h []uint32, c net.Conn) {
+			defer wg.Done()
+			defer c.Close()
+			msg, buf := []byte(strings.Repeat("u", 64)), make([]byte, 2048)
+			var n, l int64
+			for {
+				t0 := time.Now()
+				if t0.After(stop) {
+					break
+				}
+				c.SetReadDeadline(t0.Add(maxWait))
+				c.Write(msg)
+				_, err := c.Read(buf)
+				el := time.Since(t0)
+				if err != nil {
+					l++
+					el = maxWait
+				}
+				h[min(int(el/bucket), nb-1)]++
+				n++
+			}
+			mu.Lock()
+			total += n
+			lost += l
+			mu.Unlock()
+		}(hists[i], c)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	merged := make([]uint64, nb)
+	for _, h := range hists {
+		for i, v := range h {
+			merged[i] += uint64(v)
+		}
+	}
+	var seen uint64
+	p99 := maxWait
+	for i, v := range merged {
+		seen += v
+		if float64(seen) >= 0.99*float64(total) {
+			p99 = time.Duration(i+1) * bucket
+			break
+		}
+	}
+	if lost > 0 {
+		t.Logf("udp %s: %d of %d datagrams lost", addr, lost, total)
+	}
+	return lbBenchResult{rps: float64(total-lost) / elapsed.Seconds(), p99: p99}
+}
+
+func lbBenchMedian(rs []lbBenchResult) lbBenchResult {
+	if len(rs) == 0 {
+		return lbBenchResult{}
+	}
+	rps := make([]float64, len(rs))
+	p99, cpu := make([]time.Duration, len(rs)), make([]time.Duration, len(rs))
+	for i, r := range rs {
+		rps[i], p99[i], cpu[i] = r.rps, r.p99, r.cpu
+	}
+	sort.Float64s(rps)
+	for _, l := range [][]time.Duration{p99, cpu} {
+		sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
+	}
+	return lbBenchResult{rps: rps[len(rps)/2], p99: p99[len(p99)/2], cpu: cpu[len(cpu)/2]}
+}
+
+// lbBenchCPU is the CPU time pid and its children (nginx's workers) have
+// used, from /proc: user and system time, every thread.
+func lbBenchCPU(pid int) time.Duration {
+	pids := []int{pid}
+	if procs, err := listProcesses(); err == nil {
+		for _, p := range procs {
+			if p.PPID == pid {
+				pids = append(pids, p.PID)
+			}
+		}
+	}
+	var ticks int64
+	for _, p := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		// Fields after "(comm)": state is the 3rd field, utime the 14th.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 12 {
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			s, _ := strconv.ParseInt(f[12], 10, 64)
+			ticks += u + s
+		}
+	}
+	// USER_HZ is 100 on Linux.
+	return time.Duration(ticks) * 10 * time.Millisecond
+}

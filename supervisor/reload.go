@@ -1,0 +1,189 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keep-vip/keep-vip/balancer"
+	"github.com/keep-vip/keep-vip/rpc"
+	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+	"github.com/keep-vip/keep-vip/supervisor/config"
+)
+
+// drainPoll is how often the supervisor asks a draining balancer whether
+// its connections are gone.
+const drainPoll = 100 * time.Millisecond
+
+// reloadRequest carries a config, loaded and validated, to the policy loop.
+type reloadRequest struct {
+	cfg   *config.Config
+	reply chan error
+}
+
+// liveConfig is what the runners configure a starting plugin with: the
+// config the supervisor started with, with the parts reloads applied. Each
+// value stored is a fresh copy, never modified afterwards.
+func (s *Supervisor) liveConfig() *config.Config {
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	if s.live == nil {
+		return s.cfg
+	}
+	return s.live
+}
+
+func (s *Supervisor) setLive(c config.Config) {
+	s.liveMu.Lock()
+	s.live = &c
+	s.liveMu.Unlock()
+}
+
+// Reload applies cfg, freshly loaded and validated, to the running member:
+// the balancer's load balancers and drain timeout, and the checks. Other
+// changes need a restart; they are logged, not applied. It returns once the
+// policy loop has applied what it could, with an error naming what failed;
+// a part that fails keeps running its old config.
+func (s *Supervisor) Reload(ctx context.Context, cfg *config.Config) error {
+	r := &reloadRequest{cfg: cfg, reply: make(chan error, 1)}
+	if err := s.send(ctx, event{reload: r}); err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	select {
+	case err := <-r.reply:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("reload: %w", ctx.Err())
+	}
+}
+
+// reload runs on the policy loop. A part's new config is made live before
+// its plugin is configured, so a plugin restarting meanwhile starts with
+// it; if the plugin refuses it, the old part is made live again.
+func (p *policy) reload(r *reloadRequest) {
+	next := r.cfg
+	cur := *p.s.liveConfig()
+	if keys := restartOnlyChanges(&cur, next); len(keys) > 0 {
+		p.log.Warn().Strs("keys", keys).Msg("reload: changes to these keys need a restart of keep-vip-supervisor; not applied")
+	}
+	var applied []string
+	var errs []error
+
+	cand := cur
+	cand.Checks = next.Checks
+	if !proto.Equal(cur.CheckerConfig(), cand.CheckerConfig()) {
+		p.s.setLive(cand)
+		if err := p.configurePlugin(rpc.KindChecker, &cand); err != nil {
+			p.s.setLive(cur)
+			errs = append(errs, fmt.Errorf("checks: %w", err))
+		} else {
+			cur, applied = cand, append(applied, "checks")
+		}
+	}
+
+	cand = cur
+	cand.LoadBalancers, cand.DrainTimeout = next.LoadBalancers, next.DrainTimeout
+	if !proto.Equal(cur.BalancerConfig(), cand.BalancerConfig()) {
+		p.s.setLive(cand)
+		if err := p.configurePlugin(rpc.KindBalancer, &cand); err != nil {
+			p.s.setLive(cur)
+			errs = append(errs, fmt.Errorf("loadBalancers: %w", err))
+		} else {
+			cur, applied = cand, append(applied, "loadBalancers")
+		}
+	}
+
+	err := errors.Join(errs...)
+	switch {
+	case err != nil:
+		p.log.Error().Strs("applied", applied).Str("error", oneLine(err.Error())).Msg("reload: part of the config kept running its old version")
+	case len(applied) == 0:
+		p.log.Info().Msg("config reloaded: nothing to change")
+	default:
+		p.log.Info().Strs("applied", applied).Msg("config reloaded")
+	}
+	r.reply <- err
+}
+
+// configurePlugin hands cfg's part to the running plugin of kind; with no
+// plugin running, its next start picks the part up.
+func (p *policy) configurePlugin(kind string, cfg *config.Config) error {
+	impl := p.impls[kind]
+	if impl == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	switch kind {
+	case rpc.KindChecker:
+		return impl.(rpc.Checker).Configure(ctx, cfg.CheckerConfig())
+	case rpc.KindBalancer:
+		return impl.(rpc.Balancer).Configure(ctx, cfg.BalancerConfig())
+	}
+	return nil
+}
+
+// restartOnlyChanges lists the top-level keys whose change a reload does
+// not apply.
+func restartOnlyChanges(cur, next *config.Config) []string {
+	a, b := *cur, *next
+	a.Checks, a.LoadBalancers, a.DrainTimeout = nil, nil, 0
+	b.Checks, b.LoadBalancers, b.DrainTimeout = nil, nil, 0
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	var keys []string
+	for i := range va.NumField() {
+		if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+			key := va.Type().Field(i).Tag.Get("koanf")
+			if key == "" {
+				key = va.Type().Field(i).Name
+			}
+			keys = append(keys, key)
+		}
+	}
+	return keys
+}
+
+// drainBalancer lets the balancer's connections finish, up to drainTimeout,
+// before its plugin is stopped (go-plugin would give it 2 seconds). It runs
+// after the VIP is released, so failover never waits for it: what drains
+// is what still reaches this member, on its own addresses.
+func (p *policy) drainBalancer() {
+	cfg := p.s.liveConfig()
+	bal, ok := p.impls[rpc.KindBalancer].(rpc.Balancer)
+	if !ok || len(cfg.LoadBalancers) == 0 || cfg.DrainTimeout <= 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	err := bal.Configure(ctx, &pb.BalancerConfig{DrainTimeoutMs: cfg.DrainTimeout.Milliseconds()})
+	cancel()
+	if err != nil {
+		p.log.Warn().Err(err).Msg("balancer: cannot start draining; its connections are cut")
+		return
+	}
+	start := time.Now()
+	deadline := start.Add(cfg.DrainTimeout + drainPoll)
+	tick := time.NewTicker(drainPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case ev := <-p.s.events:
+			p.handle(ev)
+			continue
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		st, err := bal.Status(ctx)
+		cancel()
+		if err != nil || st.GetState() != balancer.StateDraining || time.Now().After(deadline) {
+			p.log.Info().Dur("took", time.Since(start)).Str("left", st.GetDetails()["draining clients"]).Msg("balancer drained")
+			return
+		}
+	}
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
