@@ -14,6 +14,11 @@ have protoc   || need+=(protobuf-compiler)
 have make     || need+=(make)
 have gcc      || need+=(gcc)
 have git      || need+=(git)
+# make package / the packaging tests: lintian checks the .deb, rpm reads the
+# .rpm; unshare (util-linux) stands in for journald's socket in a test.
+have lintian  || need+=(lintian)
+have rpm      || need+=(rpm)
+have unshare  || need+=(util-linux)
 
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/keep-vip/keep-vip/supervisor"
+	"github.com/keep-vip/keep-vip/supervisor/config"
+)
+
+// adminTimeout bounds a status or maintenance call; maintenance waits for
+// the VIP to be given up, which the supervisor bounds to a few seconds.
+const adminTimeout = 20 * time.Second
+
+// runOps is `status` and `maintenance on|off`, both over the admin socket.
+func runOps(cmd string, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", config.DefaultPath, "config file (for adminSocket)")
+	fs.StringVar(path, "config", config.DefaultPath, "config file (for adminSocket)")
+	socket := fs.String("socket", "", "admin socket (default: the config's adminSocket, else "+config.DefaultAdminSocket+")")
+	asJSON := fs.Bool("json", false, "print the status as JSON")
+	reason := fs.String("reason", "", "maintenance on: why, shown by status")
+	// Flags may come before or after on|off.
+	var pos []string
+	rest := args
+	for {
+		if err := fs.Parse(rest); err != nil {
+			return 2
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	req := supervisor.AdminRequest{Command: supervisor.AdminStatus}
+	switch {
+	case cmd == "status" && len(pos) == 0:
+	case cmd == "maintenance" && len(pos) == 1 && (pos[0] == "on" || pos[0] == "off"):
+		on := pos[0] == "on"
+		req = supervisor.AdminRequest{Command: supervisor.AdminMaintenance, On: &on, Reason: *reason}
+	case cmd == "maintenance" && len(pos) == 0:
+		fmt.Fprintln(stderr, "keep-vip-supervisor maintenance: say on or off")
+		return 2
+	default:
+		fmt.Fprintf(stderr, "keep-vip-supervisor %s: unexpected argument %q\n", cmd, pos[len(pos)-1])
+		return 2
+	}
+
+	sock := *socket
+	if sock == "" {
+		explicit := false
+		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "c" || f.Name == "config" })
+		cfg, err := config.Load(*path)
+		switch {
+		case err == nil:
+			sock = cfg.AdminSocket
+		case explicit:
+			printErr(stderr, *path, err)
+			return 1
+		default:
+			// No usable default config: the default socket is the best guess.
+			sock = config.DefaultAdminSocket
+		}
+	}
+	resp, err := supervisor.AdminCall(sock, req, adminTimeout)
+	if err != nil {
+		fmt.Fprintf(stderr, "keep-vip-supervisor %s: %v\n", cmd, err)
+		return 1
+	}
+	if resp.Warning != "" {
+		fmt.Fprintf(stderr, "keep-vip-supervisor %s: warning: %s\n", cmd, resp.Warning)
+	}
+	st := resp.Status
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(st)
+		return 0
+	}
+	if req.Command == supervisor.AdminMaintenance {
+		if *req.On {
+			fmt.Fprintf(stdout, "maintenance on: %s %s and is out of the election until `keep-vip-supervisor maintenance off`\n",
+				st.Member, map[bool]string{true: "STILL HOLDS THE VIP", false: "does not hold the VIP"}[st.HoldsVIP])
+		} else {
+			fmt.Fprintf(stdout, "maintenance off: %s rejoins the election\n", st.Member)
+		}
+		return 0
+	}
+	supervisor.FormatStatus(stdout, st)
+	return 0
+}
+
+// opsUsage is the usage of runOps's commands.
+const opsUsage = `  status    [-c FILE] [--socket PATH] [--json]
+                            this member: role, term, leader, VIP, checks, plugins
+  maintenance on|off [-c FILE] [--socket PATH] [--reason TEXT]
+                            on: give up the VIP and stay out of the election
+                            (kept across restarts) until off
+`
