@@ -21,6 +21,21 @@
 //   - Client and Prober (client_test.go): asks through VIP:8080 from the
 //     client namespace and measures the client-visible outage.
 //   - Cluster (cluster_test.go): all of the above for one test.
+//   - Operations (ops_test.go): `keep-vip-supervisor status` and
+//     `maintenance` against a cluster, event hooks, journald fields and
+//     sd_notify on sockets of the test's, and a member run as the packaged
+//     unit runs it (unprivileged, three capabilities).
+//   - Partitioner (partition_test.go): nftables drop rules inside the node
+//     namespaces between chosen nodes; the brief's five partition
+//     experiments and the 5-member runs.
+//   - The nemesis (nemesis_test.go): a seeded random fault run
+//     (KEEPVIP_NEMESIS_SEED, KEEPVIP_NEMESIS_DURATION, KEEPVIP_NEMESIS_NODES).
+//   - FastProber (probe_fast_test.go): a connection every 10ms from the
+//     client namespace without waiting for earlier ones, for the failover
+//     benchmark (bench_failover_test.go, `make bench`, against keepalived).
+//
+// KEEPVIP_E2E_KEEP_LOGS=DIR copies the node logs of the partition, nemesis,
+// failover and benchmark tests into DIR, to read timings afterwards.
 //
 // The test binary is its own helper program (KEEPVIP_E2E_HELPER, see
 // helper_test.go). Namespaces and processes go with t.Cleanup; those of a

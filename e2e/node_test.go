@@ -30,7 +30,25 @@ type NodeConfig struct {
 	DataDir string
 	// Render, if set, writes the config instead of YAML's default.
 	Render func(c NodeConfig, n *Net) string
+	// AdminSocket is the node's own admin socket (the nodes share one
+	// filesystem); StartNode sets it and adds it to the config.
+	AdminSocket string
+	// Extra is YAML appended to the config.
+	Extra string
+	// Raft is the body of the raft: block (indented two spaces); empty: the
+	// harness's 500ms/500ms/250ms; RaftDefaults: no block, the product's
+	// defaults.
+	Raft string
+	// Wrap, if set, is a command line the supervisor's `ip netns exec`
+	// command is run under (it must exec its arguments).
+	Wrap []string
+	// Inner, if set, is a command line the supervisor is run under inside
+	// the namespace (it must exec its arguments).
+	Inner []string
 }
+
+// RaftDefaults as NodeConfig.Raft leaves the raft timings to the defaults.
+const RaftDefaults = "-"
 
 // YAML renders the config in the supervisor's schema.
 func (c NodeConfig) YAML(n *Net) string {
@@ -46,7 +64,13 @@ func (c NodeConfig) YAML(n *Net) string {
 		fmt.Fprintf(&b, "id: server%d\n", c.Index)
 	}
 	fmt.Fprintf(&b, "dataDir: %s\n", c.DataDir)
-	b.WriteString("raft:\n  heartbeatTimeout: 500ms\n  electionTimeout: 500ms\n  leaderLeaseTimeout: 250ms\n")
+	switch c.Raft {
+	case "":
+		b.WriteString("raft:\n  heartbeatTimeout: 500ms\n  electionTimeout: 500ms\n  leaderLeaseTimeout: 250ms\n")
+	case RaftDefaults:
+	default:
+		b.WriteString("raft:\n" + c.Raft)
+	}
 	b.WriteString("log:\n  level: debug\n")
 	fmt.Fprintf(&b, "prometheus:\n  enabled: true\n  address: %s:%d\n", n.NodeIP(c.Index), metricsPort)
 	fmt.Fprintf(&b, "checks:\n  - name: health\n    protocol: tcp\n    address: %s\n    timeout: 0.2\n", healthAddr)
@@ -71,7 +95,10 @@ type Node struct {
 	IP         string
 	ConfigPath string
 	LogPath    string
-	bins       Binaries
+	// AdminSocket is where `keep-vip-supervisor status` reaches this node.
+	AdminSocket string
+	bins        Binaries
+	wrap, inner []string
 
 	Backend *ServerProcess // answers "<ID>\n" on IP:9000
 	Health  *ServerProcess // what the node's tcp check watches
@@ -88,6 +115,7 @@ func StartNode(t *testing.T, n *Net, bins Binaries, baseDir string, cfg NodeConf
 	t.Helper()
 	dir := filepath.Join(baseDir, fmt.Sprintf("node%d", cfg.Index))
 	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.AdminSocket = filepath.Join(dir, "admin.sock")
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -95,8 +123,14 @@ func StartNode(t *testing.T, n *Net, bins Binaries, baseDir string, cfg NodeConf
 		t: t, Index: cfg.Index, ID: fmt.Sprintf("server%d", cfg.Index), NS: n.NodeNS[cfg.Index-1],
 		IP: n.NodeIP(cfg.Index), ConfigPath: filepath.Join(dir, "keep-vip.yaml"),
 		LogPath: filepath.Join(dir, "supervisor.log"), bins: bins,
+		AdminSocket: cfg.AdminSocket, wrap: cfg.Wrap, inner: cfg.Inner,
 	}
-	if err := os.WriteFile(node.ConfigPath, []byte(cfg.YAML(n)), 0o644); err != nil {
+	yaml := cfg.YAML(n)
+	if !strings.Contains(strings.ToLower(yaml), "adminsocket:") {
+		yaml += "adminSocket: " + cfg.AdminSocket + "\n"
+	}
+	yaml += cfg.Extra
+	if err := os.WriteFile(node.ConfigPath, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(node.cleanup)
@@ -114,7 +148,9 @@ func (n *Node) startSupervisor() {
 	}
 	// ip netns exec execs the supervisor in place, so cmd's pid is the
 	// supervisor's own.
-	cmd := exec.Command("ip", "netns", "exec", n.NS, n.bins.Supervisor(), "start", "-c", n.ConfigPath)
+	args := append(append(append(append([]string{}, n.wrap...), "ip", "netns", "exec", n.NS), n.inner...),
+		n.bins.Supervisor(), "start", "-c", n.ConfigPath)
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Dir = filepath.Dir(n.ConfigPath)
 	cmd.Stdout, cmd.Stderr = f, f
 	// Should the test process die without cleanups, take the supervisor

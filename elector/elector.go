@@ -32,16 +32,6 @@ import (
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
-// Timings used when the config leaves a field at 0.
-const (
-	DefaultHeartbeatTimeout = time.Second
-	DefaultElectionTimeout  = time.Second
-	// DefaultLeaderLeaseTimeout is capped at the heartbeat timeout, which
-	// Raft requires to be no shorter.
-	DefaultLeaderLeaseTimeout = 500 * time.Millisecond
-	DefaultCommitTimeout      = 50 * time.Millisecond
-)
-
 // StoreFile is the bolt file in the data dir holding the Raft log, term and vote.
 const StoreFile = "raft.db"
 
@@ -53,10 +43,6 @@ const (
 	// observerBuffer is large enough for a burst of transitions; a drop is
 	// caught by the next poll.
 	observerBuffer = 64
-	// transportMaxPool and transportTimeout are the usual values for a
-	// small cluster; the timeout bounds one RPC's I/O, not failure detection.
-	transportMaxPool = 3
-	transportTimeout = 10 * time.Second
 )
 
 // storeOpenTimeout bounds the wait for the bolt file lock, so a data dir held
@@ -115,21 +101,40 @@ type node struct {
 	localID   string
 	localAddr string
 	addrs     map[string]string // member id → configured address
+	prios     map[string]int32  // member id → priority
+	ids       []string          // member ids in config order
+	t         timings
+	rank      int // kick order, see detector.go
+	started   time.Time
+
+	preemptDelay time.Duration
 
 	r     *raft.Raft
-	trans *raft.NetworkTransport
+	trans *trackedTransport
 	store *raftboltdb.BoltStore
 	obs   *raft.Observer
 	obsCh chan raft.Observation
 
-	stop        chan struct{} // closed to end the monitor
+	stop        chan struct{} // closed to end the monitor and the detector
 	monitorDone chan struct{}
+	detectDone  chan struct{}
+
+	// Set by the monitor when this member becomes leader: when, and when it
+	// had last heard from a leader before (zero: never), for the
+	// supervisor's failover measurement.
+	leadMu          sync.Mutex
+	leaderSince     time.Time
+	leaderSinceTerm uint64
+	contactBefore   time.Time
 }
 
 // timings are the Raft timeouts after defaults.
 type timings struct {
 	heartbeat, election, lease time.Duration
 }
+
+// transport is the RPC timeout derived from the heartbeat timeout.
+func (t timings) transport() time.Duration { return TransportTimeout(t.heartbeat) }
 
 // validate checks cfg and returns the member addresses by id and the timings.
 func validate(cfg *pb.ElectorConfig) (map[string]string, timings, error) {
@@ -180,11 +185,20 @@ func validate(cfg *pb.ElectorConfig) (map[string]string, timings, error) {
 	if t.heartbeat, err = ms("heartbeat_timeout_ms", cfg.GetHeartbeatTimeoutMs(), DefaultHeartbeatTimeout); err != nil {
 		return nil, t, err
 	}
-	if t.election, err = ms("election_timeout_ms", cfg.GetElectionTimeoutMs(), DefaultElectionTimeout); err != nil {
+	if t.election, err = ms("election_timeout_ms", cfg.GetElectionTimeoutMs(), DefaultElectionTimeout(t.heartbeat)); err != nil {
 		return nil, t, err
 	}
-	if t.lease, err = ms("leader_lease_timeout_ms", cfg.GetLeaderLeaseTimeoutMs(), min(DefaultLeaderLeaseTimeout, t.heartbeat)); err != nil {
+	if t.lease, err = ms("leader_lease_timeout_ms", cfg.GetLeaderLeaseTimeoutMs(), DefaultLeaderLeaseTimeout(t.heartbeat)); err != nil {
 		return nil, t, err
+	}
+	if _, err = ms("preempt_delay_ms", cfg.GetPreemptDelayMs(), DefaultPreemptDelay); err != nil {
+		return nil, t, err
+	}
+	// See timing.go: past half the heartbeat timeout, a leader cut off from
+	// its quorum could still hold the VIP when another is elected.
+	if maxLease := MaxLeaderLeaseTimeout(t.heartbeat); t.lease > maxLease {
+		return nil, t, fmt.Errorf("leader_lease_timeout_ms %d is above half of heartbeat_timeout_ms %d: a leader cut off from its quorum could still lead when another is elected",
+			t.lease.Milliseconds(), t.heartbeat.Milliseconds())
 	}
 	return addrs, t, nil
 }
@@ -214,8 +228,11 @@ func (e *Elector) Configure(ctx context.Context, cfg *pb.ElectorConfig) error {
 	e.node.Store(n)
 	e.publish(n.leadership())
 	go e.monitor(n)
+	go e.detect(n)
 	e.log.Info().Str("cluster", cfg.GetCluster()).Str("local_id", n.localID).Str("address", n.localAddr).
-		Int("members", len(addrs)).Msg("raft started")
+		Int("members", len(addrs)).Bool("tls", cfg.GetTls() != nil && len(cfg.GetTls().GetCertPem()) > 0).
+		Dur("heartbeat_timeout", t.heartbeat).Dur("election_timeout", t.election).Dur("leader_lease_timeout", t.lease).
+		Dur("transport_timeout", t.transport()).Bool("preempt", cfg.GetPreempt()).Msg("raft started")
 	return nil
 }
 
@@ -223,13 +240,30 @@ func (e *Elector) Configure(ctx context.Context, cfg *pb.ElectorConfig) error {
 // starts Raft; on error it leaves nothing open.
 func (e *Elector) start(cfg *pb.ElectorConfig, addrs map[string]string, t timings) (_ *node, err error) {
 	n := &node{
-		cfg:         cfg,
-		localID:     cfg.GetLocalId(),
-		localAddr:   addrs[cfg.GetLocalId()],
-		addrs:       addrs,
-		obsCh:       make(chan raft.Observation, observerBuffer),
-		stop:        make(chan struct{}),
-		monitorDone: make(chan struct{}),
+		cfg:          cfg,
+		localID:      cfg.GetLocalId(),
+		localAddr:    addrs[cfg.GetLocalId()],
+		addrs:        addrs,
+		prios:        map[string]int32{},
+		t:            t,
+		started:      time.Now(),
+		preemptDelay: DefaultPreemptDelay,
+		obsCh:        make(chan raft.Observation, observerBuffer),
+		stop:         make(chan struct{}),
+		monitorDone:  make(chan struct{}),
+		detectDone:   make(chan struct{}),
+	}
+	for _, m := range cfg.GetMembers() {
+		n.prios[m.GetId()] = m.GetPriority()
+		n.ids = append(n.ids, m.GetId())
+	}
+	n.rank = kickRank(n.prios, n.localID)
+	if d := cfg.GetPreemptDelayMs(); d > 0 {
+		n.preemptDelay = time.Duration(d) * time.Millisecond
+	}
+	tlsCfg, err := parseTLS(cfg.GetTls())
+	if err != nil {
+		return nil, err
 	}
 	// Tag Raft's own lines too: in tests several members share a process.
 	log := e.log.With().Str("local_id", n.localID).Logger()
@@ -256,12 +290,7 @@ func (e *Elector) start(cfg *pb.ElectorConfig, addrs map[string]string, t timing
 
 	// Advertise the configured address: the listener's own address is the
 	// wildcard-free one only if the member address is an IP.
-	adv, err := net.ResolveTCPAddr("tcp", n.localAddr)
-	if err != nil {
-		return nil, fmt.Errorf("resolve raft address %s: %w", n.localAddr, err)
-	}
-	n.trans, err = raft.NewTCPTransportWithLogger(n.localAddr, adv, transportMaxPool, transportTimeout,
-		rpc.HCLog(log, "raft-net"))
+	n.trans, err = newTransport(n.localAddr, tlsCfg, t.heartbeat, rpc.HCLog(log, "raft-net"))
 	if err != nil {
 		return nil, fmt.Errorf("listen raft on %s: %w", n.localAddr, err)
 	}
@@ -333,8 +362,27 @@ func (e *Elector) monitor(n *node) {
 		case <-n.obsCh:
 		case <-tick.C:
 		}
-		e.publish(n.leadership())
+		l := n.leadership()
+		if l.role == pb.Role_ROLE_LEADER {
+			n.noteLeading()
+		}
+		e.publish(l)
 	}
+}
+
+// noteLeading records when this member became leader and when it had last
+// heard from the leader before it; called at every observation, it only
+// records the first one of a leadership.
+func (n *node) noteLeading() {
+	n.leadMu.Lock()
+	defer n.leadMu.Unlock()
+	if !n.leaderSince.IsZero() && n.leaderSinceTerm == n.r.CurrentTerm() {
+		return
+	}
+	n.leaderSince, n.leaderSinceTerm = time.Now(), n.r.CurrentTerm()
+	// raft does not update LastContact while leading, so this is still the
+	// last contact with the previous leader (zero if there was none).
+	n.contactBefore = n.r.LastContact()
 }
 
 // leadership is a comparable snapshot of pb.Leadership.
@@ -439,37 +487,42 @@ func (e *Elector) Watch(ctx context.Context, send func(*pb.Leadership) error) er
 	}
 }
 
-// TransferLeadership hands leadership to another voter and waits for Raft
-// to confirm, bounded by ctx. A member that does not lead, or leads alone,
-// has nothing to hand over and returns nil.
+// TransferLeadership hands leadership to target, or when target is empty
+// to the member pickTarget chooses, and waits (bounded by ctx) until this
+// member has stepped down. A member that does not lead, or leads alone, has
+// nothing to hand over and returns nil; a leader with no other member in
+// contact returns ErrNoTarget at once instead of trying a dead member.
 func (e *Elector) TransferLeadership(ctx context.Context, target string) error {
 	n := e.node.Load()
 	if n == nil || n.r.State() != raft.Leader || len(n.addrs) < 2 {
 		return nil
 	}
-	var addr string
-	if target != "" {
-		var ok bool
-		if addr, ok = n.addrs[target]; !ok || target == n.localID {
-			return fmt.Errorf("transfer leadership to %q: not another member", target)
+	if target == "" {
+		var err error
+		if target, err = n.pickTarget(time.Now()); err != nil {
+			return fmt.Errorf("transfer leadership from %s: %w", n.localID, err)
 		}
 	}
+	addr, ok := n.addrs[target]
+	if !ok || target == n.localID {
+		return fmt.Errorf("transfer leadership to %q: not another member", target)
+	}
+	start := time.Now()
 	done := make(chan error, 1)
 	go func() {
-		if target == "" {
-			done <- n.r.LeadershipTransfer().Error()
-			return
-		}
 		done <- n.r.LeadershipTransferToServer(raft.ServerID(target), raft.ServerAddress(addr)).Error()
 	}()
 	select {
 	case err := <-done:
 		if err != nil && !errors.Is(err, raft.ErrNotLeader) {
-			return fmt.Errorf("transfer leadership from %s: %w", n.localID, err)
+			n.trans.restartStreak(raft.ServerID(target))
+			return fmt.Errorf("transfer leadership from %s to %s: %w", n.localID, target, err)
 		}
+		e.log.Info().Str("local_id", n.localID).Str("target", target).Dur("took", time.Since(start)).Msg("leadership transferred")
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("transfer leadership from %s: %w", n.localID, ctx.Err())
+		n.trans.restartStreak(raft.ServerID(target))
+		return fmt.Errorf("transfer leadership from %s to %s: %w", n.localID, target, ctx.Err())
 	}
 }
 
@@ -507,9 +560,55 @@ func (e *Elector) Status(context.Context) (*pb.PluginStatus, error) {
 			}
 		}
 		state = strings.ToLower(s["state"])
+		now := time.Now()
+		d["tls"] = strconv.FormatBool(n.trans.tls)
+		d["priority"] = strconv.Itoa(int(n.prios[n.localID]))
+		d["preempt"] = strconv.FormatBool(n.cfg.GetPreempt())
+		d["transport_timeout"] = n.t.transport().String()
+		d["votes_refused_at_start"] = strconv.Itoa(n.trans.refusedVotes())
+		n.leadMu.Lock()
+		if !n.leaderSince.IsZero() {
+			d[StatusLeaderSince] = n.leaderSince.Format(time.RFC3339Nano)
+			if !n.contactBefore.IsZero() {
+				d[StatusContactBeforeLeading] = n.contactBefore.Format(time.RFC3339Nano)
+			}
+		}
+		n.leadMu.Unlock()
+		if n.r.State() == raft.Leader {
+			for _, id := range n.ids {
+				if id == n.localID {
+					continue
+				}
+				ps := n.trans.peer(raft.ServerID(id))
+				v := "never answered"
+				if !ps.lastOK.IsZero() {
+					v = fmt.Sprintf("last answer %s ago, log %d, failures %d", now.Sub(ps.lastOK).Round(time.Millisecond), ps.lastLog, ps.fails)
+					if !ps.okSince.IsZero() {
+						v += fmt.Sprintf(", in contact for %s", now.Sub(ps.okSince).Round(time.Millisecond))
+					}
+				}
+				d["peer."+id] = v
+			}
+			if t := n.handoverTarget(now); t != "" {
+				d[StatusHandoverTo] = t
+			}
+		}
 	}
 	return &pb.PluginStatus{State: state, Details: d}, nil
 }
+
+// Status details the supervisor reads.
+const (
+	// StatusHandoverTo names the member leadership should move to under
+	// preemption (absent when none).
+	StatusHandoverTo = "handover_to"
+	// StatusLeaderSince is when this member last became leader (RFC 3339).
+	StatusLeaderSince = "leader_since"
+	// StatusContactBeforeLeading is when this member had last heard from
+	// a leader before it became leader itself (RFC 3339; absent if never):
+	// where a failover starts, as this member saw it.
+	StatusContactBeforeLeading = "contact_before_leading"
+)
 
 // Gather returns the elector's own metrics.
 func (e *Elector) Gather() ([]*dto.MetricFamily, error) { return e.met.reg.Gather() }
@@ -535,6 +634,7 @@ func (e *Elector) Close() error {
 	n.r.DeregisterObserver(n.obs)
 	close(n.stop)
 	<-n.monitorDone
+	<-n.detectDone
 	if err := n.trans.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close raft transport on %s: %w", n.localAddr, err))
 	}

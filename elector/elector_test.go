@@ -31,7 +31,8 @@ const (
 // log after a test ends, which t.Log does not allow.
 func testLogger() zerolog.Logger {
 	if os.Getenv("ELECTOR_TEST_LOG") != "" {
-		return zerolog.New(os.Stderr).Level(zerolog.DebugLevel)
+		zerolog.TimeFieldFormat = "15:04:05.000000"
+		return zerolog.New(os.Stderr).With().Timestamp().Logger().Level(zerolog.DebugLevel)
 	}
 	return zerolog.Nop()
 }
@@ -86,7 +87,13 @@ func clusterConfigs(t *testing.T, n int) []*pb.ElectorConfig {
 }
 
 func newCluster(t *testing.T, n int) *cluster {
-	c := &cluster{t: t, cfgs: clusterConfigs(t, n)}
+	return startCluster(t, clusterConfigs(t, n))
+}
+
+// startCluster starts one elector per config.
+func startCluster(t *testing.T, cfgs []*pb.ElectorConfig) *cluster {
+	n := len(cfgs)
+	c := &cluster{t: t, cfgs: cfgs}
 	c.nodes = make([]*Elector, n)
 	c.ws = make([][]*watcher, n)
 	for i := range n {
@@ -514,7 +521,15 @@ func TestConfigureErrors(t *testing.T) {
 		{"lease longer than heartbeat", func(c *pb.ElectorConfig) *pb.ElectorConfig {
 			c.LeaderLeaseTimeoutMs = 2 * testHeartbeatMs
 			return c
-		}, "LeaderLeaseTimeout (400ms) cannot be larger than heartbeat timeout"},
+		}, "leader_lease_timeout_ms 400 is above half of heartbeat_timeout_ms 200"},
+		{"lease above half the heartbeat", func(c *pb.ElectorConfig) *pb.ElectorConfig {
+			c.LeaderLeaseTimeoutMs = testHeartbeatMs/2 + 1
+			return c
+		}, "leader_lease_timeout_ms 101 is above half"},
+		{"tls without key", func(c *pb.ElectorConfig) *pb.ElectorConfig {
+			c.Tls = &pb.RaftTLS{CaPem: []byte("x"), CertPem: []byte("y")}
+			return c
+		}, "tls: key_pem is empty"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

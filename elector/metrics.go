@@ -17,6 +17,7 @@ const (
 	MetricTerm               = "keep_vip_elector_term"
 	MetricLeaderChangesTotal = "keep_vip_elector_leader_changes_total"
 	MetricLastContactSeconds = "keep_vip_elector_last_contact_seconds"
+	MetricKicksTotal         = "keep_vip_elector_kicks_total"
 )
 
 // Values of keep_vip_elector_state.
@@ -33,6 +34,7 @@ type metrics struct {
 	state         prometheus.Gauge
 	term          prometheus.Gauge
 	leaderChanges prometheus.Counter
+	kicks         prometheus.Counter
 
 	// last leader (id, term) counted in leaderChanges; only the publisher
 	// touches these.
@@ -62,11 +64,15 @@ func newMetrics(lastContact func() float64) *metrics {
 			Help: "Times this member learned of a new leader (a new leader id or a new term of the same leader).",
 		}),
 	}
+	m.kicks = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: MetricKicksTotal,
+		Help: "Times this member ran its leader-silence check early, one heartbeat timeout after the last contact (see elector/detector.go).",
+	})
 	lc := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: MetricLastContactSeconds,
 		Help: "Seconds since this member last heard from a leader; 0 while leader, +Inf if never.",
 	}, lastContact)
-	m.reg.MustRegister(m.isLeader, m.state, m.term, m.leaderChanges, lc)
+	m.reg.MustRegister(m.isLeader, m.state, m.term, m.leaderChanges, m.kicks, lc)
 	return m
 }
 

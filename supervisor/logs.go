@@ -19,9 +19,10 @@ import (
 // readable console lines on a terminal, and JSON lines otherwise.
 func NewLogger(format string, level zerolog.Level, out *os.File) zerolog.Logger {
 	var w io.Writer
+	toJournal := false
 	switch format {
 	case "journal":
-		w = journald.NewJournalDWriter()
+		w, toJournal = journald.NewJournalDWriter(), true
 	case "console":
 		w = zerolog.ConsoleWriter{Out: out, TimeFormat: time.RFC3339Nano}
 	case "json":
@@ -29,7 +30,7 @@ func NewLogger(format string, level zerolog.Level, out *os.File) zerolog.Logger 
 	default:
 		switch {
 		case out == os.Stdout && journalStdout():
-			w = journald.NewJournalDWriter()
+			w, toJournal = journald.NewJournalDWriter(), true
 		case isatty.IsTerminal(out.Fd()):
 			w = zerolog.ConsoleWriter{Out: out, TimeFormat: time.RFC3339Nano}
 		default:
@@ -38,8 +39,23 @@ func NewLogger(format string, level zerolog.Level, out *os.File) zerolog.Logger 
 	}
 	zerolog.DurationFieldUnit = time.Millisecond
 	zerolog.DurationFieldInteger = false
-	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+	// Milliseconds matter here: failover is measured in them, also from
+	// the logs (e2e reads the check verdict's and the VIP's times).
+	zerolog.TimeFieldFormat = "2006-01-02T15:04:05.000000Z07:00"
+	ctx := zerolog.New(w).Level(level).With().Timestamp()
+	if toJournal {
+		// The journald writer turns every field into a journal field named
+		// in upper case: plugin -> PLUGIN, member -> MEMBER, term -> TERM,
+		// vip -> VIP; this one makes `journalctl -t keep-vip-supervisor` work
+		// and names the plugins' lines after the supervisor that logs them.
+		ctx = ctx.Str("syslog_identifier", SyslogIdentifier)
+	}
+	return ctx.Logger()
 }
+
+// SyslogIdentifier is the journal's SYSLOG_IDENTIFIER of every line the
+// supervisor logs, its plugins' included.
+const SyslogIdentifier = "keep-vip-supervisor"
 
 func journalStdout() bool {
 	ok, err := journal.StdoutIsJournalStream()

@@ -31,6 +31,8 @@ type metrics struct {
 	isLeader  prometheus.Gauge
 	state     prometheus.Gauge
 	checkPort *prometheus.GaugeVec
+
+	fo *failoverMetrics // failover.go
 }
 
 // Brief-compatible member states of keep_vip_member_state.
@@ -66,7 +68,7 @@ func newMetrics(cfg *config.Config, local config.Member) *metrics {
 		}),
 		healthy: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "keep_vip_supervisor_healthy",
-			Help: "1 while the checker's last verdict was healthy.",
+			Help: "1 while this member may serve the VIP: checks pass, interface usable, not in maintenance.",
 		}),
 		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name:        "keep_vip_member_is_leader",
@@ -84,6 +86,7 @@ func newMetrics(cfg *config.Config, local config.Member) *metrics {
 			ConstLabels: member,
 		}, []string{"name", "address"}),
 	}
+	m.fo = newFailoverMetrics(m.reg)
 	m.reg.MustRegister(m.restarts, m.up, m.vipHeld, m.healthy, m.isLeader, m.state, m.checkPort,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
@@ -149,4 +152,33 @@ func serveMetrics(ctx context.Context, addr string, g prometheus.Gatherer, log z
 		}
 	}()
 	return nil
+}
+
+// failoverMetrics are the supervisor's failover series.
+type failoverMetrics struct {
+	electorRestarts *prometheus.CounterVec
+	lastFailover    prometheus.Gauge
+	handovers       *prometheus.CounterVec
+}
+
+func newFailoverMetrics(reg *prometheus.Registry) *failoverMetrics {
+	m := &failoverMetrics{
+		electorRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keep_vip_supervisor_elector_restarts_total",
+			Help: "Times the elector was started again, by why it had stopped: unhealthy (this member left the election) or crash.",
+		}, []string{"cause"}),
+		lastFailover: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keep_vip_supervisor_last_failover_seconds",
+			Help: "The last failover as this member saw it: from its last contact with the previous leader to holding the VIP. 0 until it has taken over once.",
+		}),
+		handovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keep_vip_supervisor_handovers_total",
+			Help: "Leadership handovers this member started, by reason (unhealthy, preempt, shutdown) and result (ok, failed).",
+		}, []string{"reason", "result"}),
+	}
+	for _, c := range []string{causeUnhealthy, causeCrash} {
+		m.electorRestarts.WithLabelValues(c)
+	}
+	reg.MustRegister(m.electorRestarts, m.lastFailover, m.handovers)
+	return m
 }

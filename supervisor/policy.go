@@ -33,6 +33,14 @@ type policy struct {
 	shutting   bool
 
 	checkerGrace *time.Timer
+
+	// electorStopCause is why the elector last stopped (failover.go);
+	// failoverTerm the last term whose failover was measured.
+	electorStopCause string
+	failoverTerm     uint64
+	// handedOverTerm is the term whose leadership this member handed
+	// over (failover.go).
+	handedOverTerm uint64
 }
 
 func newPolicy(s *Supervisor) *policy {
@@ -48,12 +56,16 @@ func newPolicy(s *Supervisor) *policy {
 
 // healthy is whether this member may serve the VIP: its checks pass and its
 // interface can carry the VIP.
-func (p *policy) healthy() bool { return p.checksOK && p.linkOK }
+// An operator's maintenance counts as unhealthy.
+func (p *policy) healthy() bool { return p.checksOK && p.linkOK && !p.s.ops.inMaintenance() }
 
 func (p *policy) loop(ctx context.Context) {
 	// The periodic pass retries an acquire or release that failed.
 	tick := time.NewTicker(p.s.cfg.ChecksInterval)
 	defer tick.Stop()
+	// systemd's watchdog is fed from here, so only a live loop feeds it.
+	watchdogC, stopWatchdog := p.s.ops.watchdogC()
+	defer stopWatchdog()
 	for {
 		var graceC <-chan time.Time
 		if p.checkerGrace != nil {
@@ -75,13 +87,20 @@ func (p *policy) loop(ctx context.Context) {
 			}
 			p.apply()
 		case <-tick.C:
+			p.maybePreempt()
 			p.apply()
+		case <-watchdogC:
+			p.s.ops.feedWatchdog()
 		}
 	}
 }
 
 func (p *policy) handle(ev event) {
 	switch {
+	case ev.reload != nil:
+		p.reload(ev.reload)
+	case ev.admin != nil:
+		p.handleAdmin(ev.admin)
 	case ev.leadership != nil:
 		if ev.gen == p.gens[rpc.KindElector] && p.impls[rpc.KindElector] != nil {
 			p.setLeadership(ev.leadership)
@@ -107,6 +126,9 @@ func (p *policy) pluginUp(ev event) {
 	p.gens[ev.kind] = ev.gen
 	if p.started[ev.kind] > 0 {
 		p.s.metrics.restarts.WithLabelValues(ev.kind).Inc()
+	}
+	if ev.kind == rpc.KindElector {
+		p.electorUp()
 	}
 	p.started[ev.kind]++
 	p.s.metrics.up.WithLabelValues(ev.kind).Set(1)
@@ -138,9 +160,14 @@ func (p *policy) pluginDown(ev event) {
 	lg.Str("plugin", ev.kind).Msg("plugin down")
 	switch ev.kind {
 	case rpc.KindElector:
+		p.electorDown(ev)
 		p.setLeadership(nil)
 	case rpc.KindAnnouncer:
-		// What it held is unknown now; its successor removes any VIP left.
+		// What it held is unknown now; its successor removes any VIP left,
+		// but only once it runs: take them off now (failover.go).
+		if !p.shutting {
+			p.scrubVIPs()
+		}
 		p.setHeld(false)
 	case rpc.KindChecker:
 		if !p.shutting && p.checkerGrace == nil {
@@ -194,6 +221,7 @@ func (p *policy) setHealth(h *pb.Health) {
 		ev.Bool("healthy", h.Healthy).Msg("checks changed")
 	}
 	p.checksOK = h.Healthy
+	p.s.ops.sawHealth(h)
 }
 
 func (p *policy) setInterface(e *pb.InterfaceEvent) {
@@ -226,7 +254,9 @@ func (p *policy) apply() {
 	if !wantElector && electorRunner.wanted() {
 		p.release()
 		p.transferLeadership()
-		if !p.shutting {
+		if p.s.ops.inMaintenance() && !p.shutting {
+			p.log.Warn().Msg("maintenance: leaving the election until maintenance is off")
+		} else if !p.shutting {
 			p.log.Warn().Msg("unhealthy: leaving the election until checks pass")
 		}
 		electorRunner.setWant(false)
@@ -240,11 +270,12 @@ func (p *policy) apply() {
 	} else {
 		p.release()
 	}
+	p.publish()
 }
 
 func (p *policy) acquire() {
 	a, ok := p.impls[rpc.KindAnnouncer].(rpc.Announcer)
-	if !ok || p.held {
+	if !ok || p.held || p.handedOver() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
@@ -256,6 +287,7 @@ func (p *policy) acquire() {
 	}
 	p.setHeld(true)
 	p.log.Info().Str("vip", p.s.cfg.VIP).Dur("took", time.Since(start)).Msg("VIP acquired")
+	p.vipAcquired(time.Now())
 }
 
 func (p *policy) release() {
@@ -277,21 +309,13 @@ func (p *policy) release() {
 	p.log.Info().Str("vip", p.s.cfg.VIP).Msg("VIP released")
 }
 
-// transferLeadership hands leadership over, bounded, so the next leader is
-// elected at once instead of after an election timeout.
+// transferLeadership hands leadership to the member the elector picks.
 func (p *policy) transferLeadership() {
-	e, ok := p.impls[rpc.KindElector].(rpc.Elector)
-	if !ok || !p.isLeader() {
-		return
+	reason := causeUnhealthy
+	if p.shutting {
+		reason = "shutdown"
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), transferTimeout)
-	defer cancel()
-	start := time.Now()
-	if err := e.TransferLeadership(ctx, ""); err != nil {
-		p.log.Warn().Err(err).Msg("leadership transfer failed; the others will elect after a timeout")
-		return
-	}
-	p.log.Info().Dur("took", time.Since(start)).Msg("leadership handed over")
+	p.transferLeadershipTo("", reason)
 }
 
 func roleName(r pb.Role) string {

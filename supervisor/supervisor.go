@@ -41,6 +41,8 @@ type event struct {
 	leadership *pb.Leadership
 	health     *pb.Health
 	iface      *pb.InterfaceEvent
+	admin      *adminRequest  // from the admin socket (admin.go)
+	reload     *reloadRequest // SIGHUP (reload.go)
 }
 
 // Supervisor runs one member of the cluster.
@@ -54,6 +56,12 @@ type Supervisor struct {
 	runners map[string]*runner
 	metrics *metrics
 	plugins *pluginGatherer
+	ops     *ops // status, maintenance, hooks, systemd (ops.go)
+
+	// live is cfg with the parts reloads applied; read by the runners'
+	// setup funcs, written by the policy loop (reload.go).
+	liveMu sync.Mutex
+	live   *config.Config
 }
 
 // New resolves everything a start needs before anything is started: the
@@ -99,6 +107,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			return fmt.Errorf("prometheus.address %s: %w", s.cfg.Prometheus.Address, err)
 		}
 	}
+	if err := s.startOps(); err != nil {
+		return err
+	}
+	defer s.stopOps()
 	spawn := newSpawner()
 	rctx, stopRunners := context.WithCancel(context.Background())
 	defer stopRunners()
@@ -118,6 +130,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 	p := newPolicy(s)
 	p.loop(ctx)
+	s.ops.stopping()
+	p.drainBalancer()
 
 	// Shutting down: the policy has released the VIP and handed leadership
 	// over; now stop the plugins, draining their last events meanwhile.
@@ -148,7 +162,15 @@ func (s *Supervisor) newRunner(kind string, spawn *spawner) *runner {
 	switch kind {
 	case rpc.KindElector:
 		r.setup = func(ctx context.Context, impl any) error {
-			return impl.(rpc.Elector).Configure(ctx, s.cfg.ElectorConfig(s.local))
+			cfg := s.cfg.ElectorConfig(s.local)
+			// Read at every start, so renewed certificates are picked up
+			// by the next elector start.
+			tls, err := s.cfg.ReadRaftTLS()
+			if err != nil {
+				return err
+			}
+			cfg.Tls = tls
+			return impl.(rpc.Elector).Configure(ctx, cfg)
 		}
 		r.watch = func(ctx context.Context, impl any, gen uint64) error {
 			return impl.(rpc.Elector).Watch(ctx, func(l *pb.Leadership) error {
@@ -157,7 +179,7 @@ func (s *Supervisor) newRunner(kind string, spawn *spawner) *runner {
 		}
 	case rpc.KindChecker:
 		r.setup = func(ctx context.Context, impl any) error {
-			return impl.(rpc.Checker).Configure(ctx, s.cfg.CheckerConfig())
+			return impl.(rpc.Checker).Configure(ctx, s.liveConfig().CheckerConfig())
 		}
 		r.watch = func(ctx context.Context, impl any, gen uint64) error {
 			return impl.(rpc.Checker).Watch(ctx, func(h *pb.Health) error {
@@ -175,7 +197,7 @@ func (s *Supervisor) newRunner(kind string, spawn *spawner) *runner {
 		}
 	case rpc.KindBalancer:
 		r.setup = func(ctx context.Context, impl any) error {
-			return impl.(rpc.Balancer).Configure(ctx, s.cfg.BalancerConfig())
+			return impl.(rpc.Balancer).Configure(ctx, s.liveConfig().BalancerConfig())
 		}
 	}
 	return r

@@ -35,29 +35,22 @@ const EnvPrefix = "KEEPVIP_"
 // DefaultPath is where packages install the config file.
 const DefaultPath = "/etc/keep-vip/config.yaml"
 
-// Defaults of the optional keys. The raft timeouts are tuned for a LAN: a
-// leader that loses its quorum steps down within about two lease timeouts,
-// while a follower waits at least one heartbeat timeout before it stands for
-// election, so the lease must stay at most half the heartbeat timeout.
+// Defaults of the optional keys. The raft timeouts are tuned for a LAN (see
+// raft.go and elector/timing.go): the election timeout defaults to the
+// heartbeat timeout and the lease to 2/5 of it.
 const (
-	DefaultCluster            = "keep-vip"
-	DefaultChecksInterval     = 2 * time.Second
-	DefaultDataDir            = "/var/lib/keep-vip"
-	DefaultHeartbeatTimeout   = elector.DefaultHeartbeatTimeout
-	DefaultElectionTimeout    = elector.DefaultElectionTimeout
-	DefaultLeaderLeaseTimeout = elector.DefaultLeaderLeaseTimeout
-	DefaultPrometheusAddress  = "0.0.0.0:9195"
-	DefaultLogLevel           = "info"
-	DefaultLogFormat          = "auto"
+	DefaultCluster           = "keep-vip"
+	DefaultChecksInterval    = 2 * time.Second
+	DefaultDataDir           = "/var/lib/keep-vip"
+	DefaultHeartbeatTimeout  = elector.DefaultHeartbeatTimeout
+	DefaultPrometheusAddress = "0.0.0.0:9195"
+	DefaultLogLevel          = "info"
+	DefaultLogFormat         = "auto"
 )
 
 // Supported values, in the order error messages list them.
 var (
-	CheckProtocols    = []string{"tcp"}
-	BalancerTypes     = []string{"tcp"}
-	plannedBalancers  = []string{"udp", "http"}
 	LogFormats        = []string{"auto", "console", "json", "journal"}
-	minRaftTimeout    = 10 * time.Millisecond
 	maxChecksInterval = time.Hour
 )
 
@@ -67,6 +60,8 @@ type Config struct {
 	ID             string         `koanf:"id"`
 	Interface      string         `koanf:"interface"`
 	VIP            string         `koanf:"vip"`
+	VIPs           []string       `koanf:"vips"` // more VIPs, moving with vip (announce.go)
+	Announce       Announce       `koanf:"announce"`
 	ChecksInterval time.Duration  `koanf:"checksinterval"`
 	DataDir        string         `koanf:"datadir"`
 	Raft           Raft           `koanf:"raft"`
@@ -74,15 +69,11 @@ type Config struct {
 	Checks         []Check        `koanf:"checks"`
 	Members        []Member       `koanf:"members"`
 	LoadBalancers  []LoadBalancer `koanf:"loadbalancers"`
+	DrainTimeout   time.Duration  `koanf:"draintimeout"` // balancers.go
 	Plugins        Plugins        `koanf:"plugins"`
 	Log            Log            `koanf:"log"`
-}
-
-// Raft holds the election timings.
-type Raft struct {
-	HeartbeatTimeout   time.Duration `koanf:"heartbeattimeout"`
-	ElectionTimeout    time.Duration `koanf:"electiontimeout"`
-	LeaderLeaseTimeout time.Duration `koanf:"leaderleasetimeout"`
+	AdminSocket    string         `koanf:"adminsocket"`
+	Hooks          Hooks          `koanf:"hooks"`
 }
 
 // Prometheus says where /metrics is served.
@@ -91,35 +82,13 @@ type Prometheus struct {
 	Address string `koanf:"address"`
 }
 
-// Check is one local health check.
-type Check struct {
-	Name     string        `koanf:"name"`
-	Protocol string        `koanf:"protocol"`
-	Address  string        `koanf:"address"`
-	Timeout  time.Duration `koanf:"timeout"`
-	// Options are passed to the checker as they are, for check types of a
-	// third-party checker.
-	Options map[string]string `koanf:"options"`
-}
-
 // Member is one Raft voter.
 type Member struct {
 	ID      string `koanf:"id"`
 	Address string `koanf:"address"`
-}
-
-// LoadBalancer is one listener in front of backends.
-type LoadBalancer struct {
-	Name        string    `koanf:"name"`
-	BindAddress string    `koanf:"bindaddress"`
-	Type        string    `koanf:"type"`
-	Backends    []Backend `koanf:"backends"`
-}
-
-// Backend is one server behind a load balancer.
-type Backend struct {
-	Name    string `koanf:"name"`
-	Address string `koanf:"address"`
+	// Priority prefers a holder: with raft.preempt, leadership moves to the
+	// healthy member of highest priority (raft.go).
+	Priority int `koanf:"priority"`
 }
 
 // Plugins optionally names each plugin binary; an empty value means the
@@ -197,25 +166,27 @@ func Parse(raw []byte, environ []string) (*Config, error) {
 
 func defaults() map[string]any {
 	return map[string]any{
-		"cluster":                 DefaultCluster,
-		"checksinterval":          DefaultChecksInterval,
-		"datadir":                 DefaultDataDir,
-		"raft.heartbeattimeout":   DefaultHeartbeatTimeout,
-		"raft.electiontimeout":    DefaultElectionTimeout,
-		"raft.leaderleasetimeout": DefaultLeaderLeaseTimeout,
-		"prometheus.address":      DefaultPrometheusAddress,
-		"log.level":               DefaultLogLevel,
-		"log.format":              DefaultLogFormat,
+		"cluster":                DefaultCluster,
+		"checksinterval":         DefaultChecksInterval,
+		"datadir":                DefaultDataDir,
+		"raft.heartbeattimeout":  DefaultHeartbeatTimeout,
+		"prometheus.address":     DefaultPrometheusAddress,
+		"log.level":              DefaultLogLevel,
+		"log.format":             DefaultLogFormat,
+		"announce.burstcount":    DefaultBurstCount,
+		"announce.burstinterval": DefaultBurstInterval,
+		"adminsocket":            DefaultAdminSocket,
+		"hooks.timeout":          DefaultHookTimeout,
+		"draintimeout":           DefaultDrainTimeout,
 	}
 }
 
 // fill sets the defaults that depend on other keys.
 func (c *Config) fill() {
-	for i := range c.Checks {
-		if c.Checks[i].Timeout == 0 {
-			c.Checks[i].Timeout = c.ChecksInterval / 2
-		}
-	}
+	c.fillVIP()
+	c.fillChecks()
+	c.fillRaft()
+	c.fillLoadBalancers()
 }
 
 // envProvider maps KEEPVIP_PROMETHEUS_ADDRESS to prometheus.address. Only
@@ -391,16 +362,10 @@ func (c *Config) Validate() error {
 	if c.Interface == "" {
 		bad("interface: missing; name the interface that carries the vip")
 	}
-	switch a, err := netip.ParseAddr(c.VIP); {
-	case c.VIP == "":
-		bad("vip: missing; give the virtual IP address, e.g. 172.16.0.100")
-	case err != nil || a.Zone() != "":
-		bad("vip: %q is not an IP address", c.VIP)
-	case a.IsUnspecified() || a.IsLoopback() || a.IsMulticast():
-		bad("vip: %s cannot be a virtual IP (unspecified, loopback or multicast)", c.VIP)
-	}
-	if c.ChecksInterval <= 0 || c.ChecksInterval > maxChecksInterval {
-		bad("ChecksInterval: %s must be above 0 and at most %s", c.ChecksInterval, maxChecksInterval)
+	c.validateVIPs(bad)
+	c.validateAnnounce(bad)
+	if c.ChecksInterval < minCheckInterval || c.ChecksInterval > maxChecksInterval {
+		bad("ChecksInterval: %s must be at least %s and at most %s", c.ChecksInterval, minCheckInterval, maxChecksInterval)
 	}
 
 	c.validateRaft(bad)
@@ -412,6 +377,7 @@ func (c *Config) Validate() error {
 	c.validateMembers(bad)
 	c.validateChecks(bad)
 	c.validateLoadBalancers(bad)
+	c.validateOps(bad)
 	if _, err := parseLevel(c.Log.Level); err != nil {
 		bad("log.level: %q is not one of trace, debug, info, warn, error", c.Log.Level)
 	}
@@ -424,29 +390,6 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func (c *Config) validateRaft(bad func(string, ...any)) {
-	r := c.Raft
-	for _, d := range []struct {
-		key string
-		v   time.Duration
-	}{
-		{"raft.heartbeatTimeout", r.HeartbeatTimeout},
-		{"raft.electionTimeout", r.ElectionTimeout},
-		{"raft.leaderLeaseTimeout", r.LeaderLeaseTimeout},
-	} {
-		if d.v < minRaftTimeout {
-			bad("%s: %s must be at least %s", d.key, d.v, minRaftTimeout)
-		}
-	}
-	// Why half: the leader checks its lease once per lease timeout, so it may
-	// take up to two leases to step down; a follower stands for election no
-	// sooner than one heartbeat timeout after the last contact.
-	if r.LeaderLeaseTimeout*2 > r.HeartbeatTimeout {
-		bad("raft.leaderLeaseTimeout: %s must be at most half of raft.heartbeatTimeout (%s), so a leader cut off from its quorum steps down before another can be elected",
-			r.LeaderLeaseTimeout, r.HeartbeatTimeout)
-	}
 }
 
 func (c *Config) validateMembers(bad func(string, ...any)) {
@@ -477,73 +420,6 @@ func (c *Config) validateMembers(bad func(string, ...any)) {
 	if c.ID != "" {
 		if _, ok := ids[c.ID]; !ok {
 			bad("id: %q is not the id of any member", c.ID)
-		}
-	}
-}
-
-func (c *Config) validateChecks(bad func(string, ...any)) {
-	names := map[string]int{}
-	// A third-party checker defines its own check types and address forms;
-	// it validates them itself when it is configured.
-	custom := c.Plugins.Checker != ""
-	for i, ch := range c.Checks {
-		key := fmt.Sprintf("checks[%d]", i)
-		if ch.Name == "" {
-			bad("%s.name: missing", key)
-		} else if j, dup := names[ch.Name]; dup {
-			bad("%s.name: %q is also checks[%d].name", key, ch.Name, j)
-		} else {
-			names[ch.Name] = i
-		}
-		if !custom {
-			if !contains(CheckProtocols, ch.Protocol) {
-				bad("%s.protocol: %q is not supported (supported: %s)", key, ch.Protocol, strings.Join(CheckProtocols, ", "))
-			} else if err := hostPort(ch.Address, false); err != nil {
-				bad("%s.address: %q %v", key, ch.Address, err)
-			}
-		}
-		if ch.Timeout <= 0 || ch.Timeout >= c.ChecksInterval {
-			bad("%s.timeout: %s must be above 0 and below ChecksInterval (%s)", key, ch.Timeout, c.ChecksInterval)
-		}
-	}
-}
-
-func (c *Config) validateLoadBalancers(bad func(string, ...any)) {
-	names, binds := map[string]int{}, map[string]int{}
-	for i, lb := range c.LoadBalancers {
-		key := fmt.Sprintf("loadBalancers[%d]", i)
-		if lb.Name == "" {
-			bad("%s.name: missing", key)
-		} else if j, dup := names[lb.Name]; dup {
-			bad("%s.name: %q is also loadBalancers[%d].name", key, lb.Name, j)
-		} else {
-			names[lb.Name] = i
-		}
-		if err := hostPort(lb.BindAddress, true); err != nil {
-			bad("%s.bindAddress: %q %v", key, lb.BindAddress, err)
-		} else if j, dup := binds[lb.BindAddress]; dup {
-			bad("%s.bindAddress: %q is also loadBalancers[%d].bindAddress", key, lb.BindAddress, j)
-		} else {
-			binds[lb.BindAddress] = i
-		}
-		switch {
-		case contains(BalancerTypes, lb.Type):
-		case contains(plannedBalancers, lb.Type):
-			bad("%s.type: %q is not supported yet (supported: %s)", key, lb.Type, strings.Join(BalancerTypes, ", "))
-		default:
-			bad("%s.type: %q is unknown (supported: %s)", key, lb.Type, strings.Join(BalancerTypes, ", "))
-		}
-		if len(lb.Backends) == 0 {
-			bad("%s.backends: missing; a load balancer needs at least one backend", key)
-		}
-		for j, b := range lb.Backends {
-			bkey := fmt.Sprintf("%s.backends[%d]", key, j)
-			if b.Name == "" {
-				bad("%s.name: missing", bkey)
-			}
-			if err := hostPort(b.Address, false); err != nil {
-				bad("%s.address: %q %v", bkey, b.Address, err)
-			}
 		}
 	}
 }

@@ -54,7 +54,7 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate address", "198.18.0.13:20000", "198.18.0.11:20000", `members[2].address: "198.18.0.11:20000" is also members[0].address`},
 		{"timeout not below interval", "timeout: 1", "timeout: 2", "checks[0].timeout: 2s must be above 0 and below ChecksInterval (2s)"},
 		{"unknown protocol", "protocol: tcp", "protocol: icmp", `checks[0].protocol: "icmp" is not supported`},
-		{"lb type not yet", "type: tcp", "type: udp", `loadBalancers[0].type: "udp" is not supported yet`},
+		{"lb udp with proxy protocol", "type: tcp", "type: udp\n    proxyProtocol: 2", `loadBalancers[0].proxyProtocol: 2 is for tcp and http load balancers, not udp`},
 		{"lb type unknown", "type: tcp", "type: sctp", `loadBalancers[0].type: "sctp" is unknown`},
 		{"no backends", "    backends:\n      - name: b1\n        address: 198.18.0.11:80\n", "", "loadBalancers[0].backends: missing"},
 		{"unknown key", "ChecksInterval: 2", "ChecksInterval: 2\nchekcs: []", "chekcs: unknown key"},

@@ -90,6 +90,9 @@ func (c *Config) CheckHost() (Member, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.checkRaftTLS(); err != nil {
+		errs = append(errs, err)
+	}
 	return m, errors.Join(errs...)
 }
 
@@ -107,55 +110,16 @@ func parseLevel(s string) (zerolog.Level, error) {
 	return zerolog.NoLevel, fmt.Errorf("unknown level %q", s)
 }
 
-// ElectorConfig is the elector plugin's part of the config.
-func (c *Config) ElectorConfig(local Member) *pb.ElectorConfig {
-	out := &pb.ElectorConfig{
-		Cluster:              c.Cluster,
-		LocalId:              local.ID,
-		DataDir:              c.DataDir,
-		HeartbeatTimeoutMs:   c.Raft.HeartbeatTimeout.Milliseconds(),
-		ElectionTimeoutMs:    c.Raft.ElectionTimeout.Milliseconds(),
-		LeaderLeaseTimeoutMs: c.Raft.LeaderLeaseTimeout.Milliseconds(),
-	}
-	for _, m := range c.Members {
-		out.Members = append(out.Members, &pb.Member{Id: m.ID, Address: m.Address})
-	}
-	return out
-}
-
 // AnnouncerConfig is the announcer plugin's part of the config.
 func (c *Config) AnnouncerConfig() *pb.AnnouncerConfig {
-	return &pb.AnnouncerConfig{
+	out := &pb.AnnouncerConfig{
 		Interface:         c.Interface,
-		Vips:              []string{c.VIPAddr().String()},
 		RefreshIntervalMs: c.ChecksInterval.Milliseconds(),
+		BurstCount:        int32(c.Announce.BurstCount),
+		BurstIntervalMs:   c.Announce.BurstInterval.Milliseconds(),
 	}
-}
-
-// CheckerConfig is the checker plugin's part of the config.
-func (c *Config) CheckerConfig() *pb.CheckerConfig {
-	out := &pb.CheckerConfig{IntervalMs: c.ChecksInterval.Milliseconds()}
-	for _, ch := range c.Checks {
-		out.Checks = append(out.Checks, &pb.Check{
-			Name:      ch.Name,
-			Protocol:  ch.Protocol,
-			Address:   ch.Address,
-			TimeoutMs: ch.Timeout.Milliseconds(),
-			Options:   ch.Options,
-		})
-	}
-	return out
-}
-
-// BalancerConfig is the balancer plugin's part of the config.
-func (c *Config) BalancerConfig() *pb.BalancerConfig {
-	out := &pb.BalancerConfig{}
-	for _, lb := range c.LoadBalancers {
-		l := &pb.LoadBalancer{Name: lb.Name, BindAddress: lb.BindAddress, Type: lb.Type}
-		for _, b := range lb.Backends {
-			l.Backends = append(l.Backends, &pb.Backend{Name: b.Name, Address: b.Address})
-		}
-		out.LoadBalancers = append(out.LoadBalancers, l)
+	for _, vip := range c.VIPList() {
+		out.Vips = append(out.Vips, vip.String())
 	}
 	return out
 }

@@ -29,7 +29,7 @@ commands:
   cleanup   -c FILE         remove the VIP from the interface
   example-config            print the default config file
   version                   print the version
-`
+` + opsUsage
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -53,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "example-config":
 		_, _ = stdout.Write(etc.DefaultConfig)
 		return 0
+	case "status", "maintenance":
+		return runOps(cmd, args, stdout, stderr)
 	case "help", "--help", "-h":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -106,6 +108,7 @@ func cleanup(path string) error {
 }
 
 func start(path string) error {
+	supervisor.Version = version
 	cfg, err := config.Load(path)
 	if err != nil {
 		return err
@@ -118,6 +121,7 @@ func start(path string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	defer watchHUP(ctx, path, s, log)()
 	log.Info().Str("version", version).Str("config", path).Msg("starting")
 	if err := s.Run(ctx); err != nil {
 		return err

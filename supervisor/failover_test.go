@@ -1,0 +1,121 @@
+package supervisor
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/keep-vip/keep-vip/elector"
+	"github.com/keep-vip/keep-vip/rpc"
+	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+)
+
+// statusElector is a fake elector whose Status details are set by the test
+// and whose transfers are logged with their target.
+type statusElector struct {
+	fakeElector
+	details map[string]string
+}
+
+func (f statusElector) Status(context.Context) (*pb.PluginStatus, error) {
+	return &pb.PluginStatus{State: "leader", Details: f.details}, nil
+}
+
+func (f statusElector) TransferLeadership(_ context.Context, target string) error {
+	f.j.add("transfer:" + target)
+	return nil
+}
+
+var _ rpc.Elector = statusElector{}
+
+func TestElectorRestartsByCause(t *testing.T) {
+	p, j := testPolicy(t)
+	up := func(gen uint64) event {
+		return event{kind: rpc.KindElector, gen: gen, up: true, impl: fakeElector{j: j}}
+	}
+	p.handle(event{kind: rpc.KindChecker, gen: 1, up: true, impl: fakeReporter{}})
+	p.handle(health(true))
+	p.handle(up(1))
+	p.handle(event{kind: rpc.KindElector, gen: 1, err: errNotWanted}) // left the election
+	p.handle(up(2))
+	p.handle(event{kind: rpc.KindElector, gen: 2, err: context.Canceled}) // crashed
+	p.handle(up(3))
+	restarts := p.s.metrics.fo.electorRestarts
+	if got := value(t, restarts.WithLabelValues(causeUnhealthy)); got != 1 {
+		t.Errorf("unhealthy restarts %v, want 1", got)
+	}
+	if got := value(t, restarts.WithLabelValues(causeCrash)); got != 1 {
+		t.Errorf("crash restarts %v, want 1", got)
+	}
+}
+
+// Under preemption the leader releases the VIP before it hands leadership
+// to the member the elector proposes, and only then.
+func TestPreemptReleasesThenTransfers(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		preempt bool
+		details map[string]string
+		want    string
+	}{
+		{"proposal", true, map[string]string{elector.StatusHandoverTo: "b"}, "acquire release transfer:b"},
+		{"no proposal", true, map[string]string{}, "acquire"},
+		{"preempt off", false, map[string]string{elector.StatusHandoverTo: "b"}, "acquire"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, j := testPolicy(t)
+			p.s.cfg.Raft.Preempt = tc.preempt
+			for _, ev := range []event{{kind: rpc.KindChecker, gen: 1, up: true, impl: fakeReporter{}}, health(true),
+				{kind: rpc.KindElector, gen: 1, up: true, impl: statusElector{fakeElector: fakeElector{j: j}, details: tc.details}}, leader(1)} {
+				p.handle(ev)
+			}
+			p.maybePreempt()
+			// The pass after it, before the elector's event that this member
+			// no longer leads has arrived, must not take the VIP back.
+			p.apply()
+			if got := strings.Join(j.calls, " "); got != tc.want {
+				t.Fatalf("calls %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFailoverMeasured(t *testing.T) {
+	p, j := testPolicy(t)
+	contact := time.Now().Add(-340 * time.Millisecond)
+	e := statusElector{fakeElector: fakeElector{j: j}, details: map[string]string{
+		elector.StatusContactBeforeLeading: contact.Format(time.RFC3339Nano),
+	}}
+	for _, ev := range []event{{kind: rpc.KindChecker, gen: 1, up: true, impl: fakeReporter{}}, health(true),
+		{kind: rpc.KindElector, gen: 1, up: true, impl: e}, leader(1)} {
+		p.handle(ev)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	var got float64
+	for time.Now().Before(deadline) {
+		if got = value(t, p.s.metrics.fo.lastFailover); got != 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got < 0.34 || got > 2 {
+		t.Fatalf("last failover %vs, want about 0.34s", got)
+	}
+}
+
+// value reads a counter's or gauge's value.
+func value(t *testing.T, c prometheus.Metric) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Counter != nil {
+		return m.Counter.GetValue()
+	}
+	return m.Gauge.GetValue()
+}
