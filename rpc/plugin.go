@@ -74,12 +74,16 @@ func serve(kind string, p plugin.Plugin, impl any) {
 			}
 		}
 	}
+	// When the supervisor dies, the pipe behind our stderr has no reader:
+	// by default Go would die of SIGPIPE at the first log line, before Close
+	// could take the VIP away. Ignored, the write just fails.
+	signal.Ignore(syscall.SIGPIPE)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {
 		sig := <-sigs
-		Log.Info().Str("signal", sig.String()).Msg("stopping")
-		closeImpl()
+		closeImpl() // first: the log line below may go nowhere
+		Log.Info().Str("signal", sig.String()).Msg("stopped")
 		os.Exit(0)
 	}()
 	plugin.Serve(&plugin.ServeConfig{
