@@ -10,8 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
@@ -154,22 +153,6 @@ func whoAnswers(t *testing.T, address string) string {
 	return name
 }
 
-func value(t *testing.T, m prometheus.Metric) float64 {
-	t.Helper()
-	var d dto.Metric
-	if err := m.Write(&d); err != nil {
-		t.Fatal(err)
-	}
-	switch {
-	case d.Gauge != nil:
-		return d.Gauge.GetValue()
-	case d.Counter != nil:
-		return d.Counter.GetValue()
-	}
-	t.Fatalf("%v is neither a gauge nor a counter", m.Desc())
-	return 0
-}
-
 // eventually polls cond, bounded in time.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -195,12 +178,12 @@ func TestRoundRobin(t *testing.T) {
 		t.Errorf("backends in turn = %v, want %s", got, want)
 	}
 	for _, be := range []string{"b1", "b2", "b3"} {
-		if n := value(t, b.m.connections.WithLabelValues("web", be)); n != 2 {
+		if n := testutil.ToFloat64(b.m.connections.WithLabelValues("web", be)); n != 2 {
 			t.Errorf("%s{backend=%s} = %v, want 2", metricConnections, be, n)
 		}
 	}
 	eventually(t, "active connections back to 0", func() bool {
-		return value(t, b.m.active.WithLabelValues("web")) == 0
+		return testutil.ToFloat64(b.m.active.WithLabelValues("web")) == 0
 	})
 
 	st, err := b.Status(context.Background())
@@ -227,7 +210,7 @@ func TestFailedBackendSkipped(t *testing.T) {
 	if want := "b1 b3 b1 b3"; strings.Join(got, " ") != want {
 		t.Errorf("backends in turn = %v, want %s", got, want)
 	}
-	if n := value(t, b.m.dialErrors.WithLabelValues("web", "dead")); n != 2 {
+	if n := testutil.ToFloat64(b.m.dialErrors.WithLabelValues("web", "dead")); n != 2 {
 		t.Errorf("%s{backend=dead} = %v, want 2", metricDialErrors, n)
 	}
 }
@@ -295,8 +278,8 @@ func TestLargeTransferAndBytes(t *testing.T) {
 		t.Errorf("answer = %q, want %q", got, want)
 	}
 	eventually(t, "bytes counted", func() bool {
-		return value(t, b.m.bytes.WithLabelValues("web", "b1", dirToBackend)) == size &&
-			value(t, b.m.bytes.WithLabelValues("web", "b1", dirToClient)) == float64(len(got))
+		return testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "b1", dirToBackend)) == size &&
+			testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "b1", dirToClient)) == float64(len(got))
 	})
 }
 
@@ -309,7 +292,7 @@ func TestReconfigureKeepsConnections(t *testing.T) {
 	if got := c.ask("one"); got != "b1 one" {
 		t.Fatalf("answer = %q", got)
 	}
-	if n := value(t, b.m.active.WithLabelValues("web")); n != 1 {
+	if n := testutil.ToFloat64(b.m.active.WithLabelValues("web")); n != 1 {
 		t.Errorf("%s = %v, want 1", metricActiveConnections, n)
 	}
 
@@ -359,7 +342,7 @@ func TestRenameKeepsSocket(t *testing.T) {
 		t.Error("old name still listed")
 	}
 	whoAnswers(t, front)
-	if n := value(t, b.m.connections.WithLabelValues("www", "b1")); n != 1 {
+	if n := testutil.ToFloat64(b.m.connections.WithLabelValues("www", "b1")); n != 1 {
 		t.Errorf("%s{balancer=www} = %v, want 1", metricConnections, n)
 	}
 }

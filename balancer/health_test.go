@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"net"
 	"testing"
 	"time"
@@ -54,18 +55,18 @@ func TestActiveTCPCheckRiseFall(t *testing.T) {
 	l.Health = &pb.BackendHealth{Type: HealthTCP, IntervalMs: 20, TimeoutMs: 20, Rise: 2, Fall: 2}
 	configure(t, b, l)
 	front := addr(t, b, "web")
-	up := func() float64 { return value(t, b.m.up.WithLabelValues("web", "flaky")) }
+	up := func() float64 { return testutil.ToFloat64(b.m.up.WithLabelValues("web", "flaky")) }
 
 	flaky.stop()
 	eventually(t, "flaky down", func() bool { return up() == 0 })
-	errs := value(t, b.m.dialErrors.WithLabelValues("web", "flaky"))
+	errs := testutil.ToFloat64(b.m.dialErrors.WithLabelValues("web", "flaky"))
 	// Down: no connect is even tried.
 	for range 4 {
 		if got := whoAnswers(t, front); got != "b2" {
 			t.Errorf("answer from %s while flaky is down", got)
 		}
 	}
-	if n := value(t, b.m.dialErrors.WithLabelValues("web", "flaky")); n != errs {
+	if n := testutil.ToFloat64(b.m.dialErrors.WithLabelValues("web", "flaky")); n != errs {
 		t.Errorf("connects tried to a down backend: %v errors, was %v", n, errs)
 	}
 	if st, _ := b.Status(t.Context()); st.Details["web backends"] != "flaky="+flaky.addr+" down, b2="+l.Backends[1].Address {
@@ -91,7 +92,7 @@ func TestPassiveEjection(t *testing.T) {
 	l.Health = &pb.BackendHealth{EjectAfterErrors: 2}
 	configure(t, b, l)
 	front := addr(t, b, "web")
-	errs := func() float64 { return value(t, b.m.dialErrors.WithLabelValues("web", "dead")) }
+	errs := func() float64 { return testutil.ToFloat64(b.m.dialErrors.WithLabelValues("web", "dead")) }
 
 	for range 8 {
 		if got := whoAnswers(t, front); got != "b2" {
@@ -101,7 +102,7 @@ func TestPassiveEjection(t *testing.T) {
 	if n := errs(); n != 2 {
 		t.Errorf("%v connects tried to the dead backend, want 2 before its ejection", n)
 	}
-	if n := value(t, b.m.ejections.WithLabelValues("web", "dead")); n != 1 {
+	if n := testutil.ToFloat64(b.m.ejections.WithLabelValues("web", "dead")); n != 1 {
 		t.Errorf("%s = %v, want 1", metricEjections, n)
 	}
 	time.Sleep(250 * time.Millisecond)
@@ -128,11 +129,11 @@ func TestEjectedBackendReadmittedByChecks(t *testing.T) {
 	for range 2 {
 		whoAnswers(t, front)
 	}
-	if v := value(t, b.m.up.WithLabelValues("web", "flaky")); v != 0 {
+	if v := testutil.ToFloat64(b.m.up.WithLabelValues("web", "flaky")); v != 0 {
 		t.Fatalf("flaky not ejected (up %v)", v)
 	}
 	flaky.start()
-	eventually(t, "flaky readmitted by a check", func() bool { return value(t, b.m.up.WithLabelValues("web", "flaky")) == 1 })
+	eventually(t, "flaky readmitted by a check", func() bool { return testutil.ToFloat64(b.m.up.WithLabelValues("web", "flaky")) == 1 })
 }
 
 // A reload that keeps a backend keeps its health verdict: a backend down
@@ -148,7 +149,7 @@ func TestHealthKeptAcrossReload(t *testing.T) {
 	}
 	configure(t, b, mk(20))
 	flaky.stop()
-	eventually(t, "flaky down", func() bool { return value(t, b.m.up.WithLabelValues("web", "flaky")) == 0 })
+	eventually(t, "flaky down", func() bool { return testutil.ToFloat64(b.m.up.WithLabelValues("web", "flaky")) == 0 })
 	configure(t, b, mk(1000))
 	front := addr(t, b, "web")
 	for range 4 {
@@ -156,7 +157,7 @@ func TestHealthKeptAcrossReload(t *testing.T) {
 			t.Errorf("after the reload: answer from %s", got)
 		}
 	}
-	if v := value(t, b.m.up.WithLabelValues("web", "flaky")); v != 0 {
+	if v := testutil.ToFloat64(b.m.up.WithLabelValues("web", "flaky")); v != 0 {
 		t.Errorf("flaky up after the reload")
 	}
 }

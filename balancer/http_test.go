@@ -3,6 +3,7 @@ package balancer
 import (
 	"bufio"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"io"
 	"net"
 	"net/http"
@@ -46,16 +47,16 @@ func TestHTTPProxy(t *testing.T) {
 	if resp, _ := get(t, front, "/status/500"); resp.StatusCode != 500 {
 		t.Errorf("a backend's 500 came back as %s", resp.Status)
 	}
-	if n := value(t, b.m.requests.WithLabelValues("web", "h1", "200")); n != 1 {
+	if n := testutil.ToFloat64(b.m.requests.WithLabelValues("web", "h1", "200")); n != 1 {
 		t.Errorf("%s{h1,200} = %v, want 1", metricHTTPRequests, n)
 	}
-	if n := value(t, b.m.requests.WithLabelValues("web", "h1", "500")); n != 1 {
+	if n := testutil.ToFloat64(b.m.requests.WithLabelValues("web", "h1", "500")); n != 1 {
 		t.Errorf("%s{h1,500} = %v, want 1", metricHTTPRequests, n)
 	}
 	if n := seriesCount(t, b, metricHTTPRequestSeconds); n != 2 {
 		t.Errorf("%s has %d series, want 2 (h1, h2)", metricHTTPRequestSeconds, n)
 	}
-	if n := value(t, b.m.bytes.WithLabelValues("web", "h1", dirToClient)); n < float64(len("h1 /a")) {
+	if n := testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "h1", dirToClient)); n < float64(len("h1 /a")) {
 		t.Errorf("bytes from h1 = %v", n)
 	}
 }
@@ -75,7 +76,7 @@ func TestHTTPKeepAlivePool(t *testing.T) {
 	if n := conns.Load(); n != 1 {
 		t.Errorf("backend got %d connections for 20 sequential requests, want 1", n)
 	}
-	if n := value(t, b.m.connections.WithLabelValues("web", "h1")); n != 1 {
+	if n := testutil.ToFloat64(b.m.connections.WithLabelValues("web", "h1")); n != 1 {
 		t.Errorf("%s = %v, want 1", metricConnections, n)
 	}
 }
@@ -116,12 +117,12 @@ func TestHTTPAllDown503(t *testing.T) {
 	l := named(httpLB("web", hostOf(h1)), "h1")
 	l.Health = &pb.BackendHealth{Type: HealthHTTP, Path: "/status/500", IntervalMs: 20, TimeoutMs: 20, Fall: 1}
 	configure(t, b, l)
-	eventually(t, "h1 down", func() bool { return value(t, b.m.up.WithLabelValues("web", "h1")) == 0 })
+	eventually(t, "h1 down", func() bool { return testutil.ToFloat64(b.m.up.WithLabelValues("web", "h1")) == 0 })
 	resp, body := get(t, addr(t, b, "web"), "/")
 	if resp.StatusCode != 503 || body != "Service Unavailable: every backend is down\n" {
 		t.Errorf("got %s %q", resp.Status, body)
 	}
-	if n := value(t, b.m.requests.WithLabelValues("web", backendNone, "503")); n != 1 {
+	if n := testutil.ToFloat64(b.m.requests.WithLabelValues("web", backendNone, "503")); n != 1 {
 		t.Errorf("%s{none,503} = %v, want 1", metricHTTPRequests, n)
 	}
 }
@@ -171,8 +172,8 @@ func TestHTTPUpgrade(t *testing.T) {
 	}
 	// Counted when the upgraded connection ends.
 	c.c.Close()
-	eventually(t, "upgrade counted", func() bool { return value(t, b.m.requests.WithLabelValues("web", "ws", "101")) == 1 })
-	eventually(t, "no client left", func() bool { return value(t, b.m.active.WithLabelValues("web")) == 0 })
+	eventually(t, "upgrade counted", func() bool { return testutil.ToFloat64(b.m.requests.WithLabelValues("web", "ws", "101")) == 1 })
+	eventually(t, "no client left", func() bool { return testutil.ToFloat64(b.m.active.WithLabelValues("web")) == 0 })
 }
 
 // With the PROXY protocol, each client connection gets its own backend
@@ -231,7 +232,7 @@ func TestHTTPProxyProtocol(t *testing.T) {
 		}
 	}
 	// Two client connections, two requests each: two backend connections.
-	if n := value(t, b.m.connections.WithLabelValues("web", ln.Addr().String())); n != 2 {
+	if n := testutil.ToFloat64(b.m.connections.WithLabelValues("web", ln.Addr().String())); n != 2 {
 		t.Errorf("%s = %v, want 2", metricConnections, n)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"io"
 	"net"
 	"strings"
@@ -24,7 +25,7 @@ func TestTCPConnectTimeoutTriesNext(t *testing.T) {
 	if took := time.Since(start); took < 100*time.Millisecond || took > time.Second {
 		t.Errorf("answer after %s, want just over the 100ms connect timeout", took)
 	}
-	if n := value(t, b.m.dialErrors.WithLabelValues("web", "hole")); n != 1 {
+	if n := testutil.ToFloat64(b.m.dialErrors.WithLabelValues("web", "hole")); n != 1 {
 		t.Errorf("%s{backend=hole} = %v, want 1", metricDialErrors, n)
 	}
 }
@@ -182,7 +183,7 @@ func TestLeastConnTCP(t *testing.T) {
 	}
 	c1.c.Close()
 	eventually(t, "closed connection no longer counted", func() bool {
-		return value(t, b.m.beActive.WithLabelValues("web", n1)) == 0
+		return testutil.ToFloat64(b.m.beActive.WithLabelValues("web", n1)) == 0
 	})
 	c3 := dial(t, front)
 	if got, _, _ := strings.Cut(c3.ask("x"), " "); got != n1 {
@@ -233,5 +234,5 @@ func TestTCPBackendClosesFirst(t *testing.T) {
 		t.Errorf("read %q, %v", got, err)
 	}
 	c.c.Close()
-	eventually(t, "connection gone", func() bool { return value(t, b.m.active.WithLabelValues("web")) == 0 })
+	eventually(t, "connection gone", func() bool { return testutil.ToFloat64(b.m.active.WithLabelValues("web")) == 0 })
 }

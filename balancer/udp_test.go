@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"net"
 	"strings"
 	"testing"
@@ -65,16 +66,16 @@ func TestUDPSessions(t *testing.T) {
 			t.Fatalf("client y, datagram %d: %q", i, got)
 		}
 	}
-	if n := value(t, b.m.active.WithLabelValues("dns")); n != 2 {
+	if n := testutil.ToFloat64(b.m.active.WithLabelValues("dns")); n != 2 {
 		t.Errorf("%s = %v, want 2 sessions", metricActiveConnections, n)
 	}
-	if n := value(t, b.m.connections.WithLabelValues("dns", "b1")); n != 1 {
+	if n := testutil.ToFloat64(b.m.connections.WithLabelValues("dns", "b1")); n != 1 {
 		t.Errorf("%s{b1} = %v, want 1 session", metricConnections, n)
 	}
-	if n := value(t, b.m.bytes.WithLabelValues("dns", "b1", dirToBackend)); n != 3 {
+	if n := testutil.ToFloat64(b.m.bytes.WithLabelValues("dns", "b1", dirToBackend)); n != 3 {
 		t.Errorf("bytes to b1 = %v, want 3", n)
 	}
-	if n := value(t, b.m.bytes.WithLabelValues("dns", "b1", dirToClient)); n != float64(3*len("b1 x")) {
+	if n := testutil.ToFloat64(b.m.bytes.WithLabelValues("dns", "b1", dirToClient)); n != float64(3*len("b1 x")) {
 		t.Errorf("bytes from b1 = %v, want %d", n, 3*len("b1 x"))
 	}
 }
@@ -90,7 +91,7 @@ func TestUDPIdleExpiry(t *testing.T) {
 	if got := c.ask("1"); got != "b1 1" {
 		t.Fatalf("first answer %q", got)
 	}
-	eventually(t, "session expired", func() bool { return value(t, b.m.active.WithLabelValues("dns")) == 0 })
+	eventually(t, "session expired", func() bool { return testutil.ToFloat64(b.m.active.WithLabelValues("dns")) == 0 })
 	// A new session, so round robin moves on.
 	if got := c.ask("2"); got != "b2 2" {
 		t.Errorf("answer after expiry %q, want b2's", got)
@@ -131,7 +132,7 @@ func TestUDPRefusedBackendEjected(t *testing.T) {
 	// Sessions of new clients alternate; those on the dead port lose their
 	// datagram and the ICMP refusals eject it after two, although b2's
 	// answers come in between.
-	for i := 0; value(t, b.m.up.WithLabelValues("dns", "dead")) == 1; i++ {
+	for i := 0; testutil.ToFloat64(b.m.up.WithLabelValues("dns", "dead")) == 1; i++ {
 		if i == 20 {
 			t.Fatal("dead backend not ejected after 20 clients")
 		}

@@ -12,8 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
@@ -63,23 +62,6 @@ func newChecker(t *testing.T) *Checker {
 	c := New(zerolog.New(zerolog.NewTestWriter(t)))
 	t.Cleanup(func() { c.Close() })
 	return c
-}
-
-// value reads one gauge or counter series.
-func value(t *testing.T, m prometheus.Metric) float64 {
-	t.Helper()
-	var d dto.Metric
-	if err := m.Write(&d); err != nil {
-		t.Fatal(err)
-	}
-	switch {
-	case d.Gauge != nil:
-		return d.Gauge.GetValue()
-	case d.Counter != nil:
-		return d.Counter.GetValue()
-	}
-	t.Fatalf("%v is neither a gauge nor a counter", m.Desc())
-	return 0
 }
 
 // series counts the series of one metric family in c's registry.
@@ -164,7 +146,7 @@ func TestHealthyThenUnhealthy(t *testing.T) {
 	if st.State != StateHealthy || !strings.HasPrefix(st.Details["check a"], "up tcp ") {
 		t.Errorf("status = %v, want healthy with check a up", st)
 	}
-	if got := value(t, c.m.up.WithLabelValues("a")); got != 1 {
+	if got := testutil.ToFloat64(c.m.up.WithLabelValues("a")); got != 1 {
 		t.Errorf("%s{check=a} = %v, want 1", metricCheckUp, got)
 	}
 
@@ -180,10 +162,10 @@ func TestHealthyThenUnhealthy(t *testing.T) {
 	if st.State != StateUnhealthy || !strings.HasPrefix(st.Details["check b"], "down tcp ") {
 		t.Errorf("status = %v, want unhealthy with check b down", st)
 	}
-	if got := value(t, c.m.up.WithLabelValues("b")); got != 0 {
+	if got := testutil.ToFloat64(c.m.up.WithLabelValues("b")); got != 0 {
 		t.Errorf("%s{check=b} = %v, want 0", metricCheckUp, got)
 	}
-	if got := value(t, c.m.failures.WithLabelValues("b")); got < 1 {
+	if got := testutil.ToFloat64(c.m.failures.WithLabelValues("b")); got < 1 {
 		t.Errorf("%s{check=b} = %v, want >= 1", metricCheckFailures, got)
 	}
 	fams, err := c.Gather()
@@ -544,13 +526,13 @@ func TestNotRequiredCheck(t *testing.T) {
 	if d := st.Details["check extra"]; st.State != StateHealthy || !strings.HasPrefix(d, "down tcp ") || !strings.HasSuffix(d, "(not required)") {
 		t.Errorf("status = %v, want healthy with extra down and not required", st)
 	}
-	if got := value(t, c.m.required.WithLabelValues("extra")); got != 0 {
+	if got := testutil.ToFloat64(c.m.required.WithLabelValues("extra")); got != 0 {
 		t.Errorf("%s{check=extra} = %v, want 0", metricCheckRequired, got)
 	}
-	if got := value(t, c.m.required.WithLabelValues("needed")); got != 1 {
+	if got := testutil.ToFloat64(c.m.required.WithLabelValues("needed")); got != 1 {
 		t.Errorf("%s{check=needed} = %v, want 1", metricCheckRequired, got)
 	}
-	if got := value(t, c.m.up.WithLabelValues("extra")); got != 0 {
+	if got := testutil.ToFloat64(c.m.up.WithLabelValues("extra")); got != 0 {
 		t.Errorf("%s{check=extra} = %v, want 0", metricCheckUp, got)
 	}
 

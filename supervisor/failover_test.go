@@ -6,8 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/keep-vip/keep-vip/elector"
 	"github.com/keep-vip/keep-vip/rpc"
@@ -45,10 +44,10 @@ func TestElectorRestartsByCause(t *testing.T) {
 	p.handle(event{kind: rpc.KindElector, gen: 2, err: context.Canceled}) // crashed
 	p.handle(up(3))
 	restarts := p.s.metrics.fo.electorRestarts
-	if got := value(t, restarts.WithLabelValues(causeUnhealthy)); got != 1 {
+	if got := testutil.ToFloat64(restarts.WithLabelValues(causeUnhealthy)); got != 1 {
 		t.Errorf("unhealthy restarts %v, want 1", got)
 	}
-	if got := value(t, restarts.WithLabelValues(causeCrash)); got != 1 {
+	if got := testutil.ToFloat64(restarts.WithLabelValues(causeCrash)); got != 1 {
 		t.Errorf("crash restarts %v, want 1", got)
 	}
 }
@@ -97,7 +96,7 @@ func TestFailoverMeasured(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	var got float64
 	for time.Now().Before(deadline) {
-		if got = value(t, p.s.metrics.fo.lastFailover); got != 0 {
+		if got = testutil.ToFloat64(p.s.metrics.fo.lastFailover); got != 0 {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -105,17 +104,4 @@ func TestFailoverMeasured(t *testing.T) {
 	if got < 0.34 || got > 2 {
 		t.Fatalf("last failover %vs, want about 0.34s", got)
 	}
-}
-
-// value reads a counter's or gauge's value.
-func value(t *testing.T, c prometheus.Metric) float64 {
-	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	if m.Counter != nil {
-		return m.Counter.GetValue()
-	}
-	return m.Gauge.GetValue()
 }

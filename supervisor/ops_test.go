@@ -8,8 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
 	"github.com/keep-vip/keep-vip/rpc"
@@ -110,9 +109,9 @@ func TestHookTimeoutKillsGroupAndNeverBlocksPolicy(t *testing.T) {
 	}
 	failures := p.s.ops.hooks.failures.WithLabelValues("acquire")
 	deadline := time.Now().Add(15 * time.Second)
-	for counterValue(failures) < 2 {
+	for testutil.ToFloat64(failures) < 2 {
 		if time.Now().After(deadline) {
-			t.Fatalf("acquire hook failures %g, want 2", counterValue(failures))
+			t.Fatalf("acquire hook failures %g, want 2", testutil.ToFloat64(failures))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -129,7 +128,7 @@ func TestHookTimeoutKillsGroupAndNeverBlocksPolicy(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	if v := counterValue(p.s.ops.hooks.failures.WithLabelValues("release")); v != 1 {
+	if v := testutil.ToFloat64(p.s.ops.hooks.failures.WithLabelValues("release")); v != 1 {
 		t.Errorf("release hook failures %g, want 1", v)
 	}
 }
@@ -232,9 +231,3 @@ func TestMaintenanceFlagUnreadableKeepsOut(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-func counterValue(c prometheus.Counter) float64 {
-	m := &dto.Metric{}
-	_ = c.Write(m)
-	return m.GetCounter().GetValue()
-}
