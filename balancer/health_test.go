@@ -165,29 +165,17 @@ func TestHealthKeptAcrossReload(t *testing.T) {
 // Health checks of a PROXY protocol backend send a LOCAL header.
 func TestTCPCheckSendsProxyLocal(t *testing.T) {
 	got := make(chan string, 4)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			buf := make([]byte, 64)
-			c.SetReadDeadline(time.Now().Add(waitFor))
-			n, _ := c.Read(buf)
-			c.Close()
-			select {
-			case got <- string(buf[:n]):
-			default:
-			}
+	backend := serveTCP(t, func(c net.Conn) {
+		buf := make([]byte, 64)
+		c.SetReadDeadline(time.Now().Add(waitFor))
+		n, _ := c.Read(buf)
+		select {
+		case got <- string(buf[:n]):
+		default:
 		}
-	}()
+	})
 	b := newBalancer(t)
-	l := lb("web", "127.0.0.1:0", ln.Addr().String())
+	l := lb("web", "127.0.0.1:0", backend)
 	l.ProxyProtocol = 1
 	l.Health = &pb.BackendHealth{Type: HealthTCP, IntervalMs: 50, TimeoutMs: 50}
 	configure(t, b, l)

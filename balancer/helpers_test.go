@@ -52,6 +52,26 @@ func blackhole(t *testing.T) string {
 // or "none" for a LOCAL header.
 func startProxyBackend(t *testing.T) string {
 	t.Helper()
+	return serveTCP(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(waitFor))
+		h, err := proxyproto.Read(bufio.NewReader(c))
+		if err != nil {
+			fmt.Fprintf(c, "error %v\n", err)
+			return
+		}
+		if h.Command == proxyproto.LOCAL {
+			io.WriteString(c, "none\n")
+			return
+		}
+		fmt.Fprintf(c, "v%d %s %s\n", h.Version, h.SourceAddr, h.DestinationAddr)
+	})
+}
+
+// serveTCP listens on 127.0.0.1 until the test ends and runs handle on each
+// connection in a goroutine of its own, closing the connection afterwards.
+// It returns the address.
+func serveTCP(t *testing.T, handle func(c net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -65,17 +85,7 @@ func startProxyBackend(t *testing.T) string {
 			}
 			go func() {
 				defer c.Close()
-				c.SetDeadline(time.Now().Add(waitFor))
-				h, err := proxyproto.Read(bufio.NewReader(c))
-				if err != nil {
-					fmt.Fprintf(c, "error %v\n", err)
-					return
-				}
-				if h.Command == proxyproto.LOCAL {
-					io.WriteString(c, "none\n")
-					return
-				}
-				fmt.Fprintf(c, "v%d %s %s\n", h.Version, h.SourceAddr, h.DestinationAddr)
+				handle(c)
 			}()
 		}
 	}()

@@ -179,40 +179,26 @@ func TestHTTPUpgrade(t *testing.T) {
 // With the PROXY protocol, each client connection gets its own backend
 // connections, whose header carries that client's address.
 func TestHTTPProxyProtocol(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	// The backend reads the header, then serves http on the connection,
 	// answering with the header's source address.
-	go func() {
+	backend := serveTCP(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		h, err := proxyproto.Read(r)
+		if err != nil {
+			return
+		}
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(r)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				h, err := proxyproto.Read(r)
-				if err != nil {
-					return
-				}
-				for {
-					req, err := http.ReadRequest(r)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					body := fmt.Sprintf("v%d %s", h.Version, h.SourceAddr)
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-				}
-			}()
+			io.Copy(io.Discard, req.Body)
+			body := fmt.Sprintf("v%d %s", h.Version, h.SourceAddr)
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 		}
-	}()
+	})
 	b := newBalancer(t)
-	l := httpLB("web", ln.Addr().String())
+	l := httpLB("web", backend)
 	l.ProxyProtocol = 2
 	configure(t, b, l)
 	front := addr(t, b, "web")
@@ -232,7 +218,7 @@ func TestHTTPProxyProtocol(t *testing.T) {
 		}
 	}
 	// Two client connections, two requests each: two backend connections.
-	if n := testutil.ToFloat64(b.m.connections.WithLabelValues("web", ln.Addr().String())); n != 2 {
+	if n := testutil.ToFloat64(b.m.connections.WithLabelValues("web", backend)); n != 2 {
 		t.Errorf("%s = %v, want 2", metricConnections, n)
 	}
 }

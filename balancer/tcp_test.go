@@ -214,20 +214,9 @@ func TestSourceHashTCP(t *testing.T) {
 // The backend closes first: the client reads its last bytes and the end,
 // and once it closes too nothing is left open.
 func TestTCPBackendClosesFirst(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			io.WriteString(c, "bye\n")
-			c.Close()
-		}
-	}()
+	backend := serveTCP(t, func(c net.Conn) { io.WriteString(c, "bye\n") })
 	b := newBalancer(t)
-	configure(t, b, lb("web", "127.0.0.1:0", ln.Addr().String()))
+	configure(t, b, lb("web", "127.0.0.1:0", backend))
 	c := dial(t, addr(t, b, "web"))
 	got, err := io.ReadAll(bufio.NewReader(c.c))
 	if err != nil || string(got) != "bye\n" {
