@@ -58,6 +58,9 @@ type Balancer struct {
 	cancel context.CancelFunc
 	// wg counts servers, serving or draining, for Close to wait.
 	wg sync.WaitGroup
+	// loops are the event loops tcp and http servers run on, started by
+	// the first Configure.
+	loops *reactors
 
 	// mu serializes Configure, Status and Close.
 	mu           sync.Mutex
@@ -136,6 +139,11 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 	defer b.mu.Unlock()
 	if b.closed {
 		return ErrClosed
+	}
+	if b.loops == nil {
+		if b.loops, err = newReactors(); err != nil {
+			return fmt.Errorf("configure balancer: start event loops: %w", err)
+		}
 	}
 
 	next := make(map[string]*frontend, len(lbs))
@@ -384,5 +392,8 @@ func (b *Balancer) Close() error {
 
 	b.wg.Wait()
 	b.cancel()
+	if b.loops != nil {
+		b.loops.stop()
+	}
 	return nil
 }

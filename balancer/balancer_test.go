@@ -248,9 +248,9 @@ func TestLargeTransferAndBytes(t *testing.T) {
 	configure(t, b, named(lb("web", "127.0.0.1:0", startBackend(t, "b1")), "b1"))
 	c := dial(t, addr(t, b, "web"))
 
-	// More than one copy chunk, without a newline: the backend answers only
+	// Many read buffers, without a newline: the backend answers only
 	// once it sees the end.
-	const size = 3*copyChunk + 123
+	const size = 3<<20 + 123
 	go func() {
 		c.c.Write([]byte(strings.Repeat("x", size)))
 		c.c.CloseWrite()

@@ -7,24 +7,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// tcpProgress is the bytes a connection has received plus those it sent
-// that the peer acknowledged, from TCP_INFO: it moves whenever data moves
-// either way, also while the data is spliced in the kernel.
-func tcpProgress(c *net.TCPConn) (uint64, bool) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return 0, false
-	}
-	var info *unix.TCPInfo
-	cerr := raw.Control(func(fd uintptr) {
-		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-	})
-	if cerr != nil || err != nil {
-		return 0, false
-	}
-	return info.Bytes_received + info.Bytes_acked, true
-}
-
 // enablePktinfo asks a udp socket bound to a wildcard address to report
 // each datagram's destination address, so replies can leave from the
 // address the client wrote to (the VIP) rather than whichever address the

@@ -10,7 +10,6 @@ import (
 // Elsewhere than Linux: no idle timeout on tcp connections and replies of a
 // udp load balancer bound to a wildcard address leave from the address the
 // route prefers.
-func tcpProgress(*net.TCPConn) (uint64, bool) { return 0, false }
 func enablePktinfo(*net.UDPConn) (int, error) { return 0, nil }
 func pktinfoDst([]byte) (netip.Addr, bool)    { return netip.Addr{}, false }
 func pktinfoSrc(int, netip.Addr) []byte       { return nil }

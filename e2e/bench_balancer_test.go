@@ -23,7 +23,8 @@ package e2e
 //
 // Knobs: KEEPVIP_BENCH_DURATION (per run, default 5s), KEEPVIP_BENCH_ROUNDS
 // (3), KEEPVIP_BENCH_PROCS (threads per proxy, 1), KEEPVIP_BENCH_CONNS
-// (concurrent connections or udp clients, 64).
+// (concurrent connections or udp clients, 64), KEEPVIP_BENCH_ONLY (a comma
+// list of tcp, http, udp: those scenarios only).
 
 import (
 	"context"
@@ -170,6 +171,17 @@ func TestBenchBalancer(t *testing.T) {
 		{title: "(c) udp  vs nginx stream udp", ours: lbBenchTarget{"keep-vip udp", udpLoad(udp(oursUDP)), oursPID}, peer: lbBenchTarget{"nginx udp", udpLoad(udp(nginxUDPPort)), nginxUDPPID}},
 	}
 
+	if only := os.Getenv("KEEPVIP_BENCH_ONLY"); only != "" {
+		var keep []*lbBenchScenario
+		for _, sc := range scenarios {
+			for _, w := range strings.Split(only, ",") {
+				if strings.Contains(sc.title, " "+strings.TrimSpace(w)+" ") {
+					keep = append(keep, sc)
+				}
+			}
+		}
+		scenarios = keep
+	}
 	t.Logf("bench: %d rounds of %s per target, %d connections (udp: clients), %d thread(s) per proxy, %d CPUs",
 		set.rounds, set.duration, set.conns, set.procs, lbBenchCPUs())
 	// A short warm-up of each target: keep-alive pools filled, sessions

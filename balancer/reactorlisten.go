@@ -1,0 +1,134 @@
+package balancer
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// loopListener is a listening socket on one reactor: a duplicate of the
+// frontend's socket, so that closing it stops only this server's
+// accepting, and a tcp and an http server can hand the socket over.
+type loopListener struct {
+	r       *reactor
+	fd      int // -1 once stopped
+	open    func(fd int, sa unix.Sockaddr)
+	onError func(err error, retryIn time.Duration)
+	// backoff: accepting stops for a while after running out of
+	// descriptors.
+	backoff time.Duration
+}
+
+// listenOn registers a duplicate of ln's socket with r; open gets each
+// accepted connection, on the loop.
+func listenOn(r *reactor, ln *net.TCPListener, open func(fd int, sa unix.Sockaddr), onError func(error, time.Duration)) (*loopListener, error) {
+	l := &loopListener{r: r, fd: -1, open: open, onError: onError}
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd := -1
+	var derr error
+	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	r.do(func() {
+		if derr = r.add(fd, l, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); derr == nil {
+			l.fd = fd
+		}
+	})
+	if derr != nil {
+		unix.Close(fd)
+		return nil, derr
+	}
+	return l, nil
+}
+
+// stop closes the duplicate; connections accepted go on.
+func (l *loopListener) stop() {
+	l.r.do(func() {
+		if l.fd >= 0 {
+			l.r.closeFD(l.fd)
+			l.fd = -1
+		}
+	})
+}
+
+// event accepts what is pending, a batch at a time: the listening socket
+// is level-triggered, so epoll reports the rest.
+func (l *loopListener) event(fd int, _ uint32) {
+	for range 64 {
+		nfd, sa, err := unix.Accept4(fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		switch {
+		case err == nil:
+			l.backoff = 0
+			unix.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+			l.open(nfd, sa)
+			continue
+		case err == unix.EAGAIN:
+			return
+		case err == unix.EINTR || err == unix.ECONNABORTED:
+			continue
+		}
+		// Out of descriptors or memory: stop accepting for a while
+		// rather than spin on a socket that stays readable.
+		l.backoff = min(max(2*l.backoff, 5*time.Millisecond), time.Second)
+		l.onError(err, l.backoff)
+		l.r.remove(fd)
+		time.AfterFunc(l.backoff, func() {
+			l.r.post(func() {
+				if l.fd == fd {
+					l.r.add(fd, l, unix.EPOLLIN|unix.EPOLLEXCLUSIVE)
+				}
+			})
+		})
+		return
+	}
+}
+
+// connCount counts a server's client connections, for drain to wait on.
+type connCount struct {
+	n       atomic.Int64
+	mu      sync.Mutex
+	waiters []chan struct{}
+}
+
+func (cc *connCount) opened() { cc.n.Add(1) }
+
+func (cc *connCount) closed() {
+	if cc.n.Add(-1) != 0 {
+		return
+	}
+	cc.mu.Lock()
+	for _, ch := range cc.waiters {
+		close(ch)
+	}
+	cc.waiters = nil
+	cc.mu.Unlock()
+}
+
+// waitEmpty waits up to d for the last connection to end.
+func (cc *connCount) waitEmpty(d time.Duration) bool {
+	cc.mu.Lock()
+	if cc.n.Load() == 0 {
+		cc.mu.Unlock()
+		return true
+	}
+	ch := make(chan struct{})
+	cc.waiters = append(cc.waiters, ch)
+	cc.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	}
+}

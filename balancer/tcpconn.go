@@ -1,0 +1,423 @@
+package balancer
+
+import (
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpServer proxies each client connection to one backend, byte for byte,
+// on the balancer's reactors: each loop accepts from its own duplicate of
+// the listening socket and owns the connections it accepted.
+type tcpServer struct {
+	b     *Balancer
+	lb    atomic.Pointer[loadBalancer]
+	loops []*tcpLoop
+	count connCount
+	// cut: drain's deadline passed; connections still connecting close
+	// too.
+	cut atomic.Bool
+}
+
+// tcpLoop is a tcp server's part of one reactor.
+type tcpLoop struct {
+	s     *tcpServer
+	r     *reactor
+	ln    *loopListener
+	conns map[*tcpConn]struct{}
+	stopT func()
+}
+
+func (b *Balancer) serveTCP(ln *net.TCPListener, lb *loadBalancer) *tcpServer {
+	s := &tcpServer{b: b}
+	s.lb.Store(lb)
+	for _, r := range b.loops.loops {
+		l := &tcpLoop{s: s, r: r, conns: map[*tcpConn]struct{}{}}
+		var err error
+		if l.ln, err = listenOn(r, ln, l.open, s.acceptError); err != nil {
+			b.log.Error().Err(err).Str("bind", ln.Addr().String()).Msg("tcp load balancer cannot accept")
+			continue
+		}
+		l.stopT = r.every(checkEvery(lb), l.check)
+		s.loops = append(s.loops, l)
+	}
+	return s
+}
+
+func (s *tcpServer) acceptError(err error, retryIn time.Duration) {
+	s.b.log.Error().Err(err).Str("balancer", s.lb.Load().name).Dur("retry_in", retryIn).Msg("accept")
+}
+
+// checkEvery is how often connect deadlines and idle timeouts are checked:
+// a connection closes between idle and 1.25 × idle after its last byte.
+func checkEvery(lb *loadBalancer) time.Duration {
+	return max(min(lb.connectTimeout, lb.idleTimeout)/4, reactorTick)
+}
+
+func (s *tcpServer) current() *loadBalancer           { return s.lb.Load() }
+func (s *tcpServer) compatible(lb *loadBalancer) bool { return lb.typ == TypeTCP }
+func (s *tcpServer) update(lb *loadBalancer)          { s.lb.Store(lb) }
+func (s *tcpServer) clients() int                     { return int(s.count.n.Load()) }
+
+// stop closes the server's duplicates of the listening socket; its
+// connections go on.
+func (s *tcpServer) stop() {
+	for _, l := range s.loops {
+		l.ln.stop()
+	}
+}
+
+// drain waits for the connections to end until deadline, then cuts those
+// left.
+func (s *tcpServer) drain(deadline time.Time) {
+	if !s.count.waitEmpty(time.Until(deadline)) {
+		s.cut.Store(true)
+		for _, l := range s.loops {
+			l.r.do(func() {
+				for c := range l.conns {
+					c.close()
+				}
+			})
+		}
+	}
+	for _, l := range s.loops {
+		l.stopT()
+	}
+}
+
+// check runs every tcpCheckEvery: connects past their deadline move on to
+// the next backend, idle connections close.
+func (l *tcpLoop) check(now time.Time) {
+	for c := range l.conns {
+		switch {
+		case c.connecting && now.After(c.deadline):
+			c.connectFailed(errConnectTimeout)
+		case !c.connecting && c.lb.idleTimeout > 0 && now.Sub(c.last) >= c.lb.idleTimeout:
+			c.close()
+		}
+	}
+}
+
+var errConnectTimeout = &timeoutError{"connect timeout"}
+
+type timeoutError struct{ s string }
+
+func (e *timeoutError) Error() string   { return e.s }
+func (e *timeoutError) Timeout() bool   { return true }
+func (e *timeoutError) Temporary() bool { return true }
+
+// connHome is what a proxied connection belongs to: a tcp server's loop,
+// or an http one's for a connection upgraded to a tunnel.
+type connHome interface {
+	// cutting: the server's drain deadline has passed.
+	cutting() bool
+	// forget ends the accounting of the client's connection.
+	forget(c *tcpConn)
+}
+
+func (l *tcpLoop) cutting() bool { return l.s.cut.Load() }
+
+func (l *tcpLoop) forget(c *tcpConn) {
+	delete(l.conns, c)
+	c.lb.mActive.Dec()
+	l.s.count.closed()
+}
+
+// tcpConn is one proxied connection: the client's socket, the backend's,
+// and what one side sent that the other could not take yet.
+type tcpConn struct {
+	r        *reactor
+	b        *Balancer
+	home     connHome
+	lb       *loadBalancer
+	be       *backend
+	cfd, sfd int
+	client   netip.AddrPort
+	// Readiness as epoll last reported it, cleared on EAGAIN or a short
+	// read (the socket was drained: edge-triggered epoll reports data
+	// arriving after that). rdhup: the peer's FIN is queued, so a short
+	// read does not mean there is nothing more to read.
+	cR, cW, sR, sW         bool
+	cRDHUP, sRDHUP         bool
+	cEOF, sEOF             bool
+	cShut, sShut           bool
+	connecting, done       bool
+	toServer, toClient     []byte
+	tried                  triedSet
+	deadline, last         time.Time
+	counted, backendActive bool
+}
+
+func (l *tcpLoop) open(fd int, sa unix.Sockaddr) {
+	s := l.s
+	if s.cut.Load() {
+		unix.Close(fd)
+		return
+	}
+	lb := s.lb.Load()
+	c := &tcpConn{r: l.r, b: s.b, home: l, lb: lb, cfd: fd, sfd: -1, client: sockaddrAddrPort(sa), cW: true, last: l.r.now}
+	if err := l.r.add(fd, c, evConn); err != nil {
+		unix.Close(fd)
+		return
+	}
+	l.conns[c] = struct{}{}
+	s.count.opened()
+	c.counted = true
+	lb.mActive.Inc()
+	c.connectNext()
+}
+
+// connectNext starts a connect to the next backend the algorithm picks,
+// each at most once; with none left the client is closed at once.
+func (c *tcpConn) connectNext() {
+	b, lb := c.b, c.lb
+	var src netip.Addr
+	if lb.algorithm == AlgoSourceHash {
+		src = c.client.Addr().Unmap()
+	}
+	for {
+		be := b.pick(lb, src, &c.tried)
+		if be == nil {
+			b.warnNoBackend(lb, c.be != nil)
+			c.close()
+			return
+		}
+		c.tried.add(be.idx)
+		c.be = be
+		fd, err := connectNonblock(be.ap)
+		if err == nil {
+			if err = c.r.add(fd, c, evConn); err != nil {
+				unix.Close(fd)
+			}
+		}
+		if err == nil {
+			c.sfd, c.connecting, c.sW, c.sR = fd, true, false, false
+			c.deadline = c.r.now.Add(lb.connectTimeout)
+			return
+		}
+		b.connectFailed(be, err)
+		b.log.Debug().Err(err).Str("balancer", lb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
+	}
+}
+
+// connectNonblock starts a connect to ap.
+func connectNonblock(ap netip.AddrPort) (int, error) {
+	family := unix.AF_INET
+	if !ap.Addr().Unmap().Is4() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if err := unix.Connect(fd, addrPortSockaddr(ap)); err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+func (c *tcpConn) connectFailed(err error) {
+	c.r.closeFD(c.sfd)
+	c.sfd, c.connecting = -1, false
+	if c.home.cutting() {
+		c.close()
+		return
+	}
+	c.b.connectFailed(c.be, err)
+	c.b.log.Debug().Err(err).Str("balancer", c.lb.name).Str("backend", c.be.name).Msg("backend connect failed, trying the next")
+	c.connectNext()
+}
+
+// connected: the backend accepted. The PROXY protocol header goes first.
+func (c *tcpConn) connected() {
+	b, be := c.b, c.be
+	c.connecting = false
+	c.last = c.r.now
+	b.connectOK(be)
+	be.st.active.Add(1)
+	be.m.active.Inc()
+	be.m.conns.Inc()
+	c.backendActive = true
+	if c.lb.proxyProtocol > 0 {
+		var buf headerBuffer
+		local, _ := unix.Getsockname(c.cfd)
+		dst := sockaddrAddrPort(local)
+		if err := writeProxyHeader(&buf, c.lb.proxyProtocol, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(dst)); err != nil {
+			c.close()
+			return
+		}
+		c.toServer = buf.b
+	}
+	if e := b.log.Debug(); e.Enabled() {
+		e.Str("balancer", c.lb.name).Str("client", c.client.String()).Str("backend", be.name).Msg("connection proxied")
+	}
+}
+
+type headerBuffer struct{ b []byte }
+
+func (h *headerBuffer) Write(p []byte) (int, error) { h.b = append(h.b, p...); return len(p), nil }
+
+// tcpBudget bounds the reads one event makes per direction, so a fast
+// sender cannot starve the loop's other connections.
+const tcpBudget = 16
+
+func (c *tcpConn) event(fd int, ev uint32) {
+	if c.done {
+		return
+	}
+	in := ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	out := ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	rdhup := ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	if fd == c.cfd {
+		c.cR, c.cW, c.cRDHUP = c.cR || in, c.cW || out, c.cRDHUP || rdhup
+	} else {
+		c.sR, c.sW, c.sRDHUP = c.sR || in, c.sW || out, c.sRDHUP || rdhup
+	}
+	if c.connecting {
+		if !c.sW {
+			return
+		}
+		if errno, err := unix.GetsockoptInt(c.sfd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
+			if err == nil {
+				err = unix.Errno(errno)
+			}
+			c.connectFailed(err)
+			return
+		}
+		c.connected()
+		if c.done {
+			return
+		}
+	}
+	budget := tcpBudget
+	ok := c.flow(c.cfd, &c.cR, c.cRDHUP, &c.cEOF, c.sfd, &c.sW, &c.sShut, &c.toServer, true, &budget)
+	if ok {
+		budget = tcpBudget
+		ok = c.flow(c.sfd, &c.sR, c.sRDHUP, &c.sEOF, c.cfd, &c.cW, &c.cShut, &c.toClient, false, &budget)
+	}
+	switch {
+	case !ok:
+		c.close()
+	case c.cEOF && c.sEOF && c.cShut && c.sShut:
+		c.close()
+	case (c.cR && c.sW && !c.cEOF) || (c.sR && c.cW && !c.sEOF):
+		// Out of budget with data left: epoll will not say so again.
+		c.r.later(c.cfd, c)
+	}
+}
+
+// flow moves what src has to dst, until src is drained, dst is full or the
+// budget is spent; at src's end it half-closes dst. It returns false when
+// a socket failed: the connection is then cut both ways.
+func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, dstW, dstShut *bool, pend *[]byte, toBackend bool, budget *int) bool {
+	scratch := c.r.scratch
+	for {
+		if len(*pend) > 0 {
+			if !*dstW {
+				return true
+			}
+			n, err := sysWrite(dst, *pend)
+			switch {
+			case err == unix.EAGAIN:
+				*dstW = false
+				return true
+			case err == unix.EINTR:
+				continue
+			case err != nil:
+				return false
+			}
+			if n < len(*pend) {
+				*pend = (*pend)[n:]
+				*dstW = false
+				return true
+			}
+			*pend = nil
+		}
+		if *srcEOF {
+			if !*dstShut {
+				unix.Shutdown(dst, unix.SHUT_WR)
+				*dstShut = true
+			}
+			return true
+		}
+		if !*srcR || !*dstW || *budget <= 0 {
+			return true
+		}
+		*budget--
+		n, err := sysRead(src, scratch)
+		switch {
+		case err == unix.EAGAIN:
+			*srcR = false
+			return true
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return false
+		case n == 0:
+			*srcEOF = true
+			continue
+		}
+		if n < len(scratch) && !rdhup {
+			*srcR = false
+		}
+		c.last = c.r.now
+		if toBackend {
+			c.be.m.toBackend.Add(float64(n))
+		} else {
+			c.be.m.toClient.Add(float64(n))
+		}
+		w, err := sysWrite(dst, scratch[:n])
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
+			w = 0
+		case err != nil:
+			return false
+		}
+		if w < n {
+			*pend = append([]byte(nil), scratch[w:n]...)
+			*dstW = false
+			return true
+		}
+	}
+}
+
+// close ends both sides and the accounting; safe to call twice.
+func (c *tcpConn) close() {
+	if c.done {
+		return
+	}
+	c.done = true
+	c.r.closeFD(c.cfd)
+	c.r.closeFD(c.sfd)
+	c.cfd, c.sfd = -1, -1
+	if c.backendActive {
+		c.be.st.active.Add(-1)
+		c.be.m.active.Dec()
+	}
+	if c.counted {
+		c.home.forget(c)
+	}
+}
+
+// sockaddrAddrPort converts a socket address from accept or getsockname.
+func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+func addrPortSockaddr(ap netip.AddrPort) unix.Sockaddr {
+	if a := ap.Addr(); a.Is4() || a.Is4In6() {
+		return &unix.SockaddrInet4{Addr: a.Unmap().As4(), Port: int(ap.Port())}
+	}
+	return &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
+}
