@@ -59,8 +59,9 @@ type Balancer struct {
 	// wg counts servers, serving or draining, for Close to wait.
 	wg sync.WaitGroup
 	// loops are the event loops tcp and http servers run on, started by
-	// the first Configure.
-	loops *reactors
+	// the first Configure: nLoops of them, or one per CPU Go may use.
+	loops  *reactors
+	nLoops int
 
 	// mu serializes Configure, Status and Close.
 	mu           sync.Mutex
@@ -141,7 +142,7 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 		return ErrClosed
 	}
 	if b.loops == nil {
-		if b.loops, err = newReactors(); err != nil {
+		if b.loops, err = newReactors(b.nLoops); err != nil {
 			return fmt.Errorf("configure balancer: start event loops: %w", err)
 		}
 	}
@@ -190,9 +191,6 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 			lb.adopt(old)
 		} else {
 			lb.adopt(nil)
-		}
-		if lb.typ == TypeHTTP {
-			b.prepareHTTP(lb, old)
 		}
 		b.startHealth(lb)
 		switch {

@@ -1,574 +1,996 @@
 package balancer
 
 import (
-	"context"
 	"errors"
-	"io"
-	"log"
 	"net"
-	"net/http"
-	"net/http/httputil"
 	"net/netip"
-	"strings"
-	"sync"
+	"strconv"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
+// httpServer is a reverse proxy for HTTP/1.x on the balancer's reactors:
+// each request goes to one backend over a keep-alive connection from that
+// backend's pool, with the client's Host header kept and X-Forwarded-For
+// and X-Forwarded-Proto set; WebSocket and other upgrades become tunnels.
+// Heads are parsed and re-emitted (httpwire.go), bodies pass through as
+// they come.
+type httpServer struct {
+	b     *Balancer
+	lb    atomic.Pointer[loadBalancer]
+	loops []*httpLoop
+	count connCount
+	// What the server was built with: another value needs another
+	// server (see compatible).
+	pp int
+	// stopping: no keep-alive after the response in flight; cut: drain's
+	// deadline passed.
+	stopping, cut atomic.Bool
+}
+
+// httpLoop is an http server's part of one reactor: its client
+// connections, upgraded tunnels and keep-alive pools.
+type httpLoop struct {
+	s       *httpServer
+	r       *reactor
+	ln      *loopListener
+	conns   map[*httpConn]struct{}
+	tunnels map[*tcpConn]struct{}
+	pools   map[*backendState]*upstreamPool
+	stopT   func()
+}
+
 // httpMaxIdlePerBackend is how many idle keep-alive connections each
-// backend's pool keeps (nginx's upstream keepalive).
+// backend's pool keeps per loop (nginx's upstream keepalive).
 const httpMaxIdlePerBackend = 256
 
-// httpBufferSize is the buffer a response body is copied through, and of
-// each backend connection's reader and writer.
-const httpBufferSize = 32 << 10
-
-// httpServer is a reverse proxy: each request goes to one backend over that
-// backend's keep-alive pool, with the client's Host header kept and
-// X-Forwarded-For and X-Forwarded-Proto set; WebSocket and other upgrades
-// pass through.
-type httpServer struct {
-	b   *Balancer
-	acc *acceptor
-	srv *http.Server
-	lb  atomic.Pointer[loadBalancer]
-	// What the http.Server was built with: another value needs another
-	// server (see compatible).
-	idle time.Duration
-	pp   int
-
-	loopDone chan struct{}
-	quit     chan struct{}
-	inflight atomic.Int64
-	n        atomic.Int64
-
-	mu    sync.Mutex
-	conns map[net.Conn]*clientConn
-}
-
-// clientConn is what the server knows of one client connection; requests
-// reach it through their context.
-type clientConn struct {
-	conn     net.Conn
-	active   prometheus.Gauge
-	hijacked atomic.Bool
-
-	// With the PROXY protocol, backend connections carry one client's
-	// address, so each client connection has its own pools (as HAProxy's
-	// send-proxy keeps server connections private).
-	mu    sync.Mutex
-	pools map[*backend]*backendPool
-}
-
-type clientConnKey struct{}
-
-// httpBackend is one backend's reverse proxy in one config.
-type httpBackend struct {
-	key   transportKey
-	pool  *backendPool // nil with the PROXY protocol: per client connection
-	proxy *httputil.ReverseProxy
-}
-
-// transportKey is what a backend's pool depends on; a reload that keeps it
-// keeps the pool and its idle connections.
-type transportKey struct {
-	lbName        string
-	connect, idle time.Duration
-	pp            int
-}
-
-// dialError marks a failed connect to a backend: the request was not sent,
-// so it can go to the next backend.
-type dialError struct{ err error }
-
-func (e *dialError) Error() string { return "connect to backend: " + e.err.Error() }
-func (e *dialError) Unwrap() error { return e.err }
+// idleCheckAfter is how long a pooled connection may sit idle before its
+// reuse peeks whether the backend closed it. The loop also drops idle
+// connections the moment epoll reports them closed; the peek covers a
+// close that raced with the reuse. A variable for tests.
+var idleCheckAfter = time.Second
 
 func (b *Balancer) serveHTTP(ln *net.TCPListener, lb *loadBalancer) *httpServer {
-	s := &httpServer{
-		b: b, acc: newAcceptor(ln), idle: lb.idleTimeout, pp: lb.proxyProtocol,
-		loopDone: make(chan struct{}), quit: make(chan struct{}), conns: map[net.Conn]*clientConn{},
-	}
+	s := &httpServer{b: b, pp: lb.proxyProtocol}
 	s.lb.Store(lb)
-	s.srv = &http.Server{
-		Handler: s,
-		// A client gets the idle timeout to send its request's headers,
-		// and keeps an idle keep-alive connection as long.
-		ReadHeaderTimeout: lb.idleTimeout,
-		IdleTimeout:       lb.idleTimeout,
-		ConnContext:       s.connContext,
-		ConnState:         s.connState,
-		ErrorLog:          b.stdLog("http server"),
+	for _, r := range b.loops.loops {
+		l := &httpLoop{s: s, r: r, conns: map[*httpConn]struct{}{}, tunnels: map[*tcpConn]struct{}{}, pools: map[*backendState]*upstreamPool{}}
+		var err error
+		if l.ln, err = listenOn(r, ln, l.open, s.acceptError); err != nil {
+			b.log.Error().Err(err).Str("bind", ln.Addr().String()).Msg("http load balancer cannot accept")
+			continue
+		}
+		l.stopT = r.every(checkEvery(lb), l.check)
+		s.loops = append(s.loops, l)
 	}
-	go func() {
-		defer close(s.loopDone)
-		s.srv.Serve(s.acc)
-	}()
-	go s.sweep()
 	return s
 }
 
-// sweep closes backend connections idle for longer than the idle timeout,
-// checking every half of it.
-func (s *httpServer) sweep() {
-	t := time.NewTicker(max(s.idle/2, 10*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-s.quit:
-			return
-		case <-t.C:
-		}
-		for _, be := range s.lb.Load().backends {
-			if be.http.pool != nil {
-				be.http.pool.sweep()
-			}
-		}
-	}
+func (s *httpServer) acceptError(err error, retryIn time.Duration) {
+	s.b.log.Error().Err(err).Str("balancer", s.lb.Load().name).Dur("retry_in", retryIn).Msg("accept")
 }
 
 func (s *httpServer) current() *loadBalancer { return s.lb.Load() }
 func (s *httpServer) compatible(lb *loadBalancer) bool {
-	return lb.typ == TypeHTTP && lb.idleTimeout == s.idle && lb.proxyProtocol == s.pp
+	return lb.typ == TypeHTTP && lb.proxyProtocol == s.pp
 }
 func (s *httpServer) update(lb *loadBalancer) { s.lb.Store(lb) }
-func (s *httpServer) clients() int            { return int(s.n.Load()) }
+func (s *httpServer) clients() int            { return int(s.count.n.Load()) }
 
+// stop ends accepting; idle keep-alive connections close now, busy ones
+// after their response.
 func (s *httpServer) stop() {
-	s.acc.Close()
-	<-s.loopDone
+	s.stopping.Store(true)
+	for _, l := range s.loops {
+		l.ln.stop()
+		l.r.do(func() {
+			for c := range l.conns {
+				if c.state == hsIdle && len(c.in) == 0 {
+					c.close()
+				}
+			}
+		})
+	}
 }
 
-// drain lets requests in flight finish and closes idle keep-alive
-// connections (http.Server.Shutdown); at the deadline it cuts what is left,
-// upgraded connections included.
+// drain lets requests in flight finish until deadline, then cuts what is
+// left, tunnels included, and closes the pools.
 func (s *httpServer) drain(deadline time.Time) {
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	if err := s.srv.Shutdown(ctx); err != nil {
-		s.srv.Close()
+	if !s.count.waitEmpty(time.Until(deadline)) {
+		s.cut.Store(true)
+		for _, l := range s.loops {
+			l.r.do(func() {
+				for c := range l.conns {
+					c.close()
+				}
+				for t := range l.tunnels {
+					t.close()
+				}
+			})
+		}
 	}
-	// Upgraded connections (WebSocket) are the server's no more; their
-	// handlers run until they end.
-	for s.inflight.Load() > 0 && time.Now().Before(deadline) {
-		time.Sleep(min(10*time.Millisecond, time.Until(deadline)))
+	for _, l := range s.loops {
+		l.r.do(func() {
+			for st, p := range l.pools {
+				p.closeAll()
+				delete(l.pools, st)
+			}
+		})
+		l.stopT()
 	}
-	s.mu.Lock()
-	for c := range s.conns {
-		c.Close()
+}
+
+func (l *httpLoop) cutting() bool { return l.s.cut.Load() }
+
+// forget ends the accounting of an upgraded connection.
+func (l *httpLoop) forget(t *tcpConn) {
+	delete(l.tunnels, t)
+	t.lb.mActive.Dec()
+	l.s.count.closed()
+}
+
+// check runs every checkEvery: timeouts of clients and backends, and the
+// pools' idle connections.
+func (l *httpLoop) check(now time.Time) {
+	for c := range l.conns {
+		c.checkTimeouts(now)
 	}
-	s.mu.Unlock()
-	for i := 0; s.inflight.Load() > 0 && i < 500; i++ {
-		time.Sleep(10 * time.Millisecond)
+	for t := range l.tunnels {
+		if t.lb.idleTimeout > 0 && now.Sub(t.last) >= t.lb.idleTimeout {
+			t.close()
+		}
 	}
-	close(s.quit)
-	for _, be := range s.lb.Load().backends {
-		if be.http.pool != nil {
-			be.http.pool.close()
+	lb := l.s.lb.Load()
+	live := make(map[*backendState]bool, len(lb.backends))
+	for _, be := range lb.backends {
+		live[be.st] = true
+	}
+	for st, p := range l.pools {
+		if !live[st] {
+			p.closeAll()
+			delete(l.pools, st)
+			continue
+		}
+		p.sweep(now, lb.idleTimeout)
+	}
+}
+
+// upstream is a connection to a backend: in a pool while idle, owned by
+// one client connection while it carries a request.
+type upstream struct {
+	l          *httpLoop
+	fd         int
+	be         *backend
+	r, w       bool
+	rdhup      bool
+	connecting bool
+	reused     bool
+	owner      *httpConn
+	idleSince  time.Time
+}
+
+func (u *upstream) event(fd int, ev uint32) {
+	if u.owner == nil {
+		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			// Idle, and the backend closed it or sent something
+			// unasked: it cannot carry a request.
+			u.l.pool(u.be.st).remove(u)
+			u.close()
+		}
+		return
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		u.r = true
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		u.w = true
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		u.rdhup = true
+	}
+	u.owner.run()
+}
+
+func (u *upstream) close() {
+	if u.fd >= 0 {
+		u.l.r.closeFD(u.fd)
+		u.fd = -1
+	}
+}
+
+// upstreamPool is one backend's idle keep-alive connections on one loop,
+// the most recently used last.
+type upstreamPool struct{ idle []*upstream }
+
+func (l *httpLoop) pool(st *backendState) *upstreamPool {
+	p := l.pools[st]
+	if p == nil {
+		p = &upstreamPool{}
+		l.pools[st] = p
+	}
+	return p
+}
+
+func (p *upstreamPool) remove(u *upstream) {
+	for i, x := range p.idle {
+		if x == u {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			return
 		}
 	}
 }
 
-func (s *httpServer) connContext(ctx context.Context, c net.Conn) context.Context {
-	cc := &clientConn{conn: c}
-	s.mu.Lock()
-	s.conns[c] = cc
-	s.mu.Unlock()
-	return context.WithValue(ctx, clientConnKey{}, cc)
+func (p *upstreamPool) closeAll() {
+	for _, u := range p.idle {
+		u.close()
+	}
+	p.idle = nil
 }
 
-func (s *httpServer) connState(c net.Conn, state http.ConnState) {
-	switch state {
-	case http.StateNew:
-		s.mu.Lock()
-		cc := s.conns[c]
-		s.mu.Unlock()
-		if cc != nil {
-			cc.active = s.lb.Load().mActive
-			cc.active.Inc()
-			s.n.Add(1)
+func (p *upstreamPool) sweep(now time.Time, idle time.Duration) {
+	keep := p.idle[:0]
+	for _, u := range p.idle {
+		if now.Sub(u.idleSince) >= idle {
+			u.close()
+			continue
 		}
-	case http.StateHijacked:
-		s.mu.Lock()
-		cc := s.conns[c]
-		s.mu.Unlock()
-		if cc != nil {
-			// Counted until its handler returns (see ServeHTTP).
-			cc.hijacked.Store(true)
+		keep = append(keep, u)
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+}
+
+// get returns an idle connection to be, or nil.
+func (p *upstreamPool) get(now time.Time) *upstream {
+	for len(p.idle) > 0 {
+		u := p.idle[len(p.idle)-1]
+		p.idle = p.idle[:len(p.idle)-1]
+		if now.Sub(u.idleSince) < idleCheckAfter || peekAlive(u.fd) {
+			return u
 		}
-	case http.StateClosed:
-		s.mu.Lock()
-		cc := s.conns[c]
-		delete(s.conns, c)
-		s.mu.Unlock()
-		if cc != nil {
-			s.closed(cc)
-		}
+		u.close()
 	}
+	return nil
 }
 
-func (s *httpServer) closed(cc *clientConn) {
-	if cc.active != nil {
-		cc.active.Dec()
-		s.n.Add(-1)
+func (p *upstreamPool) put(u *upstream, now time.Time) bool {
+	if len(p.idle) >= httpMaxIdlePerBackend {
+		return false
 	}
-	cc.mu.Lock()
-	for _, p := range cc.pools {
-		p.close()
-	}
-	cc.pools = nil
-	cc.mu.Unlock()
+	u.owner, u.idleSince, u.reused, u.r = nil, now, true, false
+	p.idle = append(p.idle, u)
+	return true
 }
 
-// reqState is the ResponseWriter a backend's reverse proxy writes to: it
-// records the status code, and a failed connect, which it keeps from the
-// client so the request can go to the next backend.
-type reqState struct {
-	http.ResponseWriter
-	code    int
-	dialErr error
+// peekAlive: an idle connection the backend has neither closed nor sent
+// anything on.
+func peekAlive(fd int) bool {
+	var b [1]byte
+	_, _, err := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	return err == unix.EAGAIN
 }
 
-func (rs *reqState) WriteHeader(code int) {
-	if rs.code == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
-		rs.code = code
-	}
-	rs.ResponseWriter.WriteHeader(code)
+// Client connection states.
+const (
+	hsIdle     = iota // waiting for a request head
+	hsExchange        // a request with a backend
+	hsClosing         // flushing the last answer, then closing
+)
+
+// httpConn is one client connection and the request it carries.
+type httpConn struct {
+	l       *httpLoop
+	lb      *loadBalancer // the config that accepted it, for its gauge
+	fd      int
+	client  netip.AddrPort
+	ip      []byte // the client's address for X-Forwarded-For
+	r, w    bool
+	rdhup   bool
+	eof     bool
+	state   uint8
+	done    bool
+	in, out []byte // from the client not yet used; to it not yet written
+	last    time.Time
+
+	// The request.
+	rlb       *loadBalancer // the config the request runs under
+	isHead    bool
+	upgrade   bool
+	keepAlive bool
+	retryable bool
+	fwd       []byte // the head as the backend gets it
+	reqBody   bodyReader
+	bodySent  bool
+	start     time.Time
+	tried     triedSet
+	attempted bool
+	timedOut  bool
+	fresh     bool // the next backend connection must be a new one
+
+	// The backend side.
+	be       *backend
+	u        *upstream
+	pp       *upstream // with the PROXY protocol: this client's idle one
+	uin      []byte    // from the backend not yet used
+	uout     []byte    // to the backend not yet written
+	deadline time.Time
+	gotHead  bool
+	resp     respHead
+	respBody bodyReader
+	clientKA bool // the client connection stays open after the response
 }
 
-func (rs *reqState) Write(p []byte) (int, error) {
-	if rs.code == 0 {
-		rs.code = http.StatusOK
-	}
-	return rs.ResponseWriter.Write(p)
-}
-
-// Unwrap lets http.ResponseController reach Flush and Hijack.
-func (rs *reqState) Unwrap() http.ResponseWriter { return rs.ResponseWriter }
-
-var reqStates = sync.Pool{New: func() any { return new(reqState) }}
-
-func (s *httpServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.inflight.Add(1)
-	defer s.inflight.Add(-1)
-	cc, _ := r.Context().Value(clientConnKey{}).(*clientConn)
-	if cc != nil {
-		defer s.endHijacked(cc)
+func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
+	s := l.s
+	if s.stopping.Load() {
+		unix.Close(fd)
+		return
 	}
 	lb := s.lb.Load()
-	start := time.Now()
+	c := &httpConn{l: l, lb: lb, fd: fd, client: sockaddrAddrPort(sa), w: true, last: l.r.now, in: make([]byte, 0, 4096)}
+	c.ip = c.client.Addr().Unmap().AppendTo(nil)
+	if err := l.r.add(fd, c, evConn); err != nil {
+		unix.Close(fd)
+		return
+	}
+	l.conns[c] = struct{}{}
+	s.count.opened()
+	lb.mActive.Inc()
+}
+
+func (c *httpConn) event(fd int, ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.r = true
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.w = true
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.rdhup = true
+	}
+	c.run()
+}
+
+// httpBudget bounds the steps one event takes, so that one fast
+// connection cannot starve the loop.
+const httpBudget = 32
+
+// run moves the connection on as far as its sockets allow.
+func (c *httpConn) run() {
+	for range httpBudget {
+		if c.done || !c.step() {
+			return
+		}
+	}
+	if !c.done {
+		c.l.r.later(c.fd, c)
+	}
+}
+
+// step makes one move; false when it waits for a socket.
+func (c *httpConn) step() bool {
+	if len(c.out) > 0 {
+		if !c.flushOut() {
+			return false
+		}
+		if len(c.out) > 0 {
+			// The client is slow: read no more for it until it
+			// catches up.
+			return false
+		}
+	}
+	switch c.state {
+	case hsIdle:
+		return c.readRequest()
+	case hsExchange:
+		return c.exchange()
+	case hsClosing:
+		c.close()
+	}
+	return false
+}
+
+// flushOut writes what the client is owed; false when the connection
+// failed and was closed.
+func (c *httpConn) flushOut() bool {
+	for len(c.out) > 0 && c.w {
+		n, err := sysWrite(c.fd, c.out)
+		switch {
+		case err == unix.EAGAIN:
+			c.w = false
+		case err == unix.EINTR:
+		case err != nil:
+			c.abort(499)
+			return false
+		default:
+			c.out = c.out[:copy(c.out, c.out[n:])]
+			if len(c.out) > 0 {
+				c.w = false
+			}
+		}
+	}
+	return true
+}
+
+// readClient reads from the client into c.in; false when there was
+// nothing to read (or the client is gone: c.eof).
+func (c *httpConn) readClient() bool {
+	if !c.r || c.eof {
+		return false
+	}
+	if cap(c.in)-len(c.in) < 1024 {
+		c.in = append(c.in, make([]byte, cap(c.in))...)[:len(c.in)]
+	}
+	buf := c.in[len(c.in):cap(c.in)]
+	n, err := sysRead(c.fd, buf)
+	switch {
+	case err == unix.EAGAIN:
+		c.r = false
+		return false
+	case err == unix.EINTR:
+		return true
+	case err != nil || n == 0:
+		c.eof = true
+		return true
+	}
+	if n < len(buf) && !c.rdhup {
+		c.r = false
+	}
+	c.in = c.in[:len(c.in)+n]
+	c.last = c.l.r.now
+	return true
+}
+
+// readRequest waits for a whole request head, then starts the request.
+func (c *httpConn) readRequest() bool {
+	end := headEnd(c.in)
+	if end < 0 {
+		switch {
+		case len(c.in) >= httpMaxHead:
+			c.refuse(&httpError{431, "request head too large"})
+			return true
+		case c.eof:
+			c.close()
+			return false
+		}
+		return c.readClient()
+	}
+	var h reqHead
+	if err := parseRequest(c.in[:end], &h); err != nil {
+		var he *httpError
+		if !errors.As(err, &he) {
+			he = &httpError{400, err.Error()}
+		}
+		c.refuse(he)
+		return true
+	}
+	c.rlb = c.l.s.lb.Load()
+	c.isHead, c.upgrade = h.isHead(), h.wantsUpgrade()
+	c.keepAlive = h.keepAlive && h.minor == 1
+	m := string(h.method)
+	c.retryable = (h.body.length <= 0 && !h.body.chunked) &&
+		(m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "TRACE" || m == "PUT" || m == "DELETE")
+	c.fwd = appendRequest(c.fwd[:0], c.in[:end], &h, c.ip, c.localAddr)
+	if !h.body.chunked && h.body.length < 0 {
+		h.body.length = 0
+	}
+	c.reqBody = newBodyReader(h.body, false)
+	c.bodySent = false
+	c.in = c.in[:copy(c.in, c.in[end:])]
+	c.start = c.l.r.now
+	c.tried, c.attempted, c.timedOut, c.fresh = triedSet{}, false, false, false
+	c.state = hsExchange
+	c.connect()
+	return true
+}
+
+// localAddr is the address the client connected to.
+func (c *httpConn) localAddr() string {
+	sa, err := unix.Getsockname(c.fd)
+	if err != nil {
+		return "localhost"
+	}
+	return sockaddrAddrPort(sa).String()
+}
+
+// refuse answers a request the proxy will not pass on, and closes.
+func (c *httpConn) refuse(he *httpError) {
+	c.l.s.lb.Load().mNone.request(he.code)
+	c.out = appendError(c.out, he.code, statusText(he.code)+": "+he.msg, false)
+	c.state = hsClosing
+}
+
+// connect hands the request to the next backend the algorithm picks, over
+// a pooled connection or a new one; with none left it answers 502, 503 or
+// 504.
+func (c *httpConn) connect() {
+	b, lb := c.l.s.b, c.rlb
 	var src netip.Addr
 	if lb.algorithm == AlgoSourceHash {
-		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-			src = ap.Addr().Unmap()
-		}
+		src = c.client.Addr().Unmap()
 	}
-	rs := reqStates.Get().(*reqState)
-	rs.ResponseWriter = w
-
-	var tried triedSet
-	attempted, timedOut := false, false
-	for range lb.backends {
-		be := s.b.pick(lb, src, &tried)
+	for {
+		be := b.pick(lb, src, &c.tried)
 		if be == nil {
-			break
-		}
-		tried.add(be.idx)
-		attempted = true
-		rs.code, rs.dialErr = 0, nil
-		s.try(be, rs, r, cc, start)
-		if rs.dialErr == nil {
-			rs.ResponseWriter = nil
-			reqStates.Put(rs)
+			c.noBackend()
 			return
 		}
-		if r.Context().Err() != nil {
-			// The client left while we connected: not the backend's fault.
-			return
-		}
-		s.b.connectFailed(be, rs.dialErr)
-		timedOut = isTimeout(rs.dialErr)
-		s.b.log.Debug().Err(rs.dialErr).Str("balancer", lb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
-	}
-	rs.ResponseWriter = nil
-	reqStates.Put(rs)
-
-	s.b.warnNoBackend(lb, attempted)
-	code, msg := http.StatusServiceUnavailable, "every backend is down"
-	switch {
-	case timedOut:
-		code, msg = http.StatusGatewayTimeout, "no backend answered in time"
-	case attempted:
-		code, msg = http.StatusBadGateway, "no backend answered"
-	}
-	writeError(w, code, msg)
-	lb.mNone.request(code)
-	s.b.m.duration.WithLabelValues(lb.name, backendNone).Observe(time.Since(start).Seconds())
-}
-
-// try hands the request to be's reverse proxy and accounts for it; after a
-// failed connect rs.dialErr is set and nothing was written.
-func (s *httpServer) try(be *backend, rs *reqState, r *http.Request, cc *clientConn, start time.Time) {
-	be.st.active.Add(1)
-	be.m.active.Inc()
-	defer func() {
-		be.st.active.Add(-1)
-		be.m.active.Dec()
-		if rs.dialErr != nil {
-			return
-		}
-		code := rs.code
-		switch {
-		case code != 0:
-		case cc != nil && cc.hijacked.Load():
-			// An upgrade: the proxy writes the 101 on the hijacked
-			// connection itself.
-			code = http.StatusSwitchingProtocols
-		default:
-			// The proxy gave up before any answer: the copy of the
-			// body failed (it panics with http.ErrAbortHandler).
-			code = http.StatusBadGateway
-		}
-		be.m.request(code)
-		be.m.duration.Observe(time.Since(start).Seconds())
-	}()
-	be.http.proxy.ServeHTTP(rs, r)
-}
-
-// endHijacked stops counting an upgraded connection once its handler ends.
-func (s *httpServer) endHijacked(cc *clientConn) {
-	if !cc.hijacked.Load() {
-		return
-	}
-	s.mu.Lock()
-	_, ok := s.conns[cc.conn]
-	delete(s.conns, cc.conn)
-	s.mu.Unlock()
-	if ok {
-		cc.conn.Close()
-		s.closed(cc)
-	}
-}
-
-// proxyError answers a request the backend failed: 502, or 504 when it did
-// not answer in time. A failed connect is only recorded, for ServeHTTP to
-// try the next backend.
-func (b *Balancer) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	rs, _ := w.(*reqState)
-	var de *dialError
-	if rs != nil && rs.code == 0 && errors.As(err, &de) {
-		rs.dialErr = de.err
-		return
-	}
-	if r.Context().Err() != nil {
-		// The client left; nginx logs this as 499.
-		if rs != nil && rs.code == 0 {
-			rs.code = 499
-		}
-		return
-	}
-	if rs != nil && rs.code != 0 {
-		return
-	}
-	b.log.Debug().Err(err).Str("url", r.URL.String()).Msg("http backend failed")
-	if isTimeout(err) {
-		writeError(w, http.StatusGatewayTimeout, "the backend did not answer in time")
-		return
-	}
-	writeError(w, http.StatusBadGateway, "the backend failed")
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
-}
-
-// writeError answers with a short plain-text body, as nginx does.
-func writeError(w http.ResponseWriter, code int, msg string) {
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(code)
-	io.WriteString(w, http.StatusText(code)+": "+msg+"\n")
-}
-
-// prepareHTTP gives each backend of lb its reverse proxy, keeping the pool
-// of the backend it replaces in old when nothing the pool depends on
-// changed.
-func (b *Balancer) prepareHTTP(lb, old *loadBalancer) {
-	prev := map[*backendState]*httpBackend{}
-	if old != nil && old.typ == TypeHTTP {
-		for _, be := range old.backends {
-			prev[be.st] = be.http
-		}
-	}
-	key := transportKey{lbName: lb.name, connect: lb.connectTimeout, idle: lb.idleTimeout, pp: lb.proxyProtocol}
-	kept := map[*httpBackend]bool{}
-	for _, be := range lb.backends {
-		hb := &httpBackend{key: key}
-		switch p := prev[be.st]; {
-		case p != nil && p.key == key:
-			hb.pool = p.pool
-			kept[p] = true
-		case lb.proxyProtocol == 0:
-			hb.pool = b.newPool(lb, be, nil)
-		}
-		hb.proxy = b.newReverseProxy(lb, be, hb)
-		be.http = hb
-	}
-	for _, p := range prev {
-		if !kept[p] && p.pool != nil {
-			p.pool.close()
-		}
-	}
-}
-
-// newPool is a keep-alive pool to one backend. With cc, its connections
-// start with a PROXY protocol header for cc's client.
-func (b *Balancer) newPool(lb *loadBalancer, be *backend, cc *clientConn) *backendPool {
-	m := be.m
-	return newBackendPool(func(ctx context.Context) (net.Conn, error) {
-		c, err := dialBackend(ctx, lb, be)
+		c.tried.add(be.idx)
+		c.attempted = true
+		u, err := c.upstreamFor(be)
 		if err != nil {
-			return nil, &dialError{err}
+			b.connectFailed(be, err)
+			b.log.Debug().Err(err).Str("balancer", lb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
+			continue
 		}
-		if cc != nil {
-			c.SetWriteDeadline(time.Now().Add(lb.connectTimeout))
-			if err := writeProxyHeader(c, lb.proxyProtocol, cc.conn.RemoteAddr(), cc.conn.LocalAddr()); err != nil {
-				c.Close()
-				return nil, &dialError{err}
+		c.be, c.u, u.owner = be, u, c
+		be.st.active.Add(1)
+		be.m.active.Inc()
+		c.uout = append(c.uout[:0], c.fwd...)
+		if u.connecting {
+			c.deadline = c.l.r.now.Add(lb.connectTimeout)
+			if lb.proxyProtocol > 0 {
+				local, _ := unix.Getsockname(c.fd)
+				var hb headerBuffer
+				if err := writeProxyHeader(&hb, lb.proxyProtocol, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(sockaddrAddrPort(local))); err == nil {
+					c.uout = append(hb.b, c.uout...)
+				}
 			}
-			c.SetWriteDeadline(time.Time{})
+		} else {
+			c.deadline = c.l.r.now.Add(lb.idleTimeout)
 		}
-		m.conns.Inc()
-		return &countingConn{c: c, m: m}, nil
-	}, httpMaxIdlePerBackend, lb.idleTimeout)
+		c.uin, c.gotHead = c.uin[:0], false
+		return
+	}
 }
 
-var forwardedProtoHTTP = []string{"http"}
-
-func (b *Balancer) newReverseProxy(lb *loadBalancer, be *backend, hb *httpBackend) *httputil.ReverseProxy {
-	var rt http.RoundTripper = hb.pool
-	if hb.pool == nil {
-		rt = &ppTransport{b: b, lb: lb, be: be}
+// upstreamFor is a connection to be: the client's own with the PROXY
+// protocol, else a pooled one, else a new one, connecting.
+func (c *httpConn) upstreamFor(be *backend) (*upstream, error) {
+	now := c.l.r.now
+	if c.rlb.proxyProtocol > 0 {
+		if u := c.pp; u != nil {
+			c.pp = nil
+			if u.be.st == be.st && !c.fresh && (now.Sub(u.idleSince) < idleCheckAfter || peekAlive(u.fd)) {
+				return u, nil
+			}
+			u.close()
+		}
+	} else if !c.fresh {
+		if u := c.l.pool(be.st).get(now); u != nil {
+			u.be = be
+			return u, nil
+		}
 	}
-	return &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			out := pr.Out
-			out.URL.Scheme = "http"
-			out.URL.Host = be.address
-			// out.Host is the client's Host header, kept.
-			ip, _, err := net.SplitHostPort(pr.In.RemoteAddr)
+	fd, err := connectNonblock(be.ap)
+	if err != nil {
+		return nil, err
+	}
+	u := &upstream{l: c.l, fd: fd, be: be, connecting: true}
+	if err := c.l.r.add(fd, u, evConn); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return u, nil
+}
+
+// noBackend answers when no backend took the request.
+func (c *httpConn) noBackend() {
+	lb := c.rlb
+	c.l.s.b.warnNoBackend(lb, c.attempted)
+	code, msg := 503, "every backend is down"
+	switch {
+	case c.timedOut:
+		code, msg = 504, "no backend answered in time"
+	case c.attempted:
+		code, msg = 502, "no backend answered"
+	}
+	lb.mNone.request(code)
+	c.l.s.b.m.duration.WithLabelValues(lb.name, backendNone).Observe(c.l.r.now.Sub(c.start).Seconds())
+	c.answerError(code, statusText(code)+": "+msg)
+}
+
+// answerError ends the request with an error of the proxy's own.
+func (c *httpConn) answerError(code int, msg string) {
+	c.clientKA = c.keepAlive && c.reqBody.done && !c.l.s.stopping.Load()
+	c.out = appendError(c.out, code, msg, c.clientKA)
+	c.endRequest()
+}
+
+// endRequest returns to waiting for the next request, or closes.
+func (c *httpConn) endRequest() {
+	c.be = nil
+	if c.clientKA {
+		c.state = hsIdle
+		return
+	}
+	c.state = hsClosing
+}
+
+// exchange moves the request to the backend and the response back.
+func (c *httpConn) exchange() bool {
+	u := c.u
+	if u == nil {
+		return false
+	}
+	if u.connecting {
+		if !u.w {
+			return false
+		}
+		if errno, err := unix.GetsockoptInt(u.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
+			if err == nil {
+				err = unix.Errno(errno)
+			}
+			c.connectFailed(err)
+			return true
+		}
+		u.connecting = false
+		c.l.s.b.connectOK(c.be)
+		c.be.m.conns.Inc()
+		c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
+	}
+	progress := false
+	// The request, head then body, to the backend.
+	for len(c.uout) > 0 && u.w {
+		n, err := sysWrite(u.fd, c.uout)
+		switch {
+		case err == unix.EAGAIN:
+			u.w = false
+			continue
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			c.backendFailed(err)
+			return true
+		}
+		c.be.m.toBackend.Add(float64(n))
+		if !c.gotHead {
+			// The backend has the idle timeout to answer from the
+			// last byte of the request.
+			c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
+		}
+		c.uout = c.uout[:copy(c.uout, c.uout[n:])]
+		if len(c.uout) > 0 {
+			u.w = false
+		}
+		progress = true
+	}
+	if len(c.uout) == 0 && !c.reqBody.done {
+		if len(c.in) > 0 {
+			n, err := c.reqBody.take(c.in)
 			if err != nil {
-				return
+				c.abort(400)
+				return false
 			}
-			// Appended to what earlier proxies said, as nginx's
-			// $proxy_add_x_forwarded_for.
-			if prior := pr.In.Header["X-Forwarded-For"]; len(prior) > 0 {
-				ip = strings.Join(prior, ", ") + ", " + ip
+			c.uout = append(c.uout, c.in[:n]...)
+			c.in = c.in[:copy(c.in, c.in[n:])]
+			c.bodySent = true
+			progress = true
+		} else if c.eof {
+			// The client left in the middle of its body.
+			c.abort(499)
+			return false
+		} else if c.readClient() {
+			progress = true
+		}
+	}
+	// The response.
+	if !c.gotHead {
+		return c.readResponseHead() || progress
+	}
+	return c.relayResponse() || progress
+}
+
+// readUpstream reads from the backend into c.uin.
+func (c *httpConn) readUpstream() (n int, err error) {
+	u := c.u
+	if !u.r {
+		return 0, unix.EAGAIN
+	}
+	if cap(c.uin)-len(c.uin) < 1024 {
+		c.uin = append(c.uin, make([]byte, max(cap(c.uin), 4096))...)[:len(c.uin)]
+	}
+	buf := c.uin[len(c.uin):cap(c.uin)]
+	n, err = sysRead(u.fd, buf)
+	switch {
+	case err == unix.EAGAIN:
+		u.r = false
+		return 0, err
+	case err != nil:
+		return 0, err
+	}
+	if n < len(buf) && !u.rdhup {
+		u.r = false
+	}
+	c.uin = c.uin[:len(c.uin)+n]
+	if n > 0 {
+		c.be.m.toClient.Add(float64(n))
+		c.last = c.l.r.now
+	}
+	return n, nil
+}
+
+func (c *httpConn) readResponseHead() bool {
+	for {
+		if end := headEnd(c.uin); end > 0 {
+			return c.startResponse(end)
+		}
+		if len(c.uin) >= httpMaxHead {
+			c.backendFailed(errors.New("response head too large"))
+			return true
+		}
+		n, err := c.readUpstream()
+		switch {
+		case err == unix.EAGAIN:
+			return false
+		case err == unix.EINTR:
+			continue
+		case err != nil || n == 0:
+			if err == nil {
+				err = errors.New("backend closed the connection")
 			}
-			out.Header["X-Forwarded-For"] = []string{ip}
-			out.Header["X-Forwarded-Proto"] = forwardedProtoHTTP
-		},
-		Transport:    rt,
-		BufferPool:   httpBuffers,
-		ErrorHandler: b.proxyError,
-		ErrorLog:     b.stdLog("http proxy"),
+			c.backendFailed(err)
+			return true
+		}
 	}
 }
 
-// ppTransport picks the client connection's own pool to the backend.
-type ppTransport struct {
-	b  *Balancer
-	lb *loadBalancer
-	be *backend
-}
-
-func (p *ppTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	cc, _ := req.Context().Value(clientConnKey{}).(*clientConn)
-	if cc == nil {
-		return nil, errors.New("request without its client connection")
+// startResponse passes on the response head in c.uin[:end].
+func (c *httpConn) startResponse(end int) bool {
+	if err := parseResponse(c.uin[:end], c.isHead, &c.resp); err != nil {
+		c.backendFailed(err)
+		return true
 	}
-	cc.mu.Lock()
-	if cc.pools == nil {
-		cc.pools = map[*backend]*backendPool{}
+	code := c.resp.code
+	if code < 200 && code != 101 {
+		// Interim (100 Continue, 103): passed on as it is; the final
+		// answer follows.
+		c.out = append(c.out, c.uin[:end]...)
+		c.uin = c.uin[:copy(c.uin, c.uin[end:])]
+		return true
 	}
-	pool := cc.pools[p.be]
-	if pool == nil {
-		pool = p.b.newPool(p.lb, p.be, cc)
-		cc.pools[p.be] = pool
+	c.gotHead = true
+	if code == 101 {
+		if !c.upgrade {
+			c.backendFailed(errors.New("unasked protocol switch"))
+			return true
+		}
+		c.out = appendResponse(c.out, c.uin[:end], &c.resp, false, true)
+		c.uin = c.uin[:copy(c.uin, c.uin[end:])]
+		c.tunnel()
+		return false
 	}
-	cc.mu.Unlock()
-	return pool.RoundTrip(req)
+	c.clientKA = c.keepAlive && !c.resp.closeDelimited && !c.l.s.stopping.Load()
+	c.out = appendResponse(c.out, c.uin[:end], &c.resp, c.clientKA, false)
+	c.uin = c.uin[:copy(c.uin, c.uin[end:])]
+	c.respBody = newBodyReader(c.resp.body, c.resp.closeDelimited)
+	return true
 }
 
-// countingConn counts the bytes of a backend connection. It is no
-// io.ReaderFrom on purpose: every write must come through Write.
-type countingConn struct {
-	c *net.TCPConn
-	m *backendMetrics
-}
-
-func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.c.Read(p)
-	if n > 0 {
-		c.m.toClient.Add(float64(n))
-	}
-	return n, err
-}
-
-func (c *countingConn) Write(p []byte) (int, error) {
-	n, err := c.c.Write(p)
-	if n > 0 {
-		c.m.toBackend.Add(float64(n))
-	}
-	return n, err
-}
-
-func (c *countingConn) Close() error                       { return c.c.Close() }
-func (c *countingConn) CloseWrite() error                  { return c.c.CloseWrite() }
-func (c *countingConn) LocalAddr() net.Addr                { return c.c.LocalAddr() }
-func (c *countingConn) RemoteAddr() net.Addr               { return c.c.RemoteAddr() }
-func (c *countingConn) SetDeadline(t time.Time) error      { return c.c.SetDeadline(t) }
-func (c *countingConn) SetReadDeadline(t time.Time) error  { return c.c.SetReadDeadline(t) }
-func (c *countingConn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadline(t) }
-
-// bufferPool lends the reverse proxies their copy buffers. A channel, not a
-// sync.Pool: putting a slice into a sync.Pool allocates its header.
-type bufferPool struct{ c chan []byte }
-
-func (bp *bufferPool) Get() []byte {
-	select {
-	case b := <-bp.c:
-		return b
-	default:
-		return make([]byte, httpBufferSize)
-	}
-}
-
-func (bp *bufferPool) Put(b []byte) {
-	select {
-	case bp.c <- b:
-	default:
+// relayResponse passes the body on until its end.
+func (c *httpConn) relayResponse() bool {
+	for {
+		if len(c.uin) > 0 {
+			n, err := c.respBody.take(c.uin)
+			if err != nil {
+				c.abort(502)
+				return false
+			}
+			if n > 0 {
+				c.out = append(c.out, c.uin[:n]...)
+				c.uin = c.uin[:copy(c.uin, c.uin[n:])]
+				if !c.flushOut() {
+					return false
+				}
+			}
+		}
+		if c.respBody.done {
+			c.finish()
+			return true
+		}
+		if len(c.out) > 0 {
+			return false // the client first
+		}
+		n, err := c.readUpstream()
+		switch {
+		case err == unix.EAGAIN:
+			return false
+		case err == unix.EINTR:
+			continue
+		case err != nil || n == 0:
+			if c.resp.closeDelimited && err == nil {
+				c.respBody.done = true
+				continue
+			}
+			// The backend broke off the body: the client can only
+			// learn it from the connection's end.
+			c.abort(502)
+			return false
+		}
 	}
 }
 
-var httpBuffers = &bufferPool{c: make(chan []byte, 1024)}
-
-// stdLog adapts the logger for net/http's error logs, at debug level: what
-// they report (a client that went away, a broken backend) is also in the
-// metrics.
-func (b *Balancer) stdLog(component string) *log.Logger {
-	return log.New(debugWriter{b.log.With().Str("component", component).Logger()}, "", 0)
+// finish accounts the request and frees its backend connection.
+func (c *httpConn) finish() {
+	u, be := c.u, c.be
+	be.m.request(c.resp.code)
+	be.m.duration.Observe(c.l.r.now.Sub(c.start).Seconds())
+	c.releaseBackend()
+	if c.resp.reusable && c.reqBody.done && len(c.uin) == 0 && len(c.uout) == 0 && !c.l.s.stopping.Load() {
+		if c.rlb.proxyProtocol > 0 {
+			u.owner, u.idleSince, u.reused, u.r = nil, c.l.r.now, true, false
+			c.pp = u
+		} else if !c.l.pool(be.st).put(u, c.l.r.now) {
+			u.close()
+		}
+	} else {
+		u.close()
+	}
+	if !c.reqBody.done {
+		c.clientKA = false
+	}
+	c.endRequest()
 }
 
-type debugWriter struct{ l zerolog.Logger }
+// releaseBackend ends the request's hold on its backend.
+func (c *httpConn) releaseBackend() {
+	if c.u == nil {
+		return
+	}
+	c.be.st.active.Add(-1)
+	c.be.m.active.Dec()
+	c.u.owner = nil
+	c.u = nil
+}
 
-func (w debugWriter) Write(p []byte) (int, error) {
-	w.l.Debug().Msg(strings.TrimSpace(string(p)))
-	return len(p), nil
+// connectFailed moves the request on to the next backend.
+func (c *httpConn) connectFailed(err error) {
+	be := c.be
+	c.releaseBackendClosing()
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		c.timedOut = true
+	}
+	c.l.s.b.connectFailed(be, err)
+	c.l.s.b.log.Debug().Err(err).Str("balancer", c.rlb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
+	c.connect()
+}
+
+func (c *httpConn) releaseBackendClosing() {
+	u := c.u
+	c.releaseBackend()
+	if u != nil {
+		u.close()
+	}
+}
+
+// backendFailed: the backend connection broke before a response head. A
+// reused connection the backend had closed is retried once on a new one
+// when the request can be sent again; else the client gets 502, or 504.
+func (c *httpConn) backendFailed(err error) {
+	be, u := c.be, c.u
+	if u.reused && !c.bodySent && c.retryable && len(c.uin) == 0 && !c.fresh {
+		c.releaseBackendClosing()
+		c.fresh = true
+		c.tried = triedSet{}
+		c.connect()
+		return
+	}
+	c.releaseBackendClosing()
+	c.l.s.b.log.Debug().Err(err).Str("balancer", c.rlb.name).Str("backend", be.name).Msg("http backend failed")
+	code := 502
+	if _, ok := err.(*timeoutError); ok {
+		code = 504
+	}
+	be.m.request(code)
+	be.m.duration.Observe(c.l.r.now.Sub(c.start).Seconds())
+	msg := "Bad Gateway: the backend failed"
+	if code == 504 {
+		msg = "Gateway Timeout: the backend did not answer in time"
+	}
+	c.answerError(code, msg)
+}
+
+// abort ends a request that cannot be answered properly any more: both
+// connections close, and the code is what the metrics record.
+func (c *httpConn) abort(code int) {
+	if c.be != nil && c.u != nil {
+		c.be.m.request(code)
+		c.be.m.duration.Observe(c.l.r.now.Sub(c.start).Seconds())
+	}
+	c.releaseBackendClosing()
+	c.close()
+}
+
+// tunnel hands the client and backend sockets of an accepted upgrade to a
+// byte-for-byte relay, with what each side already sent the other.
+func (c *httpConn) tunnel() {
+	u, be := c.u, c.be
+	be.m.request(101)
+	be.m.duration.Observe(c.l.r.now.Sub(c.start).Seconds())
+	t := &tcpConn{
+		r: c.l.r, b: c.l.s.b, home: c.l, lb: c.lb, be: be, cfd: c.fd, sfd: u.fd, client: c.client,
+		cR: c.r || len(c.in) > 0, cW: c.w, sR: u.r, sW: u.w, cRDHUP: c.rdhup, sRDHUP: u.rdhup,
+		toServer: append([]byte(nil), c.in...), toClient: append(append([]byte(nil), c.out...), c.uin...),
+		last: c.l.r.now, counted: true, backendActive: true,
+	}
+	// The relay owns the sockets and the accounting now.
+	c.l.r.entries[c.fd].h, c.l.r.entries[u.fd].h = t, t
+	u.owner, u.fd, c.u, c.done = nil, -1, nil, true
+	delete(c.l.conns, c)
+	c.l.tunnels[t] = struct{}{}
+	t.event(t.cfd, unix.EPOLLIN|unix.EPOLLOUT)
+}
+
+// checkTimeouts: a client that idles out, a connect past its deadline, a
+// backend slow to answer (504), a body that stalls.
+func (c *httpConn) checkTimeouts(now time.Time) {
+	lb := c.rlb
+	if lb == nil {
+		lb = c.lb
+	}
+	switch {
+	case c.state == hsExchange && c.u != nil && c.u.connecting && now.After(c.deadline):
+		c.connectFailed(errConnectTimeout)
+		c.run()
+	case c.state == hsExchange && c.u != nil && !c.gotHead && now.After(c.deadline):
+		c.backendFailed(&timeoutError{"timeout awaiting the backend's response head"})
+		c.run()
+	case lb.idleTimeout > 0 && now.Sub(c.last) >= lb.idleTimeout && (c.state != hsExchange || c.gotHead):
+		c.abort(499)
+	}
+}
+
+// close ends the client connection and what it holds.
+func (c *httpConn) close() {
+	if c.done {
+		return
+	}
+	c.done = true
+	c.releaseBackendClosing()
+	if c.pp != nil {
+		c.pp.close()
+		c.pp = nil
+	}
+	c.l.r.closeFD(c.fd)
+	delete(c.l.conns, c)
+	c.lb.mActive.Dec()
+	c.l.s.count.closed()
+}
+
+// appendError is a short plain-text answer, as nginx gives.
+func appendError(out []byte, code int, msg string, keepAlive bool) []byte {
+	body := msg + "\n"
+	out = append(out, "HTTP/1.1 "...)
+	out = strconv.AppendInt(out, int64(code), 10)
+	out = append(out, ' ')
+	out = append(out, statusText(code)...)
+	out = append(out, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nContent-Length: "...)
+	out = strconv.AppendInt(out, int64(len(body)), 10)
+	if !keepAlive {
+		out = append(out, "\r\nConnection: close"...)
+	}
+	out = append(out, "\r\n\r\n"...)
+	return append(out, body...)
+}
+
+func statusText(code int) string {
+	switch code {
+	case 400:
+		return "Bad Request"
+	case 431:
+		return "Request Header Fields Too Large"
+	case 501:
+		return "Not Implemented"
+	case 502:
+		return "Bad Gateway"
+	case 503:
+		return "Service Unavailable"
+	case 504:
+		return "Gateway Timeout"
+	case 505:
+		return "HTTP Version Not Supported"
+	}
+	return "Error"
 }

@@ -62,9 +62,11 @@ func TestHTTPProxy(t *testing.T) {
 }
 
 // Requests from many client connections share the backend's keep-alive
-// pool.
+// pool. Each event loop has its own pool (as each nginx worker has): one
+// loop here.
 func TestHTTPKeepAlivePool(t *testing.T) {
 	b := newBalancer(t)
+	b.nLoops = 1
 	h1, conns := startHTTPBackend(t, "h1")
 	configure(t, b, named(httpLB("web", hostOf(h1)), "h1"))
 	front := addr(t, b, "web")
@@ -226,6 +228,7 @@ func TestHTTPProxyProtocol(t *testing.T) {
 // A reload that keeps a backend keeps its keep-alive pool.
 func TestHTTPReloadKeepsPool(t *testing.T) {
 	b := newBalancer(t)
+	b.nLoops = 1
 	h1, conns := startHTTPBackend(t, "h1")
 	h2, _ := startHTTPBackend(t, "h2")
 	configure(t, b, named(httpLB("web", hostOf(h1)), "h1"))

@@ -121,6 +121,7 @@ var (
 	hdrTrailer         = []byte("Trailer")
 	hdrXFF             = []byte("X-Forwarded-For")
 	hdrXFP             = []byte("X-Forwarded-Proto")
+	hdrHost            = []byte("Host")
 )
 
 // hopByHop: headers that describe one connection, never passed on (RFC
@@ -215,6 +216,7 @@ type reqHead struct {
 	conn           connTokens
 	upgrade        []byte
 	xff            [][]byte
+	hasHost        bool
 	// keepAlive: the client may send another request on the connection.
 	keepAlive bool
 }
@@ -243,6 +245,11 @@ func parseRequest(head []byte, h *reqHead) error {
 			h.upgrade = value
 		case bytes.EqualFold(name, hdrXFF):
 			h.xff = append(h.xff, value)
+		case bytes.EqualFold(name, hdrHost):
+			if h.hasHost {
+				return badRequest("more than one Host header")
+			}
+			h.hasHost = true
 		}
 		return nil
 	})
@@ -268,6 +275,9 @@ func parseRequest(head []byte, h *reqHead) error {
 	case "HTTP/1.1":
 		h.minor = 1
 		h.keepAlive = !h.conn.close
+		if !h.hasHost {
+			return badRequest("no Host header")
+		}
 	case "HTTP/1.0":
 		h.keepAlive = h.conn.keepAlive && !h.conn.close
 	default:
@@ -285,8 +295,10 @@ func parseRequest(head []byte, h *reqHead) error {
 // appendRequest emits the head the backend gets: the request line in
 // HTTP/1.1, the client's headers but hop-by-hop ones, X-Forwarded-For with
 // the client's address appended, X-Forwarded-Proto, and the connection
-// headers of a keep-alive (or upgrade) connection to the backend.
-func appendRequest(out []byte, head []byte, h *reqHead, clientIP []byte) []byte {
+// headers of a keep-alive (or upgrade) connection to the backend. An
+// HTTP/1.0 request without Host gets host, the address the client
+// connected to: HTTP/1.1 requires one.
+func appendRequest(out []byte, head []byte, h *reqHead, clientIP []byte, host func() string) []byte {
 	out = append(out, h.method...)
 	out = append(out, ' ')
 	out = append(out, h.target...)
@@ -307,6 +319,11 @@ func appendRequest(out []byte, head []byte, h *reqHead, clientIP []byte) []byte 
 	}
 	out = append(out, clientIP...)
 	out = append(out, "\r\nX-Forwarded-Proto: http\r\n"...)
+	if !h.hasHost {
+		out = append(out, "Host: "...)
+		out = append(out, host()...)
+		out = append(out, '\r', '\n')
+	}
 	if h.body.chunked {
 		out = append(out, "Transfer-Encoding: chunked\r\n"...)
 	}
@@ -330,8 +347,9 @@ type respHead struct {
 	reusable bool
 }
 
-// parseResponse parses a backend's response head for the request req.
-func parseResponse(head []byte, req *reqHead, h *respHead) error {
+// parseResponse parses a backend's response head; isHead: the request was
+// a HEAD, whose response has no body whatever its headers say.
+func parseResponse(head []byte, isHead bool, h *respHead) error {
 	*h = respHead{body: framing{length: -1}}
 	first, err := headLines(head, func(line []byte) error {
 		name, value, err := splitHeader(line)
@@ -374,7 +392,7 @@ func parseResponse(head []byte, req *reqHead, h *respHead) error {
 		h.reusable = h.reusable && minor == '1'
 	}
 	switch {
-	case code < 200, code == 204, code == 304, req.isHead():
+	case code < 200, code == 204, code == 304, isHead:
 		h.body = framing{length: 0}
 	case h.body.chunked, h.body.length >= 0:
 	default:

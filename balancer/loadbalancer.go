@@ -131,7 +131,6 @@ type backend struct {
 	lb      *loadBalancer
 	st      *backendState
 	m       *backendMetrics
-	http    *httpBackend // http load balancers only
 }
 
 // frontendKey says which configured load balancers share a socket across

@@ -318,9 +318,12 @@ type reactors struct {
 	next  atomic.Uint32
 }
 
-func newReactors() (*reactors, error) {
+func newReactors(n int) (*reactors, error) {
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
 	rs := &reactors{}
-	for range runtime.GOMAXPROCS(0) {
+	for range n {
 		r, err := newReactor()
 		if err != nil {
 			rs.stop()

@@ -1,0 +1,174 @@
+package balancer
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func TestParseRequestRefusesAmbiguousFraming(t *testing.T) {
+	for _, tc := range []struct {
+		name, head string
+		code       int // 0: accepted
+	}{
+		{"plain get", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0},
+		{"bare LF", "GET / HTTP/1.1\nHost: a\n\n", 0},
+		{"sized", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", 0},
+		{"same length twice", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", 0},
+		{"chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 0},
+		{"two lengths", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400},
+		{"length and chunked", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
+		{"signed length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", 400},
+		{"hex length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n", 400},
+		{"gzip coding", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
+		{"chunked twice", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 501},
+		{"chunked in 1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
+		{"space before colon", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n\r\n", 400},
+		{"folded line", "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n 2\r\n\r\n", 400},
+		{"no colon", "GET / HTTP/1.1\r\nHost: a\r\nX-A\r\n\r\n", 400},
+		{"NUL in value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\n\r\n", 400},
+		{"HTTP/2 line", "GET / HTTP/2.0\r\n\r\n", 505},
+		{"no version", "GET /\r\n\r\n", 400},
+		{"space in target", "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		{"no host in 1.1", "GET / HTTP/1.1\r\n\r\n", 400},
+		{"no host in 1.0", "GET / HTTP/1.0\r\n\r\n", 0},
+		{"two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			end := headEnd([]byte(tc.head))
+			if end != len(tc.head) {
+				t.Fatalf("headEnd = %d, want %d", end, len(tc.head))
+			}
+			var h reqHead
+			err := parseRequest([]byte(tc.head), &h)
+			var he *httpError
+			switch {
+			case tc.code == 0 && err != nil:
+				t.Errorf("refused: %v", err)
+			case tc.code != 0 && (!errors.As(err, &he) || he.code != tc.code):
+				t.Errorf("got %v, want a %d", err, tc.code)
+			}
+		})
+	}
+}
+
+// The head the backend gets: hop-by-hop headers and those the client named
+// in Connection gone, X-Forwarded-For appended to, X-Forwarded-Proto ours.
+func TestAppendRequest(t *testing.T) {
+	head := "GET /x HTTP/1.0\r\nHost: shop\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\n" +
+		"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n"
+	var h reqHead
+	if err := parseRequest([]byte(head), &h); err != nil {
+		t.Fatal(err)
+	}
+	got := string(appendRequest(nil, []byte(head), &h, []byte("198.18.0.9"), func() string { return "198.18.0.1:80" }))
+	want := "GET /x HTTP/1.1\r\nHost: shop\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.7, 198.18.0.9\r\nX-Forwarded-Proto: http\r\n\r\n"
+	if got != want {
+		t.Errorf("got\n%q\nwant\n%q", got, want)
+	}
+	if !h.keepAlive {
+		t.Error("HTTP/1.0 with Connection: keep-alive not seen as keep-alive")
+	}
+}
+
+func TestChunkScanner(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		rest       string // after the body
+		bad        bool
+	}{
+		{"two chunks", "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", "GET", false},
+		{"extension and trailer", "5;x=y\r\nhello\r\n0\r\nX-T: 1\r\n\r\n", "", false},
+		{"bare LF", "5\nhello\n0\n\n", "next", false},
+		{"upper hex", "A\r\n0123456789\r\n0\r\n\r\n", "", false},
+		{"no size", "\r\nhello\r\n", "", true},
+		{"bad size", "5x\r\nhello\r\n", "", true},
+		{"data overruns", "5\r\nhello!\r\n0\r\n\r\n", "", true},
+		{"huge size", "1000000000000000\r\n", "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := tc.body + tc.rest
+			// Byte by byte and all at once must agree.
+			for _, step := range []int{1, len(in)} {
+				var cs chunkScanner
+				took, done, failed := 0, false, false
+				for took < len(in) && !done {
+					end := min(took+step, len(in))
+					n, d, err := cs.scan([]byte(in[took:end]))
+					took += n
+					done = d
+					if err != nil {
+						failed = true
+						break
+					}
+				}
+				if tc.bad {
+					if !failed {
+						t.Errorf("step %d: accepted", step)
+					}
+					continue
+				}
+				if failed || !done || took != len(tc.body) {
+					t.Errorf("step %d: took %d done %v failed %v, want %d", step, took, done, failed, len(tc.body))
+				}
+			}
+		})
+	}
+}
+
+// Pipelined requests on one connection are answered in order, and an
+// HTTP/1.0 request without keep-alive gets its answer, then the end.
+func TestHTTPPipelinedAndHTTP10(t *testing.T) {
+	b := newBalancer(t)
+	h1, _ := startHTTPBackend(t, "h1")
+	configure(t, b, named(httpLB("web", hostOf(h1)), "h1"))
+	c, err := net.Dial("tcp", addr(t, b, "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /three HTTP/1.0\r\n\r\n")
+	r := bufio.NewReader(c)
+	for _, want := range []string{"h1 /one", "h1 /two", "h1 /three"} {
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", want, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if string(body) != want {
+			t.Errorf("got %q, want %q", body, want)
+		}
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		t.Errorf("after the HTTP/1.0 answer: %v, want EOF", err)
+	}
+}
+
+// A request the proxy refuses gets a short answer and the connection ends;
+// nothing reaches the backend.
+func TestHTTPRefusesSmuggling(t *testing.T) {
+	b := newBalancer(t)
+	h1, conns := startHTTPBackend(t, "h1")
+	configure(t, b, named(httpLB("web", hostOf(h1)), "h1"))
+	c, err := net.Dial("tcp", addr(t, b, "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 400 || !strings.Contains(string(body), "Content-Length and Transfer-Encoding") {
+		t.Errorf("got %s %q", resp.Status, body)
+	}
+	if n := conns.Load(); n != 0 {
+		t.Errorf("backend got %d connections", n)
+	}
+}
