@@ -317,9 +317,11 @@ type httpConn struct {
 	uout     []byte    // to the backend not yet written
 	deadline time.Time
 	gotHead  bool
-	resp     respHead
-	respBody bodyReader
-	clientKA bool // the client connection stays open after the response
+	// accounted: the answer is in the metrics.
+	accounted bool
+	resp      respHead
+	respBody  bodyReader
+	clientKA  bool // the client connection stays open after the response
 }
 
 func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
@@ -541,7 +543,7 @@ func (c *httpConn) connect() {
 		} else {
 			c.deadline = c.l.r.now.Add(lb.idleTimeout)
 		}
-		c.uin, c.gotHead = c.uin[:0], false
+		c.uin, c.gotHead, c.accounted = c.uin[:0], false, false
 		return
 	}
 }
@@ -766,6 +768,9 @@ func (c *httpConn) startResponse(end int) bool {
 	c.out = appendResponse(c.out, c.uin[:end], &c.resp, c.clientKA, false)
 	c.uin = c.uin[:copy(c.uin, c.uin[end:])]
 	c.respBody = newBodyReader(c.resp.body, c.resp.closeDelimited)
+	// On with the body at once: head and body leave in one write, one
+	// segment for a small response, as nginx's writev sends them.
+	c.relayResponse()
 	return true
 }
 
@@ -777,6 +782,10 @@ func (c *httpConn) relayResponse() bool {
 			if err != nil {
 				c.abort(502)
 				return false
+			}
+			if c.respBody.done {
+				// Counted before the client can see the end.
+				c.account(c.resp.code)
 			}
 			if n > 0 {
 				c.out = append(c.out, c.uin[:n]...)
@@ -812,11 +821,20 @@ func (c *httpConn) relayResponse() bool {
 	}
 }
 
+// account records the request's answer, once.
+func (c *httpConn) account(code int) {
+	if c.accounted {
+		return
+	}
+	c.accounted = true
+	c.be.m.request(code)
+	c.be.m.duration.Observe(time.Since(c.start).Seconds())
+}
+
 // finish accounts the request and frees its backend connection.
 func (c *httpConn) finish() {
 	u, be := c.u, c.be
-	be.m.request(c.resp.code)
-	be.m.duration.Observe(c.l.r.now.Sub(c.start).Seconds())
+	c.account(c.resp.code)
 	c.releaseBackend()
 	if c.resp.reusable && c.reqBody.done && len(c.uin) == 0 && len(c.uout) == 0 && !c.l.s.stopping.Load() {
 		if c.rlb.proxyProtocol > 0 {
@@ -883,8 +901,7 @@ func (c *httpConn) backendFailed(err error) {
 	if _, ok := err.(*timeoutError); ok {
 		code = 504
 	}
-	be.m.request(code)
-	be.m.duration.Observe(c.l.r.now.Sub(c.start).Seconds())
+	c.account(code)
 	msg := "Bad Gateway: the backend failed"
 	if code == 504 {
 		msg = "Gateway Timeout: the backend did not answer in time"
@@ -896,8 +913,7 @@ func (c *httpConn) backendFailed(err error) {
 // connections close, and the code is what the metrics record.
 func (c *httpConn) abort(code int) {
 	if c.be != nil && c.u != nil {
-		c.be.m.request(code)
-		c.be.m.duration.Observe(c.l.r.now.Sub(c.start).Seconds())
+		c.account(code)
 	}
 	c.releaseBackendClosing()
 	c.close()
@@ -907,8 +923,7 @@ func (c *httpConn) abort(code int) {
 // byte-for-byte relay, with what each side already sent the other.
 func (c *httpConn) tunnel() {
 	u, be := c.u, c.be
-	be.m.request(101)
-	be.m.duration.Observe(c.l.r.now.Sub(c.start).Seconds())
+	c.account(101)
 	t := &tcpConn{
 		r: c.l.r, b: c.l.s.b, home: c.l, lb: c.lb, be: be, cfd: c.fd, sfd: u.fd, client: c.client,
 		cR: c.r || len(c.in) > 0, cW: c.w, sR: u.r, sW: u.w, cRDHUP: c.rdhup, sRDHUP: u.rdhup,

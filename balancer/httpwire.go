@@ -88,11 +88,11 @@ func splitHeader(line []byte) (name, value []byte, err error) {
 	}
 	name = line[:colon]
 	for _, c := range name {
-		if !isTokenChar(c) {
+		if !tokenChars[c] {
 			return nil, nil, badRequest("invalid header name")
 		}
 	}
-	value = bytes.Trim(line[colon+1:], " \t")
+	value = trimOWS(line[colon+1:])
 	for _, c := range value {
 		if c < ' ' && c != '\t' || c == 0x7f {
 			return nil, nil, badRequest("control character in a header value")
@@ -101,13 +101,34 @@ func splitHeader(line []byte) (name, value []byte, err error) {
 	return name, value, nil
 }
 
-func isTokenChar(c byte) bool {
-	switch {
-	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		return true
-	}
-	return c < 0x80 && bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0
+// headerName is the name of a header line already validated.
+func headerName(line []byte) []byte {
+	return line[:bytes.IndexByte(line, ':')]
 }
+
+func trimOWS(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// tokenChars are the characters of an HTTP token (RFC 9110 5.6.2).
+var tokenChars = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range []byte("!#$%&'*+-.^_`|~") {
+		t[c] = true
+	}
+	return t
+}()
 
 // Header names the proxy handles itself, matched case-insensitively.
 var (
@@ -125,14 +146,31 @@ var (
 )
 
 // hopByHop: headers that describe one connection, never passed on (RFC
-// 9110 7.6.1); Transfer-Encoding is re-emitted by the proxy itself.
+// 9110 7.6.1); Transfer-Encoding is re-emitted by the proxy itself. Most
+// headers are ruled out by their length alone.
 func hopByHop(name []byte) bool {
-	for _, h := range [][]byte{hdrConnection, hdrKeepAlive, hdrProxyConnection, hdrTE, hdrTrailer, hdrUpgrade, hdrTransferEncode} {
-		if bytes.EqualFold(name, h) {
+	var h []byte
+	switch len(name) {
+	case 2:
+		h = hdrTE
+	case 7:
+		if bytes.EqualFold(name, hdrTrailer) {
 			return true
 		}
+		h = hdrUpgrade
+	case 10:
+		if bytes.EqualFold(name, hdrConnection) {
+			return true
+		}
+		h = hdrKeepAlive
+	case 16:
+		h = hdrProxyConnection
+	case 17:
+		h = hdrTransferEncode
+	default:
+		return false
 	}
-	return false
+	return bytes.EqualFold(name, h)
 }
 
 // connTokens is what a Connection header says.
@@ -143,8 +181,10 @@ type connTokens struct {
 }
 
 func (ct *connTokens) add(value []byte) {
-	for _, tok := range bytes.Split(value, []byte(",")) {
-		tok = bytes.Trim(tok, " \t")
+	for len(value) > 0 {
+		var tok []byte
+		tok, value, _ = bytes.Cut(value, []byte(","))
+		tok = trimOWS(tok)
 		switch {
 		case len(tok) == 0:
 		case bytes.EqualFold(tok, []byte("close")):
@@ -192,8 +232,10 @@ func (f *framing) addLength(v []byte) error {
 // addTransferEncoding takes a Transfer-Encoding header. Only chunked, last,
 // is understood: anything else could not be delimited.
 func (f *framing) addTransferEncoding(v []byte) error {
-	for _, c := range bytes.Split(v, []byte(",")) {
-		c = bytes.Trim(c, " \t")
+	for len(v) > 0 {
+		var c []byte
+		c, v, _ = bytes.Cut(v, []byte(","))
+		c = trimOWS(c)
 		if len(c) == 0 {
 			continue
 		}
@@ -264,7 +306,7 @@ func parseRequest(head []byte, h *reqHead) error {
 	}
 	h.method, h.target = first[:sp1], first[sp1+1:sp2]
 	for _, c := range h.method {
-		if !isTokenChar(c) {
+		if !tokenChars[c] {
 			return badRequest("invalid method")
 		}
 	}
@@ -304,8 +346,8 @@ func appendRequest(out []byte, head []byte, h *reqHead, clientIP []byte, host fu
 	out = append(out, h.target...)
 	out = append(out, " HTTP/1.1\r\n"...)
 	headLines(head, func(line []byte) error {
-		name, _, _ := splitHeader(line)
-		if hopByHop(name) || bytes.EqualFold(name, hdrXFF) || bytes.EqualFold(name, hdrXFP) || h.conn.listed(name) {
+		name := headerName(line)
+		if hopByHop(name) || (len(name) >= len(hdrXFF) && (bytes.EqualFold(name, hdrXFF) || bytes.EqualFold(name, hdrXFP))) || h.conn.listed(name) {
 			return nil
 		}
 		out = append(out, line...)
@@ -410,7 +452,7 @@ func appendResponse(out []byte, head []byte, h *respHead, keepAlive, upgrade boo
 	out = append(out, trimCR(head[:i])...)
 	out = append(out, '\r', '\n')
 	headLines(head, func(line []byte) error {
-		name, _, _ := splitHeader(line)
+		name := headerName(line)
 		if (hopByHop(name) && !(upgrade && bytes.EqualFold(name, hdrUpgrade))) || h.conn.listed(name) {
 			return nil
 		}
