@@ -57,6 +57,13 @@ type reactor struct {
 	nTickers atomic.Int32
 	quit     bool
 	done     chan struct{}
+
+	// pollFn is poll as a func value made once: a closure per wait would
+	// be an allocation per batch.
+	pollFn  func(uintptr) bool
+	tickFn  func()
+	polled  int
+	pollErr error
 }
 
 // reactorHandler owns one or more of the loop's sockets.
@@ -120,6 +127,7 @@ func newReactor() (*reactor, error) {
 		unix.Close(efd)
 		return nil, fmt.Errorf("epoll as a file: %w", err)
 	}
+	r.pollFn, r.tickFn = r.poll, r.tick
 	go r.run()
 	go r.tickLoop()
 	return r, nil
@@ -221,7 +229,7 @@ func (r *reactor) tickLoop() {
 		case <-tk.C:
 		}
 		if r.nTickers.Load() > 0 {
-			r.post(r.tick)
+			r.post(r.tickFn)
 		}
 	}
 }
@@ -242,6 +250,12 @@ func (r *reactor) stop() {
 	<-r.done
 }
 
+// poll fetches the ready events for run; true when there is work.
+func (r *reactor) poll(uintptr) bool {
+	r.polled, r.pollErr = sysPoll(r.epfd, r.events)
+	return r.polled > 0 || len(r.again) > 0 || r.woken.Load() || (r.pollErr != nil && r.pollErr != unix.EINTR)
+}
+
 func (r *reactor) run() {
 	defer func() {
 		close(r.done)
@@ -249,13 +263,7 @@ func (r *reactor) run() {
 		unix.Close(r.efd)
 	}()
 	for !r.quit {
-		var n int
-		var werr error
-		err := r.raw.Read(func(uintptr) bool {
-			n, werr = sysPoll(r.epfd, r.events)
-			return n > 0 || len(r.again) > 0 || r.woken.Load() || (werr != nil && werr != unix.EINTR)
-		})
-		if err != nil {
+		if err := r.raw.Read(r.pollFn); err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				return
 			}
@@ -263,6 +271,7 @@ func (r *reactor) run() {
 			time.Sleep(reactorTick)
 			continue
 		}
+		n, werr := r.polled, r.pollErr
 		if werr != nil {
 			n = 0
 		}
@@ -332,6 +341,11 @@ func newReactors(n int) (*reactors, error) {
 		rs.loops = append(rs.loops, r)
 	}
 	return rs, nil
+}
+
+// pick is the loop the next socket goes to, in turn.
+func (rs *reactors) pick() *reactor {
+	return rs.loops[int(rs.next.Add(1))%len(rs.loops)]
 }
 
 func (rs *reactors) stop() {

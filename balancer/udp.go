@@ -1,68 +1,74 @@
 package balancer
 
 import (
-	"context"
-	"errors"
+	"encoding/binary"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
-// Buffer sizes of the udp path. A datagram from a client is read into the
-// one buffer of the socket's read loop; a reply into its session's buffer.
-// A reply larger than udpReplyBuffer (nginx's proxy_buffer_size is as
-// small) is dropped rather than cut.
+// Buffer sizes of the udp path. Datagrams from clients are read in batches
+// into the server's buffers, replies into the loop's. A reply larger than
+// udpReplyBuffer (nginx's proxy_buffer_size is as small) is dropped rather
+// than cut.
 const (
 	udpReadBuffer   = 64 << 10
 	udpReplyBuffer  = 16 << 10
 	udpSocketBuffer = 4 << 20
 	udpOOBBuffer    = 128
+	// udpBatch is how many datagrams one recvmmsg takes.
+	udpBatch = 8
 )
 
 // udpServer keeps one session per client address: a socket connected to
-// the client's backend, and a goroutine that sends the backend's replies
-// back to the client from the frontend socket. Datagrams move without an
-// allocation once the session exists.
+// the client's backend, whose replies go back to the client from the
+// frontend socket. It runs on one of the balancer's reactors, so that one
+// client's datagrams stay in order; datagrams move without an allocation
+// once the session exists.
 type udpServer struct {
 	b  *Balancer
 	pc *net.UDPConn
 	lb atomic.Pointer[loadBalancer]
+	r  *reactor
+	fd int // the reactor's duplicate of pc's socket
 	// pktinfo is the IP version of the destination-address control
 	// messages on a wildcard-bound socket, 0 otherwise.
 	pktinfo int
 	// stopped: datagrams of clients without a session are dropped.
-	stopped    atomic.Bool
-	readerDone chan struct{}
-	quit       chan struct{}
+	stopped atomic.Bool
+	count   connCount
 
-	mu       sync.RWMutex
+	// The loop's.
 	sessions map[netip.AddrPort]*udpSession
-	closed   bool
-	// sessWG counts session goroutines; added to under mu while !closed.
-	sessWG sync.WaitGroup
-	n      atomic.Int64
+	in       *mmsgBatch
+	stopT    func()
 }
 
 type udpSession struct {
 	s      *udpServer
+	fd     int // connected to the backend
 	client netip.AddrPort
-	// oob sends replies from the address the client wrote to.
-	oob  []byte
-	lb   *loadBalancer
-	be   *backend
-	conn *net.UDPConn
-	// last is the time of the last datagram either way, in UnixNano.
-	last atomic.Int64
+	lb     *loadBalancer
+	be     *backend
+	last   time.Time
+	// reply is the sendmsg header of replies: the client's address and
+	// the control message that sends from the address the client wrote
+	// to.
+	reply    unix.Msghdr
+	iov      unix.Iovec
+	name     unix.RawSockaddrInet6
+	oob      []byte
+	answered bool
+	closed   bool
 }
 
 func (b *Balancer) serveUDP(pc *net.UDPConn, lb *loadBalancer) *udpServer {
-	s := &udpServer{
-		b: b, pc: pc, readerDone: make(chan struct{}), quit: make(chan struct{}),
-		sessions: map[netip.AddrPort]*udpSession{},
-	}
+	s := &udpServer{b: b, pc: pc, fd: -1, sessions: map[netip.AddrPort]*udpSession{}, in: newMmsgBatch(udpBatch, udpReadBuffer, udpOOBBuffer)}
 	s.lb.Store(lb)
 	// Best effort: a burst larger than the default buffer is dropped by
 	// the kernel before we read it.
@@ -73,14 +79,29 @@ func (b *Balancer) serveUDP(pc *net.UDPConn, lb *loadBalancer) *udpServer {
 		b.log.Warn().Err(err).Str("balancer", lb.name).Msg("udp: cannot learn datagrams' destination; replies leave from the route's preferred address")
 	}
 	s.pktinfo = v
-	go s.read()
-	go s.sweep()
+	s.r = b.loops.pick()
+	raw, err := pc.SyscallConn()
+	if err == nil {
+		var derr error
+		if err = raw.Control(func(fd uintptr) { s.fd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err == nil {
+			err = derr
+		}
+	}
+	if err == nil {
+		s.r.do(func() { err = s.r.add(s.fd, s, unix.EPOLLIN|unix.EPOLLET) })
+	}
+	if err != nil {
+		b.log.Error().Err(err).Str("balancer", lb.name).Msg("udp load balancer cannot read its socket")
+	}
+	s.stopT = s.r.every(max(lb.idleTimeout/4, reactorTick), s.sweep)
+	// The socket may have had datagrams before it was registered.
+	s.r.post(func() { s.event(s.fd, unix.EPOLLIN) })
 	return s
 }
 
 func (s *udpServer) current() *loadBalancer           { return s.lb.Load() }
 func (s *udpServer) compatible(lb *loadBalancer) bool { return lb.typ == TypeUDP }
-func (s *udpServer) clients() int                     { return int(s.n.Load()) }
+func (s *udpServer) clients() int                     { return int(s.count.n.Load()) }
 
 // update swaps the config; the idle timeout applies to sessions at once,
 // backends to new sessions.
@@ -91,75 +112,72 @@ func (s *udpServer) update(lb *loadBalancer) { s.lb.Store(lb) }
 func (s *udpServer) stop() { s.stopped.Store(true) }
 
 func (s *udpServer) drain(deadline time.Time) {
-	for s.n.Load() > 0 && time.Now().Before(deadline) {
-		time.Sleep(min(10*time.Millisecond, time.Until(deadline)))
-	}
-	s.mu.Lock()
-	s.closed = true
-	for _, sess := range s.sessions {
-		sess.conn.Close()
-	}
-	s.mu.Unlock()
+	s.count.waitEmpty(time.Until(deadline))
+	s.r.do(func() {
+		for _, sess := range s.sessions {
+			sess.close()
+		}
+		if s.fd >= 0 {
+			s.r.closeFD(s.fd)
+			s.fd = -1
+		}
+	})
+	s.stopT()
 	s.pc.Close()
-	close(s.quit)
-	<-s.readerDone
-	s.sessWG.Wait()
 }
 
-// read is the socket's one read loop: one reader keeps each client's
-// datagrams in order.
-func (s *udpServer) read() {
-	defer close(s.readerDone)
-	buf := make([]byte, udpReadBuffer)
-	oob := make([]byte, udpOOBBuffer)
-	var oobp []byte
-	if s.pktinfo != 0 {
-		oobp = oob
+// event reads the clients' datagrams, a batch at a time, until the socket
+// is drained: a batch that comes back short emptied it.
+func (s *udpServer) event(fd int, _ uint32) {
+	if fd < 0 || s.fd < 0 {
+		return
 	}
-	for {
-		n, oobn, _, from, err := s.pc.ReadMsgUDPAddrPort(buf, oobp)
+	for range 16 {
+		n, err := s.in.recv(fd)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
+			if err == unix.EINTR {
+				continue
 			}
-			continue
+			return
 		}
-		s.forward(buf[:n], oob[:oobn], from)
+		for i := range n {
+			m := &s.in.msgs[i]
+			if m.hdr.Flags&unix.MSG_TRUNC != 0 {
+				continue
+			}
+			s.forward(s.in.bufs[i][:m.n], s.in.oobs[i][:m.hdr.Controllen], rawAddrPort(&s.in.names[i]))
+		}
+		if n < len(s.in.msgs) {
+			return
+		}
 	}
+	s.r.later(fd, s)
 }
 
 // forward sends one client datagram to the client's backend, opening a
 // session first if the client has none.
 func (s *udpServer) forward(p, oob []byte, from netip.AddrPort) {
-	// Twice at most: a session that expired or failed under us is replaced
-	// once.
+	// Twice at most: a session that failed under us is replaced once.
 	for range 2 {
-		sess := s.session(from)
+		sess := s.sessions[from]
 		if sess == nil {
-			sess = s.open(from, oob)
-			if sess == nil {
+			if sess = s.open(from, oob); sess == nil {
 				return
 			}
 		}
-		sess.last.Store(time.Now().UnixNano())
-		if _, err := sess.conn.Write(p); err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				// The backend's port refused an earlier datagram.
-				s.b.connectFailed(sess.be, err)
+		sess.last = s.r.now
+		if _, err := sysWrite(sess.fd, p); err != nil {
+			if err == unix.EAGAIN {
+				return // the backend's socket is full: dropped, as the kernel would
 			}
-			s.remove(sess)
+			// The backend's port refused an earlier datagram.
+			s.b.connectFailed(sess.be, err)
+			sess.close()
 			continue
 		}
 		sess.be.m.toBackend.Add(float64(len(p)))
 		return
 	}
-}
-
-func (s *udpServer) session(from netip.AddrPort) *udpSession {
-	s.mu.RLock()
-	sess := s.sessions[from]
-	s.mu.RUnlock()
-	return sess
 }
 
 // open starts a session for a new client; nil when the server is stopped
@@ -175,107 +193,209 @@ func (s *udpServer) open(from netip.AddrPort, oob []byte) *udpSession {
 		s.b.warnNoBackend(lb, false)
 		return nil
 	}
-	var d net.Dialer
-	conn, err := d.DialUDP(context.Background(), "udp", nilAddrPort, be.ap)
+	fd, err := connectUDP(be.ap)
+	sess := &udpSession{s: s, fd: fd, client: from, lb: lb, be: be, last: s.r.now}
+	if err == nil {
+		if err = s.r.add(fd, sess, unix.EPOLLIN|unix.EPOLLET); err != nil {
+			unix.Close(fd)
+		}
+	}
 	if err != nil {
 		s.b.connectFailed(be, err)
 		s.b.log.Debug().Err(err).Str("balancer", lb.name).Str("backend", be.name).Msg("udp session not opened")
 		return nil
 	}
-	sess := &udpSession{s: s, client: from, lb: lb, be: be, conn: conn}
-	sess.last.Store(time.Now().UnixNano())
 	if s.pktinfo != 0 {
 		if dst, ok := pktinfoDst(oob); ok {
 			sess.oob = pktinfoSrc(s.pktinfo, dst)
 		}
 	}
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		conn.Close()
-		return nil
+	sess.reply.Name = (*byte)(unsafe.Pointer(&sess.name))
+	sess.reply.Namelen = putRawAddr(&sess.name, from)
+	sess.reply.Iov = &sess.iov
+	sess.reply.SetIovlen(1)
+	if len(sess.oob) > 0 {
+		sess.reply.Control = &sess.oob[0]
+		sess.reply.SetControllen(len(sess.oob))
 	}
 	s.sessions[from] = sess
-	s.sessWG.Add(1)
-	s.mu.Unlock()
-
-	s.n.Add(1)
+	s.count.opened()
 	lb.mActive.Inc()
 	be.st.active.Add(1)
 	be.m.active.Inc()
 	be.m.conns.Inc()
-	go sess.replies()
 	return sess
 }
 
-// remove ends sess if it is still the client's session.
-func (s *udpServer) remove(sess *udpSession) {
-	s.mu.Lock()
+// connectUDP is a non-blocking socket connected to ap.
+func connectUDP(ap netip.AddrPort) (int, error) {
+	family := unix.AF_INET
+	if !ap.Addr().Unmap().Is4() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Connect(fd, addrPortSockaddr(ap)); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// event sends the backend's replies back to the client.
+func (sess *udpSession) event(fd int, _ uint32) {
+	s := sess.s
+	buf := s.r.scratch[:udpReplyBuffer]
+	for range 64 {
+		if sess.closed {
+			return
+		}
+		n, flags, err := recvOne(fd, buf)
+		switch {
+		case err == unix.EAGAIN:
+			return
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			if err == unix.ECONNREFUSED {
+				s.b.connectFailed(sess.be, err)
+			}
+			sess.close()
+			return
+		}
+		if !sess.answered {
+			// udp has no handshake: a reply is what shows the backend
+			// alive, and clears its count of refusals.
+			sess.answered = true
+			s.b.connectOK(sess.be)
+		}
+		if flags&unix.MSG_TRUNC != 0 {
+			continue
+		}
+		sess.last = s.r.now
+		sess.iov.Base = unsafe.SliceData(buf)
+		sess.iov.SetLen(n)
+		if _, _, e := syscall.RawSyscall(syscall.SYS_SENDMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&sess.reply)), 0); e == 0 {
+			sess.be.m.toClient.Add(float64(n))
+		}
+		sess.iov.Base = nil
+	}
+	s.r.later(fd, sess)
+}
+
+// close ends the session; safe to call twice.
+func (sess *udpSession) close() {
+	if sess.closed {
+		return
+	}
+	sess.closed = true
+	s := sess.s
 	if s.sessions[sess.client] == sess {
 		delete(s.sessions, sess.client)
 	}
-	s.mu.Unlock()
-	sess.conn.Close()
+	s.r.closeFD(sess.fd)
+	sess.lb.mActive.Dec()
+	sess.be.st.active.Add(-1)
+	sess.be.m.active.Dec()
+	s.count.closed()
 }
 
-// replies sends the backend's datagrams to the client until the session is
-// closed.
-func (sess *udpSession) replies() {
-	s := sess.s
-	defer func() {
-		s.remove(sess)
-		s.n.Add(-1)
-		sess.lb.mActive.Dec()
-		sess.be.st.active.Add(-1)
-		sess.be.m.active.Dec()
-		s.sessWG.Done()
-	}()
-	buf := make([]byte, udpReplyBuffer)
-	answered := false
-	for {
-		n, _, flags, _, err := sess.conn.ReadMsgUDPAddrPort(buf, nil)
-		if err != nil {
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				s.b.connectFailed(sess.be, err)
-			}
-			return
-		}
-		if !answered {
-			// udp has no handshake: a reply is what shows the backend
-			// alive, and clears its count of refusals.
-			answered = true
-			s.b.connectOK(sess.be)
-		}
-		if flags&syscall.MSG_TRUNC != 0 {
-			continue
-		}
-		sess.last.Store(time.Now().UnixNano())
-		if _, _, err := s.pc.WriteMsgUDPAddrPort(buf[:n], sess.oob, sess.client); err == nil {
-			sess.be.m.toClient.Add(float64(n))
+// sweep closes sessions idle for the load balancer's idle timeout.
+func (s *udpServer) sweep(now time.Time) {
+	idle := s.lb.Load().idleTimeout
+	for _, sess := range s.sessions {
+		if now.Sub(sess.last) >= idle {
+			sess.close()
 		}
 	}
 }
 
-// sweep closes sessions idle for the load balancer's idle timeout, checking
-// every quarter of it.
-func (s *udpServer) sweep() {
-	for {
-		idle := s.lb.Load().idleTimeout
-		t := time.NewTimer(max(idle/4, 5*time.Millisecond))
-		select {
-		case <-s.quit:
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		cutoff := time.Now().Add(-idle).UnixNano()
-		s.mu.Lock()
-		for k, sess := range s.sessions {
-			if sess.last.Load() < cutoff {
-				delete(s.sessions, k)
-				sess.conn.Close()
-			}
-		}
-		s.mu.Unlock()
+// mmsgBatch is the buffers of one recvmmsg: each slot a datagram, its
+// source address and its control messages.
+type mmsgBatch struct {
+	msgs  []mmsghdr
+	iovs  []unix.Iovec
+	bufs  [][]byte
+	names []unix.RawSockaddrInet6
+	oobs  [][]byte
+}
+
+// mmsghdr is struct mmsghdr: a msghdr and the length received.
+type mmsghdr struct {
+	hdr unix.Msghdr
+	n   uint32
+}
+
+func newMmsgBatch(n, size, oob int) *mmsgBatch {
+	b := &mmsgBatch{msgs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n), bufs: make([][]byte, n),
+		names: make([]unix.RawSockaddrInet6, n), oobs: make([][]byte, n)}
+	for i := range n {
+		b.bufs[i], b.oobs[i] = make([]byte, size), make([]byte, oob)
+		b.iovs[i].Base = &b.bufs[i][0]
+		b.iovs[i].SetLen(size)
 	}
+	return b
+}
+
+// recv takes up to len(b.msgs) datagrams without waiting.
+func (b *mmsgBatch) recv(fd int) (int, error) {
+	for i := range b.msgs {
+		h := &b.msgs[i].hdr
+		h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		h.Namelen = unix.SizeofSockaddrInet6
+		h.Iov = &b.iovs[i]
+		h.SetIovlen(1)
+		h.Control = &b.oobs[i][0]
+		h.SetControllen(len(b.oobs[i]))
+		h.Flags = 0
+	}
+	n, _, e := syscall.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(len(b.msgs)), unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// recvOne reads one datagram from a connected socket.
+func recvOne(fd int, p []byte) (int, int, error) {
+	var iov unix.Iovec
+	iov.Base = unsafe.SliceData(p)
+	iov.SetLen(len(p))
+	var h unix.Msghdr
+	h.Iov = &iov
+	h.SetIovlen(1)
+	n, _, e := syscall.RawSyscall(syscall.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&h)), unix.MSG_DONTWAIT)
+	if e != 0 {
+		return 0, 0, e
+	}
+	return int(n), int(h.Flags), nil
+}
+
+// rawAddrPort reads a datagram's source address.
+func rawAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
+	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+	if sa.Family == unix.AF_INET {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), port)
+}
+
+// putRawAddr writes ap as the socket address family of the frontend's
+// socket would report it, and returns its length.
+func putRawAddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) uint32 {
+	port := ap.Port()
+	if ap.Addr().Is4() {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		sa4.Family = unix.AF_INET
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:], port)
+		sa4.Addr = ap.Addr().As4()
+		return unix.SizeofSockaddrInet4
+	}
+	sa.Family = unix.AF_INET6
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], port)
+	sa.Addr = ap.Addr().As16()
+	return unix.SizeofSockaddrInet6
 }
