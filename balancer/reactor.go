@@ -52,9 +52,9 @@ type reactor struct {
 	spare   []func()
 	woken   atomic.Bool
 	tickers map[*reactorTicker]struct{}
-	// nTickers is len(tickers) for the tick goroutine: no ticks posted to
-	// a loop that has nothing to run.
-	nTickers atomic.Int32
+	// nextTick is when the earliest ticker is due, in UnixNano, for the
+	// tick goroutine: the loop is woken only when a ticker is due.
+	nextTick atomic.Int64
 	quit     bool
 	done     chan struct{}
 
@@ -209,12 +209,12 @@ func (r *reactor) every(interval time.Duration, f func(now time.Time)) (stop fun
 	r.post(func() {
 		t.next = r.now.Add(t.every)
 		r.tickers[t] = struct{}{}
-		r.nTickers.Store(int32(len(r.tickers)))
+		r.setNextTick()
 	})
 	return func() {
 		r.post(func() {
 			delete(r.tickers, t)
-			r.nTickers.Store(int32(len(r.tickers)))
+			r.setNextTick()
 		})
 	}
 }
@@ -228,7 +228,9 @@ func (r *reactor) tickLoop() {
 			return
 		case <-tk.C:
 		}
-		if r.nTickers.Load() > 0 {
+		if next := r.nextTick.Load(); next != 0 && time.Now().UnixNano() >= next {
+			// Not again until the loop has run the tick.
+			r.nextTick.Store(0)
 			r.post(r.tickFn)
 		}
 	}
@@ -241,6 +243,22 @@ func (r *reactor) tick() {
 			t.f(r.now)
 		}
 	}
+	r.setNextTick()
+}
+
+// setNextTick publishes when the earliest ticker is due; 0 for none.
+func (r *reactor) setNextTick() {
+	var next time.Time
+	for t := range r.tickers {
+		if next.IsZero() || t.next.Before(next) {
+			next = t.next
+		}
+	}
+	if next.IsZero() {
+		r.nextTick.Store(0)
+		return
+	}
+	r.nextTick.Store(next.UnixNano())
 }
 
 // stop ends the loop once the posted work is done; the sockets still

@@ -21,9 +21,13 @@ const (
 	udpReplyBuffer  = 16 << 10
 	udpSocketBuffer = 4 << 20
 	udpOOBBuffer    = 128
-	// udpBatch is how many datagrams one recvmmsg takes.
-	udpBatch = 8
+	// udpBatch is how many client datagrams one turn of the loop takes
+	// (one recvmmsg): the rest wait for the next turn, after the replies
+	// that came meanwhile, as nginx takes one per turn. Larger batches
+	// cost fewer syscalls and, measured, a longer tail of latency.
+	udpBatch = 1
 )
+
 
 // udpServer keeps one session per client address: a socket connected to
 // the client's backend, whose replies go back to the client from the
@@ -126,18 +130,19 @@ func (s *udpServer) drain(deadline time.Time) {
 	s.pc.Close()
 }
 
-// event reads the clients' datagrams, a batch at a time, until the socket
-// is drained: a batch that comes back short emptied it.
+// event reads a batch of the clients' datagrams; a batch that comes back
+// full may have left more, for the next turn of the loop (edge-triggered
+// epoll would not say so again).
 func (s *udpServer) event(fd int, _ uint32) {
 	if fd < 0 || s.fd < 0 {
 		return
 	}
-	for range 16 {
+	for {
 		n, err := s.in.recv(fd)
+		if err == unix.EINTR {
+			continue
+		}
 		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
 			return
 		}
 		for i := range n {
@@ -147,11 +152,11 @@ func (s *udpServer) event(fd int, _ uint32) {
 			}
 			s.forward(s.in.bufs[i][:m.n], s.in.oobs[i][:m.hdr.Controllen], rawAddrPort(&s.in.names[i]))
 		}
-		if n < len(s.in.msgs) {
-			return
+		if n == len(s.in.msgs) {
+			s.r.later(fd, s)
 		}
+		return
 	}
-	s.r.later(fd, s)
 }
 
 // forward sends one client datagram to the client's backend, opening a
