@@ -28,7 +28,6 @@ const (
 	udpBatch = 1
 )
 
-
 // udpServer keeps one session per client address: a socket connected to
 // the client's backend, whose replies go back to the client from the
 // frontend socket. It runs on one of the balancer's reactors, so that one
