@@ -949,6 +949,10 @@ func (c *httpConn) checkTimeouts(now time.Time) {
 	case c.state == hsExchange && c.u != nil && c.u.connecting && now.After(c.deadline):
 		c.connectFailed(errConnectTimeout)
 		c.run()
+	case c.state == hsExchange && c.u != nil && !c.gotHead && now.After(c.deadline) && !c.reqBody.done && len(c.uout) == 0:
+		// The client stopped sending its body (nginx answers 408 to
+		// that; half a request cannot be answered): cut.
+		c.abort(408)
 	case c.state == hsExchange && c.u != nil && !c.gotHead && now.After(c.deadline):
 		c.backendFailed(&timeoutError{"timeout awaiting the backend's response head"})
 		c.run()
