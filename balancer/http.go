@@ -190,7 +190,7 @@ func (u *upstream) event(fd int, ev uint32) {
 	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		u.rdhup = true
 	}
-	u.owner.run()
+	u.owner.wake()
 }
 
 func (u *upstream) close() {
@@ -322,6 +322,11 @@ type httpConn struct {
 	resp      respHead
 	respBody  bodyReader
 	clientKA  bool // the client connection stays open after the response
+	// hold: a response head waits for its body until the end of the
+	// batch.
+	hold bool
+	// queued: a call at the end of the batch is asked for.
+	queued bool
 }
 
 func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
@@ -343,6 +348,13 @@ func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
 }
 
 func (c *httpConn) event(fd int, ev uint32) {
+	if ev == 0 {
+		// The end of a batch: the I/O the batch's events asked for,
+		// and a response head held until then goes.
+		c.queued, c.hold = false, false
+		c.run()
+		return
+	}
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.r = true
 	}
@@ -352,7 +364,19 @@ func (c *httpConn) event(fd int, ev uint32) {
 	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.rdhup = true
 	}
-	c.run()
+	c.wake()
+}
+
+// wake runs the connection at the end of the batch (see tcpConn.event).
+func (c *httpConn) wake() {
+	if !deferIO {
+		c.run()
+		return
+	}
+	if !c.queued {
+		c.queued = true
+		c.l.r.later(c.fd, c)
+	}
 }
 
 // httpBudget bounds the steps one event takes, so that one fast
@@ -366,14 +390,15 @@ func (c *httpConn) run() {
 			return
 		}
 	}
-	if !c.done {
+	if !c.done && !c.queued {
+		c.queued = true
 		c.l.r.later(c.fd, c)
 	}
 }
 
 // step makes one move; false when it waits for a socket.
 func (c *httpConn) step() bool {
-	if len(c.out) > 0 {
+	if len(c.out) > 0 && !c.hold {
 		if !c.flushOut() {
 			return false
 		}
@@ -769,7 +794,18 @@ func (c *httpConn) startResponse(end int) bool {
 	c.uin = c.uin[:copy(c.uin, c.uin[end:])]
 	c.respBody = newBodyReader(c.resp.body, c.resp.closeDelimited)
 	// On with the body at once: head and body leave in one write, one
-	// segment for a small response, as nginx's writev sends them.
+	// segment for a small response, as nginx's writev sends them. A
+	// backend that wrote its head and body apart (nginx does: writev,
+	// then sendfile) often has the body there by the end of the batch:
+	// the head waits that long for it (nginx's postpone_output waits
+	// longer).
+	if len(c.uin) == 0 && !c.respBody.done {
+		c.hold = true
+		if !c.queued {
+			c.queued = true
+			c.l.r.later(c.fd, c)
+		}
+	}
 	c.relayResponse()
 	return true
 }
@@ -790,6 +826,7 @@ func (c *httpConn) relayResponse() bool {
 			if n > 0 {
 				c.out = append(c.out, c.uin[:n]...)
 				c.uin = c.uin[:copy(c.uin, c.uin[n:])]
+				c.hold = false
 				if !c.flushOut() {
 					return false
 				}
@@ -799,7 +836,7 @@ func (c *httpConn) relayResponse() bool {
 			c.finish()
 			return true
 		}
-		if len(c.out) > 0 {
+		if len(c.out) > 0 && !c.hold {
 			return false // the client first
 		}
 		n, err := c.readUpstream()

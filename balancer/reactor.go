@@ -162,8 +162,8 @@ func (r *reactor) closeFD(fd int) {
 	unix.Close(fd)
 }
 
-// later calls h for fd after the current batch, as if epoll reported it
-// readable and writable again.
+// later calls h for fd after the current batch, with no events (0): the
+// handler goes on with the readiness it recorded.
 func (r *reactor) later(fd int, h reactorHandler) {
 	r.again = append(r.again, reactorEntry{h: h, fd: fd})
 }
@@ -311,7 +311,7 @@ func (r *reactor) run() {
 		for _, e := range again {
 			// A handler may have closed the socket meanwhile.
 			if e.fd < len(r.entries) && r.entries[e.fd].h == e.h {
-				e.h.event(e.fd, unix.EPOLLIN|unix.EPOLLOUT)
+				e.h.event(e.fd, 0)
 			}
 		}
 		clear(again)
