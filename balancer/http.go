@@ -57,19 +57,11 @@ func (b *Balancer) serveHTTP(ln *net.TCPListener, lb *loadBalancer) *httpServer 
 	s.lb.Store(lb)
 	for _, r := range b.loops.loops {
 		l := &httpLoop{s: s, r: r, conns: map[*httpConn]struct{}{}, tunnels: map[*tcpConn]struct{}{}, pools: map[*backendState]*upstreamPool{}}
-		var err error
-		if l.ln, err = listenOn(r, ln, l.open, s.acceptError); err != nil {
-			b.log.Error().Err(err).Str("bind", ln.Addr().String()).Msg("http load balancer cannot accept")
-			continue
+		if l.ln, l.stopT = b.startLoop(r, ln, l, &s.lb); l.ln != nil {
+			s.loops = append(s.loops, l)
 		}
-		l.stopT = r.every(checkEvery(lb), l.check)
-		s.loops = append(s.loops, l)
 	}
 	return s
-}
-
-func (s *httpServer) acceptError(err error, retryIn time.Duration) {
-	s.b.log.Error().Err(err).Str("balancer", s.lb.Load().name).Dur("retry_in", retryIn).Msg("accept")
 }
 
 func (s *httpServer) current() *loadBalancer { return s.lb.Load() }
@@ -160,11 +152,10 @@ func (l *httpLoop) check(now time.Time) {
 // upstream is a connection to a backend: in a pool while idle, owned by
 // one client connection while it carries a request.
 type upstream struct {
-	l          *httpLoop
-	fd         int
-	be         *backend
-	r, w       bool
-	rdhup      bool
+	l  *httpLoop
+	fd int
+	be *backend
+	readiness
 	connecting bool
 	reused     bool
 	owner      *httpConn
@@ -181,15 +172,7 @@ func (u *upstream) event(fd int, ev uint32) {
 		}
 		return
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		u.r = true
-	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		u.w = true
-	}
-	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		u.rdhup = true
-	}
+	u.note(ev)
 	u.owner.wake()
 }
 
@@ -281,18 +264,20 @@ const (
 
 // httpConn is one client connection and the request it carries.
 type httpConn struct {
-	l       *httpLoop
-	lb      *loadBalancer // the config that accepted it, for its gauge
-	fd      int
-	client  netip.AddrPort
-	ip      []byte // the client's address for X-Forwarded-For
-	r, w    bool
-	rdhup   bool
+	l      *httpLoop
+	lb     *loadBalancer // the config that accepted it, for its gauge
+	fd     int
+	client netip.AddrPort
+	ip     []byte // the client's address for X-Forwarded-For
+	readiness
 	eof     bool
 	state   uint8
 	done    bool
 	in, out []byte // from the client not yet used; to it not yet written
 	last    time.Time
+	// headStart: when the first byte of the request head now awaited
+	// came.
+	headStart time.Time
 
 	// The request.
 	rlb       *loadBalancer // the config the request runs under
@@ -336,7 +321,7 @@ func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
 		return
 	}
 	lb := s.lb.Load()
-	c := &httpConn{l: l, lb: lb, fd: fd, client: sockaddrAddrPort(sa), w: true, last: l.r.now, in: make([]byte, 0, 4096)}
+	c := &httpConn{l: l, lb: lb, fd: fd, client: sockaddrAddrPort(sa), readiness: readiness{w: true}, last: l.r.now, in: make([]byte, 0, 4096)}
 	c.ip = c.client.Addr().Unmap().AppendTo(nil)
 	if err := l.r.add(fd, c, evConn); err != nil {
 		unix.Close(fd)
@@ -355,15 +340,7 @@ func (c *httpConn) event(fd int, ev uint32) {
 		c.run()
 		return
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		c.r = true
-	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		c.w = true
-	}
-	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		c.rdhup = true
-	}
+	c.note(ev)
 	c.wake()
 }
 
@@ -482,7 +459,12 @@ func (c *httpConn) readRequest() bool {
 			c.close()
 			return false
 		}
-		return c.readClient()
+		empty := len(c.in) == 0
+		more := c.readClient()
+		if empty && len(c.in) > 0 {
+			c.headStart = c.l.r.now
+		}
+		return more
 	}
 	var h reqHead
 	if err := parseRequest(c.in[:end], &h); err != nil {
@@ -534,10 +516,7 @@ func (c *httpConn) refuse(he *httpError) {
 // 504.
 func (c *httpConn) connect() {
 	b, lb := c.l.s.b, c.rlb
-	var src netip.Addr
-	if lb.algorithm == AlgoSourceHash {
-		src = c.client.Addr().Unmap()
-	}
+	src := lb.hashKey(c.client)
 	for {
 		be := b.pick(lb, src, &c.tried)
 		if be == nil {
@@ -631,6 +610,8 @@ func (c *httpConn) endRequest() {
 	c.be = nil
 	if c.clientKA {
 		c.state = hsIdle
+		// A pipelined request's head began now, for its timeout.
+		c.headStart = c.l.r.now
 		return
 	}
 	c.state = hsClosing
@@ -963,7 +944,7 @@ func (c *httpConn) tunnel() {
 	c.account(101)
 	t := &tcpConn{
 		r: c.l.r, b: c.l.s.b, home: c.l, lb: c.lb, be: be, cfd: c.fd, sfd: u.fd, client: c.client,
-		cR: c.r || len(c.in) > 0, cW: c.w, sR: u.r, sW: u.w, cRDHUP: c.rdhup, sRDHUP: u.rdhup,
+		cl: c.readiness, sv: u.readiness,
 		toServer: append([]byte(nil), c.in...), toClient: append(append([]byte(nil), c.out...), c.uin...),
 		last: c.l.r.now, counted: true, backendActive: true,
 	}
@@ -993,6 +974,10 @@ func (c *httpConn) checkTimeouts(now time.Time) {
 	case c.state == hsExchange && c.u != nil && !c.gotHead && now.After(c.deadline):
 		c.backendFailed(&timeoutError{"timeout awaiting the backend's response head"})
 		c.run()
+	case c.state == hsIdle && len(c.in) > 0 && lb.idleTimeout > 0 && now.Sub(c.headStart) >= lb.idleTimeout:
+		// A head that trickles in (slowloris) gets the idle timeout in
+		// all, not per byte.
+		c.abort(408)
 	case lb.idleTimeout > 0 && now.Sub(c.last) >= lb.idleTimeout && (c.state != hsExchange || c.gotHead):
 		c.abort(499)
 	}

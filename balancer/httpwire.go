@@ -215,6 +215,21 @@ type framing struct {
 	chunked bool
 }
 
+// header takes the headers a request and a response share the meaning of:
+// the framing and Connection. ok: it was one of those.
+func (f *framing) header(name, value []byte, conn *connTokens) (ok bool, err error) {
+	switch {
+	case bytes.EqualFold(name, hdrContentLength):
+		return true, f.addLength(value)
+	case bytes.EqualFold(name, hdrTransferEncode):
+		return true, f.addTransferEncoding(value)
+	case bytes.EqualFold(name, hdrConnection):
+		conn.add(value)
+		return true, nil
+	}
+	return false, nil
+}
+
 // addLength takes a Content-Length header: digits only, and several must
 // agree.
 func (f *framing) addLength(v []byte) error {
@@ -276,13 +291,10 @@ func parseRequest(head []byte, h *reqHead) error {
 		if err != nil {
 			return err
 		}
+		if ok, err := h.body.header(name, value, &h.conn); ok {
+			return err
+		}
 		switch {
-		case bytes.EqualFold(name, hdrContentLength):
-			return h.body.addLength(value)
-		case bytes.EqualFold(name, hdrTransferEncode):
-			return h.body.addTransferEncoding(value)
-		case bytes.EqualFold(name, hdrConnection):
-			h.conn.add(value)
 		case bytes.EqualFold(name, hdrUpgrade):
 			h.upgrade = value
 		case bytes.EqualFold(name, hdrXFF):
@@ -398,15 +410,8 @@ func parseResponse(head []byte, isHead bool, h *respHead) error {
 		if err != nil {
 			return err
 		}
-		switch {
-		case bytes.EqualFold(name, hdrContentLength):
-			return h.body.addLength(value)
-		case bytes.EqualFold(name, hdrTransferEncode):
-			return h.body.addTransferEncoding(value)
-		case bytes.EqualFold(name, hdrConnection):
-			h.conn.add(value)
-		}
-		return nil
+		_, err = h.body.header(name, value, &h.conn)
+		return err
 	})
 	if err != nil {
 		return err

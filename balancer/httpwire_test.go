@@ -250,3 +250,31 @@ func TestHTTPStalledBodyCut(t *testing.T) {
 	}
 	eventually(t, "408 counted", func() bool { return testutil.ToFloat64(b.m.requests.WithLabelValues("web", "h1", "408")) == 1 })
 }
+
+// A request head that trickles in byte by byte is cut after the idle
+// timeout in all, however often its bytes come.
+func TestHTTPSlowHeadCut(t *testing.T) {
+	b := newBalancer(t)
+	h1, _ := startHTTPBackend(t, "h1")
+	l := named(httpLB("web", hostOf(h1)), "h1")
+	l.IdleTimeoutMs = 300
+	configure(t, b, l)
+	c, err := net.Dial("tcp", addr(t, b, "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	head := "GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + strings.Repeat("x", 100)
+	var werr error
+	for i := 0; i < len(head) && werr == nil && time.Since(start) < waitFor; i++ {
+		_, werr = c.Write([]byte{head[i]})
+		time.Sleep(20 * time.Millisecond)
+	}
+	if werr == nil {
+		t.Fatal("the trickling head was never cut")
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("cut after %s, want about the 300ms idle timeout", took)
+	}
+}

@@ -36,6 +36,15 @@ func (t *triedSet) has(i int) bool {
 // pick chooses the backend for a new connection or request among those up
 // and not yet tried, by lb's algorithm; nil when there is none. client is
 // the client's address, used by sourcehash.
+// hashKey is what the algorithm hashes of a client: its IP for source
+// hashing, nothing otherwise.
+func (lb *loadBalancer) hashKey(client netip.AddrPort) netip.Addr {
+	if lb.algorithm == AlgoSourceHash {
+		return client.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
 func (b *Balancer) pick(lb *loadBalancer, client netip.Addr, tried *triedSet) *backend {
 	switch lb.algorithm {
 	case AlgoLeastConn:

@@ -401,3 +401,25 @@ func sysPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	}
 	return int(n), nil
 }
+
+// readiness is what edge-triggered epoll last reported of a socket, kept
+// until a read or write finds otherwise.
+type readiness struct {
+	r, w bool
+	// rdhup: the peer's FIN (or an error) is queued, so a short read
+	// does not mean there is nothing more to read.
+	rdhup bool
+}
+
+// note adds the events ev reports.
+func (rd *readiness) note(ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		rd.r = true
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		rd.w = true
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		rd.rdhup = true
+	}
+}

@@ -36,19 +36,30 @@ func (b *Balancer) serveTCP(ln *net.TCPListener, lb *loadBalancer) *tcpServer {
 	s.lb.Store(lb)
 	for _, r := range b.loops.loops {
 		l := &tcpLoop{s: s, r: r, conns: map[*tcpConn]struct{}{}}
-		var err error
-		if l.ln, err = listenOn(r, ln, l.open, s.acceptError); err != nil {
-			b.log.Error().Err(err).Str("bind", ln.Addr().String()).Msg("tcp load balancer cannot accept")
-			continue
+		if l.ln, l.stopT = b.startLoop(r, ln, l, &s.lb); l.ln != nil {
+			s.loops = append(s.loops, l)
 		}
-		l.stopT = r.every(checkEvery(lb), l.check)
-		s.loops = append(s.loops, l)
 	}
 	return s
 }
 
-func (s *tcpServer) acceptError(err error, retryIn time.Duration) {
-	s.b.log.Error().Err(err).Str("balancer", s.lb.Load().name).Dur("retry_in", retryIn).Msg("accept")
+// loopPart is a server's part of one event loop.
+type loopPart interface {
+	open(fd int, sa unix.Sockaddr)
+	check(now time.Time)
+}
+
+// startLoop has part accept from ln on r and run its checks; a nil
+// listener when it cannot accept.
+func (b *Balancer) startLoop(r *reactor, ln *net.TCPListener, part loopPart, lb *atomic.Pointer[loadBalancer]) (*loopListener, func()) {
+	l, err := listenOn(r, ln, part.open, func(err error, retryIn time.Duration) {
+		b.log.Error().Err(err).Str("balancer", lb.Load().name).Dur("retry_in", retryIn).Msg("accept")
+	})
+	if err != nil {
+		b.log.Error().Err(err).Str("balancer", lb.Load().name).Str("bind", ln.Addr().String()).Msg("load balancer cannot accept")
+		return nil, nil
+	}
+	return l, r.every(checkEvery(lb.Load()), part.check)
 }
 
 // checkEvery is how often connect deadlines and idle timeouts are checked:
@@ -136,12 +147,10 @@ type tcpConn struct {
 	be       *backend
 	cfd, sfd int
 	client   netip.AddrPort
-	// Readiness as epoll last reported it, cleared on EAGAIN or a short
-	// read (the socket was drained: edge-triggered epoll reports data
-	// arriving after that). rdhup: the peer's FIN is queued, so a short
-	// read does not mean there is nothing more to read.
-	cR, cW, sR, sW         bool
-	cRDHUP, sRDHUP         bool
+	// The client's and the backend's readiness, cleared on EAGAIN or a
+	// short read (the socket was drained: edge-triggered epoll reports
+	// data arriving after that).
+	cl, sv                 readiness
 	cEOF, sEOF             bool
 	cShut, sShut           bool
 	connecting, done       bool
@@ -159,7 +168,7 @@ func (l *tcpLoop) open(fd int, sa unix.Sockaddr) {
 		return
 	}
 	lb := s.lb.Load()
-	c := &tcpConn{r: l.r, b: s.b, home: l, lb: lb, cfd: fd, sfd: -1, client: sockaddrAddrPort(sa), cW: true, last: l.r.now}
+	c := &tcpConn{r: l.r, b: s.b, home: l, lb: lb, cfd: fd, sfd: -1, client: sockaddrAddrPort(sa), cl: readiness{w: true}, last: l.r.now}
 	if err := l.r.add(fd, c, evConn); err != nil {
 		unix.Close(fd)
 		return
@@ -175,10 +184,7 @@ func (l *tcpLoop) open(fd int, sa unix.Sockaddr) {
 // each at most once; with none left the client is closed at once.
 func (c *tcpConn) connectNext() {
 	b, lb := c.b, c.lb
-	var src netip.Addr
-	if lb.algorithm == AlgoSourceHash {
-		src = c.client.Addr().Unmap()
-	}
+	src := lb.hashKey(c.client)
 	for {
 		be := b.pick(lb, src, &c.tried)
 		if be == nil {
@@ -195,7 +201,7 @@ func (c *tcpConn) connectNext() {
 			}
 		}
 		if err == nil {
-			c.sfd, c.connecting, c.sW, c.sR = fd, true, false, false
+			c.sfd, c.connecting, c.sv.w, c.sv.r = fd, true, false, false
 			c.deadline = c.r.now.Add(lb.connectTimeout)
 			return
 		}
@@ -204,17 +210,26 @@ func (c *tcpConn) connectNext() {
 	}
 }
 
-// connectNonblock starts a connect to ap.
+// connectNonblock starts a tcp connect to ap.
 func connectNonblock(ap netip.AddrPort) (int, error) {
+	fd, err := connectSocket(ap, unix.SOCK_STREAM)
+	if err == nil {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
+	return fd, err
+}
+
+// connectSocket is a non-blocking socket of typ connecting (tcp) or
+// connected (udp) to ap.
+func connectSocket(ap netip.AddrPort, typ int) (int, error) {
 	family := unix.AF_INET
 	if !ap.Addr().Unmap().Is4() {
 		family = unix.AF_INET6
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
 	}
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	if err := unix.Connect(fd, addrPortSockaddr(ap)); err != nil && err != unix.EINPROGRESS {
 		unix.Close(fd)
 		return -1, err
@@ -276,13 +291,10 @@ func (c *tcpConn) event(fd int, ev uint32) {
 	if c.done {
 		return
 	}
-	in := ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
-	out := ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
-	rdhup := ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
 	if fd == c.cfd {
-		c.cR, c.cW, c.cRDHUP = c.cR || in, c.cW || out, c.cRDHUP || rdhup
+		c.cl.note(ev)
 	} else {
-		c.sR, c.sW, c.sRDHUP = c.sR || in, c.sW || out, c.sRDHUP || rdhup
+		c.sv.note(ev)
 	}
 	if ev != 0 && deferIO {
 		// The I/O waits for the end of the batch, as HAProxy's does:
@@ -297,7 +309,7 @@ func (c *tcpConn) event(fd int, ev uint32) {
 	}
 	c.queued = false
 	if c.connecting {
-		if !c.sW {
+		if !c.sv.w {
 			return
 		}
 		if errno, err := unix.GetsockoptInt(c.sfd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
@@ -313,17 +325,17 @@ func (c *tcpConn) event(fd int, ev uint32) {
 		}
 	}
 	budget := tcpBudget
-	ok := c.flow(c.cfd, &c.cR, c.cRDHUP, &c.cEOF, c.sfd, &c.sW, &c.sShut, &c.toServer, true, &budget)
+	ok := c.flow(c.cfd, &c.cl.r, c.cl.rdhup, &c.cEOF, c.sfd, &c.sv.w, &c.sShut, &c.toServer, true, &budget)
 	if ok {
 		budget = tcpBudget
-		ok = c.flow(c.sfd, &c.sR, c.sRDHUP, &c.sEOF, c.cfd, &c.cW, &c.cShut, &c.toClient, false, &budget)
+		ok = c.flow(c.sfd, &c.sv.r, c.sv.rdhup, &c.sEOF, c.cfd, &c.cl.w, &c.cShut, &c.toClient, false, &budget)
 	}
 	switch {
 	case !ok:
 		c.close()
 	case c.cEOF && c.sEOF && c.cShut && c.sShut:
 		c.close()
-	case (c.cR && c.sW && !c.cEOF) || (c.sR && c.cW && !c.sEOF):
+	case (c.cl.r && c.sv.w && !c.cEOF) || (c.sv.r && c.cl.w && !c.sEOF):
 		// Out of budget with data left: epoll will not say so again.
 		c.r.later(c.cfd, c)
 	}

@@ -197,7 +197,7 @@ func (s *udpServer) open(from netip.AddrPort, oob []byte) *udpSession {
 		s.b.warnNoBackend(lb, false)
 		return nil
 	}
-	fd, err := connectUDP(be.ap)
+	fd, err := connectSocket(be.ap, unix.SOCK_DGRAM)
 	sess := &udpSession{s: s, fd: fd, client: from, lb: lb, be: be, last: s.r.now}
 	if err == nil {
 		if err = s.r.add(fd, sess, unix.EPOLLIN|unix.EPOLLET); err != nil {
@@ -229,23 +229,6 @@ func (s *udpServer) open(from netip.AddrPort, oob []byte) *udpSession {
 	be.m.active.Inc()
 	be.m.conns.Inc()
 	return sess
-}
-
-// connectUDP is a non-blocking socket connected to ap.
-func connectUDP(ap netip.AddrPort) (int, error) {
-	family := unix.AF_INET
-	if !ap.Addr().Unmap().Is4() {
-		family = unix.AF_INET6
-	}
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	if err := unix.Connect(fd, addrPortSockaddr(ap)); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
 }
 
 // event sends the backend's replies back to the client.
