@@ -22,9 +22,10 @@ const (
 	udpSocketBuffer = 4 << 20
 	udpOOBBuffer    = 128
 	// udpBatch is how many client datagrams one turn of the loop takes
-	// (one recvmmsg): the rest wait for the next turn, after the replies
-	// that came meanwhile, as nginx takes one per turn. Larger batches
-	// cost fewer syscalls and, measured, a longer tail of latency.
+	// (one recvmmsg) from the level-triggered client socket: the rest
+	// wait for the next turn, among the replies that came meanwhile, as
+	// nginx takes one per turn. Larger batches, or reading the socket
+	// dry, cost fewer syscalls and, measured, a longer tail of latency.
 	udpBatch = 1
 )
 
@@ -91,14 +92,12 @@ func (b *Balancer) serveUDP(pc *net.UDPConn, lb *loadBalancer) *udpServer {
 		}
 	}
 	if err == nil {
-		s.r.do(func() { err = s.r.add(s.fd, s, unix.EPOLLIN|unix.EPOLLET) })
+		s.r.do(func() { err = s.r.add(s.fd, s, unix.EPOLLIN) })
 	}
 	if err != nil {
 		b.log.Error().Err(err).Str("balancer", lb.name).Msg("udp load balancer cannot read its socket")
 	}
 	s.stopT = s.r.every(max(lb.idleTimeout/4, reactorTick), s.sweep)
-	// The socket may have had datagrams before it was registered.
-	s.r.post(func() { s.event(s.fd, unix.EPOLLIN) })
 	return s
 }
 
@@ -129,32 +128,25 @@ func (s *udpServer) drain(deadline time.Time) {
 	s.pc.Close()
 }
 
-// event reads a batch of the clients' datagrams; a batch that comes back
-// full may have left more, for the next turn of the loop (edge-triggered
-// epoll would not say so again).
+// event reads a batch of the clients' datagrams; level-triggered epoll
+// reports the socket again while more wait.
 func (s *udpServer) event(fd int, _ uint32) {
 	if fd < 0 || s.fd < 0 {
 		return
 	}
-	for {
-		n, err := s.in.recv(fd)
-		if err == unix.EINTR {
+	n, err := s.in.recv(fd)
+	for err == unix.EINTR {
+		n, err = s.in.recv(fd)
+	}
+	if err != nil {
+		return
+	}
+	for i := range n {
+		m := &s.in.msgs[i]
+		if m.hdr.Flags&unix.MSG_TRUNC != 0 {
 			continue
 		}
-		if err != nil {
-			return
-		}
-		for i := range n {
-			m := &s.in.msgs[i]
-			if m.hdr.Flags&unix.MSG_TRUNC != 0 {
-				continue
-			}
-			s.forward(s.in.bufs[i][:m.n], s.in.oobs[i][:m.hdr.Controllen], rawAddrPort(&s.in.names[i]))
-		}
-		if n == len(s.in.msgs) {
-			s.r.later(fd, s)
-		}
-		return
+		s.forward(s.in.bufs[i][:m.n], s.in.oobs[i][:m.hdr.Controllen], rawAddrPort(&s.in.names[i]))
 	}
 }
 
