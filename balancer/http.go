@@ -42,6 +42,10 @@ type httpLoop struct {
 	stopT   func()
 }
 
+// httpHoldHead is how long a response head waits for the first bytes of
+// its body, to leave with them in one segment.
+const httpHoldHead = time.Millisecond
+
 // httpMaxIdlePerBackend is how many idle keep-alive connections each
 // backend's pool keeps per loop (nginx's upstream keepalive).
 const httpMaxIdlePerBackend = 256
@@ -307,8 +311,7 @@ type httpConn struct {
 	resp      respHead
 	respBody  bodyReader
 	clientKA  bool // the client connection stays open after the response
-	// hold: a response head waits for its body until the end of the
-	// batch.
+	// hold: a response head waits for its body (see httpHoldHead).
 	hold bool
 	// queued: a call at the end of the batch is asked for.
 	queued bool
@@ -333,15 +336,19 @@ func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
 }
 
 func (c *httpConn) event(fd int, ev uint32) {
-	if ev == 0 {
-		// The end of a batch: the I/O the batch's events asked for,
-		// and a response head held until then goes.
-		c.queued, c.hold = false, false
+	switch ev {
+	case 0:
+		// The end of a batch: the I/O the batch's events asked for.
+		c.queued = false
 		c.run()
-		return
+	case evHeld:
+		// A response head waited long enough for its body.
+		c.hold = false
+		c.run()
+	default:
+		c.note(ev)
+		c.wake()
 	}
-	c.note(ev)
-	c.wake()
 }
 
 // wake runs the connection at the end of the batch (see tcpConn.event).
@@ -777,15 +784,12 @@ func (c *httpConn) startResponse(end int) bool {
 	// On with the body at once: head and body leave in one write, one
 	// segment for a small response, as nginx's writev sends them. A
 	// backend that wrote its head and body apart (nginx does: writev,
-	// then sendfile) often has the body there by the end of the batch:
-	// the head waits that long for it (nginx's postpone_output waits
-	// longer).
+	// then sendfile) sends the body microseconds later: the head waits
+	// for it up to httpHoldHead (nginx's postpone_output waits for 1460
+	// bytes or the end, however long).
 	if len(c.uin) == 0 && !c.respBody.done {
 		c.hold = true
-		if !c.queued {
-			c.queued = true
-			c.l.r.later(c.fd, c)
-		}
+		c.l.r.holdUntil(c.fd, c, c.l.r.now.Add(httpHoldHead))
 	}
 	c.relayResponse()
 	return true

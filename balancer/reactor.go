@@ -43,6 +43,11 @@ type reactor struct {
 	// bound on the work per event keeps the loop fair); edge-triggered
 	// epoll will not report them again, so the loop calls them next.
 	again, spareAgain []reactorEntry
+	// held are handlers to call with evHeld at a time (see holdUntil);
+	// deadline is what the epoll file's read deadline is set to for the
+	// earliest.
+	held     []heldEntry
+	deadline time.Time
 	// now is the time of the current batch: handlers stamp activity with it
 	// instead of reading the clock per socket.
 	now time.Time
@@ -76,6 +81,15 @@ type reactorEntry struct {
 	h  reactorHandler
 	fd int
 }
+
+type heldEntry struct {
+	reactorEntry
+	until time.Time
+}
+
+// evHeld is the event a handler gets when a holdUntil time comes; no
+// epoll event has the bit.
+const evHeld = 1 << 27
 
 // reactorTicker runs a function on the loop every interval (see tick).
 type reactorTicker struct {
@@ -166,6 +180,42 @@ func (r *reactor) closeFD(fd int) {
 // handler goes on with the readiness it recorded.
 func (r *reactor) later(fd int, h reactorHandler) {
 	r.again = append(r.again, reactorEntry{h: h, fd: fd})
+}
+
+// holdUntil calls h for fd with evHeld at until, or soon after: how a
+// handler waits a moment for more data without a timer of its own.
+func (r *reactor) holdUntil(fd int, h reactorHandler, until time.Time) {
+	r.held = append(r.held, heldEntry{reactorEntry{h: h, fd: fd}, until})
+}
+
+// releaseHeld calls the held handlers whose time has come.
+func (r *reactor) releaseHeld() {
+	keep := r.held[:0]
+	for _, e := range r.held {
+		switch {
+		case r.now.Before(e.until):
+			keep = append(keep, e)
+		case e.fd < len(r.entries) && r.entries[e.fd].h == e.h:
+			e.h.event(e.fd, evHeld)
+		}
+	}
+	clear(r.held[len(keep):])
+	r.held = keep
+}
+
+// armDeadline has the wait for events end when the earliest held handler
+// is due.
+func (r *reactor) armDeadline() {
+	var next time.Time
+	for _, e := range r.held {
+		if next.IsZero() || e.until.Before(next) {
+			next = e.until
+		}
+	}
+	if !next.Equal(r.deadline) {
+		r.deadline = next
+		r.file.SetReadDeadline(next)
+	}
 }
 
 // post runs f on the loop, soon. It is how other goroutines reach the
@@ -281,13 +331,22 @@ func (r *reactor) run() {
 		unix.Close(r.efd)
 	}()
 	for !r.quit {
+		r.armDeadline()
+		r.polled, r.pollErr = 0, nil
 		if err := r.raw.Read(r.pollFn); err != nil {
-			if errors.Is(err, os.ErrClosed) {
+			switch {
+			case errors.Is(err, os.ErrClosed):
 				return
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				// A held handler is due. The deadline has passed:
+				// arm it anew.
+				r.deadline = time.Time{}
+				r.file.SetReadDeadline(time.Time{})
+			default:
+				// Nothing else can fail here; do not spin if it does.
+				time.Sleep(reactorTick)
+				continue
 			}
-			// Nothing else can fail here; do not spin if it does.
-			time.Sleep(reactorTick)
-			continue
 		}
 		n, werr := r.polled, r.pollErr
 		if werr != nil {
@@ -316,6 +375,9 @@ func (r *reactor) run() {
 		}
 		clear(again)
 		r.spareAgain = again[:0]
+		if len(r.held) > 0 {
+			r.releaseHeld()
+		}
 		if r.woken.Load() {
 			r.runTasks()
 		}
