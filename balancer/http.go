@@ -264,7 +264,13 @@ const (
 	hsIdle     = iota // waiting for a request head
 	hsExchange        // a request with a backend
 	hsClosing         // flushing the last answer, then closing
+	hsLinger          // answer out, write side closed, waiting for the client's end
 )
+
+// httpLinger bounds the wait for a client's end after the last answer
+// (nginx's lingering_time is 30 s; a proxy's clients have no more to send
+// than a request).
+const httpLinger = 2 * time.Second
 
 // httpConn is one client connection and the request it carries.
 type httpConn struct {
@@ -281,7 +287,8 @@ type httpConn struct {
 	last    time.Time
 	// headStart: when the first byte of the request head now awaited
 	// came.
-	headStart time.Time
+	headStart   time.Time
+	lingerUntil time.Time
 
 	// The request.
 	rlb       *loadBalancer // the config the request runs under
@@ -398,7 +405,30 @@ func (c *httpConn) step() bool {
 	case hsExchange:
 		return c.exchange()
 	case hsClosing:
-		c.close()
+		if c.eof {
+			c.close()
+			return false
+		}
+		// Lingering close, as nginx's: the answer is out, but bytes the
+		// client sent that were not read would make close send a reset,
+		// which can destroy the answer before the client reads it. So
+		// the write side closes, and what comes is read and dropped
+		// until the client closes too, or httpLinger passes.
+		unix.Shutdown(c.fd, unix.SHUT_WR)
+		c.state, c.lingerUntil = hsLinger, c.l.r.now.Add(httpLinger)
+		return true
+	case hsLinger:
+		for c.r {
+			n, err := sysRead(c.fd, c.l.r.scratch)
+			switch {
+			case err == unix.EAGAIN:
+				c.r = false
+			case err == unix.EINTR:
+			case err != nil || n == 0:
+				c.close()
+				return false
+			}
+		}
 	}
 	return false
 }
@@ -968,6 +998,8 @@ func (c *httpConn) checkTimeouts(now time.Time) {
 		lb = c.lb
 	}
 	switch {
+	case c.state == hsLinger && now.After(c.lingerUntil):
+		c.close()
 	case c.state == hsExchange && c.u != nil && c.u.connecting && now.After(c.deadline):
 		c.connectFailed(errConnectTimeout)
 		c.run()

@@ -278,3 +278,39 @@ func TestHTTPSlowHeadCut(t *testing.T) {
 		t.Errorf("cut after %s, want about the 300ms idle timeout", took)
 	}
 }
+
+// After a refusal the proxy closes its write side and drains what the
+// client still sends, rather than close at once: a close with unread bytes
+// sends a reset, which can destroy an answer not yet read.
+func TestHTTPRefusalLingers(t *testing.T) {
+	b := newBalancer(t)
+	h1, _ := startHTTPBackend(t, "h1")
+	configure(t, b, named(httpLB("web", hostOf(h1)), "h1"))
+	c, err := net.Dial("tcp", addr(t, b, "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(waitFor))
+	r := bufio.NewReader(c)
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 400 {
+		t.Errorf("got %s, want 400", resp.Status)
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		t.Errorf("after the answer: %v, want EOF", err)
+	}
+	// The client's late body is taken, not reset: every write succeeds.
+	chunk := []byte(strings.Repeat("x", 4<<10))
+	for i := range 20 {
+		time.Sleep(5 * time.Millisecond)
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatalf("write %d after the answer: %v", i, err)
+		}
+	}
+}
