@@ -1,15 +1,19 @@
-// Package balancer runs keep-vip's built-in load balancers: tcp (spliced
-// byte streams), udp (per-client sessions) and http (a reverse proxy with
-// keep-alive pools), with round robin, least connections or source hashing
-// over weighted backends, active and passive health, the PROXY protocol
-// towards backends, reloads that keep sockets and connections, and draining
-// on stop. It is the library behind the balancer plugin and knows nothing of
-// the config file.
+// Package balancer runs keep-vip's built-in load balancers: tcp (byte
+// streams), udp (per-client sessions) and http (an HTTP/1.x reverse proxy
+// with keep-alive pools), with round robin, least connections or source
+// hashing over weighted backends, active and passive health, the PROXY
+// protocol towards backends, reloads that keep sockets and connections,
+// and draining on stop. It is the library behind the balancer plugin and
+// knows nothing of the config file. Linux only: the data paths run on
+// epoll event loops with raw non-blocking syscalls, as HAProxy and nginx
+// do.
 //
 // One file per concern: balancer.go (the set of load balancers and its
-// reconfiguration), loadbalancer.go (validated config), tcp.go, udp.go,
-// http.go (the three data paths), pick.go (algorithms), health.go (active
-// checks and passive ejection), proxyproto.go and metrics.go.
+// reconfiguration), loadbalancer.go (validated config), reactor.go and
+// reactorlisten.go (the event loops, their listening sockets), tcp.go,
+// udp.go, http.go (the three data paths), httpwire.go (HTTP/1.x heads and
+// body framing), pick.go (algorithms), health.go (active checks and
+// passive ejection), proxyproto.go and metrics.go.
 package balancer
 
 import (

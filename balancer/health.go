@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -185,7 +186,7 @@ func (b *Balancer) startHealth(lb *loadBalancer) {
 // header first, as a backend that expects one may log a bare connection.
 func (b *Balancer) tcpProbe(ctx context.Context, be *backend) error {
 	var d net.Dialer
-	c, err := d.DialTCP(ctx, "tcp", nilAddrPort, be.ap)
+	c, err := d.DialTCP(ctx, "tcp", netip.AddrPort{}, be.ap)
 	if err != nil {
 		return err
 	}

@@ -69,20 +69,3 @@ func pktinfoSrc(v int, src netip.Addr) []byte {
 	}
 	return unix.PktInfo6(&unix.Inet6Pktinfo{Addr: src.As16()})
 }
-
-// connAlive peeks at an idle connection without blocking: a backend that
-// closed it (end of stream) or sent something unasked makes it unusable.
-func connAlive(c *net.TCPConn) bool {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return false
-	}
-	alive := false
-	var b [1]byte
-	cerr := raw.Read(func(fd uintptr) bool {
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		alive = err == unix.EAGAIN
-		return true
-	})
-	return cerr == nil && alive
-}

@@ -1,69 +1,453 @@
 package balancer
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// nilAddrPort lets the kernel choose the local address of a backend
-// connection.
-var nilAddrPort netip.AddrPort
-
-// acceptor is a listening socket as a net.Listener whose Close only stops
-// accepting: the socket stays open, so a server of another type can take it
-// over without a moment of refused connections.
-type acceptor struct {
-	ln      *net.TCPListener
-	stopped atomic.Bool
+// tcpServer proxies each client connection to one backend, byte for byte,
+// on the balancer's reactors: each loop accepts from its own duplicate of
+// the listening socket and owns the connections it accepted.
+type tcpServer struct {
+	b     *Balancer
+	lb    atomic.Pointer[loadBalancer]
+	loops []*tcpLoop
+	count connCount
+	// cut: drain's deadline passed; connections still connecting close
+	// too.
+	cut atomic.Bool
 }
 
-func newAcceptor(ln *net.TCPListener) *acceptor {
-	// A server before this one may have stopped accepting with a deadline.
-	ln.SetDeadline(time.Time{})
-	return &acceptor{ln: ln}
+// tcpLoop is a tcp server's part of one reactor.
+type tcpLoop struct {
+	s     *tcpServer
+	r     *reactor
+	ln    *loopListener
+	conns map[*tcpConn]struct{}
+	stopT func()
 }
 
-func (a *acceptor) acceptTCP() (*net.TCPConn, error) {
-	c, err := a.ln.AcceptTCP()
-	if err != nil && a.stopped.Load() {
-		return nil, net.ErrClosed
+func (b *Balancer) serveTCP(ln *net.TCPListener, lb *loadBalancer) *tcpServer {
+	s := &tcpServer{b: b}
+	s.lb.Store(lb)
+	for _, r := range b.loops.loops {
+		l := &tcpLoop{s: s, r: r, conns: map[*tcpConn]struct{}{}}
+		if l.ln, l.stopT = b.startLoop(r, ln, l, &s.lb); l.ln != nil {
+			s.loops = append(s.loops, l)
+		}
 	}
-	return c, err
+	return s
 }
 
-func (a *acceptor) Accept() (net.Conn, error) {
-	c, err := a.acceptTCP()
+// loopPart is a server's part of one event loop.
+type loopPart interface {
+	open(fd int, sa unix.Sockaddr)
+	check(now time.Time)
+}
+
+// startLoop has part accept from ln on r and run its checks; a nil
+// listener when it cannot accept.
+func (b *Balancer) startLoop(r *reactor, ln *net.TCPListener, part loopPart, lb *atomic.Pointer[loadBalancer]) (*loopListener, func()) {
+	l, err := listenOn(r, ln, part.open, func(err error, retryIn time.Duration) {
+		b.log.Error().Err(err).Str("balancer", lb.Load().name).Dur("retry_in", retryIn).Msg("accept")
+	})
 	if err != nil {
-		return nil, err
+		b.log.Error().Err(err).Str("balancer", lb.Load().name).Str("bind", ln.Addr().String()).Msg("load balancer cannot accept")
+		return nil, nil
 	}
-	return c, nil
+	return l, r.every(checkEvery(lb.Load()), part.check)
 }
 
-// Close ends a blocked Accept by a deadline in the past.
-func (a *acceptor) Close() error {
-	if a.stopped.CompareAndSwap(false, true) {
-		a.ln.SetDeadline(time.Unix(1, 0))
-	}
-	return nil
+// checkEvery is how often connect deadlines and idle timeouts are checked:
+// a connection closes between idle and 1.25 × idle after its last byte.
+func checkEvery(lb *loadBalancer) time.Duration {
+	return max(min(lb.connectTimeout, lb.idleTimeout)/4, reactorTick)
 }
 
-func (a *acceptor) Addr() net.Addr { return a.ln.Addr() }
+func (s *tcpServer) current() *loadBalancer           { return s.lb.Load() }
+func (s *tcpServer) compatible(lb *loadBalancer) bool { return lb.typ == TypeTCP }
+func (s *tcpServer) update(lb *loadBalancer)          { s.lb.Store(lb) }
+func (s *tcpServer) clients() int                     { return int(s.count.n.Load()) }
 
-func dialBackend(ctx context.Context, lb *loadBalancer, be *backend) (*net.TCPConn, error) {
-	d := net.Dialer{Timeout: lb.connectTimeout}
-	return d.DialTCP(ctx, "tcp", nilAddrPort, be.ap)
+// stop closes the server's duplicates of the listening socket; its
+// connections go on.
+func (s *tcpServer) stop() {
+	for _, l := range s.loops {
+		l.ln.stop()
+	}
 }
 
-// addrOf is the IP of a TCP or UDP address, unmapped.
-func addrOf(a net.Addr) netip.Addr {
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		return a.AddrPort().Addr().Unmap()
-	case *net.UDPAddr:
-		return a.AddrPort().Addr().Unmap()
+// drain waits for the connections to end until deadline, then cuts those
+// left.
+func (s *tcpServer) drain(deadline time.Time) {
+	if !s.count.waitEmpty(time.Until(deadline)) {
+		s.cut.Store(true)
+		for _, l := range s.loops {
+			l.r.do(func() {
+				for c := range l.conns {
+					c.close()
+				}
+			})
+		}
 	}
-	return netip.Addr{}
+	for _, l := range s.loops {
+		l.stopT()
+	}
+}
+
+// check runs every tcpCheckEvery: connects past their deadline move on to
+// the next backend, idle connections close.
+func (l *tcpLoop) check(now time.Time) {
+	for c := range l.conns {
+		switch {
+		case c.connecting && now.After(c.deadline):
+			c.connectFailed(errConnectTimeout)
+		case !c.connecting && c.lb.idleTimeout > 0 && now.Sub(c.last) >= c.lb.idleTimeout:
+			c.close()
+		}
+	}
+}
+
+var errConnectTimeout = &timeoutError{"connect timeout"}
+
+type timeoutError struct{ s string }
+
+func (e *timeoutError) Error() string   { return e.s }
+func (e *timeoutError) Timeout() bool   { return true }
+func (e *timeoutError) Temporary() bool { return true }
+
+// connHome is what a proxied connection belongs to: a tcp server's loop,
+// or an http one's for a connection upgraded to a tunnel.
+type connHome interface {
+	// cutting: the server's drain deadline has passed.
+	cutting() bool
+	// forget ends the accounting of the client's connection.
+	forget(c *tcpConn)
+}
+
+func (l *tcpLoop) cutting() bool { return l.s.cut.Load() }
+
+func (l *tcpLoop) forget(c *tcpConn) {
+	delete(l.conns, c)
+	c.lb.mActive.Dec()
+	l.s.count.closed()
+}
+
+// tcpConn is one proxied connection: the client's socket, the backend's,
+// and what one side sent that the other could not take yet.
+type tcpConn struct {
+	r        *reactor
+	b        *Balancer
+	home     connHome
+	lb       *loadBalancer
+	be       *backend
+	cfd, sfd int
+	client   netip.AddrPort
+	// The client's and the backend's readiness, cleared on EAGAIN or a
+	// short read (the socket was drained: edge-triggered epoll reports
+	// data arriving after that).
+	cl, sv                 readiness
+	cEOF, sEOF             bool
+	cShut, sShut           bool
+	connecting, done       bool
+	queued                 bool // for the end of the batch
+	toServer, toClient     []byte
+	tried                  triedSet
+	deadline, last         time.Time
+	counted, backendActive bool
+}
+
+func (l *tcpLoop) open(fd int, sa unix.Sockaddr) {
+	s := l.s
+	if s.cut.Load() {
+		unix.Close(fd)
+		return
+	}
+	lb := s.lb.Load()
+	c := &tcpConn{r: l.r, b: s.b, home: l, lb: lb, cfd: fd, sfd: -1, client: sockaddrAddrPort(sa), cl: readiness{w: true}, last: l.r.now}
+	if err := l.r.add(fd, c, evConn); err != nil {
+		unix.Close(fd)
+		return
+	}
+	l.conns[c] = struct{}{}
+	s.count.opened()
+	c.counted = true
+	lb.mActive.Inc()
+	c.connectNext()
+}
+
+// connectNext starts a connect to the next backend the algorithm picks,
+// each at most once; with none left the client is closed at once.
+func (c *tcpConn) connectNext() {
+	b, lb := c.b, c.lb
+	src := lb.hashKey(c.client)
+	for {
+		be := b.pick(lb, src, &c.tried)
+		if be == nil {
+			b.warnNoBackend(lb, c.be != nil)
+			c.close()
+			return
+		}
+		c.tried.add(be.idx)
+		c.be = be
+		fd, err := connectNonblock(be.ap)
+		if err == nil {
+			if err = c.r.add(fd, c, evConn); err != nil {
+				unix.Close(fd)
+			}
+		}
+		if err == nil {
+			c.sfd, c.connecting, c.sv.w, c.sv.r = fd, true, false, false
+			c.deadline = c.r.now.Add(lb.connectTimeout)
+			return
+		}
+		b.connectFailed(be, err)
+		b.log.Debug().Err(err).Str("balancer", lb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
+	}
+}
+
+// connectNonblock starts a tcp connect to ap.
+func connectNonblock(ap netip.AddrPort) (int, error) {
+	fd, err := connectSocket(ap, unix.SOCK_STREAM)
+	if err == nil {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
+	return fd, err
+}
+
+// connectSocket is a non-blocking socket of typ connecting (tcp) or
+// connected (udp) to ap.
+func connectSocket(ap netip.AddrPort, typ int) (int, error) {
+	family := unix.AF_INET
+	if !ap.Addr().Unmap().Is4() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Connect(fd, addrPortSockaddr(ap)); err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+func (c *tcpConn) connectFailed(err error) {
+	c.r.closeFD(c.sfd)
+	c.sfd, c.connecting = -1, false
+	if c.home.cutting() {
+		c.close()
+		return
+	}
+	c.b.connectFailed(c.be, err)
+	c.b.log.Debug().Err(err).Str("balancer", c.lb.name).Str("backend", c.be.name).Msg("backend connect failed, trying the next")
+	c.connectNext()
+}
+
+// connected: the backend accepted. The PROXY protocol header goes first.
+func (c *tcpConn) connected() {
+	b, be := c.b, c.be
+	c.connecting = false
+	c.last = c.r.now
+	b.connectOK(be)
+	be.st.active.Add(1)
+	be.m.active.Inc()
+	be.m.conns.Inc()
+	c.backendActive = true
+	if c.lb.proxyProtocol > 0 {
+		var buf headerBuffer
+		local, _ := unix.Getsockname(c.cfd)
+		dst := sockaddrAddrPort(local)
+		if err := writeProxyHeader(&buf, c.lb.proxyProtocol, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(dst)); err != nil {
+			c.close()
+			return
+		}
+		c.toServer = buf.b
+	}
+	if e := b.log.Debug(); e.Enabled() {
+		e.Str("balancer", c.lb.name).Str("client", c.client.String()).Str("backend", be.name).Msg("connection proxied")
+	}
+}
+
+type headerBuffer struct{ b []byte }
+
+func (h *headerBuffer) Write(p []byte) (int, error) { h.b = append(h.b, p...); return len(p), nil }
+
+// deferIO: events only mark readiness; the I/O runs at the end of the
+// batch (see tcpConn.event). Measured: about 3% more requests per second
+// on the bench, fewer segments.
+const deferIO = true
+
+// tcpBudget bounds the reads one event makes per direction, so a fast
+// sender cannot starve the loop's other connections.
+const tcpBudget = 16
+
+func (c *tcpConn) event(fd int, ev uint32) {
+	if c.done {
+		return
+	}
+	if fd == c.cfd {
+		c.cl.note(ev)
+	} else {
+		c.sv.note(ev)
+	}
+	if ev != 0 && deferIO {
+		// The I/O waits for the end of the batch, as HAProxy's does:
+		// what arrives meanwhile (a response's head and body sent by
+		// two writes) is read and passed on in one go, one segment
+		// instead of two.
+		if !c.queued {
+			c.queued = true
+			c.r.later(c.cfd, c)
+		}
+		return
+	}
+	c.queued = false
+	if c.connecting {
+		if !c.sv.w {
+			return
+		}
+		if errno, err := unix.GetsockoptInt(c.sfd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
+			if err == nil {
+				err = unix.Errno(errno)
+			}
+			c.connectFailed(err)
+			return
+		}
+		c.connected()
+		if c.done {
+			return
+		}
+	}
+	budget := tcpBudget
+	ok := c.flow(c.cfd, &c.cl.r, c.cl.rdhup, &c.cEOF, c.sfd, &c.sv.w, &c.sShut, &c.toServer, true, &budget)
+	if ok {
+		budget = tcpBudget
+		ok = c.flow(c.sfd, &c.sv.r, c.sv.rdhup, &c.sEOF, c.cfd, &c.cl.w, &c.cShut, &c.toClient, false, &budget)
+	}
+	switch {
+	case !ok:
+		c.close()
+	case c.cEOF && c.sEOF && c.cShut && c.sShut:
+		c.close()
+	case (c.cl.r && c.sv.w && !c.cEOF) || (c.sv.r && c.cl.w && !c.sEOF):
+		// Out of budget with data left: epoll will not say so again.
+		c.r.later(c.cfd, c)
+	}
+}
+
+// flow moves what src has to dst, until src is drained, dst is full or the
+// budget is spent; at src's end it half-closes dst. It returns false when
+// a socket failed: the connection is then cut both ways.
+func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, dstW, dstShut *bool, pend *[]byte, toBackend bool, budget *int) bool {
+	scratch := c.r.scratch
+	for {
+		if len(*pend) > 0 {
+			if !*dstW {
+				return true
+			}
+			n, err := sysWrite(dst, *pend)
+			switch {
+			case err == unix.EAGAIN:
+				*dstW = false
+				return true
+			case err == unix.EINTR:
+				continue
+			case err != nil:
+				return false
+			}
+			if n < len(*pend) {
+				*pend = (*pend)[n:]
+				*dstW = false
+				return true
+			}
+			*pend = nil
+		}
+		if *srcEOF {
+			if !*dstShut {
+				unix.Shutdown(dst, unix.SHUT_WR)
+				*dstShut = true
+			}
+			return true
+		}
+		if !*srcR || !*dstW || *budget <= 0 {
+			return true
+		}
+		*budget--
+		n, err := sysRead(src, scratch)
+		switch {
+		case err == unix.EAGAIN:
+			*srcR = false
+			return true
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return false
+		case n == 0:
+			*srcEOF = true
+			continue
+		}
+		if n < len(scratch) && !rdhup {
+			*srcR = false
+		}
+		c.last = c.r.now
+		if toBackend {
+			c.be.m.toBackend.Add(float64(n))
+		} else {
+			c.be.m.toClient.Add(float64(n))
+		}
+		w, err := sysWrite(dst, scratch[:n])
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
+			w = 0
+		case err != nil:
+			return false
+		}
+		if w < n {
+			*pend = append([]byte(nil), scratch[w:n]...)
+			*dstW = false
+			return true
+		}
+	}
+}
+
+// close ends both sides and the accounting; safe to call twice.
+func (c *tcpConn) close() {
+	if c.done {
+		return
+	}
+	c.done = true
+	c.r.closeFD(c.cfd)
+	c.r.closeFD(c.sfd)
+	c.cfd, c.sfd = -1, -1
+	if c.backendActive {
+		c.be.st.active.Add(-1)
+		c.be.m.active.Dec()
+	}
+	if c.counted {
+		c.home.forget(c)
+	}
+}
+
+// sockaddrAddrPort converts a socket address from accept or getsockname.
+func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+func addrPortSockaddr(ap netip.AddrPort) unix.Sockaddr {
+	if a := ap.Addr(); a.Is4() || a.Is4In6() {
+		return &unix.SockaddrInet4{Addr: a.Unmap().As4(), Port: int(ap.Port())}
+	}
+	return &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
 }
