@@ -59,9 +59,10 @@ type reactor struct {
 	tickers map[*reactorTicker]struct{}
 	// nextTick is when the earliest ticker is due, in UnixNano, for the
 	// tick goroutine: the loop is woken only when a ticker is due.
-	nextTick atomic.Int64
-	quit     bool
-	done     chan struct{}
+	nextTick    atomic.Int64
+	tickChanged chan struct{}
+	quit        bool
+	done        chan struct{}
 
 	// pollFn is poll as a func value made once: a closure per wait would
 	// be an allocation per batch.
@@ -99,8 +100,8 @@ type reactorTicker struct {
 }
 
 const (
-	// reactorTick is how often the loop wakes to run tickers: connect
-	// deadlines and idle timeouts are checked at this resolution.
+	// reactorTick is the shortest ticker interval: connect deadlines
+	// and idle timeouts are checked at this resolution at best.
 	reactorTick = 10 * time.Millisecond
 	// reactorBatch is how many events one epoll_wait fetches.
 	reactorBatch = 256
@@ -128,7 +129,7 @@ func newReactor() (*reactor, error) {
 	r := &reactor{
 		epfd: epfd, efd: efd, events: make([]unix.EpollEvent, reactorBatch),
 		scratch: make([]byte, reactorScratch), tickers: map[*reactorTicker]struct{}{},
-		done: make(chan struct{}), now: time.Now(),
+		done: make(chan struct{}), now: time.Now(), tickChanged: make(chan struct{}, 1),
 	}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(efd)}); err != nil {
 		unix.Close(efd)
@@ -269,14 +270,23 @@ func (r *reactor) every(interval time.Duration, f func(now time.Time)) (stop fun
 	}
 }
 
+// tickLoop wakes the loop when its earliest ticker is due, and sleeps
+// otherwise: an idle balancer costs no wakeups but its tickers'.
 func (r *reactor) tickLoop() {
-	tk := time.NewTicker(reactorTick)
-	defer tk.Stop()
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
 	for {
+		d := time.Hour
+		if next := r.nextTick.Load(); next != 0 {
+			d = max(time.Until(time.Unix(0, next)), 0)
+		}
+		t.Reset(d)
 		select {
 		case <-r.done:
 			return
-		case <-tk.C:
+		case <-r.tickChanged:
+			continue
+		case <-t.C:
 		}
 		if next := r.nextTick.Load(); next != 0 && time.Now().UnixNano() >= next {
 			// Not again until the loop has run the tick.
@@ -304,11 +314,16 @@ func (r *reactor) setNextTick() {
 			next = t.next
 		}
 	}
-	if next.IsZero() {
-		r.nextTick.Store(0)
-		return
+	var ns int64
+	if !next.IsZero() {
+		ns = next.UnixNano()
 	}
-	r.nextTick.Store(next.UnixNano())
+	if r.nextTick.Swap(ns) != ns {
+		select {
+		case r.tickChanged <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // stop ends the loop once the posted work is done; the sockets still
