@@ -320,7 +320,7 @@ type httpConn struct {
 	clientKA  bool // the client connection stays open after the response
 	// hold: a response head waits for its body (see httpHoldHead).
 	hold bool
-	// queued: a call at the end of the batch is asked for.
+	// queued: a later call is asked for.
 	queued bool
 }
 
@@ -345,7 +345,7 @@ func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
 func (c *httpConn) event(fd int, ev uint32) {
 	switch ev {
 	case 0:
-		// The end of a batch: the I/O the batch's events asked for.
+		// The I/O the events asked for (see tcpConn.event).
 		c.queued = false
 		c.run()
 	case evHeld:
@@ -358,7 +358,8 @@ func (c *httpConn) event(fd int, ev uint32) {
 	}
 }
 
-// wake runs the connection at the end of the batch (see tcpConn.event).
+// wake runs the connection once the loop has polled again (see
+// tcpConn.event).
 func (c *httpConn) wake() {
 	if !deferIO {
 		c.run()

@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"balancer", "backend"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricBytes,
-			Help: "Bytes proxied, by direction (to_backend, to_client). tcp counts per chunk of up to 1 MiB and at the end of each direction; http counts what crosses backend connections, headers included.",
+			Help: "Bytes proxied, by direction (to_backend, to_client). tcp and udp count what they read; http counts what crosses backend connections, headers included.",
 		}, []string{"balancer", "backend", "direction"}),
 		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: metricBackendUp,

@@ -19,7 +19,7 @@ import (
 // epoll says it has data. Go's own netpoller reads first and parks on
 // EAGAIN, one wasted syscall per wakeup, and parks a goroutine per socket
 // direction; on a proxy's small request and response that is a fifth of
-// the CPU time. The tcp and http load balancers run on reactors.
+// the CPU time. The tcp, http and udp load balancers run on reactors.
 //
 // The loop does not block in epoll_wait itself: the epoll descriptor is
 // watched by Go's netpoller (an epoll descriptor is readable while it has
@@ -39,9 +39,10 @@ type reactor struct {
 	// scratch is where sockets are read into: data is written on at once
 	// and copied only when the other side cannot take it all.
 	scratch []byte
-	// again are handlers that stopped before their socket was drained (a
-	// bound on the work per event keeps the loop fair); edge-triggered
-	// epoll will not report them again, so the loop calls them next.
+	// again are handlers to call after the batch (see later): those
+	// whose I/O waits for the batch's end, and those that stopped before
+	// their socket was drained (a bound on the work per event keeps the
+	// loop fair; edge-triggered epoll will not report them again).
 	again, spareAgain []reactorEntry
 	// held are handlers to call with evHeld at a time (see holdUntil);
 	// deadline is what the epoll file's read deadline is set to for the
@@ -74,7 +75,8 @@ type reactor struct {
 
 // reactorHandler owns one or more of the loop's sockets.
 type reactorHandler interface {
-	// event reports epoll events on fd, one of the handler's sockets.
+	// event reports epoll events on fd, one of the handler's sockets; 0
+	// is the call later asked for, evHeld the one holdUntil asked for.
 	event(fd int, ev uint32)
 }
 
@@ -108,7 +110,8 @@ const (
 	// reactorScratch is the read buffer, as large as a socket usually
 	// delivers in one read.
 	reactorScratch = 64 << 10
-	// evIn, evOut: what a socket is registered for, edge-triggered, once.
+	// evConn is what a connection's socket is registered for, once,
+	// edge-triggered.
 	evConn = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 )
 
@@ -177,8 +180,9 @@ func (r *reactor) closeFD(fd int) {
 	unix.Close(fd)
 }
 
-// later calls h for fd after the current batch, with no events (0): the
-// handler goes on with the readiness it recorded.
+// later calls h for fd with no events (0) once the loop has polled again
+// (without waiting) and handled what that poll brought: the handler goes
+// on with the readiness it recorded, and with whatever arrived meanwhile.
 func (r *reactor) later(fd int, h reactorHandler) {
 	r.again = append(r.again, reactorEntry{h: h, fd: fd})
 }
