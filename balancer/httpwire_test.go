@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,14 +127,7 @@ func TestChunkScanner(t *testing.T) {
 // Pipelined requests on one connection are answered in order, and an
 // HTTP/1.0 request without keep-alive gets its answer, then the end.
 func TestHTTPPipelinedAndHTTP10(t *testing.T) {
-	b := newBalancer(t)
-	h1, _ := startHTTPBackend(t, "h1")
-	configure(t, b, named(httpLB("web", hostOf(h1)), "h1"))
-	c, err := net.Dial("tcp", addr(t, b, "web"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, _, c := rawHTTPFront(t, 0)
 	io.WriteString(c, "GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /three HTTP/1.0\r\n\r\n")
 	r := bufio.NewReader(c)
 	for _, want := range []string{"h1 /one", "h1 /two", "h1 /three"} {
@@ -154,14 +148,7 @@ func TestHTTPPipelinedAndHTTP10(t *testing.T) {
 // A request the proxy refuses gets a short answer and the connection ends;
 // nothing reaches the backend.
 func TestHTTPRefusesSmuggling(t *testing.T) {
-	b := newBalancer(t)
-	h1, conns := startHTTPBackend(t, "h1")
-	configure(t, b, named(httpLB("web", hostOf(h1)), "h1"))
-	c, err := net.Dial("tcp", addr(t, b, "web"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, conns, c := rawHTTPFront(t, 0)
 	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
@@ -229,16 +216,7 @@ func FuzzRequestHead(f *testing.F) {
 // A client that stops in the middle of its body is cut after the idle
 // timeout, and the request counted as 408.
 func TestHTTPStalledBodyCut(t *testing.T) {
-	b := newBalancer(t)
-	h1, _ := startHTTPBackend(t, "h1")
-	l := named(httpLB("web", hostOf(h1)), "h1")
-	l.IdleTimeoutMs = 200
-	configure(t, b, l)
-	c, err := net.Dial("tcp", addr(t, b, "web"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	b, _, c := rawHTTPFront(t, 200)
 	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
 	c.SetReadDeadline(time.Now().Add(waitFor))
 	start := time.Now()
@@ -254,16 +232,7 @@ func TestHTTPStalledBodyCut(t *testing.T) {
 // A request head that trickles in byte by byte is cut after the idle
 // timeout in all, however often its bytes come.
 func TestHTTPSlowHeadCut(t *testing.T) {
-	b := newBalancer(t)
-	h1, _ := startHTTPBackend(t, "h1")
-	l := named(httpLB("web", hostOf(h1)), "h1")
-	l.IdleTimeoutMs = 300
-	configure(t, b, l)
-	c, err := net.Dial("tcp", addr(t, b, "web"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, _, c := rawHTTPFront(t, 300)
 	start := time.Now()
 	head := "GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + strings.Repeat("x", 100)
 	var werr error
@@ -283,14 +252,7 @@ func TestHTTPSlowHeadCut(t *testing.T) {
 // client still sends, rather than close at once: a close with unread bytes
 // sends a reset, which can destroy an answer not yet read.
 func TestHTTPRefusalLingers(t *testing.T) {
-	b := newBalancer(t)
-	h1, _ := startHTTPBackend(t, "h1")
-	configure(t, b, named(httpLB("web", hostOf(h1)), "h1"))
-	c, err := net.Dial("tcp", addr(t, b, "web"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, _, c := rawHTTPFront(t, 0)
 	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
 	c.SetReadDeadline(time.Now().Add(waitFor))
 	r := bufio.NewReader(c)
@@ -313,4 +275,22 @@ func TestHTTPRefusalLingers(t *testing.T) {
 			t.Fatalf("write %d after the answer: %v", i, err)
 		}
 	}
+}
+
+// rawHTTPFront is an http load balancer named web in front of one backend
+// (h1; idleMs its idle timeout, 0 for the default), the backend's count of
+// connections, and a raw client connection to the balancer.
+func rawHTTPFront(t *testing.T, idleMs int64) (*Balancer, *atomic.Int64, net.Conn) {
+	t.Helper()
+	b := newBalancer(t)
+	h1, conns := startHTTPBackend(t, "h1")
+	l := named(httpLB("web", hostOf(h1)), "h1")
+	l.IdleTimeoutMs = idleMs
+	configure(t, b, l)
+	c, err := net.Dial("tcp", addr(t, b, "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return b, conns, c
 }
