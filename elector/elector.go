@@ -337,6 +337,7 @@ func (e *Elector) start(cfg *pb.ElectorConfig, addrs map[string]string, t timing
 	if err != nil {
 		return nil, fmt.Errorf("start raft on %s: %w", n.localAddr, err)
 	}
+	n.trans.followLeader(n.r.LeaderWithID)
 	n.obs = raft.NewObserver(n.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
 		case raft.RaftState, raft.LeaderObservation:

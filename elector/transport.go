@@ -62,6 +62,14 @@ var errStaleTermHeartbeat = errors.New("heartbeat answered from a newer term")
 // count as a granted pre-vote.
 var errNotVoting = errors.New("member just started: not voting until one heartbeat timeout has passed")
 
+// errNotFromLeader answers a TimeoutNow (a leadership transfer's order to
+// stand for election now) from any member but the leader this one follows.
+// raft's TimeoutNow carries no term: one that a dead leader's kernel
+// retransmits when a cut link comes back would otherwise start a vote that
+// the live leader must grant (a transfer's vote bypasses "we have a
+// leader"), and move the VIP for nothing.
+var errNotFromLeader = errors.New("leadership transfer not from the leader this member follows")
+
 // peerState is what the leader learned of one peer from its AppendEntries
 // answers.
 type peerState struct {
@@ -88,6 +96,8 @@ type trackedTransport struct {
 
 	mu    sync.Mutex
 	peers map[raft.ServerID]*peerState
+	// leader is raft's LeaderWithID once raft runs, for refuseTransfer.
+	leader func() (raft.ServerAddress, raft.ServerID)
 	// quarantined counts votes refused in the start-up quarantine.
 	quarantined int
 }
@@ -125,6 +135,10 @@ func (t *trackedTransport) relay() {
 			rpc.Respond(nil, errNotVoting)
 			continue
 		}
+		if t.refuseTransfer(rpc) {
+			rpc.Respond(nil, errNotFromLeader)
+			continue
+		}
 		select {
 		case t.rpcs <- rpc:
 		case <-t.stop:
@@ -155,6 +169,33 @@ func (t *trackedTransport) refuseVote(rpc raft.RPC) bool {
 	t.quarantined++
 	t.mu.Unlock()
 	return true
+}
+
+// followLeader gives the transport raft's view of the leader.
+func (t *trackedTransport) followLeader(leader func() (raft.ServerAddress, raft.ServerID)) {
+	t.mu.Lock()
+	t.leader = leader
+	t.mu.Unlock()
+}
+
+// refuseTransfer is true for a TimeoutNow from anyone but the leader this
+// member follows (see errNotFromLeader).
+func (t *trackedTransport) refuseTransfer(rpc raft.RPC) bool {
+	req, ok := rpc.Command.(*raft.TimeoutNowRequest)
+	if !ok {
+		return false
+	}
+	t.mu.Lock()
+	leader := t.leader
+	t.mu.Unlock()
+	if leader == nil {
+		return false
+	}
+	addr, id := leader()
+	if len(req.ID) > 0 {
+		return id == "" || raft.ServerID(req.ID) != id
+	}
+	return addr == "" || raft.ServerAddress(req.Addr) != addr
 }
 
 // AppendEntriesPipeline turns pipelining off: raft then replicates with

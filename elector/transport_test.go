@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -145,5 +146,49 @@ func TestNoPipeline(t *testing.T) {
 	tr := testTransport(t, 200*time.Millisecond)
 	if p, err := tr.AppendEntriesPipeline("p", "127.0.0.1:1"); p != nil || !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
 		t.Fatalf("AppendEntriesPipeline: %v %v", p, err)
+	}
+}
+
+// Only the leader this member follows can order it to stand for election
+// (TimeoutNow): one from another member, such as a dead leader's transfer
+// retransmitted when a cut link comes back, is refused.
+func TestTransferOnlyFromLeader(t *testing.T) {
+	tr := testTransport(t, time.Millisecond)
+	target := string(tr.LocalAddr())
+	got := make(chan struct{}, 4)
+	go func() {
+		for rpc := range tr.Consumer() {
+			if _, ok := rpc.Command.(*raft.TimeoutNowRequest); ok {
+				got <- struct{}{}
+				rpc.Respond(&raft.TimeoutNowResponse{}, nil)
+				continue
+			}
+			rpc.Respond(nil, errors.New("unexpected"))
+		}
+	}()
+	var leader atomic.Value
+	leader.Store(raft.ServerID("b"))
+	tr.followLeader(func() (raft.ServerAddress, raft.ServerID) { return "127.0.0.1:2", leader.Load().(raft.ServerID) })
+	for _, tc := range []struct {
+		from string
+		ok   bool
+	}{{"c", false}, {"b", true}} {
+		p := newFakePeer(t, tc.from, "127.0.0.1:1", nil)
+		err := p.timeoutNow("a", target)
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("from the leader %s: %v", tc.from, err)
+		case tc.ok:
+			<-got
+		case err == nil || !strings.Contains(err.Error(), "not from the leader"):
+			t.Errorf("from %s, not the leader: %v", tc.from, err)
+		}
+	}
+	leader.Store(raft.ServerID(""))
+	if err := newFakePeer(t, "b", "127.0.0.1:1", nil).timeoutNow("a", target); err == nil {
+		t.Error("transfer accepted by a member that follows no leader")
+	}
+	if len(got) != 0 {
+		t.Errorf("raft got %d refused transfers", len(got))
 	}
 }
