@@ -731,14 +731,20 @@ func (c *httpConn) exchange() bool {
 
 // readUpstream reads from the backend into c.uin.
 func (c *httpConn) readUpstream() (n int, err error) {
+	if cap(c.uin)-len(c.uin) < 1024 {
+		c.uin = append(c.uin, make([]byte, max(cap(c.uin), 4096))...)[:len(c.uin)]
+	}
+	n, err = c.readUpstreamInto(c.uin[len(c.uin):cap(c.uin)])
+	c.uin = c.uin[:len(c.uin)+n]
+	return n, err
+}
+
+// readUpstreamInto reads from the backend into buf.
+func (c *httpConn) readUpstreamInto(buf []byte) (n int, err error) {
 	u := c.u
 	if !u.r {
 		return 0, unix.EAGAIN
 	}
-	if cap(c.uin)-len(c.uin) < 1024 {
-		c.uin = append(c.uin, make([]byte, max(cap(c.uin), 4096))...)[:len(c.uin)]
-	}
-	buf := c.uin[len(c.uin):cap(c.uin)]
 	n, err = sysRead(u.fd, buf)
 	switch {
 	case err == unix.EAGAIN:
@@ -750,7 +756,6 @@ func (c *httpConn) readUpstream() (n int, err error) {
 	if n < len(buf) && !u.rdhup {
 		u.r = false
 	}
-	c.uin = c.uin[:len(c.uin)+n]
 	if n > 0 {
 		c.be.m.toClient.Add(float64(n))
 		c.last = c.l.r.now
@@ -855,7 +860,10 @@ func (c *httpConn) relayResponse() bool {
 		if len(c.out) > 0 && !c.hold {
 			return false // the client first
 		}
-		n, err := c.readUpstream()
+		// The body is read into the loop's buffer and written on from
+		// there: only what the client cannot take at once is copied.
+		scratch := c.l.r.scratch
+		n, err := c.readUpstreamInto(scratch)
 		switch {
 		case err == unix.EAGAIN:
 			return false
@@ -871,6 +879,40 @@ func (c *httpConn) relayResponse() bool {
 			c.abort(502)
 			return false
 		}
+		k, err := c.respBody.take(scratch[:n])
+		if err != nil {
+			c.abort(502)
+			return false
+		}
+		if c.respBody.done {
+			// Counted before the client can see the end.
+			c.account(c.resp.code)
+		}
+		data := scratch[:k]
+		if len(c.out) == 0 && c.w {
+			w, err := sysWrite(c.fd, data)
+			switch {
+			case err == unix.EAGAIN:
+				c.w = false
+			case err == unix.EINTR:
+			case err != nil:
+				c.abort(499)
+				return false
+			default:
+				data = data[w:]
+				if len(data) > 0 {
+					c.w = false
+				}
+			}
+		}
+		c.out = append(c.out, data...)
+		c.hold = false
+		if !c.flushOut() {
+			return false
+		}
+		// Bytes past the body's end: the backend said more than the
+		// response; the connection will not be reused (see finish).
+		c.uin = append(c.uin, scratch[k:n]...)
 	}
 }
 
