@@ -718,7 +718,10 @@ func (c *httpConn) exchange() bool {
 			// The client left in the middle of its body.
 			c.abort(499)
 			return false
-		} else if c.readClient() {
+		} else if c.r && u.w {
+			if ended, more := c.forwardBody(); ended {
+				return more
+			}
 			progress = true
 		}
 	}
@@ -727,6 +730,55 @@ func (c *httpConn) exchange() bool {
 		return c.readResponseHead() || progress
 	}
 	return c.relayResponse() || progress
+}
+
+// forwardBody reads the request body into the loop's buffer and writes it
+// on to the backend from there, copying only what the backend cannot take
+// at once. ended: the request ended (given up, or answered with an error),
+// and more is what exchange returns then.
+func (c *httpConn) forwardBody() (ended, more bool) {
+	scratch := c.l.r.scratch
+	n, err := sysRead(c.fd, scratch)
+	switch {
+	case err == unix.EAGAIN:
+		c.r = false
+		return false, false
+	case err == unix.EINTR:
+		return false, false
+	case err != nil || n == 0:
+		c.eof = true
+		return false, false
+	}
+	if n < len(scratch) && !c.rdhup {
+		c.r = false
+	}
+	c.last = c.l.r.now
+	k, err := c.reqBody.take(scratch[:n])
+	if err != nil {
+		c.abort(400)
+		return true, false
+	}
+	// Bytes past the body's end are the next request's.
+	c.in = append(c.in, scratch[k:n]...)
+	c.bodySent = true
+	data := scratch[:k]
+	w, err := sysWrite(c.u.fd, data)
+	switch {
+	case err == unix.EAGAIN:
+		c.u.w, w = false, 0
+	case err == unix.EINTR:
+		w = 0
+	case err != nil:
+		c.backendFailed(err)
+		return true, true
+	default:
+		c.be.m.toBackend.Add(float64(w))
+		if !c.gotHead {
+			c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
+		}
+	}
+	c.uout = append(c.uout, data[w:]...)
+	return false, false
 }
 
 // readUpstream reads from the backend into c.uin.

@@ -2,7 +2,9 @@ package balancer
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"io"
@@ -372,6 +374,37 @@ func BenchmarkHTTPLargeResponse(b *testing.B) {
 		resp.Body.Close()
 		if n != int64(len(big)) {
 			b.Fatalf("got %d bytes", n)
+		}
+	}
+}
+
+// Large request bodies, sized and chunked, reach the backend whole, and
+// the connection carries the next request after them.
+func TestHTTPLargeRequestBody(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, _ := io.Copy(h, r.Body)
+		fmt.Fprintf(w, "%d %x", n, h.Sum(nil))
+	}))
+	t.Cleanup(srv.Close)
+	b := newBalancer(t)
+	configure(t, b, named(httpLB("web", hostOf(srv)), "be"))
+	body := []byte(strings.Repeat("keep-vip upload ", 1<<18)) // 4 MiB
+	want := fmt.Sprintf("%d %x", len(body), sha256.Sum256(body))
+	client := &http.Client{Timeout: waitFor}
+	for _, chunked := range []bool{false, true, false} {
+		var r io.Reader = bytes.NewReader(body)
+		if chunked {
+			r = io.MultiReader(r) // hides the length
+		}
+		resp, err := client.Post("http://"+addr(t, b, "web")+"/", "application/octet-stream", r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(got) != want {
+			t.Errorf("chunked=%v: backend saw %q, want %q", chunked, got, want)
 		}
 	}
 }
