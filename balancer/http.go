@@ -438,22 +438,36 @@ func (c *httpConn) step() bool {
 // failed and was closed.
 func (c *httpConn) flushOut() bool {
 	for len(c.out) > 0 && c.w {
-		n, err := sysWrite(c.fd, c.out)
+		n, ok := c.writeClient(c.out)
+		if !ok {
+			return false
+		}
+		c.out = c.out[:copy(c.out, c.out[n:])]
+	}
+	return true
+}
+
+// writeClient writes what of p the client's socket takes now; false when
+// the connection failed and was closed.
+func (c *httpConn) writeClient(p []byte) (int, bool) {
+	for c.w {
+		n, err := sysWrite(c.fd, p)
 		switch {
 		case err == unix.EAGAIN:
 			c.w = false
+			return 0, true
 		case err == unix.EINTR:
+			continue
 		case err != nil:
 			c.abort(499)
-			return false
-		default:
-			c.out = c.out[:copy(c.out, c.out[n:])]
-			if len(c.out) > 0 {
-				c.w = false
-			}
+			return 0, false
 		}
+		if n < len(p) {
+			c.w = false
+		}
+		return n, true
 	}
-	return true
+	return 0, true
 }
 
 // readClient reads from the client into c.in; false when there was
@@ -887,23 +901,11 @@ func (c *httpConn) startResponse(end int) bool {
 func (c *httpConn) relayResponse() bool {
 	for {
 		if len(c.uin) > 0 {
-			n, err := c.respBody.take(c.uin)
-			if err != nil {
-				c.abort(502)
+			k, ok := c.passBody(c.uin)
+			if !ok {
 				return false
 			}
-			if c.respBody.done {
-				// Counted before the client can see the end.
-				c.account(c.resp.code)
-			}
-			if n > 0 {
-				c.out = append(c.out, c.uin[:n]...)
-				c.uin = c.uin[:copy(c.uin, c.uin[n:])]
-				c.hold = false
-				if !c.flushOut() {
-					return false
-				}
-			}
+			c.uin = c.uin[:copy(c.uin, c.uin[k:])]
 		}
 		if c.respBody.done {
 			c.finish()
@@ -931,41 +933,43 @@ func (c *httpConn) relayResponse() bool {
 			c.abort(502)
 			return false
 		}
-		k, err := c.respBody.take(scratch[:n])
-		if err != nil {
-			c.abort(502)
-			return false
-		}
-		if c.respBody.done {
-			// Counted before the client can see the end.
-			c.account(c.resp.code)
-		}
-		data := scratch[:k]
-		if len(c.out) == 0 && c.w {
-			w, err := sysWrite(c.fd, data)
-			switch {
-			case err == unix.EAGAIN:
-				c.w = false
-			case err == unix.EINTR:
-			case err != nil:
-				c.abort(499)
-				return false
-			default:
-				data = data[w:]
-				if len(data) > 0 {
-					c.w = false
-				}
-			}
-		}
-		c.out = append(c.out, data...)
-		c.hold = false
-		if !c.flushOut() {
+		k, ok := c.passBody(scratch[:n])
+		if !ok {
 			return false
 		}
 		// Bytes past the body's end: the backend said more than the
 		// response; the connection will not be reused (see finish).
 		c.uin = append(c.uin, scratch[k:n]...)
 	}
+}
+
+// passBody sends the client what of p belongs to the response body, how
+// much that was, and false when the connection was given up. A held head
+// leaves with it.
+func (c *httpConn) passBody(p []byte) (int, bool) {
+	k, err := c.respBody.take(p)
+	if err != nil {
+		c.abort(502)
+		return 0, false
+	}
+	if c.respBody.done {
+		// Counted before the client can see the end.
+		c.account(c.resp.code)
+	}
+	if k == 0 {
+		return 0, true
+	}
+	c.hold = false
+	data := p[:k]
+	if len(c.out) == 0 {
+		w, ok := c.writeClient(data)
+		if !ok {
+			return 0, false
+		}
+		data = data[w:]
+	}
+	c.out = append(c.out, data...)
+	return k, c.flushOut()
 }
 
 // account records the request's answer, once.
