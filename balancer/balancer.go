@@ -80,9 +80,9 @@ type Balancer struct {
 // replaced when the type changes (tcp and http hand the socket over), and
 // its load balancer is swapped in place otherwise.
 type frontend struct {
-	ln  *net.TCPListener // tcp and http
-	pc  *net.UDPConn     // udp
-	srv server
+	sock *socket
+	udp  bool
+	srv  server
 }
 
 // server serves one load balancer type on a frontend's socket.
@@ -103,12 +103,7 @@ type server interface {
 	clients() int
 }
 
-func (fe *frontend) addr() net.Addr {
-	if fe.pc != nil {
-		return fe.pc.LocalAddr()
-	}
-	return fe.ln.Addr()
-}
+func (fe *frontend) addr() net.Addr { return fe.sock.addr }
 
 // New returns a Balancer that serves nothing until Configure.
 func New(log zerolog.Logger) *Balancer {
@@ -124,6 +119,14 @@ func New(log zerolog.Logger) *Balancer {
 		frontends:     map[string]*frontend{},
 		draining:      map[server]bool{},
 	}
+}
+
+// SetLoops sets how many event loops the balancer runs, before its first
+// Configure; by default one per processor Go may use.
+func (b *Balancer) SetLoops(n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.nLoops = n
 }
 
 // Configure replaces the running load balancers with cfg's. A load balancer
@@ -225,40 +228,29 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 // "::" or none) listens on IPv4 and IPv6 alike, so a load balancer serves
 // IPv4 and IPv6 VIPs.
 func listen(ctx context.Context, lb *loadBalancer) (*frontend, error) {
-	var lc net.ListenConfig
+	network := "tcp"
 	if lb.typ == TypeUDP {
-		pc, err := lc.ListenPacket(ctx, "udp", lb.bind)
-		if err != nil {
-			return nil, err
-		}
-		return &frontend{pc: pc.(*net.UDPConn)}, nil
+		network = "udp"
 	}
-	ln, err := lc.Listen(ctx, "tcp", lb.bind)
+	sock, err := openSocket(ctx, network, lb.bind)
 	if err != nil {
 		return nil, err
 	}
-	return &frontend{ln: ln.(*net.TCPListener)}, nil
+	return &frontend{sock: sock, udp: lb.typ == TypeUDP}, nil
 }
 
 // close closes the socket of a frontend that never served.
-func (fe *frontend) close() {
-	if fe.pc != nil {
-		fe.pc.Close()
-	}
-	if fe.ln != nil {
-		fe.ln.Close()
-	}
-}
+func (fe *frontend) close() { fe.sock.close() }
 
 func (b *Balancer) newServer(fe *frontend, lb *loadBalancer) server {
 	b.wg.Add(1)
 	switch lb.typ {
 	case TypeUDP:
-		return b.serveUDP(fe.pc, lb)
+		return b.serveUDP(fe.sock, lb)
 	case TypeHTTP:
-		return b.serveHTTP(fe.ln, lb)
+		return b.serveHTTP(fe.sock, lb)
 	}
-	return b.serveTCP(fe.ln, lb)
+	return b.serveTCP(fe.sock, lb)
 }
 
 // retire stops srv accepting and lets its clients drain in the background
@@ -268,8 +260,8 @@ func (b *Balancer) newServer(fe *frontend, lb *loadBalancer) server {
 // and closes when they are drained).
 func (b *Balancer) retire(srv server, fe *frontend) {
 	srv.stop()
-	if fe != nil && fe.ln != nil {
-		fe.ln.Close()
+	if fe != nil && !fe.udp {
+		fe.sock.close()
 	}
 	deadline := time.Now().Add(b.drainTimeout)
 	b.draining[srv] = true

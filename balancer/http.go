@@ -56,12 +56,12 @@ const httpMaxIdlePerBackend = 256
 // close that raced with the reuse. A variable for tests.
 var idleCheckAfter = time.Second
 
-func (b *Balancer) serveHTTP(ln *net.TCPListener, lb *loadBalancer) *httpServer {
+func (b *Balancer) serveHTTP(sock *socket, lb *loadBalancer) *httpServer {
 	s := &httpServer{b: b, pp: lb.proxyProtocol}
 	s.lb.Store(lb)
 	for _, r := range b.loops.loops {
 		l := &httpLoop{s: s, r: r, conns: map[*httpConn]struct{}{}, tunnels: map[*tcpConn]struct{}{}, pools: map[*backendState]*upstreamPool{}}
-		if l.ln, l.stopT = b.startLoop(r, ln, l, &s.lb); l.ln != nil {
+		if l.ln, l.stopT = b.startLoop(r, sock, l, &s.lb); l.ln != nil {
 			s.loops = append(s.loops, l)
 		}
 	}

@@ -1,7 +1,6 @@
 package balancer
 
 import (
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,22 +21,15 @@ type loopListener struct {
 	backoff time.Duration
 }
 
-// listenOn registers a duplicate of ln's socket with r; open gets each
+// listenOn registers a duplicate of sock with r; open gets each
 // accepted connection, on the loop.
-func listenOn(r *reactor, ln *net.TCPListener, open func(fd int, sa unix.Sockaddr), onError func(error, time.Duration)) (*loopListener, error) {
+func listenOn(r *reactor, sock *socket, open func(fd int, sa unix.Sockaddr), onError func(error, time.Duration)) (*loopListener, error) {
 	l := &loopListener{r: r, fd: -1, open: open, onError: onError}
-	raw, err := ln.SyscallConn()
+	fd, err := sock.dup()
 	if err != nil {
 		return nil, err
 	}
-	fd := -1
 	var derr error
-	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, err
-	}
-	if derr != nil {
-		return nil, derr
-	}
 	r.do(func() {
 		if derr = r.add(fd, l, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); derr == nil {
 			l.fd = fd

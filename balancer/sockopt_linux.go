@@ -12,29 +12,16 @@ import (
 // address the client wrote to (the VIP) rather than whichever address the
 // route prefers. It returns the IP version of the control messages, or 0
 // for a socket bound to one address, which needs none.
-func enablePktinfo(pc *net.UDPConn) (int, error) {
-	la, ok := pc.LocalAddr().(*net.UDPAddr)
+func enablePktinfo(sock *socket) (int, error) {
+	la, ok := sock.addr.(*net.UDPAddr)
 	if !ok || !la.IP.IsUnspecified() {
 		return 0, nil
 	}
-	raw, err := pc.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
 	v := 6
+	err := unix.SetsockoptInt(sock.fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
 	if la.IP.To4() != nil {
 		v = 4
-	}
-	var serr error
-	err = raw.Control(func(fd uintptr) {
-		if v == 4 {
-			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
-		} else {
-			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
-		}
-	})
-	if err == nil {
-		err = serr
+		err = unix.SetsockoptInt(sock.fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
 	}
 	if err != nil {
 		return 0, err

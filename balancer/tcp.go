@@ -31,12 +31,12 @@ type tcpLoop struct {
 	stopT func()
 }
 
-func (b *Balancer) serveTCP(ln *net.TCPListener, lb *loadBalancer) *tcpServer {
+func (b *Balancer) serveTCP(sock *socket, lb *loadBalancer) *tcpServer {
 	s := &tcpServer{b: b}
 	s.lb.Store(lb)
 	for _, r := range b.loops.loops {
 		l := &tcpLoop{s: s, r: r, conns: map[*tcpConn]struct{}{}}
-		if l.ln, l.stopT = b.startLoop(r, ln, l, &s.lb); l.ln != nil {
+		if l.ln, l.stopT = b.startLoop(r, sock, l, &s.lb); l.ln != nil {
 			s.loops = append(s.loops, l)
 		}
 	}
@@ -49,14 +49,14 @@ type loopPart interface {
 	check(now time.Time)
 }
 
-// startLoop has part accept from ln on r and run its checks; a nil
+// startLoop has part accept from sock on r and run its checks; a nil
 // listener when it cannot accept.
-func (b *Balancer) startLoop(r *reactor, ln *net.TCPListener, part loopPart, lb *atomic.Pointer[loadBalancer]) (*loopListener, func()) {
-	l, err := listenOn(r, ln, part.open, func(err error, retryIn time.Duration) {
+func (b *Balancer) startLoop(r *reactor, sock *socket, part loopPart, lb *atomic.Pointer[loadBalancer]) (*loopListener, func()) {
+	l, err := listenOn(r, sock, part.open, func(err error, retryIn time.Duration) {
 		b.log.Error().Err(err).Str("balancer", lb.Load().name).Dur("retry_in", retryIn).Msg("accept")
 	})
 	if err != nil {
-		b.log.Error().Err(err).Str("balancer", lb.Load().name).Str("bind", ln.Addr().String()).Msg("load balancer cannot accept")
+		b.log.Error().Err(err).Str("balancer", lb.Load().name).Str("bind", sock.addr.String()).Msg("load balancer cannot accept")
 		return nil, nil
 	}
 	return l, r.every(checkEvery(lb.Load()), part.check)

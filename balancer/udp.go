@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"encoding/binary"
-	"net"
 	"net/netip"
 	"sync/atomic"
 	"syscall"
@@ -35,8 +34,8 @@ const (
 // client's datagrams stay in order; datagrams move without an allocation
 // once the session exists.
 type udpServer struct {
-	b  *Balancer
-	pc *net.UDPConn
+	b    *Balancer
+	sock *socket
 	lb atomic.Pointer[loadBalancer]
 	r  *reactor
 	fd int // the reactor's duplicate of pc's socket
@@ -71,27 +70,20 @@ type udpSession struct {
 	closed   bool
 }
 
-func (b *Balancer) serveUDP(pc *net.UDPConn, lb *loadBalancer) *udpServer {
-	s := &udpServer{b: b, pc: pc, fd: -1, sessions: map[netip.AddrPort]*udpSession{}, in: newMmsgBatch(udpBatch, udpReadBuffer, udpOOBBuffer)}
+func (b *Balancer) serveUDP(sock *socket, lb *loadBalancer) *udpServer {
+	s := &udpServer{b: b, sock: sock, fd: -1, sessions: map[netip.AddrPort]*udpSession{}, in: newMmsgBatch(udpBatch, udpReadBuffer, udpOOBBuffer)}
 	s.lb.Store(lb)
 	// Best effort: a burst larger than the default buffer is dropped by
 	// the kernel before we read it.
-	pc.SetReadBuffer(udpSocketBuffer)
-	pc.SetWriteBuffer(udpSocketBuffer)
-	v, err := enablePktinfo(pc)
+	unix.SetsockoptInt(sock.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, udpSocketBuffer)
+	unix.SetsockoptInt(sock.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, udpSocketBuffer)
+	v, err := enablePktinfo(sock)
 	if err != nil {
 		b.log.Warn().Err(err).Str("balancer", lb.name).Msg("udp: cannot learn datagrams' destination; replies leave from the route's preferred address")
 	}
 	s.pktinfo = v
 	s.r = b.loops.pick()
-	raw, err := pc.SyscallConn()
-	if err == nil {
-		var derr error
-		if err = raw.Control(func(fd uintptr) { s.fd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err == nil {
-			err = derr
-		}
-	}
-	if err == nil {
+	if s.fd, err = sock.dup(); err == nil {
 		s.r.do(func() { err = s.r.add(s.fd, s, unix.EPOLLIN) })
 	}
 	if err != nil {
@@ -125,7 +117,7 @@ func (s *udpServer) drain(deadline time.Time) {
 		}
 	})
 	s.stopT()
-	s.pc.Close()
+	s.sock.close()
 }
 
 // event reads a batch of the clients' datagrams; level-triggered epoll
