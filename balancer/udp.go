@@ -36,9 +36,9 @@ const (
 type udpServer struct {
 	b    *Balancer
 	sock *socket
-	lb atomic.Pointer[loadBalancer]
-	r  *reactor
-	fd int // the reactor's duplicate of pc's socket
+	lb   atomic.Pointer[loadBalancer]
+	r    *reactor
+	fd   int // the reactor's duplicate of the frontend's socket
 	// pktinfo is the IP version of the destination-address control
 	// messages on a wildcard-bound socket, 0 otherwise.
 	pktinfo int
