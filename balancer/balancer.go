@@ -81,7 +81,6 @@ type Balancer struct {
 // its load balancer is swapped in place otherwise.
 type frontend struct {
 	sock *socket
-	udp  bool
 	srv  server
 }
 
@@ -236,7 +235,7 @@ func listen(ctx context.Context, lb *loadBalancer) (*frontend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &frontend{sock: sock, udp: lb.typ == TypeUDP}, nil
+	return &frontend{sock: sock}, nil
 }
 
 // close closes the socket of a frontend that never served.
@@ -260,7 +259,7 @@ func (b *Balancer) newServer(fe *frontend, lb *loadBalancer) server {
 // and closes when they are drained).
 func (b *Balancer) retire(srv server, fe *frontend) {
 	srv.stop()
-	if fe != nil && !fe.udp {
+	if _, udp := srv.(*udpServer); fe != nil && !udp {
 		fe.sock.close()
 	}
 	deadline := time.Now().Add(b.drainTimeout)
