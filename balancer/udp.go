@@ -184,7 +184,7 @@ func (s *udpServer) open(from netip.AddrPort, oob []byte) *udpSession {
 	fd, err := connectSocket(be.ap, unix.SOCK_DGRAM)
 	sess := &udpSession{s: s, fd: fd, client: from, lb: lb, be: be, last: s.r.now}
 	if err == nil {
-		if err = s.r.add(fd, sess, unix.EPOLLIN|unix.EPOLLET); err != nil {
+		if err = s.r.add(fd, sess, unix.EPOLLIN); err != nil {
 			unix.Close(fd)
 		}
 	}
@@ -215,45 +215,46 @@ func (s *udpServer) open(from netip.AddrPort, oob []byte) *udpSession {
 	return sess
 }
 
-// event sends the backend's replies back to the client.
+// event sends a backend's reply back to the client. The session's socket
+// is level-triggered and read once per event: epoll reports it again while
+// more replies wait, so the loop needs no read that finds the socket empty
+// (a sixth of the syscalls of a datagram's round trip).
 func (sess *udpSession) event(fd int, _ uint32) {
+	if sess.closed {
+		return
+	}
 	s := sess.s
 	buf := s.r.scratch[:udpReplyBuffer]
-	for range 64 {
-		if sess.closed {
-			return
-		}
-		n, flags, err := recvOne(fd, buf)
-		switch {
-		case err == unix.EAGAIN:
-			return
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			if err == unix.ECONNREFUSED {
-				s.b.connectFailed(sess.be, err)
-			}
-			sess.close()
-			return
-		}
-		if !sess.answered {
-			// udp has no handshake: a reply is what shows the backend
-			// alive, and clears its count of refusals.
-			sess.answered = true
-			s.b.connectOK(sess.be)
-		}
-		if flags&unix.MSG_TRUNC != 0 {
-			continue
-		}
-		sess.last = s.r.now
-		sess.iov.Base = unsafe.SliceData(buf)
-		sess.iov.SetLen(n)
-		if _, _, e := syscall.RawSyscall(syscall.SYS_SENDMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&sess.reply)), 0); e == 0 {
-			sess.be.m.toClient.Add(float64(n))
-		}
-		sess.iov.Base = nil
+	n, flags, err := recvOne(fd, buf)
+	for err == unix.EINTR {
+		n, flags, err = recvOne(fd, buf)
 	}
-	s.r.later(fd, sess)
+	switch {
+	case err == unix.EAGAIN:
+		return
+	case err != nil:
+		if err == unix.ECONNREFUSED {
+			s.b.connectFailed(sess.be, err)
+		}
+		sess.close()
+		return
+	}
+	if !sess.answered {
+		// udp has no handshake: a reply is what shows the backend
+		// alive, and clears its count of refusals.
+		sess.answered = true
+		s.b.connectOK(sess.be)
+	}
+	if flags&unix.MSG_TRUNC != 0 {
+		return
+	}
+	sess.last = s.r.now
+	sess.iov.Base = unsafe.SliceData(buf)
+	sess.iov.SetLen(n)
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SENDMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&sess.reply)), 0); e == 0 {
+		sess.be.m.toClient.Add(float64(n))
+	}
+	sess.iov.Base = nil
 }
 
 // close ends the session; safe to call twice.
