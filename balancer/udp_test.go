@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"fmt"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"net"
 	"strings"
@@ -77,6 +78,46 @@ func TestUDPSessions(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(b.m.bytes.WithLabelValues("dns", "b1", dirToClient)); n != float64(3*len("b1 x")) {
 		t.Errorf("bytes from b1 = %v, want %d", n, 3*len("b1 x"))
+	}
+}
+
+// TestUDPSeveralRepliesPerDatagram: a backend may answer one datagram with
+// several (a burst queued on the session's socket at once); every one
+// reaches the client, in order, without the client sending again.
+func TestUDPSeveralRepliesPerDatagram(t *testing.T) {
+	const replies = 20
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			for i := range replies {
+				pc.WriteToUDPAddrPort(fmt.Appendf(nil, "%s %d", buf[:n], i), from)
+			}
+		}
+	}()
+	b := newBalancer(t)
+	configure(t, b, named(udpLB("burst", "127.0.0.1:0", pc.LocalAddr().String()), "b1"))
+	c := dialUDP(t, addr(t, b, "burst"))
+	if got, want := c.ask("q"), "q 0"; got != want {
+		t.Fatalf("first reply %q, want %q", got, want)
+	}
+	for i := 1; i < replies; i++ {
+		c.c.SetReadDeadline(time.Now().Add(waitFor))
+		n, err := c.c.Read(c.buf)
+		if err != nil {
+			t.Fatalf("reply %d of %d: %v", i+1, replies, err)
+		}
+		if got, want := string(c.buf[:n]), fmt.Sprintf("q %d", i); got != want {
+			t.Fatalf("reply %d: %q, want %q", i+1, got, want)
+		}
 	}
 }
 
