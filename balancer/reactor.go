@@ -444,7 +444,6 @@ func (rs *reactors) stop() {
 // non-blocking), and the runtime's syscall bookkeeping would otherwise let
 // its monitor hand the processor to another thread whenever a write to a
 // loopback peer ran long, a context switch per request on a busy proxy.
-
 //
 // Sockets are read and written with recvfrom and sendto rather than read
 // and write, as HAProxy does: those skip the file layer (position lock,
