@@ -217,7 +217,8 @@ func TestBenchBalancer(t *testing.T) {
 		// The ratios are the medians of each round's ratio: a round's two
 		// runs are back to back, so drift in the machine's load between
 		// rounds cancels out.
-		tput, lat := lbBenchRatios(sc.results[0], sc.results[1])
+		tputs, lats := lbBenchRatios(sc.results[0], sc.results[1])
+		tput, lat := lbBenchMedianOf(tputs), lbBenchMedianOf(lats)
 		verdict := "met"
 		if tput < 1.0 || lat > 1.1 {
 			verdict = "NOT met"
@@ -225,6 +226,7 @@ func TestBenchBalancer(t *testing.T) {
 		fmt.Fprintf(&b, "%-30s %12.0f %12.0f %6.2fx %10s %10s %6.2fx %9s %9s  %s\n", sc.title, o.rps, p.rps, tput,
 			o.p99.Round(time.Microsecond), p.p99.Round(time.Microsecond), lat,
 			o.cpu.Round(100*time.Nanosecond), p.cpu.Round(100*time.Nanosecond), verdict)
+		fmt.Fprintf(&b, "%-30s rounds: %s\n", "", lbBenchSpread(tputs, lats))
 	}
 	t.Log(b.String())
 }
@@ -681,22 +683,45 @@ func lbBenchUDPLoad(t *testing.T, addr string, clients int, d time.Duration) lbB
 	return lbBenchResult{rps: float64(total-lost) / elapsed.Seconds(), p99: p99}
 }
 
-// lbBenchRatios are the medians of the rounds' throughput and p99 ratios,
-// ours over the peer's.
-func lbBenchRatios(ours, peer []lbBenchResult) (tput, p99 float64) {
-	var t, l []float64
+// lbBenchRatios are the rounds' throughput and p99 ratios, each sorted:
+// the table shows their medians, the spread line their range.
+func lbBenchRatios(ours, peer []lbBenchResult) (tput, p99 []float64) {
 	for i := range min(len(ours), len(peer)) {
 		if peer[i].rps > 0 && peer[i].p99 > 0 {
-			t = append(t, ours[i].rps/peer[i].rps)
-			l = append(l, float64(ours[i].p99)/float64(peer[i].p99))
+			tput = append(tput, ours[i].rps/peer[i].rps)
+			p99 = append(p99, float64(ours[i].p99)/float64(peer[i].p99))
 		}
 	}
-	if len(t) == 0 {
-		return 0, 0
+	sort.Float64s(tput)
+	sort.Float64s(p99)
+	return tput, p99
+}
+
+func lbBenchMedianOf(sorted []float64) float64 {
+	if len(sorted) == 0 {
+		return 0
 	}
-	sort.Float64s(t)
-	sort.Float64s(l)
-	return t[len(t)/2], l[len(l)/2]
+	return sorted[len(sorted)/2]
+}
+
+// lbBenchSpread says how far the rounds' ratios ranged and in how many
+// rounds each target held: a median a little under a target with rounds
+// on both sides of it is a tie within the machine's noise, not a verdict.
+func lbBenchSpread(tput, p99 []float64) string {
+	if len(tput) == 0 {
+		return "no round measured"
+	}
+	var tputMet, p99Met int
+	for i := range tput {
+		if tput[i] >= 1.0 {
+			tputMet++
+		}
+		if p99[i] <= 1.1 {
+			p99Met++
+		}
+	}
+	return fmt.Sprintf("throughput %.2f-%.2fx (>=1.0x in %d of %d rounds), p99 %.2f-%.2fx (<=1.1x in %d of %d)",
+		tput[0], tput[len(tput)-1], tputMet, len(tput), p99[0], p99[len(p99)-1], p99Met, len(p99))
 }
 
 func lbBenchMedian(rs []lbBenchResult) lbBenchResult {
@@ -742,4 +767,26 @@ func lbBenchCPU(pid int) time.Duration {
 	}
 	// USER_HZ is 100 on Linux.
 	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// TestBenchSpread checks the bench's summary arithmetic: paired rounds,
+// medians of the ratios and how many rounds met each target.
+func TestBenchSpread(t *testing.T) {
+	ms := time.Millisecond
+	ours := []lbBenchResult{{rps: 90, p99: 2 * ms}, {rps: 110, p99: 1 * ms}, {rps: 100, p99: 3 * ms}}
+	peer := []lbBenchResult{{rps: 100, p99: 2 * ms}, {rps: 100, p99: 2 * ms}, {rps: 100, p99: 2 * ms}}
+	tput, p99 := lbBenchRatios(ours, peer)
+	if got := lbBenchMedianOf(tput); got != 1.0 {
+		t.Errorf("median throughput ratio %v, want 1.0", got)
+	}
+	if got := lbBenchMedianOf(p99); got != 1.0 {
+		t.Errorf("median p99 ratio %v, want 1.0", got)
+	}
+	want := "throughput 0.90-1.10x (>=1.0x in 2 of 3 rounds), p99 0.50-1.50x (<=1.1x in 2 of 3)"
+	if got := lbBenchSpread(tput, p99); got != want {
+		t.Errorf("spread\n got %s\nwant %s", got, want)
+	}
+	if got := lbBenchSpread(nil, nil); got != "no round measured" {
+		t.Errorf("spread of nothing: %s", got)
+	}
 }
