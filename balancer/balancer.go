@@ -161,7 +161,7 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 			next[key] = fe
 			continue
 		}
-		fe, err := listen(ctx, lb)
+		fe, err := listen(ctx, lb, len(b.loops.loops))
 		if err != nil {
 			for _, fe := range opened {
 				fe.close()
@@ -225,13 +225,15 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 
 // listen opens lb's socket. As Go does, a wildcard bind address (0.0.0.0,
 // "::" or none) listens on IPv4 and IPv6 alike, so a load balancer serves
-// IPv4 and IPv6 VIPs.
-func listen(ctx context.Context, lb *loadBalancer) (*frontend, error) {
-	network := "tcp"
+// IPv4 and IPv6 VIPs. A udp load balancer gets a socket per event loop.
+func listen(ctx context.Context, lb *loadBalancer, loops int) (*frontend, error) {
+	var sock *socket
+	var err error
 	if lb.typ == TypeUDP {
-		network = "udp"
+		sock, err = openUDPGroup(ctx, lb.bind, loops)
+	} else {
+		sock, err = openSocket(ctx, "tcp", lb.bind)
 	}
-	sock, err := openSocket(ctx, network, lb.bind)
 	if err != nil {
 		return nil, err
 	}

@@ -20,7 +20,10 @@ import (
 type socket struct {
 	fd   int
 	addr net.Addr
-	once sync.Once
+	// group are the other sockets of a udp frontend served by several
+	// loops (see openUDPGroup), bound to the same address.
+	group []int
+	once  sync.Once
 }
 
 // openSocket listens on bind: network is "tcp" or "udp".
@@ -49,6 +52,68 @@ func openSocket(ctx context.Context, network, bind string) (*socket, error) {
 	return &socket{fd: fd, addr: addr}, nil
 }
 
+// openUDPGroup opens n udp sockets bound to the same address with
+// SO_REUSEPORT, one per event loop: the kernel hashes each client's
+// address to one of them, so a client's datagrams all reach the same loop
+// and its session, while the clients spread over every loop (as nginx's
+// "listen ... udp reuseport"). A port held by anyone else is refused
+// first with a plain bind, as a single socket would be: the group does
+// not quietly share a port with another process that also asked for
+// SO_REUSEPORT.
+func openUDPGroup(ctx context.Context, bind string, n int) (*socket, error) {
+	if n <= 1 {
+		return openSocket(ctx, "udp", bind)
+	}
+	host, port, err := net.SplitHostPort(bind)
+	if err != nil {
+		return nil, err
+	}
+	if port != "0" && port != "" {
+		probe, err := openSocket(ctx, "udp", bind)
+		if err != nil {
+			return nil, err
+		}
+		probe.close()
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	var sock *socket
+	for range n {
+		pc, err := lc.ListenPacket(ctx, "udp", bind)
+		if err != nil {
+			if sock != nil {
+				sock.close()
+			}
+			return nil, err
+		}
+		fd, err := dupSocket(pc.(*net.UDPConn))
+		addr := pc.LocalAddr()
+		pc.Close()
+		if err != nil {
+			if sock != nil {
+				sock.close()
+			}
+			return nil, fmt.Errorf("take socket %s from Go's netpoller: %w", addr, err)
+		}
+		if sock == nil {
+			sock = &socket{fd: fd, addr: addr}
+			// The others bind the port the first was given.
+			bind = net.JoinHostPort(host, fmt.Sprint(addr.(*net.UDPAddr).Port))
+			continue
+		}
+		sock.group = append(sock.group, fd)
+	}
+	return sock, nil
+}
+
+// fds are the socket's descriptors: its own, then its group's.
+func (s *socket) fds() []int { return append([]int{s.fd}, s.group...) }
+
 // dup is another descriptor of the socket, for an event loop to own.
 func (s *socket) dup() (int, error) {
 	return unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 0)
@@ -56,7 +121,13 @@ func (s *socket) dup() (int, error) {
 
 // close closes the frontend's descriptor; the socket stays open while a
 // loop's duplicate does. Safe to call twice.
-func (s *socket) close() { s.once.Do(func() { unix.Close(s.fd) }) }
+func (s *socket) close() {
+	s.once.Do(func() {
+		for _, fd := range s.fds() {
+			unix.Close(fd)
+		}
+	})
+}
 
 type syscallConn interface {
 	SyscallConn() (syscall.RawConn, error)

@@ -12,16 +12,16 @@ import (
 // address the client wrote to (the VIP) rather than whichever address the
 // route prefers. It returns the IP version of the control messages, or 0
 // for a socket bound to one address, which needs none.
-func enablePktinfo(sock *socket) (int, error) {
-	la, ok := sock.addr.(*net.UDPAddr)
+func enablePktinfo(fd int, addr net.Addr) (int, error) {
+	la, ok := addr.(*net.UDPAddr)
 	if !ok || !la.IP.IsUnspecified() {
 		return 0, nil
 	}
 	v := 6
-	err := unix.SetsockoptInt(sock.fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
+	err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
 	if la.IP.To4() != nil {
 		v = 4
-		err = unix.SetsockoptInt(sock.fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+		err = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
 	}
 	if err != nil {
 		return 0, err

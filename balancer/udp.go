@@ -30,30 +30,37 @@ const (
 
 // udpServer keeps one session per client address: a socket connected to
 // the client's backend, whose replies go back to the client from the
-// frontend socket. It runs on one of the balancer's reactors, so that one
-// client's datagrams stay in order; datagrams move without an allocation
-// once the session exists.
+// frontend's socket. Each event loop serves a shard: its own socket of the
+// frontend's SO_REUSEPORT group (see openUDPGroup) and the sessions of the
+// clients the kernel hashes to it, so that one client's datagrams stay in
+// order on one loop while the clients spread over all of them. Datagrams
+// move without an allocation once the session exists.
 type udpServer struct {
 	b    *Balancer
 	sock *socket
 	lb   atomic.Pointer[loadBalancer]
-	r    *reactor
-	fd   int // the reactor's duplicate of the frontend's socket
 	// pktinfo is the IP version of the destination-address control
 	// messages on a wildcard-bound socket, 0 otherwise.
 	pktinfo int
 	// stopped: datagrams of clients without a session are dropped.
 	stopped atomic.Bool
 	count   connCount
+	shards  []*udpShard
+}
 
-	// The loop's.
+// udpShard is the part of a udp server one loop runs; all of it is the
+// loop's.
+type udpShard struct {
+	s        *udpServer
+	r        *reactor
+	fd       int // the loop's duplicate of its socket of the group
 	sessions map[netip.AddrPort]*udpSession
 	in       *mmsgBatch
 	stopT    func()
 }
 
 type udpSession struct {
-	s      *udpServer
+	sh     *udpShard
 	fd     int // connected to the backend
 	client netip.AddrPort
 	lb     *loadBalancer
@@ -71,25 +78,37 @@ type udpSession struct {
 }
 
 func (b *Balancer) serveUDP(sock *socket, lb *loadBalancer) *udpServer {
-	s := &udpServer{b: b, sock: sock, fd: -1, sessions: map[netip.AddrPort]*udpSession{}, in: newMmsgBatch(udpBatch, udpReadBuffer, udpOOBBuffer)}
+	s := &udpServer{b: b, sock: sock}
 	s.lb.Store(lb)
-	// Best effort: a burst larger than the default buffer is dropped by
-	// the kernel before we read it.
-	unix.SetsockoptInt(sock.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, udpSocketBuffer)
-	unix.SetsockoptInt(sock.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, udpSocketBuffer)
-	v, err := enablePktinfo(sock)
-	if err != nil {
-		b.log.Warn().Err(err).Str("balancer", lb.name).Msg("udp: cannot learn datagrams' destination; replies leave from the route's preferred address")
+	fds := sock.fds()
+	// Every socket is set up before any loop reads one.
+	for _, fd := range fds {
+		// Best effort: a burst larger than the default buffer is
+		// dropped by the kernel before we read it.
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, udpSocketBuffer)
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, udpSocketBuffer)
+		v, err := enablePktinfo(fd, sock.addr)
+		if err != nil {
+			b.log.Warn().Err(err).Str("balancer", lb.name).Msg("udp: cannot learn datagrams' destination; replies leave from the route's preferred address")
+			v = 0
+		}
+		if s.pktinfo == 0 {
+			s.pktinfo = v
+		}
 	}
-	s.pktinfo = v
-	s.r = b.loops.pick()
-	if s.fd, err = sock.dup(); err == nil {
-		s.r.do(func() { err = s.r.add(s.fd, s, unix.EPOLLIN) })
+	for i, fd := range fds {
+		sh := &udpShard{s: s, r: b.loops.loops[i%len(b.loops.loops)], fd: -1, sessions: map[netip.AddrPort]*udpSession{},
+			in: newMmsgBatch(udpBatch, udpReadBuffer, udpOOBBuffer)}
+		var err error
+		if sh.fd, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			sh.r.do(func() { err = sh.r.add(sh.fd, sh, unix.EPOLLIN) })
+		}
+		if err != nil {
+			b.log.Error().Err(err).Str("balancer", lb.name).Msg("udp load balancer cannot read its socket")
+		}
+		sh.stopT = sh.r.every(max(lb.idleTimeout/4, reactorTick), sh.sweep)
+		s.shards = append(s.shards, sh)
 	}
-	if err != nil {
-		b.log.Error().Err(err).Str("balancer", lb.name).Msg("udp load balancer cannot read its socket")
-	}
-	s.stopT = s.r.every(max(lb.idleTimeout/4, reactorTick), s.sweep)
 	return s
 }
 
@@ -101,65 +120,67 @@ func (s *udpServer) clients() int                     { return int(s.count.n.Loa
 // backends to new sessions.
 func (s *udpServer) update(lb *loadBalancer) { s.lb.Store(lb) }
 
-// stop drops new clients. The socket keeps reading: open sessions go on
+// stop drops new clients. The sockets keep reading: open sessions go on
 // until they idle out or the drain ends.
 func (s *udpServer) stop() { s.stopped.Store(true) }
 
 func (s *udpServer) drain(deadline time.Time) {
 	s.count.waitEmpty(time.Until(deadline))
-	s.r.do(func() {
-		for _, sess := range s.sessions {
-			sess.close()
-		}
-		if s.fd >= 0 {
-			s.r.closeFD(s.fd)
-			s.fd = -1
-		}
-	})
-	s.stopT()
+	for _, sh := range s.shards {
+		sh.r.do(func() {
+			for _, sess := range sh.sessions {
+				sess.close()
+			}
+			if sh.fd >= 0 {
+				sh.r.closeFD(sh.fd)
+				sh.fd = -1
+			}
+		})
+		sh.stopT()
+	}
 	s.sock.close()
 }
 
 // event reads a batch of the clients' datagrams; level-triggered epoll
 // reports the socket again while more wait.
-func (s *udpServer) event(fd int, _ uint32) {
-	if fd < 0 || s.fd < 0 {
+func (sh *udpShard) event(fd int, _ uint32) {
+	if fd < 0 || sh.fd < 0 {
 		return
 	}
-	n, err := s.in.recv(fd)
+	n, err := sh.in.recv(fd)
 	for err == unix.EINTR {
-		n, err = s.in.recv(fd)
+		n, err = sh.in.recv(fd)
 	}
 	if err != nil {
 		return
 	}
 	for i := range n {
-		m := &s.in.msgs[i]
+		m := &sh.in.msgs[i]
 		if m.hdr.Flags&unix.MSG_TRUNC != 0 {
 			continue
 		}
-		s.forward(s.in.bufs[i][:m.n], s.in.oobs[i][:m.hdr.Controllen], rawAddrPort(&s.in.names[i]))
+		sh.forward(sh.in.bufs[i][:m.n], sh.in.oobs[i][:m.hdr.Controllen], rawAddrPort(&sh.in.names[i]))
 	}
 }
 
 // forward sends one client datagram to the client's backend, opening a
 // session first if the client has none.
-func (s *udpServer) forward(p, oob []byte, from netip.AddrPort) {
+func (sh *udpShard) forward(p, oob []byte, from netip.AddrPort) {
 	// Twice at most: a session that failed under us is replaced once.
 	for range 2 {
-		sess := s.sessions[from]
+		sess := sh.sessions[from]
 		if sess == nil {
-			if sess = s.open(from, oob); sess == nil {
+			if sess = sh.open(from, oob); sess == nil {
 				return
 			}
 		}
-		sess.last = s.r.now
+		sess.last = sh.r.now
 		if _, err := sysWrite(sess.fd, p); err != nil {
 			if err == unix.EAGAIN {
 				return // the backend's socket is full: dropped, as the kernel would
 			}
 			// The backend's port refused an earlier datagram.
-			s.b.connectFailed(sess.be, err)
+			sh.s.b.connectFailed(sess.be, err)
 			sess.close()
 			continue
 		}
@@ -170,7 +191,8 @@ func (s *udpServer) forward(p, oob []byte, from netip.AddrPort) {
 
 // open starts a session for a new client; nil when the server is stopped
 // or no backend is up.
-func (s *udpServer) open(from netip.AddrPort, oob []byte) *udpSession {
+func (sh *udpShard) open(from netip.AddrPort, oob []byte) *udpSession {
+	s := sh.s
 	if s.stopped.Load() {
 		return nil
 	}
@@ -182,9 +204,9 @@ func (s *udpServer) open(from netip.AddrPort, oob []byte) *udpSession {
 		return nil
 	}
 	fd, err := connectSocket(be.ap, unix.SOCK_DGRAM)
-	sess := &udpSession{s: s, fd: fd, client: from, lb: lb, be: be, last: s.r.now}
+	sess := &udpSession{sh: sh, fd: fd, client: from, lb: lb, be: be, last: sh.r.now}
 	if err == nil {
-		if err = s.r.add(fd, sess, unix.EPOLLIN); err != nil {
+		if err = sh.r.add(fd, sess, unix.EPOLLIN); err != nil {
 			unix.Close(fd)
 		}
 	}
@@ -206,7 +228,7 @@ func (s *udpServer) open(from netip.AddrPort, oob []byte) *udpSession {
 		sess.reply.Control = &sess.oob[0]
 		sess.reply.SetControllen(len(sess.oob))
 	}
-	s.sessions[from] = sess
+	sh.sessions[from] = sess
 	s.count.opened()
 	lb.mActive.Inc()
 	be.st.active.Add(1)
@@ -215,16 +237,18 @@ func (s *udpServer) open(from netip.AddrPort, oob []byte) *udpSession {
 	return sess
 }
 
-// event sends a backend's reply back to the client. The session's socket
-// is level-triggered and read once per event: epoll reports it again while
-// more replies wait, so the loop needs no read that finds the socket empty
-// (a sixth of the syscalls of a datagram's round trip).
+// event sends a backend's reply back to the client, from the shard's
+// socket (every socket of the group has the frontend's address). The
+// session's socket is level-triggered and read once per event: epoll
+// reports it again while more replies wait, so the loop needs no read that
+// finds the socket empty (a sixth of the syscalls of a datagram's round
+// trip).
 func (sess *udpSession) event(fd int, _ uint32) {
 	if sess.closed {
 		return
 	}
-	s := sess.s
-	buf := s.r.scratch[:udpReplyBuffer]
+	sh, b := sess.sh, sess.sh.s.b
+	buf := sh.r.scratch[:udpReplyBuffer]
 	n, flags, err := recvOne(fd, buf)
 	for err == unix.EINTR {
 		n, flags, err = recvOne(fd, buf)
@@ -234,7 +258,7 @@ func (sess *udpSession) event(fd int, _ uint32) {
 		return
 	case err != nil:
 		if err == unix.ECONNREFUSED {
-			s.b.connectFailed(sess.be, err)
+			b.connectFailed(sess.be, err)
 		}
 		sess.close()
 		return
@@ -243,15 +267,15 @@ func (sess *udpSession) event(fd int, _ uint32) {
 		// udp has no handshake: a reply is what shows the backend
 		// alive, and clears its count of refusals.
 		sess.answered = true
-		s.b.connectOK(sess.be)
+		b.connectOK(sess.be)
 	}
 	if flags&unix.MSG_TRUNC != 0 {
 		return
 	}
-	sess.last = s.r.now
+	sess.last = sh.r.now
 	sess.iov.Base = unsafe.SliceData(buf)
 	sess.iov.SetLen(n)
-	if _, _, e := syscall.RawSyscall(syscall.SYS_SENDMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&sess.reply)), 0); e == 0 {
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SENDMSG, uintptr(sh.fd), uintptr(unsafe.Pointer(&sess.reply)), 0); e == 0 {
 		sess.be.m.toClient.Add(float64(n))
 	}
 	sess.iov.Base = nil
@@ -263,21 +287,22 @@ func (sess *udpSession) close() {
 		return
 	}
 	sess.closed = true
-	s := sess.s
-	if s.sessions[sess.client] == sess {
-		delete(s.sessions, sess.client)
+	sh := sess.sh
+	if sh.sessions[sess.client] == sess {
+		delete(sh.sessions, sess.client)
 	}
-	s.r.closeFD(sess.fd)
+	sh.r.closeFD(sess.fd)
 	sess.lb.mActive.Dec()
 	sess.be.st.active.Add(-1)
 	sess.be.m.active.Dec()
-	s.count.closed()
+	sh.s.count.closed()
 }
 
-// sweep closes sessions idle for the load balancer's idle timeout.
-func (s *udpServer) sweep(now time.Time) {
-	idle := s.lb.Load().idleTimeout
-	for _, sess := range s.sessions {
+// sweep closes the shard's sessions idle for the load balancer's idle
+// timeout.
+func (sh *udpShard) sweep(now time.Time) {
+	idle := sh.s.lb.Load().idleTimeout
+	for _, sess := range sh.sessions {
 		if now.Sub(sess.last) >= idle {
 			sess.close()
 		}

@@ -3,13 +3,15 @@ package balancer
 import (
 	"context"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -118,6 +120,83 @@ func TestUDPSeveralRepliesPerDatagram(t *testing.T) {
 		if got, want := string(c.buf[:n]), fmt.Sprintf("q %d", i); got != want {
 			t.Fatalf("reply %d: %q, want %q", i+1, got, want)
 		}
+	}
+}
+
+// TestUDPClientsSpreadOverLoops: with several event loops, each serves the
+// clients the kernel hashes to its socket; a client's datagrams all reach
+// one session, and every client gets its own replies.
+func TestUDPClientsSpreadOverLoops(t *testing.T) {
+	const clients = 32
+	b := newBalancer(t)
+	b.SetLoops(4)
+	a1, _ := startUDPEcho(t, "b1")
+	configure(t, b, named(udpLB("dns", "127.0.0.1:0", a1), "b1"))
+	front := addr(t, b, "dns")
+	for i := range clients {
+		c := dialUDP(t, front)
+		for j := range 3 {
+			msg := fmt.Sprintf("client %d datagram %d", i, j)
+			if got := c.ask(msg); got != "b1 "+msg {
+				t.Fatalf("%s: answer %q", msg, got)
+			}
+		}
+	}
+	var srv *udpServer
+	b.mu.Lock()
+	for _, fe := range b.frontends {
+		srv, _ = fe.srv.(*udpServer)
+	}
+	b.mu.Unlock()
+	if srv == nil || len(srv.shards) != 4 {
+		t.Fatalf("udp server with 4 shards expected, got %+v", srv)
+	}
+	busy, sessions := 0, 0
+	for _, sh := range srv.shards {
+		var n int
+		sh.r.do(func() { n = len(sh.sessions) })
+		sessions += n
+		if n > 0 {
+			busy++
+		}
+	}
+	// A client whose datagrams reached two loops would have two sessions.
+	if sessions != clients {
+		t.Errorf("%d sessions for %d clients", sessions, clients)
+	}
+	// 32 clients all hashed to one of 4 sockets: odds of 4 in 4^32.
+	if busy < 2 {
+		t.Errorf("clients on %d of 4 loops, want them spread", busy)
+	}
+}
+
+// TestUDPPortInUseRefused: a udp port someone else holds is refused with
+// the kernel's reason, even when the holder allows port sharing
+// (SO_REUSEPORT): the balancer's group of sockets never quietly joins it.
+func TestUDPPortInUseRefused(t *testing.T) {
+	for _, share := range []bool{false, true} {
+		t.Run(fmt.Sprintf("holder shares %v", share), func(t *testing.T) {
+			lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+				if !share {
+					return nil
+				}
+				var serr error
+				c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+				return serr
+			}}
+			held, err := lc.ListenPacket(context.Background(), "udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { held.Close() })
+			b := newBalancer(t)
+			b.SetLoops(2)
+			err = b.Configure(context.Background(), &pb.BalancerConfig{LoadBalancers: []*pb.LoadBalancer{
+				named(udpLB("dns", held.LocalAddr().String(), "127.0.0.1:9"), "b1")}})
+			if err == nil || !strings.Contains(err.Error(), "address already in use") || !strings.Contains(err.Error(), held.LocalAddr().String()) {
+				t.Fatalf("Configure on a held port: %v, want address already in use naming %s", err, held.LocalAddr())
+			}
+		})
 	}
 }
 
