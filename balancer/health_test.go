@@ -27,7 +27,14 @@ func startRestartable(t *testing.T, name string) *restartable {
 
 func (r *restartable) start() {
 	r.t.Helper()
+	// While stopped, the port is free for the kernel to hand out as the
+	// local port of a connection (a health check's connect to this very
+	// port can even connect to itself): retry a while before failing.
 	ln, err := net.Listen("tcp", r.addr)
+	for deadline := time.Now().Add(2 * time.Second); err != nil && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		ln, err = net.Listen("tcp", r.addr)
+	}
 	if err != nil {
 		r.t.Fatal(err)
 	}
