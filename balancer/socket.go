@@ -28,7 +28,10 @@ type socket struct {
 
 // openSocket listens on bind: network is "tcp" or "udp".
 func openSocket(ctx context.Context, network, bind string) (*socket, error) {
-	var lc net.ListenConfig
+	return openSocketWith(ctx, net.ListenConfig{}, network, bind)
+}
+
+func openSocketWith(ctx context.Context, lc net.ListenConfig, network, bind string) (*socket, error) {
 	var c syscallConn
 	var addr net.Addr
 	if network == "udp" {
@@ -82,33 +85,24 @@ func openUDPGroup(ctx context.Context, bind string, n int) (*socket, error) {
 		}
 		return serr
 	}}
-	var sock *socket
+	var group *socket
 	for range n {
-		pc, err := lc.ListenPacket(ctx, "udp", bind)
+		sock, err := openSocketWith(ctx, lc, "udp", bind)
 		if err != nil {
-			if sock != nil {
-				sock.close()
+			if group != nil {
+				group.close()
 			}
 			return nil, err
 		}
-		fd, err := dupSocket(pc.(*net.UDPConn))
-		addr := pc.LocalAddr()
-		pc.Close()
-		if err != nil {
-			if sock != nil {
-				sock.close()
-			}
-			return nil, fmt.Errorf("take socket %s from Go's netpoller: %w", addr, err)
-		}
-		if sock == nil {
-			sock = &socket{fd: fd, addr: addr}
+		if group == nil {
+			group = sock
 			// The others bind the port the first was given.
-			bind = net.JoinHostPort(host, fmt.Sprint(addr.(*net.UDPAddr).Port))
+			bind = net.JoinHostPort(host, fmt.Sprint(sock.addr.(*net.UDPAddr).Port))
 			continue
 		}
-		sock.group = append(sock.group, fd)
+		group.group = append(group.group, sock.fd)
 	}
-	return sock, nil
+	return group, nil
 }
 
 // fds are the socket's descriptors: its own, then its group's.
