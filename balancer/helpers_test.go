@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -92,31 +93,42 @@ func serveTCP(t *testing.T, handle func(c net.Conn)) string {
 	return ln.Addr().String()
 }
 
+// startUDPServer starts a udp server on 127.0.0.1 that calls answer with
+// each datagram it gets (p is reused: answer copies what it keeps) and
+// returns its address; it stops with the test.
+func startUDPServer(tb testing.TB, answer func(pc *net.UDPConn, p []byte, from netip.AddrPort)) string {
+	tb.Helper()
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			k, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			answer(pc, buf[:k], from)
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
 // startUDPEcho starts a udp server on 127.0.0.1 that answers each datagram
 // with "<name> <datagram>". It returns its address and a counter of the
 // datagrams it got.
 func startUDPEcho(t *testing.T, name string) (string, *atomic.Int64) {
 	t.Helper()
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
 	var n atomic.Int64
-	go func() {
-		buf := make([]byte, 65536)
-		prefix := []byte(name + " ")
-		for {
-			k, from, err := pc.ReadFromUDPAddrPort(buf[len(prefix):])
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			copy(buf, prefix)
-			pc.WriteToUDPAddrPort(buf[:len(prefix)+k], from)
-		}
-	}()
-	return pc.LocalAddr().String(), &n
+	out := make([]byte, 0, 65536+len(name)+1)
+	a := startUDPServer(t, func(pc *net.UDPConn, p []byte, from netip.AddrPort) {
+		n.Add(1)
+		out = append(append(append(out[:0], name...), ' '), p...)
+		pc.WriteToUDPAddrPort(out, from)
+	})
+	return a, &n
 }
 
 // startHTTPBackend starts an http server that answers "<name> <path>" and

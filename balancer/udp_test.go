@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -88,25 +89,13 @@ func TestUDPSessions(t *testing.T) {
 // reaches the client, in order, without the client sending again.
 func TestUDPSeveralRepliesPerDatagram(t *testing.T) {
 	const replies = 20
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			for i := range replies {
-				pc.WriteToUDPAddrPort(fmt.Appendf(nil, "%s %d", buf[:n], i), from)
-			}
+	backend := startUDPServer(t, func(pc *net.UDPConn, p []byte, from netip.AddrPort) {
+		for i := range replies {
+			pc.WriteToUDPAddrPort(fmt.Appendf(nil, "%s %d", p, i), from)
 		}
-	}()
+	})
 	b := newBalancer(t)
-	configure(t, b, named(udpLB("burst", "127.0.0.1:0", pc.LocalAddr().String()), "b1"))
+	configure(t, b, named(udpLB("burst", "127.0.0.1:0", backend), "b1"))
 	c := dialUDP(t, addr(t, b, "burst"))
 	if got, want := c.ask("q"), "q 0"; got != want {
 		t.Fatalf("first reply %q, want %q", got, want)
@@ -333,22 +322,8 @@ func TestUDPNoAllocsPerDatagram(t *testing.T) {
 func BenchmarkUDPRoundTrip(b *testing.B) {
 	bal := New(zerolog.Nop())
 	defer bal.Close()
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer pc.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	if err := bal.Configure(context.Background(), &pb.BalancerConfig{LoadBalancers: []*pb.LoadBalancer{udpLB("dns", "127.0.0.1:0", pc.LocalAddr().String())}}); err != nil {
+	backend := startUDPServer(b, func(pc *net.UDPConn, p []byte, from netip.AddrPort) { pc.WriteToUDPAddrPort(p, from) })
+	if err := bal.Configure(context.Background(), &pb.BalancerConfig{LoadBalancers: []*pb.LoadBalancer{udpLB("dns", "127.0.0.1:0", backend)}}); err != nil {
 		b.Fatal(err)
 	}
 	c, err := net.Dial("udp", bal.Addrs()["dns"].String())
