@@ -611,7 +611,16 @@ func TestReconfigureKeepsStateOfUnchangedChecks(t *testing.T) {
 	// Reconfigured (other's timeout changed): same runs again at once, its
 	// second run, a failure; with its state kept that is 1 of 3, still up.
 	configure(t, c, sameCheck, &pb.Check{Name: "other", Protocol: "script:other", TimeoutMs: 6})
-	h := watchUntil(t, c, func(*pb.Health) bool { return same.count() >= 2 })
+	// Until the verdict carries the second run (the count moves when a run
+	// starts, before its result is in a verdict).
+	h := watchUntil(t, c, func(h *pb.Health) bool {
+		for _, r := range h.Checks {
+			if r.Name == "same" && r.Output == "2" {
+				return true
+			}
+		}
+		return false
+	})
 	if r := result(t, h, "same"); !r.Healthy || r.Error == "" {
 		t.Errorf("same = %v, want still healthy with its failure shown", r)
 	}
