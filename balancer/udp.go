@@ -90,9 +90,7 @@ func (b *Balancer) serveUDP(sock *socket, lb *loadBalancer) *udpServer {
 		v, err := enablePktinfo(fd, sock.addr)
 		if err != nil {
 			b.log.Warn().Err(err).Str("balancer", lb.name).Msg("udp: cannot learn datagrams' destination; replies leave from the route's preferred address")
-			v = 0
-		}
-		if s.pktinfo == 0 {
+		} else if v != 0 {
 			s.pktinfo = v
 		}
 	}
