@@ -230,6 +230,38 @@ func TestUDPWildcardRepliesFromClientsDestination(t *testing.T) {
 	}
 }
 
+// TestUDPReloadKeepsSessions: a reload that changes a udp load balancer's
+// backends keeps its sockets (every loop's) and its clients' sessions; the
+// new backend list applies to new clients.
+func TestUDPReloadKeepsSessions(t *testing.T) {
+	b := newBalancer(t)
+	b.SetLoops(2)
+	a1, _ := startUDPEcho(t, "b1")
+	a2, _ := startUDPEcho(t, "b2")
+	configure(t, b, named(udpLB("dns", "127.0.0.1:0", a1), "b1"))
+	front := addr(t, b, "dns")
+	var old []*udpClient
+	for i := range 8 {
+		c := dialUDP(t, front)
+		if got := c.ask(fmt.Sprint(i)); got != fmt.Sprintf("b1 %d", i) {
+			t.Fatalf("before the reload: %q", got)
+		}
+		old = append(old, c)
+	}
+	configure(t, b, named(udpLB("dns", "127.0.0.1:0", a2), "b2"))
+	if got := addr(t, b, "dns"); got != front {
+		t.Fatalf("reload moved the load balancer from %s to %s", front, got)
+	}
+	for i, c := range old {
+		if got := c.ask("again"); got != "b1 again" {
+			t.Errorf("client %d after the reload: %q, want its session to b1 kept", i, got)
+		}
+	}
+	if got := dialUDP(t, front).ask("new"); got != "b2 new" {
+		t.Errorf("new client after the reload: %q, want b2", got)
+	}
+}
+
 func TestUDPRefusedBackendEjected(t *testing.T) {
 	b := newBalancer(t)
 	dead := deadUDPAddr(t)
