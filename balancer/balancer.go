@@ -10,7 +10,8 @@
 //
 // One file per concern: balancer.go (the set of load balancers and its
 // reconfiguration), loadbalancer.go (validated config), reactor.go and
-// reactorlisten.go (the event loops, their listening sockets), tcp.go,
+// reactorlisten.go (the event loops, their listening sockets), socket.go
+// (frontends' sockets, a udp frontend's group of them), tcp.go,
 // udp.go, http.go (the three data paths), httpwire.go (HTTP/1.x heads and
 // body framing), pick.go (algorithms), health.go (active checks and
 // passive ejection), proxyproto.go and metrics.go.
