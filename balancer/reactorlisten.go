@@ -25,7 +25,7 @@ type loopListener struct {
 // accepted connection, on the loop.
 func listenOn(r *reactor, sock *socket, open func(fd int, sa unix.Sockaddr), onError func(error, time.Duration)) (*loopListener, error) {
 	l := &loopListener{r: r, fd: -1, open: open, onError: onError}
-	fd, err := sock.dup()
+	fd, err := dupFD(sock.fd)
 	if err != nil {
 		return nil, err
 	}

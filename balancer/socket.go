@@ -108,9 +108,10 @@ func openUDPGroup(ctx context.Context, bind string, n int) (*socket, error) {
 // fds are the socket's descriptors: its own, then its group's.
 func (s *socket) fds() []int { return append([]int{s.fd}, s.group...) }
 
-// dup is another descriptor of the socket, for an event loop to own.
-func (s *socket) dup() (int, error) {
-	return unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 0)
+// dupFD is another descriptor of one of a frontend's sockets, for an event
+// loop to own.
+func dupFD(fd int) (int, error) {
+	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 }
 
 // close closes the frontend's descriptor; the socket stays open while a
@@ -136,7 +137,7 @@ func dupSocket(c syscallConn) (int, error) {
 	}
 	fd := -1
 	var derr error
-	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+	if err := raw.Control(func(s uintptr) { fd, derr = dupFD(int(s)) }); err != nil {
 		return -1, err
 	}
 	return fd, derr

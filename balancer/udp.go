@@ -98,7 +98,7 @@ func (b *Balancer) serveUDP(sock *socket, lb *loadBalancer) *udpServer {
 		sh := &udpShard{s: s, r: b.loops.loops[i%len(b.loops.loops)], fd: -1, sessions: map[netip.AddrPort]*udpSession{},
 			in: newMmsgBatch(udpBatch, udpReadBuffer, udpOOBBuffer)}
 		var err error
-		if sh.fd, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+		if sh.fd, err = dupFD(fd); err == nil {
 			sh.r.do(func() { err = sh.r.add(sh.fd, sh, unix.EPOLLIN) })
 		}
 		if err != nil {
