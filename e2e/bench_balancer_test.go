@@ -29,7 +29,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -47,6 +46,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"golang.org/x/sys/unix"
 
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
@@ -62,10 +62,18 @@ type lbBenchSettings struct {
 	rounds   int
 	procs    int
 	conns    int
+	pin      lbBenchPin
 }
 
 func lbBenchSettingsFromEnv(t *testing.T) lbBenchSettings {
 	s := lbBenchSettings{duration: 3 * time.Second, rounds: 7, procs: 1, conns: 64}
+	switch v := os.Getenv("KEEPVIP_BENCH_PIN"); v {
+	case "", "1":
+		s.pin = lbBenchPinFor(lbBenchCPUs())
+	case "0":
+	default:
+		t.Fatalf("KEEPVIP_BENCH_PIN=%q: want 1 (load on CPU 0, the rest on the others) or 0 (no pinning)", v)
+	}
 	if v := os.Getenv("KEEPVIP_BENCH_DURATION"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < time.Second {
@@ -129,23 +137,27 @@ func TestBenchBalancer(t *testing.T) {
 	tools := lbBenchNeedTools(t)
 	bins := binariesForTest(t)
 	dir := t.TempDir()
+	pin := set.pin
+	// The load (wrk, started from here, and the udp clients, goroutines
+	// of this process) runs on the load's CPUs.
+	pin.self(t)
 
 	// Backends.
 	backendPort := lbBenchFreePort(t, "tcp")
-	_ = lbBenchNginx(t, tools, dir, "backend", 1, lbBenchBackendConf(dir, backendPort))
+	_ = lbBenchNginx(t, tools, pin, dir, "backend", 1, lbBenchBackendConf(dir, backendPort))
 	backend := fmt.Sprintf("127.0.0.1:%d", backendPort)
 	lbBenchWait(t, "nginx backend", func() error { return lbBenchGet("http://" + backend + "/index.html") })
-	echo := lbBenchUDPEcho(t)
+	echo := lbBenchUDPEcho(t, pin, dir)
 
 	// Peers.
 	haproxyPort, nginxHTTPPort, nginxUDPPort := lbBenchFreePort(t, "tcp"), lbBenchFreePort(t, "tcp"), lbBenchFreePort(t, "udp")
-	haproxyPID := lbBenchHAProxy(t, tools, dir, set.procs, haproxyPort, backend)
-	nginxHTTPPID := lbBenchNginx(t, tools, dir, "proxy", set.procs, lbBenchProxyConf(dir, set.procs, nginxHTTPPort, backend))
-	nginxUDPPID := lbBenchNginx(t, tools, dir, "stream", set.procs, lbBenchStreamConf(tools, dir, set.procs, nginxUDPPort, echo))
+	haproxyPID := lbBenchHAProxy(t, tools, pin, dir, set.procs, haproxyPort, backend)
+	nginxHTTPPID := lbBenchNginx(t, tools, pin, dir, "proxy", set.procs, lbBenchProxyConf(dir, set.procs, nginxHTTPPort, backend))
+	nginxUDPPID := lbBenchNginx(t, tools, pin, dir, "stream", set.procs, lbBenchStreamConf(tools, dir, set.procs, nginxUDPPort, echo))
 
 	// Ours.
 	oursTCP, oursHTTP, oursUDP := lbBenchFreePort(t, "tcp"), lbBenchFreePort(t, "tcp"), lbBenchFreePort(t, "udp")
-	oursPID := lbBenchOurBalancer(t, bins, set.procs, &pb.BalancerConfig{LoadBalancers: []*pb.LoadBalancer{
+	oursPID := lbBenchOurBalancer(t, bins, pin, set.procs, &pb.BalancerConfig{LoadBalancers: []*pb.LoadBalancer{
 		{Name: "bench-tcp", Type: "tcp", BindAddress: fmt.Sprintf("127.0.0.1:%d", oursTCP), Backends: []*pb.Backend{{Name: "nginx", Address: backend}}},
 		{Name: "bench-http", Type: "http", BindAddress: fmt.Sprintf("127.0.0.1:%d", oursHTTP), Backends: []*pb.Backend{{Name: "nginx", Address: backend}}},
 		{Name: "bench-udp", Type: "udp", BindAddress: fmt.Sprintf("127.0.0.1:%d", oursUDP), Backends: []*pb.Backend{{Name: "echo", Address: echo}}},
@@ -183,8 +195,8 @@ func TestBenchBalancer(t *testing.T) {
 		}
 		scenarios = keep
 	}
-	t.Logf("bench: %d rounds of %s per target, %d connections (udp: clients), %d thread(s) per proxy, %d CPUs",
-		set.rounds, set.duration, set.conns, set.procs, lbBenchCPUs())
+	t.Logf("bench: %d rounds of %s per target, %d connections (udp: clients), %d thread(s) per proxy, %d CPUs, %s",
+		set.rounds, set.duration, set.conns, set.procs, lbBenchCPUs(), pin)
 	// A short warm-up of each target: keep-alive pools filled, sessions
 	// and buffers allocated, the Go heap grown.
 	for _, sc := range scenarios {
@@ -208,8 +220,8 @@ func TestBenchBalancer(t *testing.T) {
 	}
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nkeep-vip balancer vs peers: median of %d interleaved runs of %s, %d connections, %d thread(s) each, %d CPUs\n",
-		set.rounds, set.duration, set.conns, set.procs, lbBenchCPUs())
+	fmt.Fprintf(&b, "\nkeep-vip balancer vs peers: median of %d interleaved runs of %s, %d connections, %d thread(s) each, %d CPUs, %s\n",
+		set.rounds, set.duration, set.conns, set.procs, lbBenchCPUs(), pin)
 	fmt.Fprintf(&b, "%-30s %12s %12s %7s %10s %10s %7s %9s %9s  %s\n", "scenario", "ours /s", "peer /s", "ratio",
 		"ours p99", "peer p99", "ratio", "ours CPU", "peer CPU", "targets (>=1.0x, <=1.1x)")
 	for _, sc := range scenarios {
@@ -262,42 +274,149 @@ func lbBenchNeedTools(t *testing.T) lbBenchTools {
 		}
 		return tl, missing
 	}
+	// findStream finds nginx's stream module: built in (""), or the
+	// dynamic module's file; ok is false when there is neither.
+	findStream := func(nginx string) (module string, ok bool) {
+		out, _ := exec.Command(nginx, "-V").CombinedOutput()
+		if strings.Contains(string(out), "--with-stream") && !strings.Contains(string(out), "--with-stream=dynamic") {
+			return "", true
+		}
+		for _, p := range []string{"/usr/lib/nginx/modules/ngx_stream_module.so", "/usr/share/nginx/modules/ngx_stream_module.so"} {
+			if _, err := os.Stat(p); err == nil {
+				return p, true
+			}
+		}
+		return "", false
+	}
 	tl, missing := look()
+	if len(missing) == 0 {
+		if _, ok := findStream(tl.nginx); !ok {
+			missing = append(missing, "nginx's stream module")
+		}
+	}
 	if len(missing) > 0 {
 		apt, err := exec.LookPath("apt-get")
 		if os.Geteuid() != 0 || err != nil {
-			t.Skipf("benchmark needs %s: install them (Debian: apt-get install haproxy nginx wrk)", strings.Join(missing, ", "))
+			t.Skipf("benchmark needs %s: install them (Debian: apt-get install haproxy nginx libnginx-mod-stream wrk)", strings.Join(missing, ", "))
 		}
-		t.Logf("bench: installing %s with apt-get", strings.Join(missing, " "))
+		t.Logf("bench: installing %s with apt-get", strings.Join(missing, ", "))
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		for _, args := range [][]string{{"update", "-qq"}, {"install", "-y", "-qq", "--no-install-recommends", "haproxy", "nginx", "wrk"}} {
+		// Debian's nginx only recommends its stream module, and
+		// recommends are not installed here: it is named.
+		for _, args := range [][]string{{"update", "-qq"}, {"install", "-y", "-qq", "--no-install-recommends", "haproxy", "nginx", "libnginx-mod-stream", "wrk"}} {
 			cmd := exec.CommandContext(ctx, apt, args...)
 			cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Skipf("benchmark needs haproxy, nginx, wrk; apt-get %s: %v\n%s", args[0], err, tail(string(out), 2000))
+				t.Skipf("benchmark needs haproxy, nginx, its stream module, wrk; apt-get %s: %v\n%s", args[0], err, tail(string(out), 2000))
 			}
 		}
 		if tl, missing = look(); len(missing) > 0 {
 			t.Skipf("benchmark needs %s, still missing after apt-get", strings.Join(missing, ", "))
 		}
 	}
-	out, _ := exec.Command(tl.nginx, "-V").CombinedOutput()
-	switch {
-	case strings.Contains(string(out), "--with-stream=dynamic") || !strings.Contains(string(out), "--with-stream"):
-		for _, p := range []string{"/usr/lib/nginx/modules/ngx_stream_module.so", "/usr/share/nginx/modules/ngx_stream_module.so"} {
-			if _, err := os.Stat(p); err == nil {
-				tl.streamModule = p
-			}
-		}
-		if tl.streamModule == "" {
-			t.Skip("benchmark needs nginx's stream module (Debian: apt-get install libnginx-mod-stream)")
-		}
+	module, ok := findStream(tl.nginx)
+	if !ok {
+		t.Skip("benchmark needs nginx's stream module (Debian: apt-get install libnginx-mod-stream)")
 	}
+	tl.streamModule = module
 	return tl
 }
 
 func lbBenchCPUs() int { return runtime.NumCPU() }
+
+// lbBenchPin is where the bench's processes run, as CPU lists of taskset;
+// empty ones when nothing is pinned. The load generator gets a CPU of its
+// own and the proxies and backends share the others, as HAProxy's and
+// nginx's own benchmarks are run: the clients of a real deployment are
+// other machines, and a load generator that competes with the proxy for
+// a CPU adds its own scheduling to what is measured (measured here: the
+// same pair of runs swung by up to 25% unpinned).
+type lbBenchPin struct {
+	load, sut []int
+}
+
+// lbBenchPinFor pins on a machine of cpus CPUs: the load on CPU 0, the
+// proxies and backends on the rest; nothing on one CPU.
+func lbBenchPinFor(cpus int) lbBenchPin {
+	if cpus < 2 {
+		return lbBenchPin{}
+	}
+	p := lbBenchPin{load: []int{0}}
+	for c := 1; c < cpus; c++ {
+		p.sut = append(p.sut, c)
+	}
+	return p
+}
+
+func (p lbBenchPin) String() string {
+	if len(p.sut) == 0 {
+		return "not pinned"
+	}
+	return fmt.Sprintf("load on CPU %s, proxies and backends on CPU %s", lbBenchCPUList(p.load), lbBenchCPUList(p.sut))
+}
+
+func lbBenchCPUList(cpus []int) string {
+	s := make([]string, len(cpus))
+	for i, c := range cpus {
+		s[i] = strconv.Itoa(c)
+	}
+	return strings.Join(s, ",")
+}
+
+// command runs path on the proxies' CPUs: taskset sets the mask and execs
+// it, so the process keeps taskset's pid and every process and thread it
+// starts inherits the mask.
+func (p lbBenchPin) command(path string, args ...string) *exec.Cmd {
+	if len(p.sut) == 0 {
+		return exec.Command(path, args...)
+	}
+	return exec.Command("taskset", append([]string{"-c", lbBenchCPUList(p.sut), path}, args...)...)
+}
+
+// self moves every thread of this process to the load's CPUs until the
+// test ends; threads started later inherit the mask of the one starting
+// them, and so do wrk and the other children started meanwhile.
+func (p lbBenchPin) self(t *testing.T) {
+	t.Helper()
+	if len(p.load) == 0 {
+		return
+	}
+	var old, set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		t.Fatalf("bench: read CPU affinity: %v", err)
+	}
+	for _, c := range p.load {
+		set.Set(c)
+	}
+	setAll := func(s *unix.CPUSet) error {
+		// Twice: a thread started during the first pass may have
+		// inherited the old mask.
+		for range 2 {
+			tasks, err := os.ReadDir("/proc/self/task")
+			if err != nil {
+				return err
+			}
+			for _, task := range tasks {
+				if tid, err := strconv.Atoi(task.Name()); err == nil {
+					// A thread that ended meanwhile is no error.
+					if err := unix.SchedSetaffinity(tid, s); err != nil && err != unix.ESRCH {
+						return fmt.Errorf("thread %d: %w", tid, err)
+					}
+				}
+			}
+		}
+		return nil
+	}
+	if err := setAll(&set); err != nil {
+		t.Fatalf("bench: pin the load to CPU %s: %v", lbBenchCPUList(p.load), err)
+	}
+	t.Cleanup(func() {
+		if err := setAll(&old); err != nil {
+			t.Errorf("bench: restore CPU affinity: %v", err)
+		}
+	})
+}
 
 // lbBenchFreePort is a port free on 127.0.0.1 for network, now.
 func lbBenchFreePort(t *testing.T, network string) int {
@@ -320,13 +439,13 @@ func lbBenchFreePort(t *testing.T, network string) int {
 
 // lbBenchStart runs a peer in the foreground, output to a log file, and
 // stops it at the end of the test.
-func lbBenchStart(t *testing.T, dir, name string, env []string, path string, args ...string) int {
+func lbBenchStart(t *testing.T, pin lbBenchPin, dir, name string, env []string, path string, args ...string) int {
 	t.Helper()
 	logf, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(path, args...)
+	cmd := pin.command(path, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), env...)
 	if err := cmd.Start(); err != nil {
@@ -469,7 +588,7 @@ func lbBenchStreamConf(tools lbBenchTools, dir string, procs, port int, backend 
 `, backend, port)
 }
 
-func lbBenchNginx(t *testing.T, tools lbBenchTools, dir, name string, procs int, conf string) int {
+func lbBenchNginx(t *testing.T, tools lbBenchTools, pin lbBenchPin, dir, name string, procs int, conf string) int {
 	t.Helper()
 	path := filepath.Join(dir, name+".conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
@@ -478,12 +597,12 @@ func lbBenchNginx(t *testing.T, tools lbBenchTools, dir, name string, procs int,
 	if out, err := exec.Command(tools.nginx, "-t", "-q", "-p", dir, "-c", path).CombinedOutput(); err != nil {
 		t.Fatalf("nginx %s config: %v\n%s\n%s", name, err, out, conf)
 	}
-	return lbBenchStart(t, dir, "nginx-"+name, nil, tools.nginx, "-p", dir, "-c", path, "-g", "daemon off;")
+	return lbBenchStart(t, pin, dir, "nginx-"+name, nil, tools.nginx, "-p", dir, "-c", path, "-g", "daemon off;")
 }
 
 // lbBenchHAProxy is HAProxy in mode tcp with our tcp defaults: round robin,
 // 2s connect timeout, 10 minute idle timeouts, no logging.
-func lbBenchHAProxy(t *testing.T, tools lbBenchTools, dir string, procs, port int, backend string) int {
+func lbBenchHAProxy(t *testing.T, tools lbBenchTools, pin lbBenchPin, dir string, procs, port int, backend string) int {
 	t.Helper()
 	conf := fmt.Sprintf(`global
   nbthread %d
@@ -507,14 +626,14 @@ backend nginx
 	if out, err := exec.Command(tools.haproxy, "-c", "-q", "-f", path).CombinedOutput(); err != nil {
 		t.Fatalf("haproxy config: %v\n%s", err, out)
 	}
-	return lbBenchStart(t, dir, "haproxy", nil, tools.haproxy, "-db", "-f", path)
+	return lbBenchStart(t, pin, dir, "haproxy", nil, tools.haproxy, "-db", "-f", path)
 }
 
 // lbBenchOurBalancer starts the balancer plugin binary as the supervisor
 // does and configures it with cfg.
-func lbBenchOurBalancer(t *testing.T, bins Binaries, procs int, cfg *pb.BalancerConfig) int {
+func lbBenchOurBalancer(t *testing.T, bins Binaries, pin lbBenchPin, procs int, cfg *pb.BalancerConfig) int {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(bins.Dir, "keep-vip-balancer"))
+	cmd := pin.command(filepath.Join(bins.Dir, "keep-vip-balancer"))
 	cmd.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", procs), rpc.LogLevelEnv+"=warn")
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  rpc.Handshake,
@@ -570,31 +689,18 @@ func lbBenchWrk(t *testing.T, wrk, url string, conns int, d time.Duration) lbBen
 	return lbBenchResult{rps: rps, p99: time.Duration(v * float64(unit))}
 }
 
-// lbBenchUDPEcho is the udp backend: it sends every datagram back.
-func lbBenchUDPEcho(t *testing.T) string {
+// lbBenchUDPEcho is the udp backend, a process of its own beside the
+// proxies (the test binary as helperUDPEcho): it sends every datagram back.
+func lbBenchUDPEcho(t *testing.T, pin lbBenchPin, dir string) string {
 	t.Helper()
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc.SetReadBuffer(4 << 20)
-	t.Cleanup(func() { pc.Close() })
-	for range 2 {
-		go func() {
-			buf := make([]byte, 2048)
-			for {
-				n, from, err := pc.ReadFromUDPAddrPort(buf)
-				if err != nil {
-					if errors.Is(err, net.ErrClosed) {
-						return
-					}
-					continue
-				}
-				pc.WriteToUDPAddrPort(buf[:n], from)
-			}
-		}()
-	}
-	return pc.LocalAddr().String()
+	addr := fmt.Sprintf("127.0.0.1:%d", lbBenchFreePort(t, "udp"))
+	lbBenchStart(t, pin, dir, "udp-echo", []string{helperModeEnv + "=" + helperUDPEcho}, self, addr)
+	lbBenchWait(t, "udp echo", func() error { return lbBenchUDPOnce(addr) })
+	return addr
 }
 
 func lbBenchUDPOnce(addr string) error {

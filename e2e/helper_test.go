@@ -34,6 +34,9 @@ const (
 	helperClient = "client"
 	// helperGet URL: print the body of an HTTP GET; exit 1 unless 200.
 	helperGet = "get"
+	// helperUDPEcho ADDR: send every datagram to ADDR back to its sender
+	// (the balancer bench's udp backend).
+	helperUDPEcho = "udp-echo"
 
 	// helperMaxLifetime bounds every helper so that one the harness lost
 	// track of still goes away by itself; helperMaxRequests bounds its loop.
@@ -55,6 +58,8 @@ func runHelper(mode string, args []string) int {
 		err = helperDialLoop(os.Stdin, os.Stdout)
 	case helperGet:
 		err = helperHTTPGet(args)
+	case helperUDPEcho:
+		err = helperUDPEchoServe(args)
 	default:
 		err = fmt.Errorf("unknown helper mode %q", mode)
 	}
@@ -298,4 +303,37 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+func helperUDPEchoServe(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: udp-echo ADDR")
+	}
+	la, err := net.ResolveUDPAddr("udp4", args[0])
+	if err != nil {
+		return err
+	}
+	pc, err := net.ListenUDP("udp4", la)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", args[0], err)
+	}
+	pc.SetReadBuffer(4 << 20)
+	// Two readers, so that a reply being written does not hold up the
+	// next datagram; the process lives until it is stopped (or for
+	// helperMaxLifetime).
+	read := func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				// Not closed by anyone: a passing error, but no spin.
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			pc.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}
+	go read()
+	read()
+	return nil
 }
