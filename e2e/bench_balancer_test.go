@@ -295,21 +295,11 @@ func lbBenchNeedTools(t *testing.T) lbBenchTools {
 		}
 	}
 	if len(missing) > 0 {
-		apt, err := exec.LookPath("apt-get")
-		if os.Geteuid() != 0 || err != nil {
-			t.Skipf("benchmark needs %s: install them (Debian: apt-get install haproxy nginx libnginx-mod-stream wrk)", strings.Join(missing, ", "))
-		}
 		t.Logf("bench: installing %s with apt-get", strings.Join(missing, ", "))
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
 		// Debian's nginx only recommends its stream module, and
-		// recommends are not installed here: it is named.
-		for _, args := range [][]string{{"update", "-qq"}, {"install", "-y", "-qq", "--no-install-recommends", "haproxy", "nginx", "libnginx-mod-stream", "wrk"}} {
-			cmd := exec.CommandContext(ctx, apt, args...)
-			cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Skipf("benchmark needs haproxy, nginx, its stream module, wrk; apt-get %s: %v\n%s", args[0], err, tail(string(out), 2000))
-			}
+		// recommends are not installed: it is named.
+		if err := benchAptInstall("haproxy", "nginx", "libnginx-mod-stream", "wrk"); err != nil {
+			t.Skipf("benchmark needs %s: %v", strings.Join(missing, ", "), err)
 		}
 		if tl, missing = look(); len(missing) > 0 {
 			t.Skipf("benchmark needs %s, still missing after apt-get", strings.Join(missing, ", "))

@@ -62,8 +62,13 @@ func TestBenchFailover(t *testing.T) {
 		{"keepalived", "keepalived, advert_int 1 (default)", func(t *testing.T) failoverSystem { return startKeepalivedFailover(t, 1, false) }},
 		{"keepalived-v3", "keepalived, VRRPv3 advert_int 0.1", func(t *testing.T) failoverSystem { return startKeepalivedFailover(t, 0.1, true) }},
 	}
+	if _, err := exec.LookPath("keepalived"); err != nil && (only == "" || strings.HasPrefix(only, "keepalived")) {
+		t.Logf("bench: installing keepalived with apt-get")
+		if err := benchAptInstall("keepalived"); err != nil {
+			t.Logf("keepalived not installed, its runs are skipped: %v", err)
+		}
+	}
 	if _, err := exec.LookPath("keepalived"); err != nil {
-		t.Logf("keepalived not installed (apt-get install keepalived): its runs are skipped")
 		systems = systems[:2]
 	}
 	var results []failoverResult
