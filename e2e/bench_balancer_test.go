@@ -8,7 +8,7 @@ package e2e
 //	(c) udp:  ours vs nginx `stream` udp
 //
 // Backends are shared: nginx from Debian serving a small file for (a) and
-// (b), a udp echo server for (c). Our balancer is the real plugin binary,
+// (b), a udp echo process for (c). Our balancer is the real plugin binary,
 // configured over go-plugin as the supervisor does. Peers get equivalent
 // settings: the same number of threads (HAProxy nbthread, nginx
 // worker_processes, our GOMAXPROCS), the same timeouts, logging off. Runs
@@ -22,10 +22,13 @@ package e2e
 // ratios instead of asserting them. haproxy, nginx and wrk are installed
 // with apt-get when missing and running as root; otherwise it skips.
 //
+// The load runs on CPU 0, the proxies and backends on the other CPUs (see
+// lbBenchPin); KEEPVIP_BENCH_PIN=0 lets every process run anywhere.
+//
 // Knobs: KEEPVIP_BENCH_DURATION (per run, default 3s), KEEPVIP_BENCH_ROUNDS
 // (7), KEEPVIP_BENCH_PROCS (threads per proxy, 1), KEEPVIP_BENCH_CONNS
 // (concurrent connections or udp clients, 64), KEEPVIP_BENCH_ONLY (a comma
-// list of tcp, http, udp: those scenarios only).
+// list of tcp, http, udp: those scenarios only), KEEPVIP_BENCH_PIN (1).
 
 import (
 	"context"
@@ -194,6 +197,9 @@ func TestBenchBalancer(t *testing.T) {
 			}
 		}
 		scenarios = keep
+	}
+	if len(pin.sut) > 0 && set.procs > len(pin.sut) {
+		t.Logf("bench: %d threads per proxy share %d CPU(s) with the backends (KEEPVIP_BENCH_PIN=0 lets them spread over all)", set.procs, len(pin.sut))
 	}
 	t.Logf("bench: %d rounds of %s per target, %d connections (udp: clients), %d thread(s) per proxy, %d CPUs, %s",
 		set.rounds, set.duration, set.conns, set.procs, lbBenchCPUs(), pin)
@@ -884,5 +890,30 @@ func TestBenchSpread(t *testing.T) {
 	}
 	if got := lbBenchSpread(nil, nil); got != "no round measured" {
 		t.Errorf("spread of nothing: %s", got)
+	}
+}
+
+// TestBenchPin checks where the bench puts its processes for a number of
+// CPUs: the load alone on CPU 0, the proxies and backends on the rest.
+func TestBenchPin(t *testing.T) {
+	for _, tc := range []struct {
+		cpus      int
+		sut, text string
+	}{
+		{1, "", "not pinned"},
+		{2, "1", "load on CPU 0, proxies and backends on CPU 1"},
+		{4, "1,2,3", "load on CPU 0, proxies and backends on CPU 1,2,3"},
+	} {
+		p := lbBenchPinFor(tc.cpus)
+		if got := lbBenchCPUList(p.sut); got != tc.sut {
+			t.Errorf("%d CPUs: proxies on %q, want %q", tc.cpus, got, tc.sut)
+		}
+		if got := p.String(); got != tc.text {
+			t.Errorf("%d CPUs: %q, want %q", tc.cpus, got, tc.text)
+		}
+		args := p.command("/bin/true", "x").Args
+		if wantTaskset := tc.sut != ""; wantTaskset != (args[0] == "taskset") {
+			t.Errorf("%d CPUs: command %q", tc.cpus, args)
+		}
 	}
 }
