@@ -266,6 +266,9 @@ func TestLargeTransferAndBytes(t *testing.T) {
 		return testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "b1", dirToBackend)) == size &&
 			testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "b1", dirToClient)) == float64(len(got))
 	})
+	if opened, _ := pipeCounts(b); opened != 0 {
+		t.Errorf("%d splice pipes opened without splice: true", opened)
+	}
 }
 
 func TestReconfigureKeepsConnections(t *testing.T) {
@@ -396,6 +399,8 @@ func TestConfigureValidation(t *testing.T) {
 			[]string{`"web"`, "proxy protocol version 3"}},
 		{"proxy protocol on udp", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Type, l.ProxyProtocol = TypeUDP, 2 })},
 			[]string{`"web"`, "not udp"}},
+		{"splice on udp", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Type, l.Splice = TypeUDP, true })},
+			[]string{`"web"`, "splice is for tcp and http load balancers, not udp"}},
 		{"weight", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Backends[0].Weight = 1001 })},
 			[]string{`"web"`, "backend #1", "weight 1001"}},
 		{"health type", []*pb.LoadBalancer{with(func(l *pb.LoadBalancer) { l.Health = &pb.BackendHealth{Type: "icmp"} })},

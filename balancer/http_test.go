@@ -160,26 +160,39 @@ func TestHTTPUpgrade(t *testing.T) {
 			io.WriteString(c, "echo "+line)
 		}
 	}))
-	b := newBalancer(t)
-	configure(t, b, named(httpLB("web", ln.Addr().String()), "ws"))
-	c := dial(t, addr(t, b, "web"))
-	io.WriteString(c.c, "GET /chat HTTP/1.1\r\nHost: chat.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-	resp, err := http.ReadResponse(c.r, nil)
-	if err != nil {
-		t.Fatal(err)
+	// A message of 4 MiB streams both ways: with splice on, the tunnel
+	// splices it.
+	big := strings.Repeat("0123456789abcdef", 1<<18)
+	for _, splice := range []bool{false, true} {
+		t.Run(fmt.Sprintf("splice=%v", splice), func(t *testing.T) {
+			b := newBalancer(t)
+			l := named(httpLB("web", ln.Addr().String()), "ws")
+			l.Splice = splice
+			configure(t, b, l)
+			c := dial(t, addr(t, b, "web"))
+			io.WriteString(c.c, "GET /chat HTTP/1.1\r\nHost: chat.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+			resp, err := http.ReadResponse(c.r, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != 101 {
+				t.Fatalf("upgrade answered %s", resp.Status)
+			}
+			for _, msg := range []string{"one", big, "two"} {
+				if got := c.ask(msg); got != "echo "+msg {
+					t.Errorf("over the upgraded connection: %d bytes %.20q..., want %d", len(got), got, len(msg)+5)
+				}
+			}
+			if opened, _ := pipeCounts(b); (opened > 0) != splice {
+				t.Errorf("%d splice pipes opened with splice %v", opened, splice)
+			}
+			// Counted when the upgraded connection ends.
+			c.c.Close()
+			eventually(t, "upgrade counted", func() bool { return testutil.ToFloat64(b.m.requests.WithLabelValues("web", "ws", "101")) == 1 })
+			eventually(t, "no client left", func() bool { return testutil.ToFloat64(b.m.active.WithLabelValues("web")) == 0 })
+			eventually(t, "pipes closed", func() bool { _, open := pipeCounts(b); return open == 0 })
+		})
 	}
-	if resp.StatusCode != 101 {
-		t.Fatalf("upgrade answered %s", resp.Status)
-	}
-	for _, msg := range []string{"one", "two"} {
-		if got := c.ask(msg); got != "echo "+msg {
-			t.Errorf("over the upgraded connection: %q", got)
-		}
-	}
-	// Counted when the upgraded connection ends.
-	c.c.Close()
-	eventually(t, "upgrade counted", func() bool { return testutil.ToFloat64(b.m.requests.WithLabelValues("web", "ws", "101")) == 1 })
-	eventually(t, "no client left", func() bool { return testutil.ToFloat64(b.m.active.WithLabelValues("web")) == 0 })
 }
 
 // With the PROXY protocol, each client connection gets its own backend

@@ -86,11 +86,13 @@ func network(typ string) string {
 // never modified once serving, except for the state its backends share
 // across configs.
 type loadBalancer struct {
-	name           string
-	bind           string
-	typ            string
-	algorithm      string
-	proxyProtocol  int
+	name          string
+	bind          string
+	typ           string
+	algorithm     string
+	proxyProtocol int
+	// splice: streaming tcp directions move through pipes (splice.go).
+	splice         bool
 	connectTimeout time.Duration
 	idleTimeout    time.Duration
 	health         healthConfig
@@ -208,6 +210,7 @@ func build(i int, p *pb.LoadBalancer) (*loadBalancer, error) {
 		typ:            p.GetType(),
 		algorithm:      p.GetAlgorithm(),
 		proxyProtocol:  int(p.GetProxyProtocol()),
+		splice:         p.GetSplice(),
 		connectTimeout: time.Duration(p.GetConnectTimeoutMs()) * time.Millisecond,
 		idleTimeout:    time.Duration(p.GetIdleTimeoutMs()) * time.Millisecond,
 		equalWeights:   true,
@@ -223,6 +226,9 @@ func build(i int, p *pb.LoadBalancer) (*loadBalancer, error) {
 		return nil, bad("proxy protocol version %d is not 0 (off), 1 or 2", lb.proxyProtocol)
 	case lb.proxyProtocol > 0 && lb.typ == TypeUDP:
 		return nil, bad("the PROXY protocol is for tcp and http load balancers, not udp")
+	}
+	if lb.splice && lb.typ == TypeUDP {
+		return nil, bad("splice is for tcp and http load balancers, not udp")
 	}
 	if lb.connectTimeout < 0 || lb.idleTimeout < 0 {
 		return nil, bad("connect timeout %s and idle timeout %s must not be negative", lb.connectTimeout, lb.idleTimeout)

@@ -48,6 +48,10 @@ type reactor struct {
 	// now is the time of the current batch: handlers stamp activity with it
 	// instead of reading the clock per socket.
 	now time.Time
+	// pipes are the splice pipes open on the loop (see splice.go);
+	// pipesOpened counts every one opened, for tests.
+	pipes       int
+	pipesOpened atomic.Int64
 
 	mu      sync.Mutex
 	tasks   []func()

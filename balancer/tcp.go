@@ -150,12 +150,18 @@ type tcpConn struct {
 	// The client's and the backend's readiness, cleared on EAGAIN or a
 	// short read (the socket was drained: edge-triggered epoll reports
 	// data arriving after that).
-	cl, sv                 readiness
-	cEOF, sEOF             bool
-	cShut, sShut           bool
-	connecting, done       bool
-	queued                 bool // a later call is asked for
-	toServer, toClient     []byte
+	cl, sv             readiness
+	cEOF, sEOF         bool
+	cShut, sShut       bool
+	connecting, done   bool
+	queued             bool // a later call is asked for
+	toServer, toClient []byte
+	// up and down are the pipes of the directions that stream (to the
+	// backend, to the client); nil while a direction copies.
+	up, down *splicePipe
+	// noSplice: splice failed on these sockets; directions without a
+	// pipe copy.
+	noSplice               bool
 	tried                  triedSet
 	deadline, last         time.Time
 	counted, backendActive bool
@@ -325,10 +331,10 @@ func (c *tcpConn) event(fd int, ev uint32) {
 		}
 	}
 	budget := tcpBudget
-	ok := c.flow(c.cfd, &c.cl.r, c.cl.rdhup, &c.cEOF, c.sfd, &c.sv.w, &c.sShut, &c.toServer, true, &budget)
+	ok := c.flow(c.cfd, &c.cl.r, c.cl.rdhup, &c.cEOF, c.sfd, &c.sv.w, &c.sShut, &c.toServer, &c.up, true, &budget)
 	if ok {
 		budget = tcpBudget
-		ok = c.flow(c.sfd, &c.sv.r, c.sv.rdhup, &c.sEOF, c.cfd, &c.cl.w, &c.cShut, &c.toClient, false, &budget)
+		ok = c.flow(c.sfd, &c.sv.r, c.sv.rdhup, &c.sEOF, c.cfd, &c.cl.w, &c.cShut, &c.toClient, &c.down, false, &budget)
 	}
 	switch {
 	case !ok:
@@ -342,9 +348,11 @@ func (c *tcpConn) event(fd int, ev uint32) {
 }
 
 // flow moves what src has to dst, until src is drained, dst is full or the
-// budget is spent; at src's end it half-closes dst. It returns false when
-// a socket failed: the connection is then cut both ways.
-func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, dstW, dstShut *bool, pend *[]byte, toBackend bool, budget *int) bool {
+// budget is spent; at src's end it half-closes dst. What dst could not take
+// waits in pend (copied) or in the direction's pipe (spliced), and goes
+// first. It returns false when a socket failed: the connection is then cut
+// both ways.
+func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, dstW, dstShut *bool, pend *[]byte, pipe **splicePipe, toBackend bool, budget *int) bool {
 	scratch := c.r.scratch
 	for {
 		if len(*pend) > 0 {
@@ -368,6 +376,24 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 			}
 			*pend = nil
 		}
+		if p := *pipe; p != nil && p.n > 0 {
+			if !*dstW {
+				return true
+			}
+			switch err := p.out(dst); {
+			case err == unix.EAGAIN:
+				*dstW = false
+				return true
+			case err == unix.EINTR:
+				continue
+			case err != nil:
+				return false
+			}
+			if p.n > 0 {
+				*dstW = false
+				return true
+			}
+		}
 		if *srcEOF {
 			if !*dstShut {
 				unix.Shutdown(dst, unix.SHUT_WR)
@@ -379,6 +405,31 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 			return true
 		}
 		*budget--
+		if p := *pipe; p != nil {
+			n, err := p.in(src)
+			switch {
+			case err == unix.EAGAIN:
+				*srcR = false
+				return true
+			case err == unix.EINTR:
+				continue
+			case err == unix.EINVAL || err == unix.ENOSYS:
+				// Sockets splice cannot read: this direction
+				// copies from now on (its pipe is empty, nothing
+				// was moved), and no other starts splicing.
+				c.noSplice = true
+				c.r.closePipe(p)
+				*pipe = nil
+				continue
+			case err != nil:
+				return false
+			case n == 0:
+				*srcEOF = true
+				continue
+			}
+			c.moved(n, toBackend)
+			continue
+		}
 		n, err := sysRead(src, scratch)
 		switch {
 		case err == unix.EAGAIN:
@@ -395,11 +446,10 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 		if n < len(scratch) && !rdhup {
 			*srcR = false
 		}
-		c.last = c.r.now
-		if toBackend {
-			c.be.m.toBackend.Add(float64(n))
-		} else {
-			c.be.m.toClient.Add(float64(n))
+		c.moved(n, toBackend)
+		if n == len(scratch) && c.lb.splice && !c.noSplice {
+			// A full buffer: src streams. The rest goes by splice.
+			*pipe = c.r.newSplicePipe()
 		}
 		w, err := sysWrite(dst, scratch[:n])
 		switch {
@@ -416,6 +466,16 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 	}
 }
 
+// moved counts n bytes read from one side.
+func (c *tcpConn) moved(n int, toBackend bool) {
+	c.last = c.r.now
+	if toBackend {
+		c.be.m.toBackend.Add(float64(n))
+	} else {
+		c.be.m.toClient.Add(float64(n))
+	}
+}
+
 // close ends both sides and the accounting; safe to call twice.
 func (c *tcpConn) close() {
 	if c.done {
@@ -425,6 +485,9 @@ func (c *tcpConn) close() {
 	c.r.closeFD(c.cfd)
 	c.r.closeFD(c.sfd)
 	c.cfd, c.sfd = -1, -1
+	c.r.closePipe(c.up)
+	c.r.closePipe(c.down)
+	c.up, c.down = nil, nil
 	if c.backendActive {
 		c.be.st.active.Add(-1)
 		c.be.m.active.Dec()

@@ -3,13 +3,20 @@ package balancer
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"errors"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"io"
+	"math/rand"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+
+	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
 func TestTCPConnectTimeoutTriesNext(t *testing.T) {
@@ -224,4 +231,124 @@ func TestTCPBackendClosesFirst(t *testing.T) {
 	}
 	c.c.Close()
 	eventually(t, "connection gone", func() bool { return testutil.ToFloat64(b.m.active.WithLabelValues("web")) == 0 })
+}
+
+// pipeCounts are how many splice pipes b's loops have opened in all, and
+// how many are open now.
+func pipeCounts(b *Balancer) (opened, open int) {
+	for _, r := range b.loops.loops {
+		opened += int(r.pipesOpened.Load())
+		r.do(func() { open += r.pipes })
+	}
+	return opened, open
+}
+
+// A bulk transfer both ways at once moves through splice pipes, byte for
+// byte and in order, ends with the half-closes as sent, is counted in the
+// metrics, and leaves no pipe open.
+func TestTCPSpliceStreams(t *testing.T) {
+	// The backend echoes everything, then half-closes when the client
+	// has.
+	backend := serveTCP(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(4 * waitFor))
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
+	b := newBalancer(t)
+	l := named(lb("web", "127.0.0.1:0", backend), "b1")
+	l.Splice = true
+	configure(t, b, l)
+	c := dial(t, addr(t, b, "web"))
+	c.c.SetDeadline(time.Now().Add(4 * waitFor))
+
+	const size = 16<<20 + 4321
+	sent := make([]byte, size)
+	rand.New(rand.NewSource(1)).Read(sent)
+	go func() {
+		c.c.Write(sent)
+		c.c.CloseWrite()
+	}()
+	got, err := io.ReadAll(c.c)
+	if err != nil {
+		t.Fatalf("after %d bytes: %v", len(got), err)
+	}
+	if len(got) != size || sha256.Sum256(got) != sha256.Sum256(sent) {
+		t.Fatalf("got %d bytes back (sha256 %x), sent %d (sha256 %x)", len(got), sha256.Sum256(got), size, sha256.Sum256(sent))
+	}
+	if opened, _ := pipeCounts(b); opened < 2 {
+		t.Errorf("%d splice pipes opened, want one each way", opened)
+	}
+	c.c.Close()
+	eventually(t, "bytes counted", func() bool {
+		return testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "b1", dirToBackend)) == size &&
+			testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "b1", dirToClient)) == size
+	})
+	eventually(t, "pipes closed", func() bool { _, open := pipeCounts(b); return open == 0 })
+}
+
+// Small exchanges copy, splice or not: a request and its answer never
+// fill the loop's buffer, and pipes would cost them more than they save.
+func TestTCPSmallExchangesCopy(t *testing.T) {
+	b := newBalancer(t)
+	l := lb("web", "127.0.0.1:0", startBackend(t, "b1"))
+	l.Splice = true
+	configure(t, b, l)
+	c := dial(t, addr(t, b, "web"))
+	for i := range 100 {
+		if got, want := c.ask(strings.Repeat("x", i*100)), "b1 "+strings.Repeat("x", i*100); got != want {
+			t.Fatalf("answer %d: %d bytes, want %d", i, len(got), len(want))
+		}
+	}
+	if opened, _ := pipeCounts(b); opened != 0 {
+		t.Errorf("%d splice pipes opened for small exchanges", opened)
+	}
+}
+
+// BenchmarkTCPStream is a bulk download through the proxy, the streaming
+// direction copied (the default) and spliced; cpu-µs/MiB is the whole
+// process's, the same client and backend in both.
+func BenchmarkTCPStream(b *testing.B) {
+	const size = 64 << 20
+	chunk := make([]byte, 1<<20)
+	backend := serveTCP(&testing.T{}, func(c net.Conn) {
+		for n := 0; n < size; n += len(chunk) {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	})
+	for _, mode := range []struct {
+		name   string
+		splice bool
+	}{{"copy", false}, {"splice", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			bal := New(zerolog.Nop())
+			defer bal.Close()
+			l := lb("web", "127.0.0.1:0", backend)
+			l.Splice = mode.splice
+			if err := bal.Configure(context.Background(), &pb.BalancerConfig{LoadBalancers: []*pb.LoadBalancer{l}}); err != nil {
+				b.Fatal(err)
+			}
+			front := bal.Addrs()["web"].String()
+			b.SetBytes(size)
+			var ru0, ru1 syscall.Rusage
+			syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+			defer func() {
+				syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+				cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+				b.ReportMetric(float64(cpu.Microseconds())/float64(b.N*size>>20), "cpu-µs/MiB")
+			}()
+			for b.Loop() {
+				c, err := net.Dial("tcp", front)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, _ := io.Copy(io.Discard, c)
+				c.Close()
+				if n != size {
+					b.Fatalf("got %d bytes", n)
+				}
+			}
+		})
+	}
 }

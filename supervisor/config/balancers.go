@@ -45,7 +45,10 @@ type LoadBalancer struct {
 	ProxyProtocol  int           `koanf:"proxyprotocol"`
 	ConnectTimeout time.Duration `koanf:"connecttimeout"`
 	IdleTimeout    time.Duration `koanf:"idletimeout"`
-	Backends       []Backend     `koanf:"backends"`
+	// Splice: a connection direction that streams moves by splice, the
+	// kernel's pages handed on instead of copied (HAProxy's splice-auto).
+	Splice   bool      `koanf:"splice"`
+	Backends []Backend `koanf:"backends"`
 }
 
 // BackendHealth checks a load balancer's backends: actively (Type tcp or
@@ -150,6 +153,9 @@ func (c *Config) validateLoadBalancers(bad func(string, ...any)) {
 		case lb.ProxyProtocol > 0 && lb.Type == balancer.TypeUDP:
 			bad("%s.proxyProtocol: %d is for tcp and http load balancers, not udp", key, lb.ProxyProtocol)
 		}
+		if lb.Splice && lb.Type == balancer.TypeUDP {
+			bad("%s.splice: true is for tcp and http load balancers, not udp", key)
+		}
 		if lb.ConnectTimeout < time.Millisecond {
 			bad("%s.connectTimeout: %s must be at least 1ms", key, lb.ConnectTimeout)
 		}
@@ -225,6 +231,7 @@ func (c *Config) BalancerConfig() *pb.BalancerConfig {
 			ProxyProtocol:    int32(lb.ProxyProtocol),
 			ConnectTimeoutMs: lb.ConnectTimeout.Milliseconds(),
 			IdleTimeoutMs:    lb.IdleTimeout.Milliseconds(),
+			Splice:           lb.Splice,
 			Health: &pb.BackendHealth{
 				Type:       h.Type,
 				Path:       h.Path,

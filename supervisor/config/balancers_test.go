@@ -25,6 +25,7 @@ const fullLB = `  - name: web
     proxyProtocol: 1
     connectTimeout: 500ms
     idleTimeout: 30
+    splice: true
     health:
       type: http
       path: /healthz
@@ -64,7 +65,7 @@ func TestBalancerConfig(t *testing.T) {
 		DrainTimeoutMs: 20000,
 		LoadBalancers: []*pb.LoadBalancer{{
 			Name: "web", BindAddress: "0.0.0.0:80", Type: "http", Algorithm: "leastconn", ProxyProtocol: 1,
-			ConnectTimeoutMs: 500, IdleTimeoutMs: 30000,
+			ConnectTimeoutMs: 500, IdleTimeoutMs: 30000, Splice: true,
 			Health: &pb.BackendHealth{Type: "http", Path: "/healthz", IntervalMs: 1000, TimeoutMs: 200, Rise: 3, Fall: 4, EjectAfterErrors: 0},
 			Backends: []*pb.Backend{
 				{Name: "b1", Address: "198.18.0.11:8080", Weight: 3},
@@ -129,6 +130,8 @@ func TestLoadBalancerErrors(t *testing.T) {
 		{"duplicate backend", "198.18.0.12:8080", "198.18.0.11:8080", `loadBalancers[0].backends[1].address: "198.18.0.11:8080" is also backends[0].address`},
 		{"same port same family", "    bindAddress: 0.0.0.0:53\n    type: tcp", "    bindAddress: 0.0.0.0:80\n    type: tcp",
 			`loadBalancers[2].bindAddress: "0.0.0.0:80" is also loadBalancers[0].bindAddress, both tcp`},
+		{"splice on udp", "    type: udp\n", "    type: udp\n    splice: true\n", `loadBalancers[1].splice: true is for tcp and http load balancers, not udp`},
+		{"splice not a boolean", "splice: true", "splice: sometimes", `loadbalancers[0].splice`},
 		{"drain", "drainTimeout: 20s", "drainTimeout: -1s", `drainTimeout: -1s must be 0 (no draining) to 1h0m0s`},
 		{"unknown key", "rise: 3", "rsie: 3", `loadBalancers[0].health.rsie: unknown key`},
 	} {

@@ -1440,8 +1440,11 @@ type LoadBalancer struct {
 	ProxyProtocol    int32 `protobuf:"varint,7,opt,name=proxy_protocol,json=proxyProtocol,proto3" json:"proxy_protocol,omitempty"`
 	ConnectTimeoutMs int64 `protobuf:"varint,8,opt,name=connect_timeout_ms,json=connectTimeoutMs,proto3" json:"connect_timeout_ms,omitempty"`
 	IdleTimeoutMs    int64 `protobuf:"varint,9,opt,name=idle_timeout_ms,json=idleTimeoutMs,proto3" json:"idle_timeout_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Streaming tcp directions move by splice through a pipe (tcp load
+	// balancers, and http ones' upgraded connections).
+	Splice        bool `protobuf:"varint,10,opt,name=splice,proto3" json:"splice,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LoadBalancer) Reset() {
@@ -1535,6 +1538,13 @@ func (x *LoadBalancer) GetIdleTimeoutMs() int64 {
 		return x.IdleTimeoutMs
 	}
 	return 0
+}
+
+func (x *LoadBalancer) GetSplice() bool {
+	if x != nil {
+		return x.Splice
+	}
+	return false
 }
 
 type BalancerConfig struct {
@@ -1711,7 +1721,7 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"timeout_ms\x18\x04 \x01(\x03R\ttimeoutMs\x12\x12\n" +
 	"\x04rise\x18\x05 \x01(\x05R\x04rise\x12\x12\n" +
 	"\x04fall\x18\x06 \x01(\x05R\x04fall\x12,\n" +
-	"\x12eject_after_errors\x18\a \x01(\x05R\x10ejectAfterErrors\"\xd8\x02\n" +
+	"\x12eject_after_errors\x18\a \x01(\x05R\x10ejectAfterErrors\"\xf0\x02\n" +
 	"\fLoadBalancer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fbind_address\x18\x02 \x01(\tR\vbindAddress\x12\x12\n" +
@@ -1721,7 +1731,9 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\x06health\x18\x06 \x01(\v2\x19.keepvip.v1.BackendHealthR\x06health\x12%\n" +
 	"\x0eproxy_protocol\x18\a \x01(\x05R\rproxyProtocol\x12,\n" +
 	"\x12connect_timeout_ms\x18\b \x01(\x03R\x10connectTimeoutMs\x12&\n" +
-	"\x0fidle_timeout_ms\x18\t \x01(\x03R\ridleTimeoutMs\"{\n" +
+	"\x0fidle_timeout_ms\x18\t \x01(\x03R\ridleTimeoutMs\x12\x16\n" +
+	"\x06splice\x18\n" +
+	" \x01(\bR\x06splice\"{\n" +
 	"\x0eBalancerConfig\x12?\n" +
 	"\x0eload_balancers\x18\x01 \x03(\v2\x18.keepvip.v1.LoadBalancerR\rloadBalancers\x12(\n" +
 	"\x10drain_timeout_ms\x18\x02 \x01(\x03R\x0edrainTimeoutMs*g\n" +
