@@ -355,43 +355,9 @@ func (c *tcpConn) event(fd int, ev uint32) {
 func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, dstW, dstShut *bool, pend *[]byte, pipe **splicePipe, toBackend bool, budget *int) bool {
 	scratch := c.r.scratch
 	for {
-		if len(*pend) > 0 {
-			if !*dstW {
-				return true
-			}
-			n, err := sysWrite(dst, *pend)
-			switch {
-			case err == unix.EAGAIN:
-				*dstW = false
-				return true
-			case err == unix.EINTR:
-				continue
-			case err != nil:
-				return false
-			}
-			if n < len(*pend) {
-				*pend = (*pend)[n:]
-				*dstW = false
-				return true
-			}
-			*pend = nil
-		}
-		if p := *pipe; p != nil && p.n > 0 {
-			if !*dstW {
-				return true
-			}
-			switch err := p.out(dst); {
-			case err == unix.EAGAIN:
-				*dstW = false
-				return true
-			case err == unix.EINTR:
-				continue
-			case err != nil:
-				return false
-			}
-			if p.n > 0 {
-				*dstW = false
-				return true
+		if len(*pend) > 0 || (*pipe != nil && (*pipe).n > 0) {
+			if all, ok := passPending(dst, dstW, pend, *pipe); !ok || !all {
+				return ok
 			}
 		}
 		if *srcEOF {
@@ -405,37 +371,26 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 			return true
 		}
 		*budget--
-		if p := *pipe; p != nil {
-			n, err := p.in(src)
-			switch {
-			case err == unix.EAGAIN:
-				*srcR = false
-				return true
-			case err == unix.EINTR:
-				continue
-			case err == unix.EINVAL || err == unix.ENOSYS:
-				// Sockets splice cannot read: this direction
-				// copies from now on (its pipe is empty, nothing
-				// was moved), and no other starts splicing.
-				c.noSplice = true
-				c.r.closePipe(p)
-				*pipe = nil
-				continue
-			case err != nil:
-				return false
-			case n == 0:
-				*srcEOF = true
-				continue
-			}
-			c.moved(n, toBackend)
-			continue
+		var n int
+		var err error
+		if *pipe != nil {
+			n, err = (*pipe).in(src)
+		} else {
+			n, err = sysRead(src, scratch)
 		}
-		n, err := sysRead(src, scratch)
 		switch {
 		case err == unix.EAGAIN:
 			*srcR = false
 			return true
 		case err == unix.EINTR:
+			continue
+		case *pipe != nil && (err == unix.EINVAL || err == unix.ENOSYS):
+			// Sockets splice cannot read: this direction copies from
+			// now on (its pipe is empty, nothing was moved), and no
+			// other starts splicing.
+			c.noSplice = true
+			c.r.closePipe(*pipe)
+			*pipe = nil
 			continue
 		case err != nil:
 			return false
@@ -443,10 +398,15 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 			*srcEOF = true
 			continue
 		}
+		c.moved(n, toBackend)
+		if *pipe != nil {
+			// A short splice does not mean src is drained (see
+			// splicePipe.in): the next one says so.
+			continue
+		}
 		if n < len(scratch) && !rdhup {
 			*srcR = false
 		}
-		c.moved(n, toBackend)
 		if n == len(scratch) && c.lb.splice && !c.noSplice {
 			// A full buffer: src streams. The rest goes by splice.
 			*pipe = c.r.newSplicePipe()
@@ -464,6 +424,45 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 			return true
 		}
 	}
+}
+
+// passPending writes to dst what waits for it: the copied bytes, then
+// the pipe's. all reports that nothing waits any more; ok is false when
+// dst failed.
+func passPending(dst int, dstW *bool, pend *[]byte, p *splicePipe) (all, ok bool) {
+	for len(*pend) > 0 || (p != nil && p.n > 0) {
+		if !*dstW {
+			return false, true
+		}
+		var err error
+		var left bool
+		if len(*pend) > 0 {
+			var n int
+			if n, err = sysWrite(dst, *pend); err == nil {
+				*pend = (*pend)[n:]
+				if left = len(*pend) > 0; !left {
+					*pend = nil
+				}
+			}
+		} else {
+			err = p.out(dst)
+			left = p.n > 0
+		}
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			*dstW = false
+			return false, true
+		case err != nil:
+			return false, false
+		case left:
+			// A short write: dst is full.
+			*dstW = false
+			return false, true
+		}
+	}
+	return true, true
 }
 
 // moved counts n bytes read from one side.
