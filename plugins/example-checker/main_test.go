@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"go/parser"
@@ -60,7 +61,10 @@ func TestImportsOnlyTheSDK(t *testing.T) {
 // buildOutside copies the example into a module of its own, as a third
 // party would have it (module example.com/file-checker, requiring keep-vip
 // for the SDK), and builds it there. The build is offline: the requirements
-// come from keep-vip's go.mod and the module cache.
+// come from keep-vip's go.mod and the module cache. They are all listed in
+// the example's go.mod, as `go mod tidy` would list them: with keep-vip's
+// alone, the go command would walk the whole module graph, and with it the
+// go.mod of versions no build here needed (so never in the cache).
 func buildOutside(t *testing.T) string {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
@@ -71,15 +75,18 @@ func buildOutside(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	goMod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	edit := exec.Command(goBin, "mod", "edit", "-json")
+	edit.Dir = root
+	out, err := edit.Output()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("go mod edit -json in %s: %v", root, err)
 	}
-	goVersion := "1.26"
-	for _, line := range strings.Split(string(goMod), "\n") {
-		if v, ok := strings.CutPrefix(line, "go "); ok {
-			goVersion = strings.TrimSpace(v)
-		}
+	var goMod struct {
+		Go      string
+		Require []struct{ Path, Version string }
+	}
+	if err := json.Unmarshal(out, &goMod); err != nil {
+		t.Fatalf("go mod edit -json: %v", err)
 	}
 	src := t.TempDir()
 	copyFile := func(from, to string, replace ...string) {
@@ -99,8 +106,13 @@ func buildOutside(t *testing.T) string {
 	copyFile("main.go", filepath.Join(src, "main.go"), ownPath, "example.com/file-checker/filecheck")
 	copyFile(filepath.Join("filecheck", "filecheck.go"), filepath.Join(src, "filecheck", "filecheck.go"))
 	copyFile(filepath.Join(root, "go.sum"), filepath.Join(src, "go.sum"))
-	mod := fmt.Sprintf("module example.com/file-checker\n\ngo %s\n\nrequire github.com/keep-vip/keep-vip v0.0.0\n\nreplace github.com/keep-vip/keep-vip => %s\n", goVersion, root)
-	if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte(mod), 0o644); err != nil {
+	var mod strings.Builder
+	fmt.Fprintf(&mod, "module example.com/file-checker\n\ngo %s\n\nrequire github.com/keep-vip/keep-vip v0.0.0\n\n", goMod.Go)
+	for _, r := range goMod.Require {
+		fmt.Fprintf(&mod, "require %s %s\n", r.Path, r.Version)
+	}
+	fmt.Fprintf(&mod, "\nreplace github.com/keep-vip/keep-vip => %s\n", root)
+	if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte(mod.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), "file-checker")
