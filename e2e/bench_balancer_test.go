@@ -106,22 +106,27 @@ type lbBenchResult struct {
 	p99 time.Duration
 	// cpu is the proxy's CPU time (all its processes and threads) per
 	// request: on a machine the load and the backend share, throughput
-	// follows it.
-	cpu time.Duration
+	// follows it. backendCPU is the backend's, behind this proxy: a
+	// proxy that wakes its backend more often costs it more.
+	cpu, backendCPU time.Duration
 }
 
 type lbBenchTarget struct {
 	name string
 	run  func(t *testing.T, d time.Duration) lbBenchResult
-	pid  int // the proxy's process; nginx's master, whose workers count too
+	// pid is the proxy's process, backend the backend's; nginx's
+	// master, whose workers count too.
+	pid, backend int
 }
 
-// measure runs tg and adds the CPU its processes used per request.
+// measure runs tg and adds the CPU the proxy's and the backend's
+// processes used per request.
 func (tg lbBenchTarget) measure(t *testing.T, d time.Duration) lbBenchResult {
-	before := lbBenchCPU(tg.pid)
+	proxy0, backend0 := lbBenchCPU(tg.pid), lbBenchCPU(tg.backend)
 	r := tg.run(t, d)
-	if used := lbBenchCPU(tg.pid) - before; r.rps > 0 {
-		r.cpu = time.Duration(float64(used) / (r.rps * d.Seconds()))
+	if r.rps > 0 {
+		perRequest := func(used time.Duration) time.Duration { return time.Duration(float64(used) / (r.rps * d.Seconds())) }
+		r.cpu, r.backendCPU = perRequest(lbBenchCPU(tg.pid)-proxy0), perRequest(lbBenchCPU(tg.backend)-backend0)
 	}
 	return r
 }
@@ -147,10 +152,10 @@ func TestBenchBalancer(t *testing.T) {
 
 	// Backends.
 	backendPort := lbBenchFreePort(t, "tcp")
-	_ = lbBenchNginx(t, tools, pin, dir, "backend", 1, lbBenchBackendConf(dir, backendPort))
+	backendPID := lbBenchNginx(t, tools, pin, dir, "backend", 1, lbBenchBackendConf(dir, backendPort))
 	backend := fmt.Sprintf("127.0.0.1:%d", backendPort)
 	lbBenchWait(t, "nginx backend", func() error { return lbBenchGet("http://" + backend + "/index.html") })
-	echo := lbBenchUDPEcho(t, pin, dir)
+	echo, echoPID := lbBenchUDPEcho(t, pin, dir)
 
 	// Peers.
 	haproxyPort, nginxHTTPPort, nginxUDPPort := lbBenchFreePort(t, "tcp"), lbBenchFreePort(t, "tcp"), lbBenchFreePort(t, "udp")
@@ -182,9 +187,9 @@ func TestBenchBalancer(t *testing.T) {
 		return func(t *testing.T, d time.Duration) lbBenchResult { return lbBenchUDPLoad(t, a, set.conns, d) }
 	}
 	scenarios := []*lbBenchScenario{
-		{title: "(a) tcp  vs HAProxy mode tcp", ours: lbBenchTarget{"keep-vip tcp", wrk(url(oursTCP)), oursPID}, peer: lbBenchTarget{"haproxy", wrk(url(haproxyPort)), haproxyPID}},
-		{title: "(b) http vs nginx proxy_pass", ours: lbBenchTarget{"keep-vip http", wrk(url(oursHTTP)), oursPID}, peer: lbBenchTarget{"nginx http", wrk(url(nginxHTTPPort)), nginxHTTPPID}},
-		{title: "(c) udp  vs nginx stream udp", ours: lbBenchTarget{"keep-vip udp", udpLoad(udp(oursUDP)), oursPID}, peer: lbBenchTarget{"nginx udp", udpLoad(udp(nginxUDPPort)), nginxUDPPID}},
+		{title: "(a) tcp  vs HAProxy mode tcp", ours: lbBenchTarget{"keep-vip tcp", wrk(url(oursTCP)), oursPID, backendPID}, peer: lbBenchTarget{"haproxy", wrk(url(haproxyPort)), haproxyPID, backendPID}},
+		{title: "(b) http vs nginx proxy_pass", ours: lbBenchTarget{"keep-vip http", wrk(url(oursHTTP)), oursPID, backendPID}, peer: lbBenchTarget{"nginx http", wrk(url(nginxHTTPPort)), nginxHTTPPID, backendPID}},
+		{title: "(c) udp  vs nginx stream udp", ours: lbBenchTarget{"keep-vip udp", udpLoad(udp(oursUDP)), oursPID, echoPID}, peer: lbBenchTarget{"nginx udp", udpLoad(udp(nginxUDPPort)), nginxUDPPID, echoPID}},
 	}
 
 	if only := os.Getenv("KEEPVIP_BENCH_ONLY"); only != "" {
@@ -220,7 +225,8 @@ func TestBenchBalancer(t *testing.T) {
 				tg := []lbBenchTarget{sc.ours, sc.peer}[which]
 				r := tg.measure(t, set.duration)
 				sc.results[which] = append(sc.results[which], r)
-				t.Logf("round %d %-14s %10.0f /s  p99 %-10s CPU %s/request", round+1, tg.name, r.rps, r.p99, r.cpu.Round(100*time.Nanosecond))
+				t.Logf("round %d %-14s %10.0f /s  p99 %-10s CPU %s/request, backend's %s", round+1, tg.name, r.rps, r.p99,
+					r.cpu.Round(100*time.Nanosecond), r.backendCPU.Round(100*time.Nanosecond))
 			}
 		}
 	}
@@ -245,6 +251,8 @@ func TestBenchBalancer(t *testing.T) {
 			o.p99.Round(time.Microsecond), p.p99.Round(time.Microsecond), lat,
 			o.cpu.Round(100*time.Nanosecond), p.cpu.Round(100*time.Nanosecond), verdict)
 		fmt.Fprintf(&b, "%-30s rounds: %s\n", "", lbBenchSpread(tputs, lats))
+		fmt.Fprintf(&b, "%-30s backend's CPU per request behind ours %s, behind the peer %s\n", "",
+			o.backendCPU.Round(100*time.Nanosecond), p.backendCPU.Round(100*time.Nanosecond))
 	}
 	t.Log(b.String())
 }
@@ -687,16 +695,16 @@ func lbBenchWrk(t *testing.T, wrk, url string, conns int, d time.Duration) lbBen
 
 // lbBenchUDPEcho is the udp backend, a process of its own beside the
 // proxies (the test binary as helperUDPEcho): it sends every datagram back.
-func lbBenchUDPEcho(t *testing.T, pin lbBenchPin, dir string) string {
+func lbBenchUDPEcho(t *testing.T, pin lbBenchPin, dir string) (addr string, pid int) {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", lbBenchFreePort(t, "udp"))
-	lbBenchStart(t, pin, dir, "udp-echo", []string{helperModeEnv + "=" + helperUDPEcho}, self, addr)
+	addr = fmt.Sprintf("127.0.0.1:%d", lbBenchFreePort(t, "udp"))
+	pid = lbBenchStart(t, pin, dir, "udp-echo", []string{helperModeEnv + "=" + helperUDPEcho}, self, addr)
 	lbBenchWait(t, "udp echo", func() error { return lbBenchUDPOnce(addr) })
-	return addr
+	return addr, pid
 }
 
 func lbBenchUDPOnce(addr string) error {
@@ -831,15 +839,16 @@ func lbBenchMedian(rs []lbBenchResult) lbBenchResult {
 		return lbBenchResult{}
 	}
 	rps := make([]float64, len(rs))
-	p99, cpu := make([]time.Duration, len(rs)), make([]time.Duration, len(rs))
+	p99, cpu, bcpu := make([]time.Duration, len(rs)), make([]time.Duration, len(rs)), make([]time.Duration, len(rs))
 	for i, r := range rs {
-		rps[i], p99[i], cpu[i] = r.rps, r.p99, r.cpu
+		rps[i], p99[i], cpu[i], bcpu[i] = r.rps, r.p99, r.cpu, r.backendCPU
 	}
 	sort.Float64s(rps)
-	for _, l := range [][]time.Duration{p99, cpu} {
+	for _, l := range [][]time.Duration{p99, cpu, bcpu} {
 		sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
 	}
-	return lbBenchResult{rps: rps[len(rps)/2], p99: p99[len(p99)/2], cpu: cpu[len(cpu)/2]}
+	m := len(rs) / 2
+	return lbBenchResult{rps: rps[m], p99: p99[m], cpu: cpu[m], backendCPU: bcpu[m]}
 }
 
 // lbBenchCPU is the CPU time pid and its children (nginx's workers) have
