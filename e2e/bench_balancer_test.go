@@ -334,8 +334,8 @@ func lbBenchCPUs() int { return runtime.NumCPU() }
 // own and the proxies and backends share the others, as HAProxy's and
 // nginx's own benchmarks are run: the clients of a real deployment are
 // other machines, and a load generator that competes with the proxy for
-// a CPU adds its own scheduling to what is measured (measured here: the
-// same pair of runs swung by up to 25% unpinned).
+// a CPU adds its own scheduling to what is measured (measured here:
+// unpinned, the same pair of runs swung by a quarter or more).
 type lbBenchPin struct {
 	load, sut []int
 }
