@@ -332,6 +332,9 @@ func (b *Balancer) Status(context.Context) (*pb.PluginStatus, error) {
 		// port the kernel picked.
 		st.Details[lb.name+" bind"] = lb.typ + " " + fe.addr().String()
 		st.Details[lb.name+" algorithm"] = lb.algorithm
+		if lb.splice {
+			st.Details[lb.name+" splice"] = "on"
+		}
 		st.Details[lb.name+" clients"] = strconv.Itoa(fe.srv.clients())
 		bes := make([]string, 0, len(lb.backends))
 		for _, be := range lb.backends {

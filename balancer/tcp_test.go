@@ -278,6 +278,9 @@ func TestTCPSpliceStreams(t *testing.T) {
 	if opened, _ := pipeCounts(b); opened < 2 {
 		t.Errorf("%d splice pipes opened, want one each way", opened)
 	}
+	if st, _ := b.Status(t.Context()); st.Details["web splice"] != "on" {
+		t.Errorf("status does not say splice is on: %v", st.Details)
+	}
 	c.c.Close()
 	eventually(t, "bytes counted", func() bool {
 		return testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "b1", dirToBackend)) == size &&
