@@ -71,7 +71,7 @@ func startProxyBackend(t *testing.T) string {
 // serveTCP listens on 127.0.0.1 until the test ends and runs handle on each
 // connection in a goroutine of its own, closing the connection afterwards.
 // It returns the address.
-func serveTCP(t *testing.T, handle func(c net.Conn)) string {
+func serveTCP(t testing.TB, handle func(c net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -313,7 +313,7 @@ func TestTCPSmallExchangesCopy(t *testing.T) {
 func BenchmarkTCPStream(b *testing.B) {
 	const size = 64 << 20
 	chunk := make([]byte, 1<<20)
-	backend := serveTCP(&testing.T{}, func(c net.Conn) {
+	backend := serveTCP(b, func(c net.Conn) {
 		for n := 0; n < size; n += len(chunk) {
 			if _, err := c.Write(chunk); err != nil {
 				return
