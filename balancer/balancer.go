@@ -152,6 +152,9 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 		if b.loops, err = newReactors(b.nLoops); err != nil {
 			return fmt.Errorf("configure balancer: start event loops: %w", err)
 		}
+		if err := b.loops.loops[0].ringErr; err != nil {
+			b.log.Warn().Err(err).Msg("io_uring unavailable: each small write is a sendto of its own (slower tcp forwarding, nothing else changes)")
+		}
 	}
 
 	next := make(map[string]*frontend, len(lbs))

@@ -52,6 +52,10 @@ type reactor struct {
 	// pipesOpened counts every one opened, for tests.
 	pipes       int
 	pipesOpened atomic.Int64
+	// ring sends a turn's small writes together; nil: sendto each, and
+	// ringErr says why.
+	ring    *sendRing
+	ringErr error
 
 	mu      sync.Mutex
 	tasks   []func()
@@ -136,6 +140,9 @@ func newReactor() (*reactor, error) {
 		unix.Close(efd)
 		unix.Close(epfd)
 		return nil, fmt.Errorf("epoll add eventfd: %w", err)
+	}
+	if sendRingOn {
+		r.ring, r.ringErr = newSendRing()
 	}
 	r.tickFn = r.tick
 	go r.run()
@@ -361,11 +368,17 @@ func (r *reactor) turn(n int) {
 	}
 	clear(again)
 	r.spareAgain = again[:0]
+	if r.ring != nil {
+		r.ring.flush()
+	}
 	if len(r.held) > 0 {
 		r.releaseHeld()
 	}
 	if r.woken.Load() {
 		r.runTasks()
+	}
+	if r.ring != nil {
+		r.ring.flush()
 	}
 }
 
@@ -377,6 +390,10 @@ func (r *reactor) run() {
 	runtime.LockOSThread()
 	yielded := time.Now()
 	defer func() {
+		if r.ring != nil {
+			r.ring.flush()
+			r.ring.close()
+		}
 		close(r.done)
 		unix.Close(r.epfd)
 		unix.Close(r.efd)

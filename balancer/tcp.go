@@ -150,12 +150,16 @@ type tcpConn struct {
 	// The client's and the backend's readiness, cleared on EAGAIN or a
 	// short read (the socket was drained: edge-triggered epoll reports
 	// data arriving after that).
-	cl, sv             readiness
-	cEOF, sEOF         bool
-	cShut, sShut       bool
-	connecting, done   bool
-	queued             bool // a later call is asked for
-	toServer, toClient []byte
+	cl, sv           readiness
+	cEOF, sEOF       bool
+	cShut, sShut     bool
+	connecting, done bool
+	queued           bool // a later call is asked for
+	// upFlight, downFlight: a direction's write waits in the loop's
+	// ring; the direction moves nothing more until it is done. resume:
+	// a direction stopped for it with more to do.
+	upFlight, downFlight, resume bool
+	toServer, toClient           []byte
 	// up and down are the pipes of the directions that stream (to the
 	// backend, to the client); nil while a direction copies.
 	up, down *splicePipe
@@ -354,6 +358,10 @@ func (c *tcpConn) event(fd int, ev uint32) {
 // both ways.
 func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, dstW, dstShut *bool, pend *[]byte, pipe **splicePipe, toBackend bool, budget *int) bool {
 	scratch := c.r.scratch
+	if (toBackend && c.upFlight) || (!toBackend && c.downFlight) {
+		c.resume = true
+		return true
+	}
 	for {
 		if len(*pend) > 0 || (*pipe != nil && (*pipe).n > 0) {
 			if all, ok := passPending(dst, dstW, pend, *pipe); !ok || !all {
@@ -406,6 +414,18 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 		}
 		if n < len(scratch) && !rdhup {
 			*srcR = false
+		}
+		if c.r.ring != nil && n <= sendRingMax {
+			c.r.ring.queue(dst, scratch[:n], c, toBackend)
+			if toBackend {
+				c.upFlight = true
+			} else {
+				c.downFlight = true
+			}
+			if *srcR {
+				c.resume = true
+			}
+			return true
 		}
 		if n == len(scratch) && c.lb.splice && !c.noSplice {
 			// A full buffer: src streams. The rest goes by splice.
@@ -465,6 +485,38 @@ func passPending(dst int, dstW *bool, pend *[]byte, p *splicePipe) (all, ok bool
 	return true, true
 }
 
+// written hears how a write through the loop's ring went.
+func (c *tcpConn) written(up bool, data []byte, n int, err error) {
+	if up {
+		c.upFlight = false
+	} else {
+		c.downFlight = false
+	}
+	if c.done {
+		return
+	}
+	if err == unix.EAGAIN {
+		n, err = 0, nil
+	}
+	if err != nil {
+		c.close()
+		return
+	}
+	if n < len(data) {
+		if up {
+			c.toServer = append([]byte(nil), data[n:]...)
+			c.sv.w = false
+		} else {
+			c.toClient = append([]byte(nil), data[n:]...)
+			c.cl.w = false
+		}
+	}
+	if c.resume {
+		c.resume = false
+		c.r.later(c.cfd, c)
+	}
+}
+
 // moved counts n bytes read from one side.
 func (c *tcpConn) moved(n int, toBackend bool) {
 	c.last = c.r.now
@@ -479,6 +531,10 @@ func (c *tcpConn) moved(n int, toBackend bool) {
 func (c *tcpConn) close() {
 	if c.done {
 		return
+	}
+	if (c.upFlight || c.downFlight) && c.r.ring != nil {
+		// Its writes go first: their descriptors are about to close.
+		c.r.ring.flush()
 	}
 	c.done = true
 	c.r.closeFD(c.cfd)
