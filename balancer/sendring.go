@@ -168,7 +168,65 @@ func newSendRing() (*sendRing, error) {
 		array[i] = uint32(i)
 	}
 	r.arena = make([]byte, sendRingArena)
+	if err := r.probe(); err != nil {
+		return fail("probe", err)
+	}
 	return r, nil
+}
+
+// probe checks on a socket pair that the kernel knows the send operation
+// (5.6 and later) and answers a write to a full socket at once with EAGAIN
+// rather than holding it until there is room: a held write would stall
+// the loop's flush.
+func (r *sendRing) probe() error {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fds[1])
+	defer unix.Close(fds[0])
+	one := []byte{1}
+	send := func(wait bool) (res int32, ok bool) {
+		tail := *r.sqTail
+		r.sqes[tail&r.sqMask] = uringSQE{
+			opcode:   uringOpSend,
+			fd:       int32(fds[0]),
+			addr:     uint64(uintptr(unsafe.Pointer(&one[0]))),
+			len:      1,
+			msgFlags: unix.MSG_NOSIGNAL | unix.MSG_DONTWAIT,
+		}
+		atomic.StoreUint32(r.sqTail, tail+1)
+		var minComplete, flags uintptr
+		if wait {
+			minComplete, flags = 1, uringEnterGetEvents
+		}
+		if _, _, e := syscall.RawSyscall6(sysIOURingEnter, uintptr(r.fd), 1, minComplete, flags, 0, 0); e != 0 {
+			return 0, false
+		}
+		head := *r.cqHead
+		if head == atomic.LoadUint32(r.cqTail) {
+			return 0, false
+		}
+		res = r.cqes[head&r.cqMask].res
+		atomic.StoreUint32(r.cqHead, head+1)
+		return res, true
+	}
+	if res, ok := send(true); !ok || res != 1 {
+		return fmt.Errorf("a send through the ring returned %d, want 1", res)
+	}
+	unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 4096)
+	fill := make([]byte, 4096)
+	for range 1 << 12 {
+		if _, err := unix.Write(fds[0], fill); err != nil {
+			break
+		}
+	}
+	if res, ok := send(false); !ok || res != -int32(unix.EAGAIN) {
+		// Closing the pair (deferred) ends a held send, closing the
+		// ring whatever else.
+		return fmt.Errorf("a send to a full socket was held (or returned %d), want EAGAIN at once", res)
+	}
+	return nil
 }
 
 func (r *sendRing) close() {
