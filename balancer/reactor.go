@@ -35,8 +35,9 @@ type reactor struct {
 	efd     int // eventfd: post wakes the loop through it
 	events  []unix.EpollEvent
 	entries []reactorEntry // by fd
-	// scratch is where sockets are read into: data is written on at once
-	// and copied only when the other side cannot take it all.
+	// scratch is where sockets are read into: data is written on in the
+	// same turn (small writes through ring, copied into its arena) and
+	// kept only when the other side cannot take it all.
 	scratch []byte
 	// again are handlers to call after the batch (see later): those
 	// whose I/O waits for the batch's end, and those that stopped before

@@ -251,9 +251,6 @@ func (r *sendRing) queue(fd int, p []byte, to ringWriter, up bool) {
 	r.queued = append(r.queued, ringWrite{fd: fd, data: data, to: to, up: up})
 }
 
-// pending reports whether writes wait for a flush that is not under way.
-func (r *sendRing) pending() bool { return len(r.queued) > 0 && !r.flushing }
-
 // flush submits the queued writes, waits for all of them and reports each.
 func (r *sendRing) flush() {
 	if len(r.queued) == 0 || r.flushing {
