@@ -467,16 +467,20 @@ func (e *Elector) publishFinal(l leadership) {
 // something happened in between.
 func (e *Elector) Watch(ctx context.Context, send func(*pb.Leadership) error) error {
 	var sent uint64
+	var last leadership
 	for {
 		e.pubMu.Lock()
 		cur, ver, changed, final := e.cur, e.ver, e.changed, e.final
 		e.pubMu.Unlock()
-		if ver != sent {
+		// A change and its undoing, both published while this watcher
+		// was sending, leave it what it has already: not sent again.
+		if ver != sent && (sent == 0 || cur != last) {
 			if err := send(cur.proto()); err != nil {
 				return fmt.Errorf("send leadership: %w", err)
 			}
-			sent = ver
+			last = cur
 		}
+		sent = ver
 		if final {
 			return nil
 		}
