@@ -188,13 +188,7 @@ func (r *sendRing) probe() error {
 	one := []byte{1}
 	send := func(wait bool) (res int32, ok bool) {
 		tail := *r.sqTail
-		r.sqes[tail&r.sqMask] = uringSQE{
-			opcode:   uringOpSend,
-			fd:       int32(fds[0]),
-			addr:     uint64(uintptr(unsafe.Pointer(&one[0]))),
-			len:      1,
-			msgFlags: unix.MSG_NOSIGNAL | unix.MSG_DONTWAIT,
-		}
+		r.putSend(tail, fds[0], one, 0)
 		atomic.StoreUint32(r.sqTail, tail+1)
 		var minComplete, flags uintptr
 		if wait {
@@ -251,6 +245,19 @@ func (r *sendRing) queue(fd int, p []byte, to ringWriter, up bool) {
 	r.queued = append(r.queued, ringWrite{fd: fd, data: data, to: to, up: up})
 }
 
+// putSend fills submission slot with a non-blocking send of p to fd;
+// MSG_DONTWAIT makes a full socket answer EAGAIN instead of holding it.
+func (r *sendRing) putSend(slot uint32, fd int, p []byte, userData uint64) {
+	r.sqes[slot&r.sqMask] = uringSQE{
+		opcode:   uringOpSend,
+		fd:       int32(fd),
+		addr:     uint64(uintptr(unsafe.Pointer(unsafe.SliceData(p)))),
+		len:      uint32(len(p)),
+		msgFlags: unix.MSG_NOSIGNAL | unix.MSG_DONTWAIT,
+		userData: userData,
+	}
+}
+
 // flush submits the queued writes, waits for all of them and reports each.
 func (r *sendRing) flush() {
 	if len(r.queued) == 0 || r.flushing {
@@ -260,16 +267,8 @@ func (r *sendRing) flush() {
 	defer func() { r.flushing = false }()
 	n := uint32(len(r.queued))
 	tail := *r.sqTail
-	for i := range r.queued {
-		w := &r.queued[i]
-		r.sqes[(tail+uint32(i))&r.sqMask] = uringSQE{
-			opcode:   uringOpSend,
-			fd:       int32(w.fd),
-			addr:     uint64(uintptr(unsafe.Pointer(unsafe.SliceData(w.data)))),
-			len:      uint32(len(w.data)),
-			msgFlags: unix.MSG_NOSIGNAL | unix.MSG_DONTWAIT,
-			userData: uint64(i),
-		}
+	for i, w := range r.queued {
+		r.putSend(tail+uint32(i), w.fd, w.data, uint64(i))
 	}
 	atomic.StoreUint32(r.sqTail, tail+n)
 	toSubmit, reaped := n, uint32(0)
