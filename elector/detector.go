@@ -48,8 +48,11 @@ func kickRank(members map[string]int32, local string) int {
 func (e *Elector) detect(n *node) {
 	defer close(n.detectDone)
 	hb := n.t.heartbeat
-	delay := hb + time.Duration(n.rank)*kickStagger(hb)
-	timer := time.NewTimer(delay)
+	// The rank follows the member list, which a reload may change.
+	delayNow := func() time.Duration {
+		return hb + time.Duration(kickRank(n.members().prios, n.localID))*kickStagger(hb)
+	}
+	timer := time.NewTimer(delayNow())
 	defer timer.Stop()
 	for {
 		select {
@@ -57,6 +60,7 @@ func (e *Elector) detect(n *node) {
 			return
 		case <-timer.C:
 		}
+		delay := delayNow()
 		next := delay
 		if n.r.State() == raft.Follower {
 			// Contact counts from the later of the last heartbeat and our

@@ -2,9 +2,11 @@
 // replicated: the FSM is a no-op and leadership is the product, reported
 // through Watch, Status and Prometheus metrics.
 //
-// The static member list is bootstrapped by every member on first start (Raft
-// allows identical bootstraps); term, vote and log live in a bolt file in the
-// data dir so a restarted member never votes twice in a term.
+// A new cluster bootstraps the config file's member list on first start; a
+// new member of a running cluster waits to be added (join.go). After that the
+// leader keeps Raft's configuration in line with the file (reconcile.go).
+// Term, vote and log live in a bolt file in the data dir so a restarted
+// member never votes twice in a term.
 package elector
 
 import (
@@ -100,12 +102,14 @@ type node struct {
 	cfg       *pb.ElectorConfig
 	localID   string
 	localAddr string
-	addrs     map[string]string // member id → configured address
-	prios     map[string]int32  // member id → priority
-	ids       []string          // member ids in config order
-	t         timings
-	rank      int // kick order, see detector.go
-	started   time.Time
+	// mem is the file's member list; swapped whole by a reload.
+	mem            atomic.Pointer[memberSet]
+	membersChanged chan struct{} // a reload changed mem
+	// sawCluster: a member without Raft state heard from an existing
+	// cluster, so it waits to be added and never bootstraps (join.go).
+	sawCluster atomic.Bool
+	t          timings
+	started    time.Time
 
 	preemptDelay time.Duration
 
@@ -115,9 +119,11 @@ type node struct {
 	obs   *raft.Observer
 	obsCh chan raft.Observation
 
-	stop        chan struct{} // closed to end the monitor and the detector
-	monitorDone chan struct{}
-	detectDone  chan struct{}
+	stop          chan struct{} // closed to end the monitor, detector, reconciler and join loop
+	monitorDone   chan struct{}
+	detectDone    chan struct{}
+	reconcileDone chan struct{}
+	joinDone      chan struct{}
 
 	// Set by the monitor when this member becomes leader: when, and when it
 	// had last heard from a leader before (zero: never), for the
@@ -218,8 +224,8 @@ func (e *Elector) Configure(ctx context.Context, cfg *pb.ElectorConfig) error {
 	if e.closed {
 		return ErrClosed
 	}
-	if e.node.Load() != nil {
-		return ErrAlreadyConfigured
+	if n := e.node.Load(); n != nil {
+		return e.updateMembers(n, cfg)
 	}
 	n, err := e.start(cfg, addrs, t)
 	if err != nil {
@@ -229,6 +235,12 @@ func (e *Elector) Configure(ctx context.Context, cfg *pb.ElectorConfig) error {
 	e.publish(n.leadership())
 	go e.monitor(n)
 	go e.detect(n)
+	go e.reconcile(n)
+	if n.hasConfiguration() {
+		close(n.joinDone)
+	} else {
+		go e.join(n)
+	}
 	e.log.Info().Str("cluster", cfg.GetCluster()).Str("local_id", n.localID).Str("address", n.localAddr).
 		Int("members", len(addrs)).Bool("tls", cfg.GetTls() != nil && len(cfg.GetTls().GetCertPem()) > 0).
 		Dur("heartbeat_timeout", t.heartbeat).Dur("election_timeout", t.election).Dur("leader_lease_timeout", t.lease).
@@ -240,24 +252,21 @@ func (e *Elector) Configure(ctx context.Context, cfg *pb.ElectorConfig) error {
 // starts Raft; on error it leaves nothing open.
 func (e *Elector) start(cfg *pb.ElectorConfig, addrs map[string]string, t timings) (_ *node, err error) {
 	n := &node{
-		cfg:          cfg,
-		localID:      cfg.GetLocalId(),
-		localAddr:    addrs[cfg.GetLocalId()],
-		addrs:        addrs,
-		prios:        map[string]int32{},
-		t:            t,
-		started:      time.Now(),
-		preemptDelay: DefaultPreemptDelay,
-		obsCh:        make(chan raft.Observation, observerBuffer),
-		stop:         make(chan struct{}),
-		monitorDone:  make(chan struct{}),
-		detectDone:   make(chan struct{}),
+		cfg:            cfg,
+		localID:        cfg.GetLocalId(),
+		localAddr:      addrs[cfg.GetLocalId()],
+		membersChanged: make(chan struct{}, 1),
+		t:              t,
+		started:        time.Now(),
+		preemptDelay:   DefaultPreemptDelay,
+		obsCh:          make(chan raft.Observation, observerBuffer),
+		stop:           make(chan struct{}),
+		monitorDone:    make(chan struct{}),
+		detectDone:     make(chan struct{}),
+		reconcileDone:  make(chan struct{}),
+		joinDone:       make(chan struct{}),
 	}
-	for _, m := range cfg.GetMembers() {
-		n.prios[m.GetId()] = m.GetPriority()
-		n.ids = append(n.ids, m.GetId())
-	}
-	n.rank = kickRank(n.prios, n.localID)
+	n.mem.Store(newMemberSet(cfg.GetMembers()))
 	if d := cfg.GetPreemptDelayMs(); d > 0 {
 		n.preemptDelay = time.Duration(d) * time.Millisecond
 	}
@@ -306,37 +315,27 @@ func (e *Elector) start(cfg *pb.ElectorConfig, addrs map[string]string, t timing
 	rc.ElectionTimeout = t.election
 	rc.LeaderLeaseTimeout = t.lease
 	rc.CommitTimeout = DefaultCommitTimeout
-	// Never snapshot: the snapshot store is in memory, so after a restart
-	// a compacted log could not be replayed (Raft panics on the missing
-	// entries). The log only grows by one no-op per election.
+	// Never snapshot on our own: the log only grows by one no-op per
+	// election and one entry per membership change. The only snapshot is
+	// the one `recover` writes (recover.go).
 	rc.SnapshotThreshold = math.MaxUint64
 	rc.Logger = rpc.HCLog(log, "raft")
 	if err := raft.ValidateConfig(rc); err != nil {
 		return nil, fmt.Errorf("raft config for %s: %w", n.localID, err)
 	}
 
-	snaps := raft.NewInmemSnapshotStore()
-	has, err := raft.HasExistingState(n.store, n.store, snaps)
+	snaps, err := openSnapshots(dir, log)
 	if err != nil {
-		return nil, fmt.Errorf("read raft state in %s: %w", path, err)
+		return nil, err
 	}
-	if !has {
-		var conf raft.Configuration
-		for _, m := range cfg.GetMembers() {
-			conf.Servers = append(conf.Servers, raft.Server{
-				Suffrage: raft.Voter,
-				ID:       raft.ServerID(m.GetId()),
-				Address:  raft.ServerAddress(m.GetAddress()),
-			})
-		}
-		if err := raft.BootstrapCluster(rc, n.store, n.store, snaps, n.trans, conf); err != nil {
-			return nil, fmt.Errorf("bootstrap raft in %s: %w", path, err)
-		}
-	}
+	// Without state, Raft starts with no configuration: the join loop
+	// decides whether to bootstrap or wait to be added (join.go).
 	n.r, err = raft.NewRaft(rc, nopFSM{}, n.store, n.store, snaps, n.trans)
 	if err != nil {
 		return nil, fmt.Errorf("start raft on %s: %w", n.localAddr, err)
 	}
+	answer := n.answerHello
+	n.trans.stream.hello.Store(&answer)
 	n.trans.followLeader(n.r.LeaderWithID)
 	n.obs = raft.NewObserver(n.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
@@ -418,7 +417,7 @@ func (n *node) leadership() leadership {
 	l := leadership{role: roleOf(n.r.State()), term: n.r.CurrentTerm()}
 	addr, id := n.r.LeaderWithID()
 	l.leaderID, l.leaderAddress = string(id), string(addr)
-	if a, ok := n.addrs[l.leaderID]; ok {
+	if a, ok := n.members().addrs[l.leaderID]; ok {
 		l.leaderAddress = a
 	}
 	return l
@@ -499,7 +498,7 @@ func (e *Elector) Watch(ctx context.Context, send func(*pb.Leadership) error) er
 // contact returns ErrNoTarget at once instead of trying a dead member.
 func (e *Elector) TransferLeadership(ctx context.Context, target string) error {
 	n := e.node.Load()
-	if n == nil || n.r.State() != raft.Leader || len(n.addrs) < 2 {
+	if n == nil || n.r.State() != raft.Leader || len(n.voters()) < 2 {
 		return nil
 	}
 	if target == "" {
@@ -508,9 +507,9 @@ func (e *Elector) TransferLeadership(ctx context.Context, target string) error {
 			return fmt.Errorf("transfer leadership from %s: %w", n.localID, err)
 		}
 	}
-	addr, ok := n.addrs[target]
+	addr, ok := n.voters()[target]
 	if !ok || target == n.localID {
-		return fmt.Errorf("transfer leadership to %q: not another member", target)
+		return fmt.Errorf("transfer leadership to %q: not another voter", target)
 	}
 	start := time.Now()
 	done := make(chan error, 1)
@@ -550,7 +549,7 @@ func (e *Elector) Status(context.Context) (*pb.PluginStatus, error) {
 		"local_id":       n.localID,
 		"address":        n.localAddr,
 		"data_dir":       n.cfg.GetDataDir(),
-		"members":        strconv.Itoa(len(n.addrs)),
+		"members":        strconv.Itoa(len(n.members().ids)),
 		"term":           strconv.FormatUint(l.term, 10),
 		"leader_id":      l.leaderID,
 		"leader_address": l.leaderAddress,
@@ -567,7 +566,11 @@ func (e *Elector) Status(context.Context) (*pb.PluginStatus, error) {
 		state = strings.ToLower(s["state"])
 		now := time.Now()
 		d["tls"] = strconv.FormatBool(n.trans.tls)
-		d["priority"] = strconv.Itoa(int(n.prios[n.localID]))
+		d["priority"] = strconv.Itoa(int(n.members().prios[n.localID]))
+		n.membershipStatus(d)
+		if !n.hasConfiguration() {
+			state = StateJoining
+		}
 		d["preempt"] = strconv.FormatBool(n.cfg.GetPreempt())
 		d["transport_timeout"] = n.t.transport().String()
 		d["votes_refused_at_start"] = strconv.Itoa(n.trans.refusedVotes())
@@ -580,7 +583,8 @@ func (e *Elector) Status(context.Context) (*pb.PluginStatus, error) {
 		}
 		n.leadMu.Unlock()
 		if n.r.State() == raft.Leader {
-			for _, id := range n.ids {
+			for _, srv := range n.r.GetConfiguration().Configuration().Servers {
+				id := string(srv.ID)
 				if id == n.localID {
 					continue
 				}
@@ -601,6 +605,10 @@ func (e *Elector) Status(context.Context) (*pb.PluginStatus, error) {
 	}
 	return &pb.PluginStatus{State: state, Details: d}, nil
 }
+
+// StateJoining is Status's state word for a member that has no Raft
+// configuration yet: it waits to be added, or to bootstrap a new cluster.
+const StateJoining = "joining"
 
 // Status details the supervisor reads.
 const (
@@ -640,6 +648,8 @@ func (e *Elector) Close() error {
 	close(n.stop)
 	<-n.monitorDone
 	<-n.detectDone
+	<-n.reconcileDone
+	<-n.joinDone
 	if err := n.trans.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close raft transport on %s: %w", n.localAddr, err))
 	}

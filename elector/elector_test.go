@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -447,8 +448,14 @@ func TestSingleNodeLifecycle(t *testing.T) {
 	if err := e.Configure(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Configure(context.Background(), cfg); !errors.Is(err, ErrAlreadyConfigured) {
-		t.Errorf("second configure: %v, want %v", err, ErrAlreadyConfigured)
+	// A second Configure may change the members only.
+	if err := e.Configure(context.Background(), cfg); err != nil {
+		t.Errorf("second configure, same config: %v", err)
+	}
+	changed := proto.Clone(cfg).(*pb.ElectorConfig)
+	changed.HeartbeatTimeoutMs++
+	if err := e.Configure(context.Background(), changed); !errors.Is(err, ErrAlreadyConfigured) {
+		t.Errorf("second configure, new timing: %v, want %v", err, ErrAlreadyConfigured)
 	}
 	waitFor(t, "the lone member to lead", func() (bool, string) {
 		l := w.last()

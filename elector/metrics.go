@@ -18,6 +18,10 @@ const (
 	MetricLeaderChangesTotal = "keep_vip_elector_leader_changes_total"
 	MetricLastContactSeconds = "keep_vip_elector_last_contact_seconds"
 	MetricKicksTotal         = "keep_vip_elector_kicks_total"
+	// MetricMembershipDifferences counts the ways Raft's configuration
+	// differs from the config file's members, as this member sees them.
+	MetricMembershipDifferences = "keep_vip_elector_membership_differences"
+	MetricMembershipChanges     = "keep_vip_elector_membership_changes_total"
 )
 
 // Values of keep_vip_elector_state.
@@ -35,6 +39,10 @@ type metrics struct {
 	term          prometheus.Gauge
 	leaderChanges prometheus.Counter
 	kicks         prometheus.Counter
+	differences   prometheus.Gauge
+	// membershipChanges counts configuration changes this member made as
+	// leader (reconcile.go).
+	membershipChanges prometheus.Counter
 
 	// last leader (id, term) counted in leaderChanges; only the publisher
 	// touches these.
@@ -72,7 +80,15 @@ func newMetrics(lastContact func() float64) *metrics {
 		Name: MetricLastContactSeconds,
 		Help: "Seconds since this member last heard from a leader; 0 while leader, +Inf if never.",
 	}, lastContact)
-	m.reg.MustRegister(m.isLeader, m.state, m.term, m.leaderChanges, m.kicks, lc)
+	m.differences = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: MetricMembershipDifferences,
+		Help: "Differences between Raft's configuration and the config file's members (missing, extra, moved, not yet voting); 0 when they match.",
+	})
+	m.membershipChanges = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: MetricMembershipChanges,
+		Help: "Raft configuration changes this member made as leader to follow the config file's members.",
+	})
+	m.reg.MustRegister(m.isLeader, m.state, m.term, m.leaderChanges, m.kicks, lc, m.differences, m.membershipChanges)
 	return m
 }
 

@@ -35,10 +35,11 @@ func (n *node) handoverTarget(now time.Time) string {
 		return ""
 	}
 	last := n.r.LastIndex()
-	best, bestPrio := "", n.prios[n.localID]
-	for _, id := range n.ids {
-		p := n.prios[id]
-		if id == n.localID || p <= bestPrio {
+	ms, voters := n.members(), n.voters()
+	best, bestPrio := "", ms.prios[n.localID]
+	for _, id := range ms.ids {
+		p := ms.prios[id]
+		if _, votes := voters[id]; id == n.localID || p <= bestPrio || !votes {
 			continue
 		}
 		ps := n.trans.peer(raft.ServerID(id))
@@ -61,8 +62,11 @@ func (n *node) pickTarget(now time.Time) (string, error) {
 		ps peerState
 	}
 	var cs []cand
-	for _, id := range n.ids {
-		if id == n.localID {
+	ms, voters := n.members(), n.voters()
+	// Only a voter can take leadership; members of the file that Raft
+	// does not know yet, or that are still catching up, cannot.
+	for _, id := range ms.ids {
+		if _, votes := voters[id]; id == n.localID || !votes {
 			continue
 		}
 		if ps := n.trans.peer(raft.ServerID(id)); n.inContact(ps, now) {
@@ -74,7 +78,7 @@ func (n *node) pickTarget(now time.Time) (string, error) {
 	}
 	sort.SliceStable(cs, func(i, j int) bool {
 		a, b := cs[i], cs[j]
-		if pa, pb := n.prios[a.id], n.prios[b.id]; pa != pb {
+		if pa, pb := ms.prios[a.id], ms.prios[b.id]; pa != pb {
 			return pa > pb
 		}
 		if a.ps.lastLog != b.ps.lastLog {

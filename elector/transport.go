@@ -40,14 +40,17 @@ func newTransport(addr string, tlsCfg *tlsConfig, hb time.Duration, log hclog.Lo
 	if tlsCfg != nil {
 		stream = newTLSStream(ln, adv, tlsCfg)
 	}
+	// The same port answers the hellos of members that join (join.go).
+	mux := &muxStream{StreamLayer: stream}
 	nt := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  stream,
+		Stream:  mux,
 		MaxPool: transportMaxPool,
 		Timeout: TransportTimeout(hb),
 		Logger:  log,
 	})
 	t := newTrackedTransport(nt, hb)
 	t.tls = tlsCfg != nil
+	t.stream = mux
 	return t, nil
 }
 
@@ -86,6 +89,7 @@ type peerState struct {
 // heartbeat timeout after start.
 type trackedTransport struct {
 	*raft.NetworkTransport
+	stream  *muxStream
 	tls     bool
 	hb      time.Duration
 	started time.Time
