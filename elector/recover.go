@@ -127,3 +127,20 @@ func Recover(dataDir, localID string, members []*pb.Member) (raft.Configuration,
 	}
 	return conf, nil
 }
+
+// StoredDifferences compares the configuration stored in dataDir with
+// members: "" when they match, else the differences on one line. A data
+// dir without state has nothing to differ.
+func StoredDifferences(dataDir, localID string, members []*pb.Member) (string, error) {
+	if _, err := os.Stat(filepath.Join(dataDir, StoreFile)); errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	conf, err := StoredConfiguration(dataDir, localID)
+	if err != nil {
+		return "", err
+	}
+	if len(conf.Servers) == 0 {
+		return "", nil
+	}
+	return joinDifferences(newMemberSet(members).differences(conf)), nil
+}

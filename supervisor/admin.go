@@ -216,6 +216,7 @@ func (a *adminServer) do(req AdminRequest) AdminResponse {
 		return AdminResponse{Error: fmt.Sprintf("unknown command %q", req.Command)}
 	}
 	st := a.o.status()
+	st.Raft = a.o.raftInfo()
 	return AdminResponse{OK: true, Status: &st}
 }
 
@@ -318,6 +319,8 @@ func FormatStatus(w io.Writer, st *Status) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", c.Name, c.Address, yes(c.Healthy, "ok", "FAILING"), c.Error)
 	}
 	_ = tw.Flush()
+
+	formatRaft(w, st.Raft)
 
 	fmt.Fprintln(w, "\nplugins:")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -46,6 +46,9 @@ type ops struct {
 
 	mu   sync.Mutex
 	snap Status
+	// elector is the running elector (nil when none), for status's Raft
+	// section; set by the policy loop at every pass.
+	elector rpc.Elector
 }
 
 // maintenance is persisted as JSON in the data directory, so a member in
@@ -90,6 +93,9 @@ type Status struct {
 	Checks      []CheckInfo  `json:"checks"`
 	Plugins     []PluginInfo `json:"plugins"`
 	Hooks       []HookInfo   `json:"hooks,omitempty"`
+	// Raft is the elector's view of the cluster's membership; absent while
+	// no elector runs.
+	Raft *RaftInfo `json:"raft,omitempty"`
 }
 
 // Maintenance is the maintenance flag as status shows it.
@@ -292,6 +298,7 @@ func (p *policy) publish() {
 	}
 	o.mu.Lock()
 	o.snap = st
+	o.elector, _ = p.impls[rpc.KindElector].(rpc.Elector)
 	o.mu.Unlock()
 }
 

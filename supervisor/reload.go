@@ -45,7 +45,8 @@ func (s *Supervisor) setLive(c config.Config) {
 }
 
 // Reload applies cfg, freshly loaded and validated, to the running member:
-// the balancer's load balancers and drain timeout, and the checks. Other
+// the balancer's load balancers and drain timeout, the checks, and the
+// members (the elector's leader adds, promotes and removes). Other
 // changes need a restart; they are logged, not applied. It returns once the
 // policy loop has applied what it could, with an error naming what failed;
 // a part that fails keeps running its old config.
@@ -83,6 +84,17 @@ func (p *policy) reload(r *reloadRequest) {
 			errs = append(errs, fmt.Errorf("checks: %w", err))
 		} else {
 			cur, applied = cand, append(applied, "checks")
+		}
+	}
+
+	cand = cur
+	cand.Members = next.Members
+	if !reflect.DeepEqual(cur.Members, cand.Members) {
+		if err := p.reloadMembers(&cand); err != nil {
+			p.s.setLive(cur)
+			errs = append(errs, fmt.Errorf("members: %w", err))
+		} else {
+			cur, applied = cand, append(applied, "members")
 		}
 	}
 
@@ -128,12 +140,40 @@ func (p *policy) configurePlugin(kind string, cfg *config.Config) error {
 	return nil
 }
 
+// reloadMembers hands a new member list to the running elector, whose
+// leader brings Raft's configuration in line with it (elector/reconcile.go).
+// This member must stay in the list at its own address: its listener is
+// bound to it, and a member leaves the cluster by being stopped.
+func (p *policy) reloadMembers(cand *config.Config) error {
+	self := p.s.local
+	var found *config.Member
+	for i := range cand.Members {
+		if cand.Members[i].ID == self.ID {
+			found = &cand.Members[i]
+		}
+	}
+	switch {
+	case found == nil:
+		return fmt.Errorf("this member (%s) is not in the new list: stop it instead, and reload the others (README: Changing members)", self.ID)
+	case found.Address != self.Address:
+		return fmt.Errorf("this member's own address changes from %s to %s: restart keep-vip-supervisor here to apply it", self.Address, found.Address)
+	}
+	p.s.setLive(*cand)
+	e, ok := p.impls[rpc.KindElector].(rpc.Elector)
+	if !ok {
+		return nil // the elector's next start takes the list from the live config
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	return e.Configure(ctx, cand.ElectorConfig(self))
+}
+
 // restartOnlyChanges lists the top-level keys whose change a reload does
 // not apply.
 func restartOnlyChanges(cur, next *config.Config) []string {
 	a, b := *cur, *next
-	a.Checks, a.LoadBalancers, a.DrainTimeout = nil, nil, 0
-	b.Checks, b.LoadBalancers, b.DrainTimeout = nil, nil, 0
+	a.Checks, a.LoadBalancers, a.DrainTimeout, a.Members = nil, nil, 0, nil
+	b.Checks, b.LoadBalancers, b.DrainTimeout, b.Members = nil, nil, 0, nil
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	var keys []string
 	for i := range va.NumField() {

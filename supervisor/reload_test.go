@@ -164,8 +164,56 @@ func TestRestartOnlyChanges(t *testing.T) {
 	cur := parse(t, reloadBase)
 	next := parse(t, strings.NewReplacer("interface: eth0", "interface: eth1", "198.18.0.11:20000", "198.18.0.12:20000",
 		"198.18.0.11:80", "198.18.0.13:80").Replace(reloadBase))
-	if got := strings.Join(restartOnlyChanges(cur, next), " "); got != "interface members" {
-		t.Errorf("restart-only changes = %q, want interface members", got)
+	// members are applied by a reload (TestReloadMembers).
+	if got := strings.Join(restartOnlyChanges(cur, next), " "); got != "interface" {
+		t.Errorf("restart-only changes = %q, want interface", got)
+	}
+}
+
+// membersElector records the member lists it is configured with.
+type membersElector struct {
+	fakeReporter
+	got [][]string
+}
+
+func (e *membersElector) Configure(_ context.Context, cfg *pb.ElectorConfig) error {
+	var ids []string
+	for _, m := range cfg.GetMembers() {
+		ids = append(ids, m.GetId()+"="+m.GetAddress())
+	}
+	e.got = append(e.got, ids)
+	return nil
+}
+func (e *membersElector) Watch(context.Context, func(*pb.Leadership) error) error { return nil }
+func (e *membersElector) TransferLeadership(context.Context, string) error       { return nil }
+
+func TestReloadMembers(t *testing.T) {
+	p, _, _ := reloadPolicy(t)
+	p.s.local = p.s.cfg.Members[0]
+	el := &membersElector{}
+	p.handle(event{kind: rpc.KindElector, gen: 1, up: true, impl: el})
+	const more = "members:\n  - id: a\n    address: 198.18.0.11:20000\n  - id: b\n    address: 198.18.0.12:20000\n"
+	grown := strings.Replace(reloadBase, "members:\n  - id: a\n    address: 198.18.0.11:20000\n", more, 1)
+	if err := reload(p, parse(t, grown)); err != nil {
+		t.Fatalf("reload with a new member: %v", err)
+	}
+	if len(el.got) != 1 || strings.Join(el.got[0], " ") != "a=198.18.0.11:20000 b=198.18.0.12:20000" {
+		t.Fatalf("elector configured with %v", el.got)
+	}
+	if n := len(p.s.liveConfig().Members); n != 2 {
+		t.Errorf("live config has %d members, want 2", n)
+	}
+	for _, tc := range []struct{ name, doc, want string }{
+		{"this member removed", strings.Replace(grown, "  - id: a\n    address: 198.18.0.11:20000\n", "", 1), "this member (a) is not in the new list"},
+		{"this member moved", strings.Replace(grown, "198.18.0.11:20000", "198.18.0.21:20000", 1), "restart keep-vip-supervisor here"},
+	} {
+		err := reload(p, parse(t, tc.doc))
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "members: ") {
+			t.Errorf("%s: reload error %v, want one naming members and %q", tc.name, err, tc.want)
+		}
+		if n := len(p.s.liveConfig().Members); n != 2 || len(el.got) != 1 {
+			t.Errorf("%s: half applied: live members %d, elector configured %d times", tc.name, n, len(el.got))
+		}
 	}
 }
 

@@ -8,12 +8,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/keep-vip/keep-vip/elector"
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 	"github.com/keep-vip/keep-vip/supervisor/config"
@@ -162,7 +164,8 @@ func (s *Supervisor) newRunner(kind string, spawn *spawner) *runner {
 	switch kind {
 	case rpc.KindElector:
 		r.setup = func(ctx context.Context, impl any) error {
-			cfg := s.cfg.ElectorConfig(s.local)
+			// The live config: a reload may have changed the members.
+			cfg := s.liveConfig().ElectorConfig(s.local)
 			// Read at every start, so renewed certificates are picked up
 			// by the next elector start.
 			tls, err := s.cfg.ReadRaftTLS()
@@ -210,6 +213,49 @@ func (s *Supervisor) send(ctx context.Context, ev event) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// MembersDrift says how the file's members differ from the Raft
+// configuration: the running member's, asked over the admin socket, else
+// the one stored in dataDir. "" when they match or nothing is stored yet.
+func MembersDrift(cfg *config.Config) (string, error) {
+	local, err := cfg.CheckHost()
+	if err != nil {
+		return "", err
+	}
+	if resp, err := AdminCall(cfg.AdminSocket, AdminRequest{Command: AdminStatus}, 3*time.Second); err == nil && resp.Status != nil {
+		if ri := resp.Status.Raft; ri != nil && ri.Error == "" && ri.Differences != "none" && ri.Differences != "" {
+			return "the running member's Raft configuration differs from this file: " + ri.Differences, nil
+		}
+		return "", nil
+	}
+	d, err := elector.StoredDifferences(cfg.DataDir, local.ID, cfg.ElectorConfig(local).GetMembers())
+	if err != nil || d == "" {
+		return "", err
+	}
+	return "the Raft configuration stored in " + cfg.DataDir + " differs from this file: " + d, nil
+}
+
+// Recover rewrites the Raft configuration stored in dataDir to the file's
+// members, for a cluster that lost its quorum for good. The member must be
+// stopped.
+func Recover(cfg *config.Config) (string, error) {
+	local, err := cfg.CheckHost()
+	if err != nil {
+		return "", err
+	}
+	if _, err := AdminCall(cfg.AdminSocket, AdminRequest{Command: AdminStatus}, 3*time.Second); err == nil {
+		return "", fmt.Errorf("keep-vip-supervisor is running here (it answers on %s): stop it first", cfg.AdminSocket)
+	}
+	conf, err := elector.Recover(cfg.DataDir, local.ID, cfg.ElectorConfig(local).GetMembers())
+	if err != nil {
+		return "", err
+	}
+	ids := make([]string, len(conf.Servers))
+	for i, s := range conf.Servers {
+		ids[i] = string(s.ID) + " (" + string(s.Address) + ")"
+	}
+	return strings.Join(ids, ", "), nil
 }
 
 // Validate loads a config the way `nginx -t` does; with host it also checks

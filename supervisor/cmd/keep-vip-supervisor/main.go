@@ -27,6 +27,9 @@ commands:
   start     -c FILE         run this member
   validate  -c FILE [--host] check a config file (with --host: also this host)
   cleanup   -c FILE         remove the VIP from the interface
+  recover   -c FILE --force rewrite the Raft configuration stored in dataDir
+                            to the file's members (quorum lost for good; the
+                            member must be stopped; see README)
   example-config            print the default config file
   version                   print the version
 ` + opsUsage
@@ -46,6 +49,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	path := fs.String("c", config.DefaultPath, "config file")
 	fs.StringVar(path, "config", config.DefaultPath, "config file")
 	host := fs.Bool("host", false, "validate: also check this host (interface, local member, plugin binaries)")
+	force := fs.Bool("force", false, "recover: really rewrite the stored Raft configuration")
 	switch cmd {
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "keep-vip-supervisor", version)
@@ -58,7 +62,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "help", "--help", "-h":
 		fmt.Fprint(stdout, usage)
 		return 0
-	case "start", "validate", "cleanup":
+	case "start", "validate", "cleanup", "recover":
 	default:
 		fmt.Fprintf(stderr, "keep-vip-supervisor: unknown command %q\n%s", cmd, usage)
 		return 2
@@ -74,9 +78,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch cmd {
 	case "validate":
-		if _, err = supervisor.Validate(*path, *host); err == nil {
+		var cfg *config.Config
+		if cfg, err = supervisor.Validate(*path, *host); err == nil {
 			fmt.Fprintf(stdout, "%s: configuration is valid\n", *path)
+			if *host {
+				// A difference is the normal middle of a membership
+				// change, so it is said, not refused.
+				if drift, derr := supervisor.MembersDrift(cfg); derr != nil {
+					fmt.Fprintf(stderr, "keep-vip-supervisor: %s: warning: cannot compare members with the stored Raft configuration: %v\n", *path, derr)
+				} else if drift != "" {
+					fmt.Fprintf(stderr, "keep-vip-supervisor: %s: note: %s\n", *path, drift)
+				}
+			}
 		}
+	case "recover":
+		err = recoverMembers(*path, *force, stdout)
 	case "cleanup":
 		err = cleanup(*path)
 	case "start":
@@ -129,5 +145,23 @@ func start(path string) error {
 	if errors.Is(ctx.Err(), context.Canceled) {
 		log.Info().Msg("stopped by signal")
 	}
+	return nil
+}
+
+// recoverMembers is `recover`: only with --force does it write anything.
+func recoverMembers(path string, force bool, stdout io.Writer) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	if !force {
+		return errors.New("recover rewrites the Raft configuration stored in " + cfg.DataDir +
+			" to this file's members; run it only when a quorum is lost for good and on every survivor with the same members (README: Changing members), then add --force")
+	}
+	voters, err := supervisor.Recover(cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: the stored Raft configuration is now: %s\nstart this member, and every other survivor recovered with the same members\n", cfg.DataDir, voters)
 	return nil
 }
