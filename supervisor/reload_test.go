@@ -185,7 +185,7 @@ func (e *membersElector) Configure(_ context.Context, cfg *pb.ElectorConfig) err
 	return nil
 }
 func (e *membersElector) Watch(context.Context, func(*pb.Leadership) error) error { return nil }
-func (e *membersElector) TransferLeadership(context.Context, string) error       { return nil }
+func (e *membersElector) TransferLeadership(context.Context, string) error        { return nil }
 
 func TestReloadMembers(t *testing.T) {
 	p, _, _ := reloadPolicy(t)
