@@ -21,6 +21,8 @@ type Cluster struct {
 	Client  *Client
 	Started time.Time
 	vip     netip.Addr
+	// nodesDir holds each node's config, data dir and log.
+	nodesDir string
 }
 
 // StartCluster starts size nodes; the last one has no id in its config so
@@ -34,9 +36,36 @@ func StartCluster(t *testing.T, size int) *Cluster {
 // adjust (when not nil) before it is written.
 func StartClusterWith(t *testing.T, size int, adjust func(*NodeConfig)) *Cluster {
 	t.Helper()
+	c := NewIdleCluster(t, size)
+	for i := 1; i <= size; i++ {
+		cfg := NodeConfig{Cluster: c.Name(), Index: i, Members: size, OmitID: i == size}
+		if adjust != nil {
+			adjust(&cfg)
+		}
+		c.Nodes[i-1] = StartNode(t, c.Net, c.Bins, c.nodesDir, cfg)
+	}
+	return c
+}
+
+// Name is the cluster's name in every node's config.
+func (c *Cluster) Name() string { return "e2e-" + c.Net.Suffix }
+
+// StartSlot starts node i (1-based) of a cluster made by NewIdleCluster.
+func (c *Cluster) StartSlot(cfg NodeConfig) *Node {
+	c.t.Helper()
+	cfg.Cluster = c.Name()
+	n := StartNode(c.t, c.Net, c.Bins, c.nodesDir, cfg)
+	c.Nodes[cfg.Index-1] = n
+	return n
+}
+
+// NewIdleCluster makes the network, sampler and client for slots nodes but
+// starts none (StartSlot does); Nodes[i] stays nil until node i+1 starts.
+func NewIdleCluster(t *testing.T, slots int) *Cluster {
+	t.Helper()
 	requireRoot(t)
 	bins := binariesForTest(t)
-	n := NewNet(t, size)
+	n := NewNet(t, slots)
 	c := &Cluster{t: t, Net: n, Bins: bins, vip: netip.MustParseAddr(n.VIP())}
 	// Cleanups run last-in first-out: this one runs after the nodes are
 	// stopped and the Sampler has had its say, so it sees every failure,
@@ -47,15 +76,9 @@ func StartClusterWith(t *testing.T, size int, adjust func(*NodeConfig)) *Cluster
 	// stopped, so a double VIP at startup or shutdown is caught too.
 	c.Sampler = StartSampler(t, n.VIP(), n.NodeNS)
 	c.Client = NewClient(t, n.ClientNS)
-	cluster := "e2e-" + n.Suffix
 	c.Started = time.Now()
-	for i := 1; i <= size; i++ {
-		cfg := NodeConfig{Cluster: cluster, Index: i, Members: size, OmitID: i == size}
-		if adjust != nil {
-			adjust(&cfg)
-		}
-		c.Nodes = append(c.Nodes, StartNode(t, n, bins, nodesDir, cfg))
-	}
+	c.nodesDir = nodesDir
+	c.Nodes = make([]*Node, slots)
 	return c
 }
 
@@ -64,6 +87,9 @@ func (c *Cluster) logTailsIfFailed() {
 		return
 	}
 	for _, n := range c.Nodes {
+		if n == nil {
+			continue
+		}
 		c.t.Logf("%s: tail of %s:\n%s", n.ID, n.LogPath, n.LogTail(60))
 	}
 }
@@ -143,8 +169,8 @@ func (c *Cluster) WaitSingleHolder(timeout time.Duration, ok func(node int) bool
 func (c *Cluster) WaitClientReachesBackend(timeout time.Duration) string {
 	c.t.Helper()
 	valid := map[string]bool{}
-	for _, n := range c.Nodes {
-		valid[n.ID] = true
+	for i := range c.Nodes {
+		valid[fmt.Sprintf("server%d", i+1)] = true
 	}
 	var reply string
 	took := mustWaitFor(c.t, timeout, "the client to reach a backend through "+c.VIPAddr(), func() (bool, string) {

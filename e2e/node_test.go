@@ -45,6 +45,30 @@ type NodeConfig struct {
 	// Inner, if set, is a command line the supervisor is run under inside
 	// the namespace (it must exec its arguments).
 	Inner []string
+	// MemberIDs, if set, lists the members (1-based node indices) instead
+	// of 1..Members; Addrs overrides a member's IP (default: NodeIP).
+	MemberIDs []int
+	Addrs     map[int]string
+}
+
+// memberIndices are the nodes the config lists as members.
+func (c NodeConfig) memberIndices() []int {
+	if len(c.MemberIDs) > 0 {
+		return c.MemberIDs
+	}
+	out := make([]int, c.Members)
+	for i := range out {
+		out[i] = i + 1
+	}
+	return out
+}
+
+// memberIP is member i's address in this config.
+func (c NodeConfig) memberIP(n *Net, i int) string {
+	if a, ok := c.Addrs[i]; ok {
+		return a
+	}
+	return n.NodeIP(i)
 }
 
 // RaftDefaults as NodeConfig.Raft leaves the raft timings to the defaults.
@@ -75,11 +99,11 @@ func (c NodeConfig) YAML(n *Net) string {
 	fmt.Fprintf(&b, "prometheus:\n  enabled: true\n  address: %s:%d\n", n.NodeIP(c.Index), metricsPort)
 	fmt.Fprintf(&b, "checks:\n  - name: health\n    protocol: tcp\n    address: %s\n    timeout: 0.2\n", healthAddr)
 	b.WriteString("members:\n")
-	for i := 1; i <= c.Members; i++ {
-		fmt.Fprintf(&b, "  - id: server%d\n    address: %s:%d\n", i, n.NodeIP(i), raftPort)
+	for _, i := range c.memberIndices() {
+		fmt.Fprintf(&b, "  - id: server%d\n    address: %s:%d\n", i, c.memberIP(n, i), raftPort)
 	}
 	b.WriteString("loadBalancers:\n  - name: web\n    bindAddress: 0.0.0.0:" + strconv.Itoa(lbPort) + "\n    type: tcp\n    backends:\n")
-	for i := 1; i <= c.Members; i++ {
+	for _, i := range c.memberIndices() {
 		fmt.Fprintf(&b, "      - name: b%d\n        address: %s:%d\n", i, n.NodeIP(i), backendPort)
 	}
 	return b.String()
@@ -99,6 +123,9 @@ type Node struct {
 	AdminSocket string
 	bins        Binaries
 	wrap, inner []string
+	// cfg and net render the node's config again (Rewrite).
+	cfg NodeConfig
+	net *Net
 
 	Backend *ServerProcess // answers "<ID>\n" on IP:9000
 	Health  *ServerProcess // what the node's tcp check watches
@@ -124,20 +151,43 @@ func StartNode(t *testing.T, n *Net, bins Binaries, baseDir string, cfg NodeConf
 		IP: n.NodeIP(cfg.Index), ConfigPath: filepath.Join(dir, "keep-vip.yaml"),
 		LogPath: filepath.Join(dir, "supervisor.log"), bins: bins,
 		AdminSocket: cfg.AdminSocket, wrap: cfg.Wrap, inner: cfg.Inner,
+		cfg: cfg, net: n,
 	}
-	yaml := cfg.YAML(n)
-	if !strings.Contains(strings.ToLower(yaml), "adminsocket:") {
-		yaml += "adminSocket: " + cfg.AdminSocket + "\n"
-	}
-	yaml += cfg.Extra
-	if err := os.WriteFile(node.ConfigPath, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	node.writeConfig()
 	t.Cleanup(node.cleanup)
 	node.Backend = NewServerProcess(t, node.NS, fmt.Sprintf("%s:%d", node.IP, backendPort), node.ID)
 	node.Health = NewServerProcess(t, node.NS, healthAddr, "")
 	node.startSupervisor()
 	return node
+}
+
+// writeConfig renders n.cfg into n.ConfigPath.
+func (n *Node) writeConfig() {
+	n.t.Helper()
+	yaml := n.cfg.YAML(n.net)
+	if !strings.Contains(strings.ToLower(yaml), "adminsocket:") {
+		yaml += "adminSocket: " + n.cfg.AdminSocket + "\n"
+	}
+	yaml += n.cfg.Extra
+	if err := os.WriteFile(n.ConfigPath, []byte(yaml), 0o644); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// Rewrite changes the node's config file (not the running supervisor's:
+// Reload or a restart applies it).
+func (n *Node) Rewrite(adjust func(*NodeConfig)) {
+	n.t.Helper()
+	adjust(&n.cfg)
+	n.writeConfig()
+}
+
+// Reload sends SIGHUP, as systemctl reload does.
+func (n *Node) Reload() {
+	n.t.Helper()
+	if err := syscall.Kill(n.PID(), syscall.SIGHUP); err != nil {
+		n.t.Fatalf("SIGHUP %s: %v", n.ID, err)
+	}
 }
 
 func (n *Node) startSupervisor() {

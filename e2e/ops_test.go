@@ -47,6 +47,12 @@ type opsStatus struct {
 		Runs     int64  `json:"runs"`
 		Failures int64  `json:"failures"`
 	} `json:"hooks"`
+	Raft *struct {
+		State       string `json:"state"`
+		Voters      string `json:"voters"`
+		Nonvoters   string `json:"nonvoters"`
+		Differences string `json:"differences"`
+	} `json:"raft"`
 }
 
 // supervisorCLI runs `keep-vip-supervisor args...` for node (from the root

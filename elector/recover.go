@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -139,8 +140,31 @@ func StoredDifferences(dataDir, localID string, members []*pb.Member) (string, e
 	if err != nil {
 		return "", err
 	}
+	return Differences(conf, members), nil
+}
+
+// Differences says how conf differs from members on one line; "" when they
+// match or conf is empty (nothing stored yet).
+func Differences(conf raft.Configuration, members []*pb.Member) string {
 	if len(conf.Servers) == 0 {
-		return "", nil
+		return ""
 	}
-	return joinDifferences(newMemberSet(members).differences(conf)), nil
+	return joinDifferences(newMemberSet(members).differences(conf))
+}
+
+// ParseServers reads Status's voters or non-voters detail back ("id
+// (address), ..." or "none") into servers of the given suffrage.
+func ParseServers(list string, suffrage raft.ServerSuffrage) []raft.Server {
+	var out []raft.Server
+	if list == "none" || list == "" {
+		return nil
+	}
+	for _, item := range strings.Split(list, ", ") {
+		id, addr, ok := strings.Cut(item, " (")
+		if !ok {
+			continue
+		}
+		out = append(out, raft.Server{Suffrage: suffrage, ID: raft.ServerID(id), Address: raft.ServerAddress(strings.TrimSuffix(addr, ")"))})
+	}
+	return out
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -223,13 +224,19 @@ func MembersDrift(cfg *config.Config) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	members := cfg.ElectorConfig(local).GetMembers()
 	if resp, err := AdminCall(cfg.AdminSocket, AdminRequest{Command: AdminStatus}, 3*time.Second); err == nil && resp.Status != nil {
-		if ri := resp.Status.Raft; ri != nil && ri.Error == "" && ri.Differences != "none" && ri.Differences != "" {
-			return "the running member's Raft configuration differs from this file: " + ri.Differences, nil
+		ri := resp.Status.Raft
+		if ri == nil || ri.Error != "" {
+			return "", nil
+		}
+		conf := raft.Configuration{Servers: append(elector.ParseServers(ri.Voters, raft.Voter), elector.ParseServers(ri.Nonvoters, raft.Nonvoter)...)}
+		if d := elector.Differences(conf, members); d != "" {
+			return "the running member's Raft configuration differs from this file (reload to apply it): " + d, nil
 		}
 		return "", nil
 	}
-	d, err := elector.StoredDifferences(cfg.DataDir, local.ID, cfg.ElectorConfig(local).GetMembers())
+	d, err := elector.StoredDifferences(cfg.DataDir, local.ID, members)
 	if err != nil || d == "" {
 		return "", err
 	}
