@@ -29,6 +29,11 @@ import (
 // then the nemesis holds still for nemesisStableBound plus an observation
 // window, sometimes after undoing every fault, sometimes leaving them.
 //
+// Between phases, at most nemesisMaxMemberChanges times a run, the members
+// change as the README's procedure says: a member is replaced by a spare
+// node, or two spares join (3 → 5), or two members leave (5 → 3). Faults
+// and the liveness check then apply to the new members.
+//
 // nemesisStableBound, 6s, is what a healthy quorum may need after the last
 // fault: a supervisor start (plugins up, a first check verdict, the
 // elector's one-heartbeat-timeout start quarantine) plus an election and a
@@ -50,6 +55,10 @@ const (
 	nemesisWatch           = 2 * time.Second // watched after the bound in a quiet phase
 	nemesisPoll            = 50 * time.Millisecond
 	nemesisMaxKillsPer30s  = 2
+	// nemesisSpares are the nodes beyond the cluster's size that membership
+	// changes bring in.
+	nemesisSpares           = 2
+	nemesisMaxMemberChanges = 3
 )
 
 type nemesisNode struct {
@@ -69,6 +78,11 @@ type nemesis struct {
 	lastAct  time.Time
 	actions  int
 	settleTo []time.Duration // quiet phases: last action → single holder
+	// members are the nodes the cluster's files list now; the others are
+	// spares, stopped.
+	members       []int
+	memberChanges int
+	raft          func(*NodeConfig)
 }
 
 func (m *nemesis) fail(format string, args ...any) {
@@ -87,18 +101,18 @@ func (m *nemesis) log(format string, args ...any) {
 // up.
 func (m *nemesis) good(i int) bool {
 	n := m.nodes[i-1]
-	return !n.supDown && !n.healthDown && !n.linkDown
+	return slices.Contains(m.members, i) && !n.supDown && !n.healthDown && !n.linkDown
 }
 
 // healthyQuorum tells whether some quorum of good nodes can all reach one
 // another (sizes are at most 5, so every subset is tried).
 func (m *nemesis) healthyQuorum() bool {
-	size := len(m.nodes)
+	size := len(m.members)
 	q := size/2 + 1
 	for set := 0; set < 1<<size; set++ {
 		var members []int
-		for i := 1; i <= size; i++ {
-			if set&(1<<(i-1)) != 0 {
+		for x, i := range m.members {
+			if set&(1<<x) != 0 {
 				members = append(members, i)
 			}
 		}
@@ -142,7 +156,7 @@ func (m *nemesis) describe() string {
 // checkSupervisors fails for a supervisor that is gone without being killed.
 func (m *nemesis) checkSupervisors() {
 	for i, n := range m.nodes {
-		if !n.supDown && !m.c.Nodes[i].SupervisorRunning() {
+		if !n.supDown && m.c.Nodes[i] != nil && !m.c.Nodes[i].SupervisorRunning() {
 			m.fail("%s's supervisor exited by itself (state: %s); tail of its log:\n%s",
 				m.c.Nodes[i].ID, m.describe(), m.c.Nodes[i].LogTail(40))
 			n.supDown = true // report once
@@ -156,6 +170,9 @@ func (m *nemesis) recover(force bool) {
 	due := func(at time.Time) bool { return !at.IsZero() && (force || !now.Before(at)) }
 	for i, n := range m.nodes {
 		node := m.c.Nodes[i]
+		if node == nil {
+			continue
+		}
 		if due(n.supUpAt) {
 			restartSupervisor(node)
 			n.supDown, n.supUpAt = false, time.Time{}
@@ -180,8 +197,8 @@ func (m *nemesis) later() time.Time {
 
 // act does one random fault.
 func (m *nemesis) act() {
-	size := len(m.nodes)
-	i := 1 + m.rng.Intn(size)
+	size := len(m.members)
+	i := m.members[m.rng.Intn(size)]
 	node, n := m.c.Node(i), m.nodes[i-1]
 	switch r := m.rng.Intn(100); {
 	case r < 12:
@@ -193,15 +210,15 @@ func (m *nemesis) act() {
 		var a, b []int
 		for x, v := range perm {
 			if x < k {
-				a = append(a, v+1)
+				a = append(a, m.members[v])
 			} else {
-				b = append(b, v+1)
+				b = append(b, m.members[v])
 			}
 		}
 		m.p.Split(a, b)
 		m.log("split %v | %v", a, b)
 	case r < 30:
-		j := 1 + m.rng.Intn(size)
+		j := m.members[m.rng.Intn(size)]
 		if j == i {
 			return
 		}
@@ -331,14 +348,23 @@ func TestNemesis(t *testing.T) {
 		t.Logf("nemesis: reproduce with %s=%d %s=%s %s=%d", nemesisSeedEnv, seed, nemesisDurationEnv, duration, nemesisNodesEnv, size)
 	})
 
-	c := StartClusterWith(t, size, raftDefaults)
+	c := NewIdleCluster(t, size+nemesisSpares)
+	m := &nemesis{t: t, c: c, rng: rand.New(rand.NewSource(seed)), seed: seed, kills: map[string][]time.Time{}, raft: raftDefaults}
+	for i := 1; i <= size; i++ {
+		m.members = append(m.members, i)
+	}
+	for i := 1; i <= size+nemesisSpares; i++ {
+		m.nodes = append(m.nodes, &nemesisNode{supDown: i > size})
+	}
+	for _, i := range m.members {
+		cfg := NodeConfig{Index: i, MemberIDs: m.members}
+		m.raft(&cfg)
+		c.StartSlot(cfg)
+	}
 	keepLogs(t, c)
 	p := NewPartitioner(t, c.Net)
+	m.p = p
 	c.WaitSingleHolder(electionBound, nil)
-	m := &nemesis{t: t, c: c, p: p, rng: rand.New(rand.NewSource(seed)), seed: seed, kills: map[string][]time.Time{}}
-	for range size {
-		m.nodes = append(m.nodes, &nemesisNode{})
-	}
 	m.lastAct = time.Now()
 
 	end := time.Now().Add(duration)
@@ -354,11 +380,15 @@ func TestNemesis(t *testing.T) {
 		if t.Failed() {
 			break
 		}
-		// Quiet: half the time undo every fault first.
+		// Quiet: half the time undo every fault first, and then, now and
+		// then, change the members.
 		if m.rng.Intn(2) == 0 {
 			p.HealAll()
 			m.recover(true)
 			m.log("heal everything")
+			if m.memberChanges < nemesisMaxMemberChanges && m.rng.Intn(2) == 0 {
+				m.changeMembers()
+			}
 		}
 		m.quiet()
 		if t.Failed() {
@@ -404,4 +434,86 @@ func setLink(t *testing.T, n *Node, state string) {
 	if out, err := runIP("-n", n.NS, "link", "set", nodeIfName, state); err != nil {
 		t.Fatalf("%s: ip link set %s %s: %v: %s", n.ID, nodeIfName, state, err, out)
 	}
+}
+
+// changeMembers replaces a member by a spare, grows 3 → 5 or shrinks 5 → 3,
+// the README's way: leaving members are stopped, joining ones started with
+// the new list, staying ones reloaded with it; then it waits until every
+// member's Raft configuration is the new list. Called with every fault
+// undone, so a quorum is there to make the change.
+func (m *nemesis) changeMembers() {
+	m.t.Helper()
+	m.memberChanges++
+	var spares []int
+	for i := 1; i <= len(m.nodes); i++ {
+		if !slices.Contains(m.members, i) {
+			spares = append(spares, i)
+		}
+	}
+	pick := func(from []int, k int) []int {
+		out := slices.Clone(from)
+		m.rng.Shuffle(len(out), func(a, b int) { out[a], out[b] = out[b], out[a] })
+		return out[:k]
+	}
+	var leaving, joining []int
+	op := "replace"
+	switch {
+	case len(m.members) == 3 && len(spares) >= 2 && m.rng.Intn(2) == 0:
+		op, joining = "grow", pick(spares, 2)
+	case len(m.members) == 5 && m.rng.Intn(2) == 0:
+		op, leaving = "shrink", pick(m.members, 2)
+	default:
+		leaving, joining = pick(m.members, 1), pick(spares, 1)
+	}
+	var next []int
+	for _, i := range m.members {
+		if !slices.Contains(leaving, i) {
+			next = append(next, i)
+		}
+	}
+	next = append(next, joining...)
+	slices.Sort(next)
+	m.log("members %s: %v → %v (leaving %v, joining %v)", op, m.members, next, leaving, joining)
+	for _, i := range leaving {
+		m.c.Node(i).Stop()
+		m.nodes[i-1].supDown = true
+	}
+	for _, i := range joining {
+		if node := m.c.Nodes[i-1]; node == nil {
+			cfg := NodeConfig{Index: i, MemberIDs: next}
+			m.raft(&cfg)
+			m.c.StartSlot(cfg)
+		} else {
+			// A member removed earlier comes back on its own data dir: the
+			// leader adds it again as a non-voter.
+			node.Rewrite(func(cfg *NodeConfig) { cfg.MemberIDs = next })
+			restartSupervisor(node)
+		}
+		m.nodes[i-1] = &nemesisNode{}
+	}
+	m.members = next
+	for _, i := range next {
+		if !slices.Contains(joining, i) {
+			node := m.c.Node(i)
+			node.Rewrite(func(cfg *NodeConfig) { cfg.MemberIDs = next })
+			node.Reload()
+		}
+	}
+	took, ok, detail := waitFor(m.t, membershipBound, func() (bool, string) {
+		for _, i := range next {
+			st, err := m.c.Node(i).Status()
+			if err != nil {
+				return false, err.Error()
+			}
+			if st.Raft == nil || st.Raft.Differences != "none" {
+				return false, fmt.Sprintf("%s: %+v", m.c.Node(i).ID, st.Raft)
+			}
+		}
+		return true, ""
+	})
+	if !ok {
+		m.fail("members %v not in Raft's configuration after %s: %s", next, took.Round(time.Millisecond), detail)
+		return
+	}
+	m.log("members %s done: Raft's configuration is %v after %s", op, next, took.Round(time.Millisecond))
 }

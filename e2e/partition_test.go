@@ -455,6 +455,9 @@ func keepLogs(t *testing.T, c *Cluster) {
 		dst := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_"))
 		_ = os.MkdirAll(dst, 0o755)
 		for _, n := range c.Nodes {
+			if n == nil {
+				continue
+			}
 			if b, err := os.ReadFile(n.LogPath); err == nil {
 				_ = os.WriteFile(filepath.Join(dst, n.ID+".log"), b, 0o644)
 			}

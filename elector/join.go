@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -176,6 +178,9 @@ func (n *node) answerHello(helloRequest) helloReply {
 	return r
 }
 
+// joinRepeatLog is how often a member that still waits says so again.
+const joinRepeatLog = time.Minute
+
 // joinInterval is how often a member without a configuration asks again.
 func joinInterval(hb time.Duration) time.Duration {
 	return min(max(hb, 200*time.Millisecond), time.Second)
@@ -188,11 +193,13 @@ func (e *Elector) join(n *node) {
 	tick := time.NewTicker(joinInterval(n.t.heartbeat))
 	defer tick.Stop()
 	log := e.log.With().Str("local_id", n.localID).Logger()
+	// Each verdict is said when it starts to hold, then once a minute.
 	var said string
+	var saidAt time.Time
 	say := func(msg, detail string) {
-		if msg+detail != said {
+		if msg != said || time.Since(saidAt) >= joinRepeatLog {
 			log.Warn().Str("detail", detail).Msg(msg)
-			said = msg + detail
+			said, saidAt = msg, time.Now()
 		}
 	}
 	for {
@@ -279,7 +286,8 @@ func (n *node) probeCluster() (verdict int, detail string) {
 			fresh++
 		}
 	}
-	detail = fmt.Sprintf("%d of %d members new with this members list; %v", fresh, len(ms.ids), notes)
+	sort.Strings(notes)
+	detail = fmt.Sprintf("%d of %d members new with this members list; %s", fresh, len(ms.ids), strings.Join(notes, "; "))
 	switch {
 	case n.sawCluster.Load():
 		return joinWait, detail
