@@ -130,6 +130,7 @@ func (p *policy) pluginUp(ev event) {
 	if ev.kind == rpc.KindElector {
 		p.electorUp()
 	}
+	p.catchUpReload(ev.kind)
 	p.started[ev.kind]++
 	p.s.metrics.up.WithLabelValues(ev.kind).Set(1)
 	if g, ok := ev.impl.(prometheus.Gatherer); ok {

@@ -38,6 +38,29 @@ func (s *Supervisor) liveConfig() *config.Config {
 	return s.live
 }
 
+// setupConfig is the live config, recorded as what kind's starting plugin
+// is configured with.
+func (s *Supervisor) setupConfig(kind string) *config.Config {
+	c := s.liveConfig()
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	if s.startedWith == nil {
+		s.startedWith = map[string]*config.Config{}
+	}
+	s.startedWith[kind] = c
+	return c
+}
+
+// staleStart tells whether kind's plugin, just up, was configured with a
+// config that a reload has replaced since.
+func (s *Supervisor) staleStart(kind string) bool {
+	live := s.liveConfig()
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	used, ok := s.startedWith[kind]
+	return ok && used != live
+}
+
 func (s *Supervisor) setLive(c config.Config) {
 	s.liveMu.Lock()
 	s.live = &c
@@ -136,8 +159,26 @@ func (p *policy) configurePlugin(kind string, cfg *config.Config) error {
 		return impl.(rpc.Checker).Configure(ctx, cfg.CheckerConfig())
 	case rpc.KindBalancer:
 		return impl.(rpc.Balancer).Configure(ctx, cfg.BalancerConfig())
+	case rpc.KindElector:
+		return impl.(rpc.Elector).Configure(ctx, cfg.ElectorConfig(p.s.local))
 	}
 	return nil
+}
+
+// catchUpReload configures a plugin that has just come up again with the
+// live config when a reload landed while it was starting: its setup read
+// the config before the reload made the new one live.
+func (p *policy) catchUpReload(kind string) {
+	if !p.s.staleStart(kind) {
+		return
+	}
+	live := p.s.setupConfig(kind)
+	if err := p.configurePlugin(kind, live); err != nil {
+		p.log.Error().Str("plugin", kind).Err(err).Msg("reload: a plugin started during a reload refused the reloaded config; restarting it")
+		p.s.runners[kind].kill()
+		return
+	}
+	p.log.Info().Str("plugin", kind).Msg("reload: a plugin started during a reload; configured it with the reloaded config")
 }
 
 // reloadMembers hands a new member list to the running elector, whose
@@ -159,13 +200,7 @@ func (p *policy) reloadMembers(cand *config.Config) error {
 		return fmt.Errorf("this member's own address changes from %s to %s: restart keep-vip-supervisor here to apply it", self.Address, found.Address)
 	}
 	p.s.setLive(*cand)
-	e, ok := p.impls[rpc.KindElector].(rpc.Elector)
-	if !ok {
-		return nil // the elector's next start takes the list from the live config
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	defer cancel()
-	return e.Configure(ctx, cand.ElectorConfig(self))
+	return p.configurePlugin(rpc.KindElector, cand)
 }
 
 // restartOnlyChanges lists the top-level keys whose change a reload does

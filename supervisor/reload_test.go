@@ -238,3 +238,26 @@ func TestDrainBalancerOnStop(t *testing.T) {
 		t.Errorf("drain took %s past a 200ms drain timeout", took)
 	}
 }
+
+// TestReloadDuringPluginStart: a plugin whose setup read the config before a
+// reload made a new one live is configured again with it once it is up.
+func TestReloadDuringPluginStart(t *testing.T) {
+	p, _, _ := reloadPolicy(t)
+	// A new balancer starts: its setup reads the live config...
+	used := p.s.setupConfig(rpc.KindBalancer)
+	// ...and a reload lands before it is up (no balancer to configure).
+	next := parse(t, strings.Replace(reloadBase, "198.18.0.11:80", "198.18.0.12:80", 1))
+	p.s.setLive(*next)
+	bal := &fakeBalancer{}
+	p.handle(event{kind: rpc.KindBalancer, gen: 2, up: true, impl: bal})
+	if len(bal.got) != 1 || bal.got[0].GetLoadBalancers()[0].GetBackends()[0].GetAddress() != "198.18.0.12:80" {
+		t.Fatalf("balancer started with %v, then configured with %v; want the reloaded backend", used.LoadBalancers, bal.got)
+	}
+	// Up again with nothing reloaded meanwhile: not configured twice.
+	p.s.setupConfig(rpc.KindBalancer)
+	bal2 := &fakeBalancer{}
+	p.handle(event{kind: rpc.KindBalancer, gen: 3, up: true, impl: bal2})
+	if len(bal2.got) != 0 {
+		t.Errorf("an up-to-date start was configured again: %v", bal2.got)
+	}
+}

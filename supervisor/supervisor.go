@@ -65,6 +65,10 @@ type Supervisor struct {
 	// setup funcs, written by the policy loop (reload.go).
 	liveMu sync.Mutex
 	live   *config.Config
+	// startedWith is the live config each plugin's last setup used: a
+	// reload that lands while a plugin starts is applied again once it is
+	// up (policy.pluginUp).
+	startedWith map[string]*config.Config
 }
 
 // New resolves everything a start needs before anything is started: the
@@ -166,7 +170,7 @@ func (s *Supervisor) newRunner(kind string, spawn *spawner) *runner {
 	case rpc.KindElector:
 		r.setup = func(ctx context.Context, impl any) error {
 			// The live config: a reload may have changed the members.
-			cfg := s.liveConfig().ElectorConfig(s.local)
+			cfg := s.setupConfig(kind).ElectorConfig(s.local)
 			// Read at every start, so renewed certificates are picked up
 			// by the next elector start.
 			tls, err := s.cfg.ReadRaftTLS()
@@ -183,7 +187,7 @@ func (s *Supervisor) newRunner(kind string, spawn *spawner) *runner {
 		}
 	case rpc.KindChecker:
 		r.setup = func(ctx context.Context, impl any) error {
-			return impl.(rpc.Checker).Configure(ctx, s.liveConfig().CheckerConfig())
+			return impl.(rpc.Checker).Configure(ctx, s.setupConfig(kind).CheckerConfig())
 		}
 		r.watch = func(ctx context.Context, impl any, gen uint64) error {
 			return impl.(rpc.Checker).Watch(ctx, func(h *pb.Health) error {
@@ -201,7 +205,7 @@ func (s *Supervisor) newRunner(kind string, spawn *spawner) *runner {
 		}
 	case rpc.KindBalancer:
 		r.setup = func(ctx context.Context, impl any) error {
-			return impl.(rpc.Balancer).Configure(ctx, s.liveConfig().BalancerConfig())
+			return impl.(rpc.Balancer).Configure(ctx, s.setupConfig(kind).BalancerConfig())
 		}
 	}
 	return r
