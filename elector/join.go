@@ -181,16 +181,11 @@ func (n *node) answerHello(helloRequest) helloReply {
 // joinRepeatLog is how often a member that still waits says so again.
 const joinRepeatLog = time.Minute
 
-// joinInterval is how often a member without a configuration asks again.
-func joinInterval(hb time.Duration) time.Duration {
-	return min(max(hb, 200*time.Millisecond), time.Second)
-}
-
 // join runs while n has no configuration: it bootstraps a new cluster or
 // waits to be added to the existing one (see the top of this file).
 func (e *Elector) join(n *node) {
 	defer close(n.joinDone)
-	tick := time.NewTicker(joinInterval(n.t.heartbeat))
+	tick := time.NewTicker(membershipInterval(n.t.heartbeat))
 	defer tick.Stop()
 	log := e.log.With().Str("local_id", n.localID).Logger()
 	// Each verdict is said when it starts to hold, then once a minute.

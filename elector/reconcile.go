@@ -31,16 +31,17 @@ import (
 // answered within a heartbeat timeout; otherwise it waits and says why.
 // The same loop, on every member, exports the differences it sees.
 
-// reconcileInterval is how often the configuration is compared with the
-// file; a reload or a new leadership compares at once.
-func reconcileInterval(hb time.Duration) time.Duration {
+// membershipInterval is how often the configuration is compared with the
+// file (a reload compares at once), and how often a member without a
+// configuration asks the others again (join.go).
+func membershipInterval(hb time.Duration) time.Duration {
 	return min(max(hb, 200*time.Millisecond), time.Second)
 }
 
 // reconcile runs until n stops.
 func (e *Elector) reconcile(n *node) {
 	defer close(n.reconcileDone)
-	tick := time.NewTicker(reconcileInterval(n.t.heartbeat))
+	tick := time.NewTicker(membershipInterval(n.t.heartbeat))
 	defer tick.Stop()
 	var lastDiff string
 	var lastBlocked string
