@@ -71,6 +71,7 @@ type check struct {
 	interval time.Duration
 	required bool
 	prober   prober
+	watch    *deathWatch // nil: found by the regular runs only (watch.go)
 
 	damp damper
 	last *pb.CheckResult // the last run, healthy meaning the run passed; nil before the first
@@ -199,16 +200,24 @@ func build(probers map[string]newProber, cfg *pb.CheckerConfig) (time.Duration, 
 		if err != nil {
 			return 0, nil, fmt.Errorf("check %q (%s): %w", name, pc.GetProtocol(), err)
 		}
+		timeout := time.Duration(pc.GetTimeoutMs()) * time.Millisecond
+		var watch *deathWatch
+		if watchable(pc, hostAddress) {
+			watch = newDeathWatch(pc.GetAddress(), timeout)
+		} else if pc.GetWatch() == pb.WatchMode_WATCH_ON {
+			return 0, nil, fmt.Errorf("check %q: watch is for tcp, http and https checks, not %s", name, pc.GetProtocol())
+		}
 		checks = append(checks, &check{
 			def:      proto.CloneOf(pc),
 			name:     name,
 			protocol: pc.GetProtocol(),
 			address:  pc.GetAddress(),
 			target:   target(pc),
-			timeout:  time.Duration(pc.GetTimeoutMs()) * time.Millisecond,
+			timeout:  timeout,
 			interval: time.Duration(intervalMs) * time.Millisecond,
 			required: !pc.GetNotRequired(),
 			prober:   p,
+			watch:    watch,
 			damp:     damper{rise: max(int(pc.GetRise()), 1), fall: max(int(pc.GetFall()), 1)},
 		})
 	}
@@ -245,12 +254,21 @@ func (c *Checker) stop() {
 	c.stopLoops, c.loopsDone = nil, nil
 }
 
-// loop runs one check at once and then every interval until ctx ends.
+// loop runs one check at once and then every interval, and at once when
+// its watched connection ends, until ctx ends.
 func (c *Checker) loop(ctx context.Context, ch *check) {
 	// A run lasts at most the check's timeout, which is below its
 	// interval, so the ticker does not drop ticks in normal operation.
 	t := time.NewTicker(ch.interval)
 	defer t.Stop()
+	var wake <-chan struct{}
+	if ch.watch != nil {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go ch.watch.run(wctx)
+		wake = ch.watch.wake
+	}
+	early := false
 	for {
 		r := c.run(ctx, ch)
 		if ctx.Err() != nil {
@@ -258,10 +276,21 @@ func (c *Checker) loop(ctx context.Context, ch *check) {
 			return
 		}
 		c.record(ch, r)
+		// Watch again after a regular run that passed; after an early one
+		// that passed, the service closed an idle connection but serves:
+		// wait for the next round (see watch.go).
+		if ch.watch != nil && r.Healthy && !early {
+			ch.watch.rearm()
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			early = false
+		case <-wake:
+			early = true
+			c.m.wakeups.WithLabelValues(ch.name).Inc()
+			c.log.Info().Str("check", ch.name).Str("target", ch.target).Msg("the service ended the watched connection: checking now")
 		}
 	}
 }
@@ -396,6 +425,9 @@ func (c *Checker) Status(context.Context) (*pb.PluginStatus, error) {
 				what = "passing"
 			}
 			fmt.Fprintf(&b, ", %s %d of %d", what, ch.damp.streak, ch.damp.need())
+		}
+		if ch.watch != nil {
+			b.WriteString(", watched")
 		}
 		if !ch.required {
 			b.WriteString(" (not required)")

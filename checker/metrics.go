@@ -8,6 +8,7 @@ const (
 	metricCheckDuration = "keep_vip_checker_check_duration_seconds"
 	metricCheckFailures = "keep_vip_checker_check_failures_total"
 	metricCheckRequired = "keep_vip_checker_check_required"
+	metricWatchWakeups  = "keep_vip_checker_watch_wakeups_total"
 )
 
 type metrics struct {
@@ -15,6 +16,7 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	failures *prometheus.CounterVec
 	required *prometheus.GaugeVec
+	wakeups  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -39,8 +41,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: metricCheckRequired,
 			Help: "1 if the check's failure makes the member unhealthy (gives up the VIP), 0 if it is only reported.",
 		}, []string{"check"}),
+		wakeups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricWatchWakeups,
+			Help: "Runs of the check started early because its watched connection to the service ended (watch.go).",
+		}, []string{"check"}),
 	}
-	reg.MustRegister(m.up, m.duration, m.failures, m.required)
+	reg.MustRegister(m.up, m.duration, m.failures, m.required, m.wakeups)
 	return m
 }
 
@@ -51,4 +57,5 @@ func (m *metrics) forget(check string) {
 	m.duration.DeleteLabelValues(check)
 	m.failures.DeleteLabelValues(check)
 	m.required.DeleteLabelValues(check)
+	m.wakeups.DeleteLabelValues(check)
 }

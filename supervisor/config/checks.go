@@ -48,6 +48,9 @@ type Check struct {
 	// Options are passed to the checker as they are, for check types of a
 	// third-party checker.
 	Options map[string]string `koanf:"options"`
+	// Watch (tcp, http, https): keep an idle connection to the service and
+	// check at once when it ends. nil: on for an address of this host.
+	Watch *bool `koanf:"watch"`
 
 	// http and https.
 	Method             string            `koanf:"method"`
@@ -94,6 +97,7 @@ func (ch Check) typeKeys() []typeKey {
 		{"command", []string{"exec"}, ch.Command != ""},
 		{"args", []string{"exec"}, len(ch.Args) > 0},
 		{"shell", []string{"exec"}, ch.Shell},
+		{"watch", []string{"tcp", "http", "https"}, ch.Watch != nil && *ch.Watch},
 	}
 }
 
@@ -316,6 +320,12 @@ func (c *Config) CheckerConfig() *pb.CheckerConfig {
 			Rise:        int32(ch.Rise),
 			Fall:        int32(ch.Fall),
 			NotRequired: !ch.IsRequired(),
+		}
+		if ch.Watch != nil {
+			pc.Watch = pb.WatchMode_WATCH_OFF
+			if *ch.Watch {
+				pc.Watch = pb.WatchMode_WATCH_ON
+			}
 		}
 		if ch.hasHTTP() {
 			pc.Http = &pb.HTTPCheck{

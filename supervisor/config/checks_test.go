@@ -171,6 +171,7 @@ func TestCheckErrors(t *testing.T) {
 		{"odd hex", "- {name: a, protocol: udp, address: 127.0.0.1:1, expect: 'hex:123'}", []string{`checks[0].expect: "hex:123" is not hex`}},
 		{"unknown key", "- {name: a, protocol: tcp, address: 127.0.0.1:1, expectstatuses: [200]}", []string{"checks[0].expectstatuses: unknown key"}},
 		{"required not a bool", "- {name: a, protocol: tcp, address: 127.0.0.1:1, required: maybe}", []string{"required"}},
+		{"watch on udp", "- {name: a, protocol: udp, address: 127.0.0.1:1, watch: true}", []string{"checks[0].watch: only for tcp and http and https checks, not udp"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseChecks(t, "checks:\n  "+tc.checks+"\n")
@@ -268,4 +269,23 @@ func FuzzChecksConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// watch: absent is the checker's choice (on for local addresses), true and
+// false are passed on.
+func TestCheckWatch(t *testing.T) {
+	c, err := parseChecks(t, `checks:
+  - {name: auto, protocol: tcp, address: 127.0.0.1:1}
+  - {name: on, protocol: http, address: 198.18.0.20:80, watch: true}
+  - {name: off, protocol: tcp, address: 127.0.0.1:1, watch: false}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []pb.WatchMode{pb.WatchMode_WATCH_AUTO, pb.WatchMode_WATCH_ON, pb.WatchMode_WATCH_OFF}
+	for i, ch := range c.CheckerConfig().GetChecks() {
+		if ch.GetWatch() != want[i] {
+			t.Errorf("%s: watch %v, want %v", ch.GetName(), ch.GetWatch(), want[i])
+		}
+	}
 }

@@ -83,6 +83,56 @@ func (Role) EnumDescriptor() ([]byte, []int) {
 	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{0}
 }
 
+type WatchMode int32
+
+const (
+	// On for addresses of this host (loopback or a local interface's).
+	WatchMode_WATCH_AUTO WatchMode = 0
+	WatchMode_WATCH_ON   WatchMode = 1
+	WatchMode_WATCH_OFF  WatchMode = 2
+)
+
+// Enum value maps for WatchMode.
+var (
+	WatchMode_name = map[int32]string{
+		0: "WATCH_AUTO",
+		1: "WATCH_ON",
+		2: "WATCH_OFF",
+	}
+	WatchMode_value = map[string]int32{
+		"WATCH_AUTO": 0,
+		"WATCH_ON":   1,
+		"WATCH_OFF":  2,
+	}
+)
+
+func (x WatchMode) Enum() *WatchMode {
+	p := new(WatchMode)
+	*p = x
+	return p
+}
+
+func (x WatchMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_keepvip_v1_keepvip_proto_enumTypes[1].Descriptor()
+}
+
+func (WatchMode) Type() protoreflect.EnumType {
+	return &file_keepvip_v1_keepvip_proto_enumTypes[1]
+}
+
+func (x WatchMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchMode.Descriptor instead.
+func (WatchMode) EnumDescriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{1}
+}
+
 type Empty struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -742,10 +792,14 @@ type Check struct {
 	Fall int32 `protobuf:"varint,8,opt,name=fall,proto3" json:"fall,omitempty"`
 	// A check that is not required is reported and exported but does not
 	// move the VIP.
-	NotRequired   bool       `protobuf:"varint,9,opt,name=not_required,json=notRequired,proto3" json:"not_required,omitempty"`
-	Http          *HTTPCheck `protobuf:"bytes,10,opt,name=http,proto3" json:"http,omitempty"`
-	Udp           *UDPCheck  `protobuf:"bytes,11,opt,name=udp,proto3" json:"udp,omitempty"`
-	Exec          *ExecCheck `protobuf:"bytes,12,opt,name=exec,proto3" json:"exec,omitempty"`
+	NotRequired bool       `protobuf:"varint,9,opt,name=not_required,json=notRequired,proto3" json:"not_required,omitempty"`
+	Http        *HTTPCheck `protobuf:"bytes,10,opt,name=http,proto3" json:"http,omitempty"`
+	Udp         *UDPCheck  `protobuf:"bytes,11,opt,name=udp,proto3" json:"udp,omitempty"`
+	Exec        *ExecCheck `protobuf:"bytes,12,opt,name=exec,proto3" json:"exec,omitempty"`
+	// Death watch of tcp, http and https checks: the checker keeps one idle
+	// connection to the address and runs the check at once when the service
+	// closes or resets it, instead of at the next interval.
+	Watch         WatchMode `protobuf:"varint,13,opt,name=watch,proto3,enum=keepvip.v1.WatchMode" json:"watch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -862,6 +916,13 @@ func (x *Check) GetExec() *ExecCheck {
 		return x.Exec
 	}
 	return nil
+}
+
+func (x *Check) GetWatch() WatchMode {
+	if x != nil {
+		return x.Watch
+	}
+	return WatchMode_WATCH_AUTO
 }
 
 type HTTPCheck struct {
@@ -1654,7 +1715,7 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\x0eInterfaceEvent\x12\x16\n" +
 	"\x06usable\x18\x01 \x01(\bR\x06usable\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x16\n" +
-	"\x06readds\x18\x03 \x01(\x04R\x06readds\"\xd0\x03\n" +
+	"\x06readds\x18\x03 \x01(\x04R\x06readds\"\xfd\x03\n" +
 	"\x05Check\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12\x18\n" +
@@ -1670,7 +1731,8 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\x04http\x18\n" +
 	" \x01(\v2\x15.keepvip.v1.HTTPCheckR\x04http\x12&\n" +
 	"\x03udp\x18\v \x01(\v2\x14.keepvip.v1.UDPCheckR\x03udp\x12)\n" +
-	"\x04exec\x18\f \x01(\v2\x15.keepvip.v1.ExecCheckR\x04exec\x1a:\n" +
+	"\x04exec\x18\f \x01(\v2\x15.keepvip.v1.ExecCheckR\x04exec\x12+\n" +
+	"\x05watch\x18\r \x01(\x0e2\x15.keepvip.v1.WatchModeR\x05watch\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc1\x02\n" +
@@ -1742,7 +1804,12 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\rROLE_FOLLOWER\x10\x01\x12\x12\n" +
 	"\x0eROLE_CANDIDATE\x10\x02\x12\x0f\n" +
 	"\vROLE_LEADER\x10\x03\x12\x11\n" +
-	"\rROLE_SHUTDOWN\x10\x042\xb0\x02\n" +
+	"\rROLE_SHUTDOWN\x10\x04*8\n" +
+	"\tWatchMode\x12\x0e\n" +
+	"\n" +
+	"WATCH_AUTO\x10\x00\x12\f\n" +
+	"\bWATCH_ON\x10\x01\x12\r\n" +
+	"\tWATCH_OFF\x10\x022\xb0\x02\n" +
 	"\aElector\x129\n" +
 	"\tConfigure\x12\x19.keepvip.v1.ElectorConfig\x1a\x11.keepvip.v1.Empty\x124\n" +
 	"\x05Watch\x12\x11.keepvip.v1.Empty\x1a\x16.keepvip.v1.Leadership0\x01\x12D\n" +
@@ -1778,91 +1845,93 @@ func file_keepvip_v1_keepvip_proto_rawDescGZIP() []byte {
 	return file_keepvip_v1_keepvip_proto_rawDescData
 }
 
-var file_keepvip_v1_keepvip_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_keepvip_v1_keepvip_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_keepvip_v1_keepvip_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_keepvip_v1_keepvip_proto_goTypes = []any{
 	(Role)(0),               // 0: keepvip.v1.Role
-	(*Empty)(nil),           // 1: keepvip.v1.Empty
-	(*PluginStatus)(nil),    // 2: keepvip.v1.PluginStatus
-	(*PluginMetrics)(nil),   // 3: keepvip.v1.PluginMetrics
-	(*Member)(nil),          // 4: keepvip.v1.Member
-	(*RaftTLS)(nil),         // 5: keepvip.v1.RaftTLS
-	(*ElectorConfig)(nil),   // 6: keepvip.v1.ElectorConfig
-	(*TransferRequest)(nil), // 7: keepvip.v1.TransferRequest
-	(*Leadership)(nil),      // 8: keepvip.v1.Leadership
-	(*AnnouncerConfig)(nil), // 9: keepvip.v1.AnnouncerConfig
-	(*InterfaceEvent)(nil),  // 10: keepvip.v1.InterfaceEvent
-	(*Check)(nil),           // 11: keepvip.v1.Check
-	(*HTTPCheck)(nil),       // 12: keepvip.v1.HTTPCheck
-	(*UDPCheck)(nil),        // 13: keepvip.v1.UDPCheck
-	(*ExecCheck)(nil),       // 14: keepvip.v1.ExecCheck
-	(*CheckerConfig)(nil),   // 15: keepvip.v1.CheckerConfig
-	(*CheckResult)(nil),     // 16: keepvip.v1.CheckResult
-	(*Health)(nil),          // 17: keepvip.v1.Health
-	(*Backend)(nil),         // 18: keepvip.v1.Backend
-	(*BackendHealth)(nil),   // 19: keepvip.v1.BackendHealth
-	(*LoadBalancer)(nil),    // 20: keepvip.v1.LoadBalancer
-	(*BalancerConfig)(nil),  // 21: keepvip.v1.BalancerConfig
-	nil,                     // 22: keepvip.v1.PluginStatus.DetailsEntry
-	nil,                     // 23: keepvip.v1.Check.OptionsEntry
-	nil,                     // 24: keepvip.v1.HTTPCheck.HeadersEntry
+	(WatchMode)(0),          // 1: keepvip.v1.WatchMode
+	(*Empty)(nil),           // 2: keepvip.v1.Empty
+	(*PluginStatus)(nil),    // 3: keepvip.v1.PluginStatus
+	(*PluginMetrics)(nil),   // 4: keepvip.v1.PluginMetrics
+	(*Member)(nil),          // 5: keepvip.v1.Member
+	(*RaftTLS)(nil),         // 6: keepvip.v1.RaftTLS
+	(*ElectorConfig)(nil),   // 7: keepvip.v1.ElectorConfig
+	(*TransferRequest)(nil), // 8: keepvip.v1.TransferRequest
+	(*Leadership)(nil),      // 9: keepvip.v1.Leadership
+	(*AnnouncerConfig)(nil), // 10: keepvip.v1.AnnouncerConfig
+	(*InterfaceEvent)(nil),  // 11: keepvip.v1.InterfaceEvent
+	(*Check)(nil),           // 12: keepvip.v1.Check
+	(*HTTPCheck)(nil),       // 13: keepvip.v1.HTTPCheck
+	(*UDPCheck)(nil),        // 14: keepvip.v1.UDPCheck
+	(*ExecCheck)(nil),       // 15: keepvip.v1.ExecCheck
+	(*CheckerConfig)(nil),   // 16: keepvip.v1.CheckerConfig
+	(*CheckResult)(nil),     // 17: keepvip.v1.CheckResult
+	(*Health)(nil),          // 18: keepvip.v1.Health
+	(*Backend)(nil),         // 19: keepvip.v1.Backend
+	(*BackendHealth)(nil),   // 20: keepvip.v1.BackendHealth
+	(*LoadBalancer)(nil),    // 21: keepvip.v1.LoadBalancer
+	(*BalancerConfig)(nil),  // 22: keepvip.v1.BalancerConfig
+	nil,                     // 23: keepvip.v1.PluginStatus.DetailsEntry
+	nil,                     // 24: keepvip.v1.Check.OptionsEntry
+	nil,                     // 25: keepvip.v1.HTTPCheck.HeadersEntry
 }
 var file_keepvip_v1_keepvip_proto_depIdxs = []int32{
-	22, // 0: keepvip.v1.PluginStatus.details:type_name -> keepvip.v1.PluginStatus.DetailsEntry
-	4,  // 1: keepvip.v1.ElectorConfig.members:type_name -> keepvip.v1.Member
-	5,  // 2: keepvip.v1.ElectorConfig.tls:type_name -> keepvip.v1.RaftTLS
+	23, // 0: keepvip.v1.PluginStatus.details:type_name -> keepvip.v1.PluginStatus.DetailsEntry
+	5,  // 1: keepvip.v1.ElectorConfig.members:type_name -> keepvip.v1.Member
+	6,  // 2: keepvip.v1.ElectorConfig.tls:type_name -> keepvip.v1.RaftTLS
 	0,  // 3: keepvip.v1.Leadership.role:type_name -> keepvip.v1.Role
-	23, // 4: keepvip.v1.Check.options:type_name -> keepvip.v1.Check.OptionsEntry
-	12, // 5: keepvip.v1.Check.http:type_name -> keepvip.v1.HTTPCheck
-	13, // 6: keepvip.v1.Check.udp:type_name -> keepvip.v1.UDPCheck
-	14, // 7: keepvip.v1.Check.exec:type_name -> keepvip.v1.ExecCheck
-	24, // 8: keepvip.v1.HTTPCheck.headers:type_name -> keepvip.v1.HTTPCheck.HeadersEntry
-	11, // 9: keepvip.v1.CheckerConfig.checks:type_name -> keepvip.v1.Check
-	16, // 10: keepvip.v1.Health.checks:type_name -> keepvip.v1.CheckResult
-	18, // 11: keepvip.v1.LoadBalancer.backends:type_name -> keepvip.v1.Backend
-	19, // 12: keepvip.v1.LoadBalancer.health:type_name -> keepvip.v1.BackendHealth
-	20, // 13: keepvip.v1.BalancerConfig.load_balancers:type_name -> keepvip.v1.LoadBalancer
-	6,  // 14: keepvip.v1.Elector.Configure:input_type -> keepvip.v1.ElectorConfig
-	1,  // 15: keepvip.v1.Elector.Watch:input_type -> keepvip.v1.Empty
-	7,  // 16: keepvip.v1.Elector.TransferLeadership:input_type -> keepvip.v1.TransferRequest
-	1,  // 17: keepvip.v1.Elector.Status:input_type -> keepvip.v1.Empty
-	1,  // 18: keepvip.v1.Elector.Metrics:input_type -> keepvip.v1.Empty
-	9,  // 19: keepvip.v1.Announcer.Configure:input_type -> keepvip.v1.AnnouncerConfig
-	1,  // 20: keepvip.v1.Announcer.Acquire:input_type -> keepvip.v1.Empty
-	1,  // 21: keepvip.v1.Announcer.Release:input_type -> keepvip.v1.Empty
-	1,  // 22: keepvip.v1.Announcer.Watch:input_type -> keepvip.v1.Empty
-	1,  // 23: keepvip.v1.Announcer.Status:input_type -> keepvip.v1.Empty
-	1,  // 24: keepvip.v1.Announcer.Metrics:input_type -> keepvip.v1.Empty
-	15, // 25: keepvip.v1.Checker.Configure:input_type -> keepvip.v1.CheckerConfig
-	1,  // 26: keepvip.v1.Checker.Watch:input_type -> keepvip.v1.Empty
-	1,  // 27: keepvip.v1.Checker.Status:input_type -> keepvip.v1.Empty
-	1,  // 28: keepvip.v1.Checker.Metrics:input_type -> keepvip.v1.Empty
-	21, // 29: keepvip.v1.Balancer.Configure:input_type -> keepvip.v1.BalancerConfig
-	1,  // 30: keepvip.v1.Balancer.Status:input_type -> keepvip.v1.Empty
-	1,  // 31: keepvip.v1.Balancer.Metrics:input_type -> keepvip.v1.Empty
-	1,  // 32: keepvip.v1.Elector.Configure:output_type -> keepvip.v1.Empty
-	8,  // 33: keepvip.v1.Elector.Watch:output_type -> keepvip.v1.Leadership
-	1,  // 34: keepvip.v1.Elector.TransferLeadership:output_type -> keepvip.v1.Empty
-	2,  // 35: keepvip.v1.Elector.Status:output_type -> keepvip.v1.PluginStatus
-	3,  // 36: keepvip.v1.Elector.Metrics:output_type -> keepvip.v1.PluginMetrics
-	1,  // 37: keepvip.v1.Announcer.Configure:output_type -> keepvip.v1.Empty
-	1,  // 38: keepvip.v1.Announcer.Acquire:output_type -> keepvip.v1.Empty
-	1,  // 39: keepvip.v1.Announcer.Release:output_type -> keepvip.v1.Empty
-	10, // 40: keepvip.v1.Announcer.Watch:output_type -> keepvip.v1.InterfaceEvent
-	2,  // 41: keepvip.v1.Announcer.Status:output_type -> keepvip.v1.PluginStatus
-	3,  // 42: keepvip.v1.Announcer.Metrics:output_type -> keepvip.v1.PluginMetrics
-	1,  // 43: keepvip.v1.Checker.Configure:output_type -> keepvip.v1.Empty
-	17, // 44: keepvip.v1.Checker.Watch:output_type -> keepvip.v1.Health
-	2,  // 45: keepvip.v1.Checker.Status:output_type -> keepvip.v1.PluginStatus
-	3,  // 46: keepvip.v1.Checker.Metrics:output_type -> keepvip.v1.PluginMetrics
-	1,  // 47: keepvip.v1.Balancer.Configure:output_type -> keepvip.v1.Empty
-	2,  // 48: keepvip.v1.Balancer.Status:output_type -> keepvip.v1.PluginStatus
-	3,  // 49: keepvip.v1.Balancer.Metrics:output_type -> keepvip.v1.PluginMetrics
-	32, // [32:50] is the sub-list for method output_type
-	14, // [14:32] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	24, // 4: keepvip.v1.Check.options:type_name -> keepvip.v1.Check.OptionsEntry
+	13, // 5: keepvip.v1.Check.http:type_name -> keepvip.v1.HTTPCheck
+	14, // 6: keepvip.v1.Check.udp:type_name -> keepvip.v1.UDPCheck
+	15, // 7: keepvip.v1.Check.exec:type_name -> keepvip.v1.ExecCheck
+	1,  // 8: keepvip.v1.Check.watch:type_name -> keepvip.v1.WatchMode
+	25, // 9: keepvip.v1.HTTPCheck.headers:type_name -> keepvip.v1.HTTPCheck.HeadersEntry
+	12, // 10: keepvip.v1.CheckerConfig.checks:type_name -> keepvip.v1.Check
+	17, // 11: keepvip.v1.Health.checks:type_name -> keepvip.v1.CheckResult
+	19, // 12: keepvip.v1.LoadBalancer.backends:type_name -> keepvip.v1.Backend
+	20, // 13: keepvip.v1.LoadBalancer.health:type_name -> keepvip.v1.BackendHealth
+	21, // 14: keepvip.v1.BalancerConfig.load_balancers:type_name -> keepvip.v1.LoadBalancer
+	7,  // 15: keepvip.v1.Elector.Configure:input_type -> keepvip.v1.ElectorConfig
+	2,  // 16: keepvip.v1.Elector.Watch:input_type -> keepvip.v1.Empty
+	8,  // 17: keepvip.v1.Elector.TransferLeadership:input_type -> keepvip.v1.TransferRequest
+	2,  // 18: keepvip.v1.Elector.Status:input_type -> keepvip.v1.Empty
+	2,  // 19: keepvip.v1.Elector.Metrics:input_type -> keepvip.v1.Empty
+	10, // 20: keepvip.v1.Announcer.Configure:input_type -> keepvip.v1.AnnouncerConfig
+	2,  // 21: keepvip.v1.Announcer.Acquire:input_type -> keepvip.v1.Empty
+	2,  // 22: keepvip.v1.Announcer.Release:input_type -> keepvip.v1.Empty
+	2,  // 23: keepvip.v1.Announcer.Watch:input_type -> keepvip.v1.Empty
+	2,  // 24: keepvip.v1.Announcer.Status:input_type -> keepvip.v1.Empty
+	2,  // 25: keepvip.v1.Announcer.Metrics:input_type -> keepvip.v1.Empty
+	16, // 26: keepvip.v1.Checker.Configure:input_type -> keepvip.v1.CheckerConfig
+	2,  // 27: keepvip.v1.Checker.Watch:input_type -> keepvip.v1.Empty
+	2,  // 28: keepvip.v1.Checker.Status:input_type -> keepvip.v1.Empty
+	2,  // 29: keepvip.v1.Checker.Metrics:input_type -> keepvip.v1.Empty
+	22, // 30: keepvip.v1.Balancer.Configure:input_type -> keepvip.v1.BalancerConfig
+	2,  // 31: keepvip.v1.Balancer.Status:input_type -> keepvip.v1.Empty
+	2,  // 32: keepvip.v1.Balancer.Metrics:input_type -> keepvip.v1.Empty
+	2,  // 33: keepvip.v1.Elector.Configure:output_type -> keepvip.v1.Empty
+	9,  // 34: keepvip.v1.Elector.Watch:output_type -> keepvip.v1.Leadership
+	2,  // 35: keepvip.v1.Elector.TransferLeadership:output_type -> keepvip.v1.Empty
+	3,  // 36: keepvip.v1.Elector.Status:output_type -> keepvip.v1.PluginStatus
+	4,  // 37: keepvip.v1.Elector.Metrics:output_type -> keepvip.v1.PluginMetrics
+	2,  // 38: keepvip.v1.Announcer.Configure:output_type -> keepvip.v1.Empty
+	2,  // 39: keepvip.v1.Announcer.Acquire:output_type -> keepvip.v1.Empty
+	2,  // 40: keepvip.v1.Announcer.Release:output_type -> keepvip.v1.Empty
+	11, // 41: keepvip.v1.Announcer.Watch:output_type -> keepvip.v1.InterfaceEvent
+	3,  // 42: keepvip.v1.Announcer.Status:output_type -> keepvip.v1.PluginStatus
+	4,  // 43: keepvip.v1.Announcer.Metrics:output_type -> keepvip.v1.PluginMetrics
+	2,  // 44: keepvip.v1.Checker.Configure:output_type -> keepvip.v1.Empty
+	18, // 45: keepvip.v1.Checker.Watch:output_type -> keepvip.v1.Health
+	3,  // 46: keepvip.v1.Checker.Status:output_type -> keepvip.v1.PluginStatus
+	4,  // 47: keepvip.v1.Checker.Metrics:output_type -> keepvip.v1.PluginMetrics
+	2,  // 48: keepvip.v1.Balancer.Configure:output_type -> keepvip.v1.Empty
+	3,  // 49: keepvip.v1.Balancer.Status:output_type -> keepvip.v1.PluginStatus
+	4,  // 50: keepvip.v1.Balancer.Metrics:output_type -> keepvip.v1.PluginMetrics
+	33, // [33:51] is the sub-list for method output_type
+	15, // [15:33] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_keepvip_v1_keepvip_proto_init() }
@@ -1875,7 +1944,7 @@ func file_keepvip_v1_keepvip_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keepvip_v1_keepvip_proto_rawDesc), len(file_keepvip_v1_keepvip_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   4,
