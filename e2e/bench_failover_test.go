@@ -119,6 +119,9 @@ const (
 	failoverProbeTimeout  = time.Second
 	failoverMoveBound     = 20 * time.Second
 	failoverSettle        = 1500 * time.Millisecond
+	// failoverCheckInterval is the failover bench's check interval, whole
+	// seconds because keepalived's vrrp_script takes nothing else.
+	failoverCheckInterval = time.Second
 )
 
 // failoverHolder waits until exactly one node holds the VIP, stable for 300ms.
@@ -140,6 +143,18 @@ func failoverHolder(t *testing.T, sys failoverSystem, not int) int {
 }
 
 func runFailoverTrials(t *testing.T, sys failoverSystem, name string, trials int) failoverResult {
+	return runTrials(t, sys, name, trialPlan{nodeLost: trials, checkFail: trials, phase: failoverCheckInterval})
+}
+
+// trialPlan says how many trials of each kind to run, and over how long a
+// span to spread the fault's phase against the check rounds (the check
+// interval).
+type trialPlan struct {
+	nodeLost, checkFail int
+	phase               time.Duration
+}
+
+func runTrials(t *testing.T, sys failoverSystem, name string, plan trialPlan) failoverResult {
 	r := failoverResult{name: name}
 	// Past the first election and its aftermath (keepalived's backups
 	// settle their timers on the first adverts).
@@ -155,8 +170,8 @@ func runFailoverTrials(t *testing.T, sys failoverSystem, name string, trials int
 			t.Fatal(err)
 		}
 		// A random phase against the check interval and the heartbeats,
-		// so the wait for the next check round is spread over [0, 1s).
-		time.Sleep(300*time.Millisecond + time.Duration(rand.Int63n(int64(time.Second))))
+		// so the wait for the next check round is spread over the interval.
+		time.Sleep(300*time.Millisecond + time.Duration(rand.Int63n(int64(plan.phase))))
 		t0 := time.Now()
 		fault(h)
 		next := failoverHolder(t, sys, h)
@@ -181,15 +196,15 @@ func runFailoverTrials(t *testing.T, sys failoverSystem, name string, trials int
 		time.Sleep(failoverSettle)
 		return gap, h, next, t0
 	}
-	for i := range trials {
+	for i := range plan.nodeLost {
 		gap, h, next, _ := trial("node lost", sys.loseNode, sys.restoreNode)
 		r.nodeLost = append(r.nodeLost, gap)
-		t.Logf("%s, node lost %d/%d: node %d → node %d, outage %s", name, i+1, trials, h, next, gap.Round(time.Millisecond))
+		t.Logf("%s, node lost %d/%d: node %d → node %d, outage %s", name, i+1, plan.nodeLost, h, next, gap.Round(time.Millisecond))
 	}
-	for i := range trials {
+	for i := range plan.checkFail {
 		gap, h, next, t0 := trial("check fails", sys.failCheck, sys.restoreCheck)
 		r.checkFail = append(r.checkFail, gap)
-		msg := fmt.Sprintf("%s, check fails %d/%d: node %d → node %d, outage %s", name, i+1, trials, h, next, gap.Round(time.Millisecond))
+		msg := fmt.Sprintf("%s, check fails %d/%d: node %d → node %d, outage %s", name, i+1, plan.checkFail, h, next, gap.Round(time.Millisecond))
 		if d, ok := sys.handover(h, next, t0); ok {
 			r.handover = append(r.handover, d)
 			msg += fmt.Sprintf(", handover %s after the verdict", d.Round(100*time.Microsecond))
@@ -282,9 +297,11 @@ type keepVIPFailover struct {
 	service []*ServerProcess
 }
 
-// failoverRender is the harness config with a 1s check interval (keepalived's
-// vrrp_script takes whole seconds) and raft timings raft ("" = defaults).
-func failoverRender(raft string) func(NodeConfig, *Net) string {
+// failoverRender is the harness config with a check of the service every
+// interval (whole seconds: keepalived's vrrp_script takes nothing else),
+// check keys extra (YAML, indented for the check) and raft timings raft (""
+// = defaults).
+func failoverRender(raft string, interval time.Duration, extra string) func(NodeConfig, *Net) string {
 	return func(c NodeConfig, n *Net) string {
 		c.Render = nil
 		c.Raft = RaftDefaults
@@ -292,14 +309,18 @@ func failoverRender(raft string) func(NodeConfig, *Net) string {
 			c.Raft = raft
 		}
 		y := c.YAML(n)
-		y = strings.Replace(y, "ChecksInterval: 0.5\n", "ChecksInterval: 1\n", 1)
+		y = strings.Replace(y, "ChecksInterval: 0.5\n", fmt.Sprintf("ChecksInterval: %g\n", interval.Seconds()), 1)
 		y = strings.Replace(y, "address: "+healthAddr+"\n", fmt.Sprintf("address: 127.0.0.1:%d\n", failoverAnyPort), 1)
-		return strings.Replace(y, "    timeout: 0.2\n", "    timeout: 0.5\n", 1)
+		return strings.Replace(y, "    timeout: 0.2\n", "    timeout: 0.5\n"+extra, 1)
 	}
 }
 
 func startKeepVIPFailover(t *testing.T, raft string) failoverSystem {
-	c := StartClusterWith(t, 3, func(cfg *NodeConfig) { cfg.Render = failoverRender(raft) })
+	return startKeepVIPFailoverWith(t, raft, failoverCheckInterval, "")
+}
+
+func startKeepVIPFailoverWith(t *testing.T, raft string, interval time.Duration, checkExtra string) failoverSystem {
+	c := StartClusterWith(t, 3, func(cfg *NodeConfig) { cfg.Render = failoverRender(raft, interval, checkExtra) })
 	keepLogs(t, c)
 	k := &keepVIPFailover{t: t, c: c}
 	for _, node := range c.Nodes {
@@ -411,12 +432,18 @@ type keepalivedFailover struct {
 	vrid    int
 	service []*ServerProcess
 	samp    *Sampler
+	// interval is vrrp_script's, in whole seconds.
+	interval int
 }
 
 func startKeepalivedFailover(t *testing.T, advert float64, v3 bool) failoverSystem {
+	return startKeepalivedFailoverWith(t, advert, v3, failoverCheckInterval)
+}
+
+func startKeepalivedFailoverWith(t *testing.T, advert float64, v3 bool, interval time.Duration) failoverSystem {
 	requireRoot(t)
 	n := NewNet(t, 3)
-	k := &keepalivedFailover{t: t, n: n, dir: t.TempDir(), advert: advert, v3: v3, vrid: 1 + rand.Intn(254)}
+	k := &keepalivedFailover{t: t, n: n, dir: t.TempDir(), advert: advert, v3: v3, vrid: 1 + rand.Intn(254), interval: int(interval.Seconds())}
 	s, err := startSampling(n.VIP(), n.NodeNS)
 	if err != nil {
 		t.Fatal(err)
@@ -475,7 +502,7 @@ func (k *keepalivedFailover) writeConfig(i int, check string) {
 %[3]s}
 vrrp_script chk {
   script "%[4]s"
-  interval 1
+  interval %[12]d
   timeout 1
   fall 1
   rise 1
@@ -499,7 +526,7 @@ vrrp_instance VI_1 {
   }
 }
 `, k.n.Suffix, i, version, check, nodeIfName, k.vrid, 110-10*i, strconv.FormatFloat(k.advert, 'f', -1, 64),
-		k.n.NodeIP(i), strings.Join(peers, "\n"), k.n.VIP())
+		k.n.NodeIP(i), strings.Join(peers, "\n"), k.n.VIP(), k.interval)
 	if err := os.WriteFile(k.confPath(i), []byte(cfg), 0o644); err != nil {
 		k.t.Fatal(err)
 	}

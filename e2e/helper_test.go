@@ -70,6 +70,10 @@ func runHelper(mode string, args []string) int {
 	return 0
 }
 
+// helperIdleHold bounds how long the tcp helper holds a connection its
+// peer keeps open.
+const helperIdleHold = 10 * time.Minute
+
 func helperServeTCP(args []string) error {
 	if len(args) < 1 {
 		return errors.New("usage: serve ADDR [REPLY]")
@@ -94,6 +98,11 @@ func helperServeTCP(args []string) error {
 				_ = conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
 				_, _ = conn.Write(reply)
 			}
+			// Then hold the connection until the peer closes it, as a
+			// real service holds an idle one (a checker's death watch
+			// relies on that), for a bounded time.
+			_ = conn.SetReadDeadline(time.Now().Add(helperIdleHold))
+			_, _ = io.Copy(io.Discard, conn)
 		}()
 	}
 	return fmt.Errorf("served %d connections, the most a helper serves", helperMaxRequests)
