@@ -3,8 +3,11 @@ package checker
 import (
 	"context"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -162,4 +165,36 @@ func TestWatchOnlyForConnectionChecks(t *testing.T) {
 		t.Fatal("watch on an exec check accepted")
 	}
 	t.Log(err)
+}
+
+// TestWatchedHungServiceFoundByItsRound: a service that hangs keeps its
+// connections open, so the watch sees nothing; the http check's regular
+// run times out and finds it within interval + timeout.
+func TestWatchedHungServiceFoundByItsRound(t *testing.T) {
+	hang := make(chan struct{})
+	var hung atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hung.Load() {
+			<-hang
+		}
+	}))
+	t.Cleanup(func() { close(hang); srv.Close() })
+	c := newChecker(t)
+	const interval, timeout = 300 * time.Millisecond, 100 * time.Millisecond
+	ch := &pb.Check{Name: "web", Protocol: ProtocolHTTP, Address: srv.Listener.Addr().String(), TimeoutMs: timeout.Milliseconds()}
+	if err := c.Configure(t.Context(), &pb.CheckerConfig{IntervalMs: interval.Milliseconds(), Checks: []*pb.Check{ch}}); err != nil {
+		t.Fatal(err)
+	}
+	watchUntil(t, c, func(h *pb.Health) bool { return h.Healthy })
+	hung.Store(true)
+	start := time.Now()
+	watchUntil(t, c, func(h *pb.Health) bool { return !h.Healthy })
+	took := time.Since(start)
+	t.Logf("hung service found after %s (interval %s + timeout %s)", took.Round(time.Millisecond), interval, timeout)
+	if took > 2*(interval+timeout) {
+		t.Errorf("found after %s, want within about interval + timeout (%s)", took, interval+timeout)
+	}
+	if n := testutil.ToFloat64(c.m.wakeups.WithLabelValues("web")); n != 0 {
+		t.Errorf("%s = %v: the watch fired for a service that only hangs", metricWatchWakeups, n)
+	}
 }

@@ -54,13 +54,18 @@ func TestBenchServiceDeath(t *testing.T) {
 		}
 	}
 	var results []failoverResult
+	idle := map[string]time.Duration{}
 	for _, s := range systems {
 		if only != "" && only != s.key {
 			continue
 		}
 		t.Run(s.key, func(t *testing.T) {
 			start := time.Now()
-			r := runTrials(t, s.run(t), s.name, trialPlan{checkFail: trials, phase: deathInterval})
+			sys := s.run(t)
+			if k, ok := sys.(*keepVIPFailover); ok {
+				idle[s.key] = checkerIdleCPU(t, k)
+			}
+			r := runTrials(t, sys, s.name, trialPlan{checkFail: trials, phase: deathInterval})
 			r.key = s.key
 			results = append(results, r)
 			t.Logf("%s: %d trials in %s", s.name, trials, time.Since(start).Round(time.Second))
@@ -69,12 +74,16 @@ func TestBenchServiceDeath(t *testing.T) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nservice death benchmark: the holder's checked service killed at a random moment, ChecksInterval %s;\n", deathInterval)
 	fmt.Fprintf(&b, "client-visible outage in ms (client connects to the VIP every %s)\n", failoverProbeInterval)
-	fmt.Fprintf(&b, "%-36s %6s %8s %8s %8s %8s %8s\n", "system", "n", "min", "median", "p95", "max", "2 holders")
+	fmt.Fprintf(&b, "%-36s %6s %8s %8s %8s %8s %9s %s\n", "system", "n", "min", "median", "p95", "max", "2 holders", "checker CPU idle")
 	by := map[string]failoverStats{}
 	for _, r := range results {
 		st := failoverStatsOf(r.checkFail)
 		by[r.key] = st
-		fmt.Fprintf(&b, "%-36s %6d %8s %8s %8s %8s %8d\n", r.name, len(r.checkFail), msString(st.min), msString(st.median), msString(st.p95), msString(st.max), r.splitBrain)
+		cpu := "-"
+		if d, ok := idle[r.key]; ok {
+			cpu = fmt.Sprintf("%s in %s", d, deathIdleWindow)
+		}
+		fmt.Fprintf(&b, "%-36s %6d %8s %8s %8s %8s %9d %s\n", r.name, len(r.checkFail), msString(st.min), msString(st.median), msString(st.p95), msString(st.max), r.splitBrain, cpu)
 	}
 	for _, theirs := range []string{"nowatch", "keepalived-v3"} {
 		if w, ok := by["watch"]; ok && by[theirs].median > 0 {
@@ -83,4 +92,22 @@ func TestBenchServiceDeath(t *testing.T) {
 	}
 	t.Log(b.String())
 	fmt.Print(b.String())
+}
+
+// deathIdleWindow is how long the checker's CPU is measured while nothing
+// happens.
+const deathIdleWindow = 20 * time.Second
+
+// checkerIdleCPU is the CPU time node 1's checker plugin uses in
+// deathIdleWindow while the service is up (with a 2s interval: ten runs,
+// and with the watch one idle connection).
+func checkerIdleCPU(t *testing.T, k *keepVIPFailover) time.Duration {
+	t.Helper()
+	pid, err := k.c.Node(1).PluginPID("keep-vip-checker")
+	if err != nil {
+		t.Fatalf("checker of node 1: %v", err)
+	}
+	before := lbBenchCPU(pid)
+	time.Sleep(deathIdleWindow)
+	return lbBenchCPU(pid) - before
 }

@@ -37,6 +37,8 @@ const (
 	// helperUDPEcho ADDR: send every datagram to ADDR back to its sender
 	// (the balancer bench's udp backend).
 	helperUDPEcho = "udp-echo"
+	// helperHTTP serves HTTP/1.1: 200 "ok" to every request.
+	helperHTTP = "http-serve"
 
 	// helperMaxLifetime bounds every helper so that one the harness lost
 	// track of still goes away by itself; helperMaxRequests bounds its loop.
@@ -60,6 +62,8 @@ func runHelper(mode string, args []string) int {
 		err = helperHTTPGet(args)
 	case helperUDPEcho:
 		err = helperUDPEchoServe(args)
+	case helperHTTP:
+		err = helperServeHTTP(args)
 	default:
 		err = fmt.Errorf("unknown helper mode %q", mode)
 	}
@@ -220,6 +224,7 @@ type ServerProcess struct {
 	ns    string
 	addr  string
 	reply string
+	mode  string // helperServe unless set
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -248,7 +253,11 @@ func (s *ServerProcess) Start() {
 	if s.reply != "" {
 		args = append(args, s.reply)
 	}
-	cmd, err := helperCommand(s.ns, helperServe, args...)
+	mode := s.mode
+	if mode == "" {
+		mode = helperServe
+	}
+	cmd, err := helperCommand(s.ns, mode, args...)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -277,6 +286,30 @@ func (s *ServerProcess) Start() {
 		}
 	case <-time.After(10 * time.Second):
 		s.t.Fatalf("server %s in %s: not ready after 10s", s.addr, s.ns)
+	}
+}
+
+// NewHTTPServerProcess starts an HTTP server on addr in ns that answers
+// every request with 200 "ok". Cleanup stops it.
+func NewHTTPServerProcess(t *testing.T, ns, addr string) *ServerProcess {
+	t.Helper()
+	s := &ServerProcess{t: t, ns: ns, addr: addr, mode: helperHTTP}
+	t.Cleanup(s.Stop)
+	s.Start()
+	return s
+}
+
+// Signal sends sig to the running server (SIGSTOP hangs it, SIGCONT
+// resumes it).
+func (s *ServerProcess) Signal(sig syscall.Signal) {
+	s.t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		s.t.Fatalf("server %s in %s: not running", s.addr, s.ns)
+	}
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		s.t.Fatalf("signal %v to server %s in %s: %v", sig, s.addr, s.ns, err)
 	}
 }
 
@@ -312,6 +345,22 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+func helperServeHTTP(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: http-serve ADDR")
+	}
+	ln, err := net.Listen("tcp4", args[0])
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", args[0], err)
+	}
+	fmt.Println("ready")
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") }),
+		ReadHeaderTimeout: helperIdleHold,
+	}
+	return srv.Serve(ln)
 }
 
 func helperUDPEchoServe(args []string) error {
