@@ -25,9 +25,11 @@ type RaftInfo struct {
 	Nonvoters string `json:"nonvoters"`
 	// Differences from the file's members; "none" when they match.
 	Differences string `json:"differences"`
-	// Peers: the leader's last contact with each other server.
-	Peers map[string]string `json:"peers,omitempty"`
-	Error string            `json:"error,omitempty"`
+	// LastContact: a follower's last contact with the leader, as Raft
+	// reports it; Peers: the leader's last contact with each other server.
+	LastContact string            `json:"last_contact,omitempty"`
+	Peers       map[string]string `json:"peers,omitempty"`
+	Error       string            `json:"error,omitempty"`
 }
 
 // raftInfo asks the running elector; nil when none runs.
@@ -46,7 +48,7 @@ func (o *ops) raftInfo() *RaftInfo {
 	}
 	d := st.GetDetails()
 	ri := &RaftInfo{State: st.GetState(), Voters: d[elector.StatusVoters], Nonvoters: d[elector.StatusNonvoters],
-		Differences: d[elector.StatusDifferences]}
+		Differences: d[elector.StatusDifferences], LastContact: d["last_contact"]}
 	for k, v := range d {
 		if id, ok := strings.CutPrefix(k, "peer."); ok {
 			if ri.Peers == nil {
@@ -83,6 +85,9 @@ func formatRaft(w io.Writer, ri *RaftInfo) {
 		diff = "DIFFERS: " + diff
 	}
 	fmt.Fprintf(tw, "  vs members\t%s\n", diff)
+	if ri.LastContact != "" && ri.State != "leader" {
+		fmt.Fprintf(tw, "  last contact\t%s\n", ri.LastContact)
+	}
 	ids := make([]string, 0, len(ri.Peers))
 	for id := range ri.Peers {
 		ids = append(ids, id)
