@@ -27,6 +27,8 @@ commands:
   start     -c FILE         run this member
   validate  -c FILE [--host] check a config file (with --host: also this host)
   cleanup   -c FILE         remove the VIP from the interface
+  reload    -c FILE         have the running supervisor re-read its config
+                            (ExecReload); exit 1 with the reason if refused
   example-config            print the default config file
   version                   print the version
 ` + opsUsage
@@ -53,7 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "example-config":
 		_, _ = stdout.Write(etc.DefaultConfig)
 		return 0
-	case "status", "maintenance":
+	case "status", "maintenance", "reload":
 		return runOps(cmd, args, stdout, stderr)
 	case "help", "--help", "-h":
 		fmt.Fprint(stdout, usage)
@@ -103,8 +105,7 @@ func cleanup(path string) error {
 	if err != nil {
 		return err
 	}
-	log := supervisor.NewLogger(cfg.Log.Format, cfg.LogLevel(), os.Stdout)
-	return supervisor.Cleanup(context.Background(), cfg, log)
+	return supervisor.Cleanup(context.Background(), cfg, supervisor.NewLogger(cfg.Log.Format, cfg.LogLevel(), os.Stdout))
 }
 
 func start(path string) error {
@@ -119,6 +120,7 @@ func start(path string) error {
 	if err != nil {
 		return err
 	}
+	log = s.Log()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	defer watchHUP(ctx, path, s, log)()

@@ -15,7 +15,8 @@ import (
 // the VIP to be given up, which the supervisor bounds to a few seconds.
 const adminTimeout = 20 * time.Second
 
-// runOps is `status` and `maintenance on|off`, both over the admin socket.
+// runOps is `status`, `maintenance on|off` and `reload`, over the admin
+// socket.
 func runOps(cmd string, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -40,6 +41,8 @@ func runOps(cmd string, args []string, stdout, stderr io.Writer) int {
 	req := supervisor.AdminRequest{Command: supervisor.AdminStatus}
 	switch {
 	case cmd == "status" && len(pos) == 0:
+	case cmd == "reload" && len(pos) == 0:
+		req = supervisor.AdminRequest{Command: supervisor.AdminReload}
 	case cmd == "maintenance" && len(pos) == 1 && (pos[0] == "on" || pos[0] == "off"):
 		on := pos[0] == "on"
 		req = supervisor.AdminRequest{Command: supervisor.AdminMaintenance, On: &on, Reason: *reason}
@@ -80,6 +83,10 @@ func runOps(cmd string, args []string, stdout, stderr io.Writer) int {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(st)
+		return 0
+	}
+	if req.Command == supervisor.AdminReload {
+		fmt.Fprintf(stdout, "config reloaded: %s applied it\n", st.Member)
 		return 0
 	}
 	if req.Command == supervisor.AdminMaintenance {
