@@ -219,7 +219,9 @@ func (a *adminServer) do(req AdminRequest) AdminResponse {
 		ctx, cancel := context.WithTimeout(a.ctx, adminLoopWait)
 		defer cancel()
 		if err := a.o.s.reload(ctx); err != nil {
-			return AdminResponse{Error: oneLine(err.Error())}
+			// With the status, so the command can log who refused.
+			st := a.o.status()
+			return AdminResponse{Error: oneLine(err.Error()), Status: &st}
 		}
 	default:
 		return AdminResponse{Error: fmt.Sprintf("unknown command %q", req.Command)}

@@ -301,10 +301,10 @@ func (p *policy) vipsOnInterface() (netlink.Link, []netlink.Addr, error) {
 // grpcPrefix is what gRPC puts before a plugin's own error text.
 var grpcPrefix = regexp.MustCompile(`rpc error: code = \w+ desc = `)
 
-// plainError is err on one line, without gRPC's wrapping: what status,
+// plainError is err on one line (joined errors apart by "; "), without gRPC's wrapping: what status,
 // systemd's Status= line and the journal show.
 func plainError(err error) string {
-	return oneLine(grpcPrefix.ReplaceAllString(err.Error(), ""))
+	return oneLine(strings.ReplaceAll(grpcPrefix.ReplaceAllString(err.Error(), ""), "\n", "; "))
 }
 
 // health is the checker's last verdict; nil-safe so policy tests need no ops.

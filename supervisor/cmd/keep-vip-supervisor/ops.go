@@ -5,7 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/keep-vip/keep-vip/supervisor"
 	"github.com/keep-vip/keep-vip/supervisor/config"
@@ -55,6 +58,14 @@ func runOps(cmd string, args []string, stdout, stderr io.Writer) int {
 	}
 
 	sock := *socket
+	if sock == "" && cmd == "reload" {
+		// The supervisor reads the file and says what is wrong with it;
+		// here it only names the socket, the default if it does not load.
+		sock = config.DefaultAdminSocket
+		if cfg, err := config.Load(*path); err == nil {
+			sock = cfg.AdminSocket
+		}
+	}
 	if sock == "" {
 		explicit := false
 		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "c" || f.Name == "config" })
@@ -71,6 +82,9 @@ func runOps(cmd string, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	resp, err := supervisor.AdminCall(sock, req, adminTimeout)
+	if req.Command == supervisor.AdminReload {
+		return reloaded(resp, err, stdout, stderr)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "keep-vip-supervisor %s: %v\n", cmd, err)
 		return 1
@@ -83,10 +97,6 @@ func runOps(cmd string, args []string, stdout, stderr io.Writer) int {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(st)
-		return 0
-	}
-	if req.Command == supervisor.AdminReload {
-		fmt.Fprintf(stdout, "config reloaded: %s applied it\n", st.Member)
 		return 0
 	}
 	if req.Command == supervisor.AdminMaintenance {
@@ -109,3 +119,26 @@ const opsUsage = `  status    [-c FILE] [--socket PATH] [--json]
                             on: give up the VIP and stay out of the election
                             (kept across restarts) until off
 `
+
+// reloaded reports reload's answer: 0 once applied, 1 with the reason when
+// refused. Under systemd (ExecReload) it is a journal line with the
+// member's fields, like every other line of the unit; elsewhere plain text.
+func reloaded(resp *supervisor.AdminResponse, err error, stdout, stderr io.Writer) int {
+	if resp != nil && resp.Status != nil && supervisor.JournalStdout() {
+		st := resp.Status
+		log := supervisor.NewLogger("journal", zerolog.InfoLevel, os.Stdout).With().
+			Str("cluster", st.Cluster).Str("member", st.Member).Logger()
+		if err != nil {
+			log.Error().Str("error", err.Error()).Msg("reload refused")
+			return 1
+		}
+		log.Info().Msg("reload applied")
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "keep-vip-supervisor reload: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "config reloaded: %s applied it\n", resp.Status.Member)
+	return 0
+}
