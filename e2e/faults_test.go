@@ -240,7 +240,8 @@ var vipLine = regexp.MustCompile(`(?i)acquir|releas`)
 
 // checkLogVocabulary reads every line of a node's JSON log (the journal's
 // fields are these keys in upper case) and fails on one without member and
-// cluster, with a role spelt otherwise, with leader_id, or about acquiring
+// cluster, with a role spelt otherwise, with a leader id under another key
+// (raft's leader-id) or a leader that is no id, or about acquiring
 // or releasing the VIP without vip and plugin.
 func checkLogVocabulary(t *testing.T, path, member, cluster string) {
 	t.Helper()
@@ -256,8 +257,16 @@ func checkLogVocabulary(t *testing.T, path, member, cluster string) {
 				why = append(why, k+" "+fmt.Sprint(v))
 			}
 		}
-		if _, ok := l["leader_id"]; ok {
-			why = append(why, "leader_id instead of leader")
+		for k, v := range l {
+			// The journal's key: upper case, dashes as underscores.
+			switch jk := strings.ToUpper(strings.ReplaceAll(k, "-", "_")); {
+			case jk == "LEADER_ID":
+				why = append(why, k+" instead of leader")
+			case jk == "LEADER":
+				if _, ok := v.(string); !ok {
+					why = append(why, fmt.Sprintf("leader %v is not an id", v))
+				}
+			}
 		}
 		if msg, _ := l["message"].(string); vipLine.MatchString(msg) && (l["vip"] == nil || l["plugin"] == nil) {
 			why = append(why, "VIP line without vip and plugin")
