@@ -33,8 +33,9 @@ var common = []string{
 const (
 	debUnit = "/lib/systemd/system/keep-vip-supervisor.service"
 	rpmUnit = "/usr/lib/systemd/system/keep-vip-supervisor.service"
-	// maxExposure bounds `systemd-analyze security`'s figure for the unit
-	// (2.0 when it was written); a change that loosens it fails here.
+	// maxExposure bounds `systemd-analyze security --offline`'s figure for
+	// the unit (2.0; a booted system rates it 1.8, which the systemd test
+	// measures and the README quotes); a change that loosens it fails here.
 	maxExposure = 2.5
 )
 
