@@ -528,17 +528,7 @@ func TestReleaseFromRenamedInterface(t *testing.T) {
 	if err := a.Release(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	l, err := tn.nodeNL.LinkByName(renamed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	list, err := tn.nodeNL.AddrList(l, netlink.FAMILY_V4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, na := range list {
-		if ip, _ := netip.AddrFromSlice(na.IP); ip.Unmap() == testVIP {
-			t.Errorf("VIP %s still on %s (renamed from %s) after Release", testVIP, renamed, nodeIf)
-		}
+	if has, _ := tn.nodeHasOn(t, renamed, testVIP); has {
+		t.Errorf("VIP %s still on %s (renamed from %s) after Release", testVIP, renamed, nodeIf)
 	}
 }

@@ -352,13 +352,8 @@ func TestSystemdOperatorStory(t *testing.T) {
 	})
 
 	s.step("kill -9 supervisor", func() {
-		old := s.show("MainPID")
 		since := s.sinceNow()
-		s.must("kill", "-9", old)
-		took := s.waitFor(storyBound, "a new supervisor", func() (bool, string) {
-			pid := s.show("MainPID")
-			return pid != old && pid != "0" && s.show("ActiveState") == "active", "MainPID " + pid
-		})
+		took := s.signalMain("-9")
 		s.waitLeader("after kill -9 of the supervisor")
 		t.Logf("restarted %s after kill -9 (RestartSec=2s)", took.Round(time.Millisecond))
 		if len(s.journal("--since", since, "MESSAGE=VIPs removed")) == 0 {
@@ -429,13 +424,8 @@ func TestSystemdOperatorStory(t *testing.T) {
 		s.dropIn("watchdog", "WatchdogSec=3s\n")
 		s.must("systemctl", "restart", sdUnit)
 		s.waitLeader("restart with WatchdogSec=3s")
-		old := s.show("MainPID")
 		since := s.sinceNow()
-		s.must("kill", "-STOP", old)
-		took := s.waitFor(storyBound, "the watchdog to restart a stopped supervisor", func() (bool, string) {
-			pid := s.show("MainPID")
-			return pid != old && pid != "0" && s.show("ActiveState") == "active", "MainPID " + pid
-		})
+		took := s.signalMain("-STOP")
 		t.Logf("a SIGSTOPped supervisor restarted %s later", took.Round(time.Millisecond))
 		out := s.must("journalctl", "--no-pager", "-o", "cat", "-u", sdUnit, "--since", since)
 		if !strings.Contains(out, "Watchdog timeout") {
@@ -485,6 +475,18 @@ func TestSystemdOperatorStory(t *testing.T) {
 		if out, err := s.run(10*time.Second, "systemctl", "cat", sdUnit); err == nil {
 			t.Errorf("systemd still knows the unit after purge:\n%s", out)
 		}
+	})
+}
+
+// signalMain sends the supervisor signal (a kill option) and waits until
+// systemd runs a new one.
+func (s story) signalMain(signal string) time.Duration {
+	s.t.Helper()
+	old := s.show("MainPID")
+	s.must("kill", signal, old)
+	return s.waitFor(storyBound, "a new supervisor after kill "+signal, func() (bool, string) {
+		pid := s.show("MainPID")
+		return pid != old && pid != "0" && s.show("ActiveState") == "active", "MainPID " + pid
 	})
 }
 
