@@ -283,10 +283,12 @@ func bootContainer(t *testing.T, rootfs, addr, peerAddr string) *container {
 		}
 		c.pid1 = containerInit(cmd.Process.Pid)
 	}
-	// systemctl reaches systemd once it has made its private socket.
+	// systemctl reaches systemd only once it has made /run/systemd/system
+	// ("offline" before) and its private socket ("Failed to connect").
 	var out string
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if out, err = c.run(60*time.Second, "systemctl", "is-system-running", "--wait"); !strings.Contains(out, "Failed to connect to bus") {
+		out, err = c.run(60*time.Second, "systemctl", "is-system-running", "--wait")
+		if s := strings.TrimSpace(out); s != "offline" && !strings.Contains(s, "Failed to connect") {
 			break
 		}
 	}
