@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -361,4 +362,44 @@ func TestNoChecksReloadAndLogVocabulary(t *testing.T) {
 		}
 	}
 	checkLogVocabulary(t, node.LogPath, node.ID, "e2e-"+c.Net.Suffix)
+}
+
+// TestHeldVIPCannotBeAddedBack: IPv6 turned off on the holder's interface
+// takes its IPv6 VIP away and refuses it back while the link stays up. The
+// holder finds the VIP missing, cannot add it back within the bound, and
+// hands over, saying why; with IPv6 on again its probe lets it rejoin.
+func TestHeldVIPCannotBeAddedBack(t *testing.T) {
+	c := startAnnounceCluster(t, true, func(n *Net) string { return fmt.Sprintf("vips:\n  - %q\n", vip6(n)) })
+	v6 := netip.MustParseAddr(vip6(c.Net))
+	h := c.WaitSingleHolder(electionBound, nil)
+	node := c.Node(h)
+	mustWaitFor(t, processBound, "the IPv6 VIP on the holder", func() (bool, string) {
+		held, err := holdsAddr(node.NS, v6)
+		return err == nil && held, fmt.Sprintf("held %v, %v", held, err)
+	})
+	sysctl := func(v string) {
+		t.Helper()
+		if out, err := c.Net.Exec(node.NS, "sysctl", "-qw", "net.ipv6.conf."+nodeIfName+".disable_ipv6="+v); err != nil {
+			t.Fatalf("sysctl: %v: %s", err, out)
+		}
+	}
+	off := time.Now()
+	sysctl("1")
+	t.Cleanup(func() { _, _ = c.Net.Exec(node.NS, "sysctl", "-qw", "net.ipv6.conf."+nodeIfName+".disable_ipv6=0") })
+	st := c.waitStatus(h, "unhealthy: IPv6 VIP missing", unhealthyBecause("cannot hold the VIP", "VIP "+v6.String()+" missing from "+nodeIfName))
+	t.Logf("%s out %s after IPv6 went off: %q", node.ID, time.Since(off).Round(time.Millisecond), st.Unhealthy)
+	next := c.WaitSingleHolder(electionBound, func(n int) bool { return n != h })
+	t.Logf("the VIP moved to %s", c.Node(next).ID)
+	if l := findLog(logLines(t, node.LogPath), "cannot hold the VIP: releasing it and leaving the election",
+		map[string]string{"vip": c.Net.VIP(), "plugin": "announcer", "error": v6.String()}); l == nil {
+		t.Errorf("no \"cannot hold the VIP\" line naming the IPv6 VIP")
+	}
+
+	sysctl("0")
+	on := time.Now()
+	c.waitStatus(h, "back in the election", func(st opsStatus) (bool, string) {
+		return st.Healthy && st.InElection && len(st.Unhealthy) == 0, fmt.Sprintf("%+v", st)
+	})
+	t.Logf("%s rejoined %s after IPv6 came back (probe every 10s)", node.ID, time.Since(on).Round(time.Millisecond))
+	c.WaitSingleHolder(electionBound, func(n int) bool { return n == next })
 }
