@@ -403,3 +403,40 @@ func TestHeldVIPCannotBeAddedBack(t *testing.T) {
 	t.Logf("%s rejoined %s after IPv6 came back (probe every 10s)", node.ID, time.Since(on).Round(time.Millisecond))
 	c.WaitSingleHolder(electionBound, func(n int) bool { return n == next })
 }
+
+// TestBalancerCannotStart: a load balancer whose port is taken makes the
+// balancer's Configure fail: the member is ready but unhealthy, out of the
+// election, saying why; a reload with a free port is picked up by the
+// balancer's next start, and the member leads.
+func TestBalancerCannotStart(t *testing.T) {
+	c := StartClusterWith(t, 1, func(cfg *NodeConfig) {
+		cfg.Render = func(c NodeConfig, n *Net) string {
+			c.Render = nil
+			// The health endpoint's port, which its server holds.
+			return strings.Replace(c.YAML(n), fmt.Sprintf("bindAddress: 0.0.0.0:%d", lbPort), "bindAddress: "+healthAddr, 1)
+		}
+	})
+	node := c.Node(1)
+	st := c.waitStatus(1, "balancer cannot start", unhealthyBecause("balancer cannot start", "address already in use"))
+	t.Logf("status: unhealthy %q", st.Unhealthy)
+	waitMetricSample(t, node, "keep_vip_supervisor_unhealthy", is(1), "reason=balancer_start")
+	if held, err := c.NodeHoldsVIP(1); err != nil || held {
+		t.Errorf("VIP on the member whose balancer cannot start (%v)", err)
+	}
+
+	raw, err := os.ReadFile(node.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixed := strings.Replace(string(raw), "bindAddress: "+healthAddr, fmt.Sprintf("bindAddress: 0.0.0.0:%d", lbPort), 1)
+	if err := os.WriteFile(node.ConfigPath, []byte(fixed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := node.supervisorCLI("reload"); err != nil {
+		t.Fatalf("reload: %v: %s", err, out)
+	}
+	c.waitStatus(1, "leader once the balancer starts", func(st opsStatus) (bool, string) {
+		return st.Healthy && st.Role == "leader" && st.HoldsVIP && len(st.Unhealthy) == 0, fmt.Sprintf("%+v", st)
+	})
+	c.WaitClientReachesBackend(reachBound)
+}
