@@ -23,6 +23,9 @@ var ErrInterfaceNotFound = errors.New("not found")
 type addrs struct {
 	h      *netlink.Handle
 	ifname string
+	// index is the interface's index when last found by name: a renamed
+	// interface keeps its addresses, and remove finds it by it.
+	index int
 }
 
 // link looks the interface up by name every time, so an interface that was
@@ -36,7 +39,21 @@ func (a *addrs) link() (netlink.Link, error) {
 		}
 		return nil, fmt.Errorf("interface %s: %w", a.ifname, err)
 	}
+	a.index = l.Attrs().Index
 	return l, nil
+}
+
+// renamed is the interface that had our name, if it is still there under
+// another one; nil if it is gone.
+func (a *addrs) renamed() netlink.Link {
+	if a.index == 0 {
+		return nil
+	}
+	l, err := a.h.LinkByIndex(a.index)
+	if err != nil {
+		return nil
+	}
+	return l
 }
 
 // hostAddr is vip as the netlink address this package adds.
@@ -72,11 +89,15 @@ func (a *addrs) add(vip netip.Addr) error {
 }
 
 // remove takes vip off the interface; not being there is fine, and so is a
-// missing interface, which took its addresses with it.
+// missing interface, which took its addresses with it. A renamed one kept
+// them: it is found by its index, so a VIP never stays behind on it.
 func (a *addrs) remove(vip netip.Addr) error {
 	l, err := a.link()
 	if errors.Is(err, ErrInterfaceNotFound) {
-		return nil
+		if l = a.renamed(); l == nil {
+			return nil
+		}
+		err = nil
 	}
 	if err != nil {
 		return fmt.Errorf("remove vip %s from %s: %w", vip, a.ifname, err)

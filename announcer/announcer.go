@@ -234,7 +234,7 @@ func (a *Announcer) Acquire(ctx context.Context) error {
 	for _, vip := range a.cfg.vips {
 		a.m.vipHeld.WithLabelValues(vip.String()).Set(1)
 	}
-	a.log.Info().Str("interface", a.cfg.ifname).Str("vips", joinVIPs(a.cfg.vips)).Msg("acquired")
+	a.log.Info().Str("interface", a.cfg.ifname).Str("vip", a.cfg.vips[0].String()).Str("vips", joinVIPs(a.cfg.vips)).Msg("acquired")
 
 	vips := a.cfg.vips
 	a.announce(vips)
@@ -293,7 +293,7 @@ func (a *Announcer) release() error {
 		}
 	}
 	if wasHeld {
-		a.log.Info().Str("interface", a.cfg.ifname).Str("vips", joinVIPs(a.cfg.vips)).Msg("released")
+		a.log.Info().Str("interface", a.cfg.ifname).Str("vip", a.cfg.vips[0].String()).Str("vips", joinVIPs(a.cfg.vips)).Msg("released")
 	}
 	return errors.Join(errs...)
 }

@@ -509,3 +509,26 @@ func TestGratuitousARPUpdatesExistingEntry(t *testing.T) {
 	}
 	t.Logf("peer's entry for %s moved from %s to %s %s after Acquire", testVIP, oldMAC, tn.nodeMAC, time.Since(start).Round(time.Microsecond))
 }
+
+// TestReleaseFromRenamedInterface: an interface renamed while the VIP is
+// held keeps its addresses; Release finds it by its index and takes the
+// VIP off it, so the VIP never stays behind under the new name.
+func TestReleaseFromRenamedInterface(t *testing.T) {
+	tn := newTestNet(t)
+	a := tn.newAnnouncer(t)
+	if err := tn.configure(a, nodeIf, time.Hour, testVIP); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Acquire(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	const renamed = "kvren0"
+	runIP(t, "-n", tn.nodeNS, "link", "set", nodeIf, "down")
+	runIP(t, "-n", tn.nodeNS, "link", "set", nodeIf, "name", renamed)
+	if err := a.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if has, _ := tn.nodeHasOn(t, renamed, testVIP); has {
+		t.Errorf("VIP %s still on %s (renamed from %s) after Release", testVIP, renamed, nodeIf)
+	}
+}

@@ -220,7 +220,13 @@ func (tn *testNet) configure(a *Announcer, ifname string, refresh time.Duration,
 // and its address flags.
 func (tn *testNet) nodeHas(t *testing.T, vip netip.Addr) (bool, int) {
 	t.Helper()
-	l, err := tn.nodeNL.LinkByName(nodeIf)
+	return tn.nodeHasOn(t, nodeIf, vip)
+}
+
+// nodeHasOn is nodeHas for the node's interface ifname.
+func (tn *testNet) nodeHasOn(t *testing.T, ifname string, vip netip.Addr) (bool, int) {
+	t.Helper()
+	l, err := tn.nodeNL.LinkByName(ifname)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -132,6 +132,11 @@ func (c *Checker) Configure(_ context.Context, cfg *pb.CheckerConfig) error {
 	// The old verdict was about other checks: until every new one has run,
 	// the honest answer is "starting", and watchers hear nothing.
 	c.verdicts.Reset()
+	if len(checks) == 0 {
+		// Nothing to fail: healthy, and said at once, so a member with no
+		// checks takes part in the election like any healthy one.
+		c.verdicts.Publish(&pb.Health{Healthy: true, Checks: []*pb.CheckResult{}})
+	}
 	c.mu.Unlock()
 
 	keep := make(map[string]bool, len(checks))

@@ -629,3 +629,18 @@ func TestReconfigureKeepsStateOfUnchangedChecks(t *testing.T) {
 		t.Errorf("status %v, want same failing 1 of 3", st)
 	}
 }
+
+// TestNoChecksIsHealthy: a config without checks has nothing to fail, so
+// its verdict is healthy, at once; a reload that removes every check says
+// so too.
+func TestNoChecksIsHealthy(t *testing.T) {
+	c := newChecker(t)
+	configure(t, c)
+	if h := watchUntil(t, c, func(*pb.Health) bool { return true }); !h.Healthy || len(h.Checks) != 0 {
+		t.Errorf("verdict with no checks = %v, want healthy", h)
+	}
+	configure(t, c, tcpCheck("down", closedAddr(t)))
+	watchUntil(t, c, func(h *pb.Health) bool { return !h.Healthy })
+	configure(t, c)
+	watchUntil(t, c, func(h *pb.Health) bool { return h.Healthy && len(h.Checks) == 0 })
+}

@@ -18,16 +18,17 @@ import (
 // opsStatus is the part of `keep-vip-supervisor status --json` the tests
 // read.
 type opsStatus struct {
-	Member      string `json:"member"`
-	PID         int    `json:"pid"`
-	Ready       bool   `json:"ready"`
-	Role        string `json:"role"`
-	Term        uint64 `json:"term"`
-	Leader      string `json:"leader"`
-	VIPHolder   string `json:"vip_holder"`
-	HoldsVIP    bool   `json:"holds_vip"`
-	InElection  bool   `json:"in_election"`
-	Healthy     bool   `json:"healthy"`
+	Member      string   `json:"member"`
+	PID         int      `json:"pid"`
+	Ready       bool     `json:"ready"`
+	Role        string   `json:"role"`
+	Term        uint64   `json:"term"`
+	Leader      string   `json:"leader"`
+	VIPHolder   string   `json:"vip_holder"`
+	HoldsVIP    bool     `json:"holds_vip"`
+	InElection  bool     `json:"in_election"`
+	Healthy     bool     `json:"healthy"`
+	Unhealthy   []string `json:"unhealthy"`
 	Maintenance struct {
 		On     bool   `json:"on"`
 		Reason string `json:"reason"`
@@ -41,6 +42,7 @@ type opsStatus struct {
 		Up       bool   `json:"up"`
 		PID      int    `json:"pid"`
 		Restarts int    `json:"restarts"`
+		Error    string `json:"error"`
 	} `json:"plugins"`
 	Hooks []struct {
 		Event    string `json:"event"`

@@ -431,8 +431,8 @@ func (e *Elector) publish(l leadership) {
 		return
 	}
 	if n := e.node.Load(); e.ver != 0 && n != nil {
-		e.log.Info().Str("local_id", n.localID).Str("role", l.role.String()).Uint64("term", l.term).Str("leader_id", l.leaderID).
-			Str("from_role", e.cur.role.String()).Msg("leadership changed")
+		e.log.Info().Str("local_id", n.localID).Str("role", rpc.RoleName(l.role)).Uint64("term", l.term).Str("leader", l.leaderID).
+			Str("from_role", rpc.RoleName(e.cur.role)).Msg("leadership changed")
 	}
 	e.cur = l
 	e.ver++

@@ -33,8 +33,9 @@ var common = []string{
 const (
 	debUnit = "/lib/systemd/system/keep-vip-supervisor.service"
 	rpmUnit = "/usr/lib/systemd/system/keep-vip-supervisor.service"
-	// maxExposure bounds `systemd-analyze security`'s figure for the unit
-	// (2.0 when it was written); a change that loosens it fails here.
+	// maxExposure bounds `systemd-analyze security --offline`'s figure for
+	// the unit (2.0; a booted system rates it 1.8, which the systemd test
+	// measures and the README quotes); a change that loosens it fails here.
 	maxExposure = 2.5
 )
 
@@ -172,7 +173,6 @@ func TestRPMListAndScripts(t *testing.T) {
 		parts[cur] += l + "\n"
 	}
 	for _, c := range []struct{ script, want string }{
-		{"postinstall", "install -d -m 0700 /var/lib/keep-vip"},
 		{"postinstall", "daemon-reload"},
 		{"preuninstall", `if [ "$1" -eq 0 ]`},
 		{"preuninstall", "disable --now keep-vip-supervisor.service"},
@@ -246,8 +246,10 @@ func TestDebInstallVerifyPurge(t *testing.T) {
 			t.Errorf("installed package lacks %s: %v", p, err)
 		}
 	}
-	if st, err := os.Stat("/var/lib/keep-vip"); err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
-		t.Errorf("state directory /var/lib/keep-vip: %v %v, want a 0700 directory", st, err)
+	// The state directory is systemd's to make (StateDirectory=): one the
+	// package made would have systemd warn and migrate it at first start.
+	if _, err := os.Lstat("/var/lib/keep-vip"); err == nil {
+		t.Errorf("the install made /var/lib/keep-vip; it is the unit's StateDirectory, for systemd to make")
 	}
 	// Installed, not enabled and not started.
 	if m, _ := filepath.Glob("/etc/systemd/system/*.wants/keep-vip-supervisor.service"); len(m) > 0 {

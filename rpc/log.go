@@ -70,6 +70,27 @@ func (w hclogWriter) Write(p []byte) (int, error) {
 	if zl == zerolog.TraceLevel {
 		zl = zerolog.DebugLevel
 	}
-	w.l.WithLevel(zl).Str("module", mod).Fields(m).Msg(msg)
+	w.l.WithLevel(zl).Str("module", mod).Fields(hclogFields(m)).Msg(msg)
 	return len(p), nil
+}
+
+// hclogFields puts a library's fields in keep-vip's vocabulary, so the
+// journal has one key per fact: raft's leader-id is LEADER, as on every
+// other line, and the leader it logs as a struct (an empty object) is
+// dropped; other dashes become underscores, as journald would make them.
+func hclogFields(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		switch k {
+		case "leader-id":
+			out["leader"] = v
+		case "leader":
+			if _, ok := v.(string); ok {
+				out[k] = v
+			}
+		default:
+			out[strings.ReplaceAll(k, "-", "_")] = v
+		}
+	}
+	return out
 }

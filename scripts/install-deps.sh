@@ -19,6 +19,9 @@ have git      || need+=(git)
 have lintian  || need+=(lintian)
 have rpm      || need+=(rpm)
 have unshare  || need+=(util-linux)
+# The systemd test (packaging/): a Debian rootfs booted under systemd-nspawn.
+have debootstrap    || need+=(debootstrap)
+have systemd-nspawn || need+=(systemd-container)
 
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -34,6 +34,9 @@ const (
 const (
 	AdminStatus      = "status"
 	AdminMaintenance = "maintenance"
+	// AdminReload has the supervisor re-read its config file and apply
+	// it (ExecReload), answering once applied or with why it was refused.
+	AdminReload = "reload"
 )
 
 // AdminRequest is what `keep-vip-supervisor status` and `maintenance` send.
@@ -212,6 +215,14 @@ func (a *adminServer) do(req AdminRequest) AdminResponse {
 		case <-ctx.Done():
 			return AdminResponse{Error: "the supervisor's policy loop did not answer in time; check `status` again"}
 		}
+	case AdminReload:
+		ctx, cancel := context.WithTimeout(a.ctx, adminLoopWait)
+		defer cancel()
+		if err := a.o.s.reload(ctx); err != nil {
+			// With the status, so the command can log who refused.
+			st := a.o.status()
+			return AdminResponse{Error: oneLine(err.Error()), Status: &st}
+		}
 	default:
 		return AdminResponse{Error: fmt.Sprintf("unknown command %q", req.Command)}
 	}
@@ -288,16 +299,16 @@ func FormatStatus(w io.Writer, st *Status) {
 	}
 	fmt.Fprintf(tw, "VIP\t%s on %s: holder %s; %s\n", st.VIP, st.Interface, holder,
 		yes(st.HoldsVIP, "held by this member", "not held by this member"))
-	var why []string
-	if !st.ChecksOK {
+	why := st.Unhealthy
+	if len(why) == 0 && !st.ChecksOK {
 		why = append(why, "checks failing")
 	}
-	if !st.InterfaceOK {
+	if len(why) == 0 && !st.InterfaceOK {
 		why = append(why, "interface unusable")
 	}
 	health := "healthy"
 	if len(why) > 0 {
-		health = "unhealthy: " + strings.Join(why, ", ")
+		health = "unhealthy: " + strings.Join(why, "; ")
 	}
 	fmt.Fprintf(tw, "health\t%s\n", health)
 	m := "off"
@@ -330,6 +341,9 @@ func FormatStatus(w io.Writer, st *Status) {
 			pid = fmt.Sprint(p.PID)
 		}
 		fmt.Fprintf(tw, "  %s\t%s\tpid %s\trestarts %d\t%s\n", p.Name, yes(p.Up, "up", "down"), pid, p.Restarts, p.Path)
+		if p.Error != "" {
+			fmt.Fprintf(tw, "  \tcannot start: %s\n", p.Error)
+		}
 	}
 	_ = tw.Flush()
 

@@ -14,6 +14,13 @@ import (
 // Configure removes every VIP it finds. It is the service's ExecStopPost,
 // so no VIP outlives the service.
 func Cleanup(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
+	// The same fields as a running member's lines; the interface may be
+	// gone, so the member is found without CheckHost.
+	member := "unknown"
+	if m, err := cfg.LocalMember(nil); err == nil {
+		member = m.ID
+	}
+	log = log.With().Str("cluster", cfg.Cluster).Str("member", member).Logger()
 	path, err := FindPlugin(rpc.KindAnnouncer, cfg.Plugins.Announcer)
 	if err != nil {
 		return err
@@ -32,6 +39,7 @@ func Cleanup(ctx context.Context, cfg *config.Config, log zerolog.Logger) error 
 		return err
 	}
 	r.stop(inst)
-	log.Info().Strs("vips", cfg.AnnouncerConfig().Vips).Str("interface", cfg.Interface).Msg("VIPs removed")
+	log.Info().Str("vip", cfg.VIP).Str("plugin", rpc.KindAnnouncer).Strs("vips", cfg.AnnouncerConfig().Vips).
+		Str("interface", cfg.Interface).Msg("VIPs removed")
 	return nil
 }

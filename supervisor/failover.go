@@ -132,31 +132,18 @@ func (p *policy) transferLeadershipTo(target, reason string) {
 // on two members. Only host addresses (/32, /128) equal to a VIP are
 // removed, as the announcer adds them.
 func (p *policy) scrubVIPs() {
-	link, err := netlink.LinkByName(p.s.cfg.Interface)
+	link, addrs, err := p.vipsOnInterface()
 	if err != nil {
-		p.log.Warn().Err(err).Str("interface", p.s.cfg.Interface).Msg("announcer gone: cannot look for VIPs left on the interface")
+		p.log.Warn().Err(err).Str("vip", p.s.cfg.VIP).Str("plugin", rpc.KindAnnouncer).Msg("announcer gone: cannot look for VIPs left on the interface")
 		return
-	}
-	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
-	if err != nil {
-		p.log.Warn().Err(err).Msg("announcer gone: cannot list the interface's addresses")
-		return
-	}
-	vips := map[netip.Addr]bool{}
-	for _, v := range p.s.cfg.VIPList() {
-		vips[v] = true
 	}
 	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		ones, bits := a.Mask.Size()
-		if !ok || ones != bits || !vips[ip.Unmap()] {
-			continue
-		}
+		ip, _ := netip.AddrFromSlice(a.IP)
 		if err := netlink.AddrDel(link, &a); err != nil {
-			p.log.Warn().Err(err).Str("vip", ip.String()).Msg("announcer gone: removing the VIP it left failed")
+			p.log.Warn().Err(err).Str("vip", ip.Unmap().String()).Str("plugin", rpc.KindAnnouncer).Msg("announcer gone: removing the VIP it left failed")
 			continue
 		}
-		p.log.Warn().Str("vip", ip.String()).Msg("announcer gone: removed the VIP it left on the interface")
+		p.log.Warn().Str("vip", ip.Unmap().String()).Str("plugin", rpc.KindAnnouncer).Msg("announcer gone: removed the VIP it left on the interface")
 	}
 }
 

@@ -57,6 +57,9 @@ func NewLogger(format string, level zerolog.Level, out *os.File) zerolog.Logger 
 // supervisor logs, its plugins' included.
 const SyslogIdentifier = "keep-vip-supervisor"
 
+// JournalStdout is whether systemd connected stdout to the journal.
+func JournalStdout() bool { return journalStdout() }
+
 func journalStdout() bool {
 	ok, err := journal.StdoutIsJournalStream()
 	return err == nil && ok

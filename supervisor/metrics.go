@@ -26,6 +26,9 @@ type metrics struct {
 	up       *prometheus.GaugeVec
 	vipHeld  prometheus.Gauge
 	healthy  prometheus.Gauge
+	// unhealthy{reason} is 1 for each reason this member is unhealthy
+	// (faults.go).
+	unhealthy *prometheus.GaugeVec
 
 	// The brief's series.
 	isLeader  prometheus.Gauge
@@ -86,6 +89,14 @@ func newMetrics(cfg *config.Config, local config.Member) *metrics {
 			ConstLabels: member,
 		}, []string{"name", "address"}),
 	}
+	m.unhealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "keep_vip_supervisor_unhealthy",
+		Help: "1 for each reason this member is unhealthy: checks, checker_down, interface, vip (cannot hold the VIP), <plugin>_start (a plugin cannot start).",
+	}, []string{"reason"})
+	for _, l := range unhealthyLabels() {
+		m.unhealthy.WithLabelValues(l)
+	}
+	m.reg.MustRegister(m.unhealthy)
 	m.fo = newFailoverMetrics(m.reg)
 	m.reg.MustRegister(m.restarts, m.up, m.vipHeld, m.healthy, m.isLeader, m.state, m.checkPort,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))

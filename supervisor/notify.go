@@ -86,8 +86,12 @@ func (o *ops) stopping() {
 // a STATUS= line whenever the summary changes.
 func (o *ops) tellSystemd(p *policy) {
 	if !o.ready && !p.shutting {
-		up := p.impls[rpc.KindChecker] != nil && p.impls[rpc.KindAnnouncer] != nil && p.impls[rpc.KindBalancer] != nil
-		electorSettled := p.impls[rpc.KindElector] != nil || o.maintenance.On || o.sickness(p) != ""
+		// A plugin that cannot start counts as settled: READY=1 then
+		// comes with a Status= line saying why this member is unhealthy,
+		// instead of a start that times out.
+		settled := func(kind string) bool { return p.impls[kind] != nil || p.faults.startErr[kind] != "" }
+		up := settled(rpc.KindChecker) && settled(rpc.KindAnnouncer) && settled(rpc.KindBalancer)
+		electorSettled := settled(rpc.KindElector) || o.maintenance.On || o.sickness(p) != ""
 		if up && electorSettled {
 			o.ready = true
 			o.notify.send(daemon.SdNotifyReady)

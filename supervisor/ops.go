@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -86,6 +84,9 @@ type Status struct {
 	HoldsVIP   bool `json:"holds_vip"`
 	InElection bool `json:"in_election"`
 
+	// Unhealthy says why Healthy is false, one reason each (faults.go).
+	Unhealthy []string `json:"unhealthy,omitempty"`
+
 	Healthy     bool         `json:"healthy"`
 	ChecksOK    bool         `json:"checks_ok"`
 	InterfaceOK bool         `json:"interface_ok"`
@@ -120,6 +121,8 @@ type PluginInfo struct {
 	Up       bool   `json:"up"`
 	PID      int    `json:"pid"`
 	Restarts int    `json:"restarts"`
+	// Error is why its last start failed, while it has not started since.
+	Error string `json:"error,omitempty"`
 }
 
 // HookInfo counts one event's hook runs.
@@ -278,7 +281,11 @@ func (p *policy) publish() {
 	st.VIPHolder = st.Leader
 	st.HoldsVIP = p.held
 	st.InElection = p.s.runners[rpc.KindElector].wanted()
-	st.Healthy = p.healthy()
+	st.Healthy = p.reportedHealthy()
+	st.Unhealthy = nil
+	for _, r := range p.reasons() {
+		st.Unhealthy = append(st.Unhealthy, r.text)
+	}
 	st.ChecksOK = p.checksOK
 	st.InterfaceOK = p.linkOK
 	st.Maintenance = Maintenance(o.maintenance)
@@ -290,7 +297,8 @@ func (p *policy) publish() {
 	}
 	st.Plugins = st.Plugins[:0:0]
 	for _, kind := range rpc.Kinds {
-		pi := PluginInfo{Name: kind, Path: p.s.paths[kind], Up: p.impls[kind] != nil, Restarts: max(p.started[kind]-1, 0)}
+		pi := PluginInfo{Name: kind, Path: p.s.paths[kind], Up: p.impls[kind] != nil, Restarts: max(p.started[kind]-1, 0),
+			Error: p.faults.startErr[kind]}
 		if r := p.s.runners[kind]; r != nil && pi.Up {
 			pi.PID = r.pid()
 		}
@@ -313,33 +321,6 @@ func (o *ops) status() Status {
 	o.mu.Unlock()
 	st.Hooks = o.hooks.info()
 	return st
-}
-
-// sickness says why this member is unhealthy, or "" when it is not; before
-// the first verdict it is not yet known to be unhealthy.
-func (o *ops) sickness(p *policy) string {
-	var why []string
-	if !p.linkOK {
-		why = append(why, "interface "+p.s.cfg.Interface+" unusable")
-	}
-	if !p.checksOK && o.lastHealth != nil {
-		var failing []string
-		for _, c := range o.lastHealth.Checks {
-			if !c.Healthy {
-				failing = append(failing, c.Name)
-			}
-		}
-		sort.Strings(failing)
-		switch {
-		case p.impls[rpc.KindChecker] == nil:
-			why = append(why, "checker down")
-		case len(failing) > 0:
-			why = append(why, "checks failing: "+strings.Join(failing, ", "))
-		default:
-			why = append(why, "checks failing")
-		}
-	}
-	return strings.Join(why, "; ")
 }
 
 // fireHooks queues the hooks of this pass's transitions.

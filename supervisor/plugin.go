@@ -151,7 +151,7 @@ func (r *runner) run(ctx context.Context) {
 			r.current = nil
 			r.mu.Unlock()
 		}
-		r.events <- event{kind: r.kind, gen: gen, up: false, err: err}
+		r.events <- event{kind: r.kind, gen: gen, up: false, err: err, startFailed: inst == nil}
 		if ctx.Err() != nil {
 			return
 		}

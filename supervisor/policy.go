@@ -41,10 +41,12 @@ type policy struct {
 	// handedOverTerm is the term whose leadership this member handed
 	// over (failover.go).
 	handedOverTerm uint64
+
+	faults faults // faults.go
 }
 
 func newPolicy(s *Supervisor) *policy {
-	return &policy{
+	p := &policy{
 		s:       s,
 		log:     s.log,
 		impls:   map[string]any{},
@@ -52,12 +54,16 @@ func newPolicy(s *Supervisor) *policy {
 		started: map[string]int{},
 		linkOK:  true, // until the announcer says otherwise
 	}
+	p.faults.missingVIPs = p.missingVIPs
+	return p
 }
 
-// healthy is whether this member may serve the VIP: its checks pass and its
-// interface can carry the VIP.
+// healthy is whether this member may serve the VIP: its checks pass, its
+// interface can carry the VIP, and no fault (faults.go) keeps it out.
 // An operator's maintenance counts as unhealthy.
-func (p *policy) healthy() bool { return p.checksOK && p.linkOK && !p.s.ops.inMaintenance() }
+func (p *policy) healthy() bool {
+	return p.checksOK && p.linkOK && !p.s.ops.inMaintenance() && p.faults.eligible()
+}
 
 func (p *policy) loop(ctx context.Context) {
 	// The periodic pass retries an acquire or release that failed.
@@ -73,7 +79,7 @@ func (p *policy) loop(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-			p.log.Info().Msg("shutting down: releasing the VIP")
+			p.log.Info().Str("vip", p.s.cfg.VIP).Str("plugin", rpc.KindAnnouncer).Msg("shutting down: releasing the VIP")
 			p.shutting = true
 			p.apply()
 			return
@@ -115,6 +121,8 @@ func (p *policy) handle(ev event) {
 		}
 	case ev.up:
 		p.pluginUp(ev)
+	case ev.startFailed:
+		p.pluginStartFailed(ev)
 	default:
 		p.pluginDown(ev)
 	}
@@ -124,6 +132,7 @@ func (p *policy) handle(ev event) {
 func (p *policy) pluginUp(ev event) {
 	p.impls[ev.kind] = ev.impl
 	p.gens[ev.kind] = ev.gen
+	p.pluginStarted(ev.kind)
 	if p.started[ev.kind] > 0 {
 		p.s.metrics.restarts.WithLabelValues(ev.kind).Inc()
 	}
@@ -249,7 +258,8 @@ func (p *policy) isLeader() bool {
 // is always released before leadership is handed over or the elector stops,
 // so the next leader can never find it still here.
 func (p *policy) apply() {
-	p.s.metrics.healthy.Set(b2f(p.healthy()))
+	p.probeVIP()
+	p.publishHealth()
 	electorRunner := p.s.runners[rpc.KindElector]
 	wantElector := p.healthy() && !p.shutting
 	if !wantElector && electorRunner.wanted() {
@@ -258,7 +268,7 @@ func (p *policy) apply() {
 		if p.s.ops.inMaintenance() && !p.shutting {
 			p.log.Warn().Msg("maintenance: leaving the election until maintenance is off")
 		} else if !p.shutting {
-			p.log.Warn().Msg("unhealthy: leaving the election until checks pass")
+			p.log.Warn().Str("reason", p.s.ops.sickness(p)).Msg("unhealthy: leaving the election until healthy again")
 		}
 		electorRunner.setWant(false)
 	}
@@ -268,7 +278,13 @@ func (p *policy) apply() {
 	}
 	if !p.shutting && p.healthy() && p.isLeader() {
 		p.acquire()
+		if !p.healthy() {
+			// The VIP could not be held (faults.go): out at once.
+			p.apply()
+			return
+		}
 	} else {
+		p.faults.vipFailing = time.Time{}
 		p.release()
 	}
 	p.publish()
@@ -276,19 +292,24 @@ func (p *policy) apply() {
 
 func (p *policy) acquire() {
 	a, ok := p.impls[rpc.KindAnnouncer].(rpc.Announcer)
-	if !ok || p.held || p.handedOver() {
+	if !ok || p.handedOver() {
+		return
+	}
+	if p.held {
+		p.verifyHeld()
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	start := time.Now()
 	if err := a.Acquire(ctx); err != nil {
-		p.log.Error().Err(err).Msg("acquire VIP failed; retrying")
+		p.acquireFailed(err)
 		return
 	}
 	p.setHeld(true)
-	p.log.Info().Str("vip", p.s.cfg.VIP).Dur("took", time.Since(start)).Msg("VIP acquired")
+	p.log.Info().Str("vip", p.s.cfg.VIP).Str("plugin", rpc.KindAnnouncer).Dur("took", time.Since(start)).Msg("VIP acquired")
 	p.vipAcquired(time.Now())
+	p.verifyHeld()
 }
 
 func (p *policy) release() {
@@ -301,13 +322,13 @@ func (p *policy) release() {
 	if err := a.Release(ctx); err != nil {
 		// The announcer cannot be trusted with the VIP any more: restart it;
 		// a fresh announcer removes every VIP it finds.
-		p.log.Error().Err(err).Msg("release VIP failed; restarting the announcer")
+		p.log.Error().Err(err).Str("vip", p.s.cfg.VIP).Str("plugin", rpc.KindAnnouncer).Msg("release VIP failed; restarting the announcer")
 		p.s.runners[rpc.KindAnnouncer].kill()
 		p.setHeld(false)
 		return
 	}
 	p.setHeld(false)
-	p.log.Info().Str("vip", p.s.cfg.VIP).Msg("VIP released")
+	p.log.Info().Str("vip", p.s.cfg.VIP).Str("plugin", rpc.KindAnnouncer).Msg("VIP released")
 }
 
 // transferLeadership hands leadership to the member the elector picks.
@@ -319,19 +340,7 @@ func (p *policy) transferLeadership() {
 	p.transferLeadershipTo("", reason)
 }
 
-func roleName(r pb.Role) string {
-	switch r {
-	case pb.Role_ROLE_FOLLOWER:
-		return "follower"
-	case pb.Role_ROLE_CANDIDATE:
-		return "candidate"
-	case pb.Role_ROLE_LEADER:
-		return "leader"
-	case pb.Role_ROLE_SHUTDOWN:
-		return "shutdown"
-	}
-	return "unknown"
-}
+func roleName(r pb.Role) string { return rpc.RoleName(r) }
 
 func b2f(b bool) float64 {
 	if b {

@@ -82,6 +82,7 @@ members:
 	}
 	j := &callLog{}
 	p := newPolicy(s)
+	p.faults.missingVIPs = func() ([]string, error) { return nil, nil }
 	p.handle(event{kind: rpc.KindAnnouncer, gen: 1, up: true, impl: fakeAnnouncer{j: j}})
 	return p, j
 }

@@ -46,6 +46,9 @@ type event struct {
 	iface      *pb.InterfaceEvent
 	admin      *adminRequest  // from the admin socket (admin.go)
 	reload     *reloadRequest // SIGHUP (reload.go)
+
+	// startFailed goes with up false: the process never got configured.
+	startFailed bool
 }
 
 // Supervisor runs one member of the cluster.
@@ -69,6 +72,9 @@ type Supervisor struct {
 	// reload that lands while a plugin starts is applied again once it is
 	// up (policy.pluginUp).
 	startedWith map[string]*config.Config
+
+	// reloadFn answers the admin socket's reload (HandleReload, admin.go).
+	reloadFn func(context.Context) error
 }
 
 // New resolves everything a start needs before anything is started: the
@@ -99,7 +105,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Supervisor, error) {
 		return nil, err
 	}
 	s.metrics = newMetrics(cfg, local)
-	s.plugins = &pluginGatherer{live: map[string]prometheus.Gatherer{}, log: log}
+	s.plugins = &pluginGatherer{live: map[string]prometheus.Gatherer{}, log: s.log}
 	return s, nil
 }
 

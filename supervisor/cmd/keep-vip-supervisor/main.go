@@ -30,6 +30,8 @@ commands:
   recover   -c FILE --force rewrite the Raft configuration stored in dataDir
                             to the file's members (quorum lost for good; the
                             member must be stopped; see README)
+  reload    -c FILE         have the running supervisor re-read its config
+                            (ExecReload); exit 1 with the reason if refused
   example-config            print the default config file
   version                   print the version
 ` + opsUsage
@@ -57,7 +59,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "example-config":
 		_, _ = stdout.Write(etc.DefaultConfig)
 		return 0
-	case "status", "maintenance":
+	case "status", "maintenance", "reload":
 		return runOps(cmd, args, stdout, stderr)
 	case "help", "--help", "-h":
 		fmt.Fprint(stdout, usage)
@@ -119,8 +121,7 @@ func cleanup(path string) error {
 	if err != nil {
 		return err
 	}
-	log := supervisor.NewLogger(cfg.Log.Format, cfg.LogLevel(), os.Stdout)
-	return supervisor.Cleanup(context.Background(), cfg, log)
+	return supervisor.Cleanup(context.Background(), cfg, supervisor.NewLogger(cfg.Log.Format, cfg.LogLevel(), os.Stdout))
 }
 
 func start(path string) error {
@@ -135,6 +136,7 @@ func start(path string) error {
 	if err != nil {
 		return err
 	}
+	log = s.Log()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	defer watchHUP(ctx, path, s, log)()

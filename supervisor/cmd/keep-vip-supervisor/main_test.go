@@ -38,6 +38,9 @@ func TestCommands(t *testing.T) {
 		{"start with a bad config starts nothing", []string{"start", "-c", bad}, 1, "", `loadBalancers[0].type: "quic" is unknown`, 2},
 		{"stray argument", []string{"validate", "-c", good, "extra"}, 2, "", `unexpected argument "extra"`, 0},
 		{"example config", []string{"example-config"}, 0, "ChecksInterval: 2", "", 0},
+		{"reload without a supervisor fails on one line", []string{"reload", "-c", good, "--socket", filepath.Join(dir, "none.sock")}, 1, "",
+			"keep-vip-supervisor reload: no supervisor answers on", 1},
+		{"reload takes no argument", []string{"reload", "now"}, 2, "", `unexpected argument "now"`, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errb bytes.Buffer

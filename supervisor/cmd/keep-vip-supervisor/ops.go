@@ -5,7 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/keep-vip/keep-vip/supervisor"
 	"github.com/keep-vip/keep-vip/supervisor/config"
@@ -15,7 +18,8 @@ import (
 // the VIP to be given up, which the supervisor bounds to a few seconds.
 const adminTimeout = 20 * time.Second
 
-// runOps is `status` and `maintenance on|off`, both over the admin socket.
+// runOps is `status`, `maintenance on|off` and `reload`, over the admin
+// socket.
 func runOps(cmd string, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -40,6 +44,8 @@ func runOps(cmd string, args []string, stdout, stderr io.Writer) int {
 	req := supervisor.AdminRequest{Command: supervisor.AdminStatus}
 	switch {
 	case cmd == "status" && len(pos) == 0:
+	case cmd == "reload" && len(pos) == 0:
+		req = supervisor.AdminRequest{Command: supervisor.AdminReload}
 	case cmd == "maintenance" && len(pos) == 1 && (pos[0] == "on" || pos[0] == "off"):
 		on := pos[0] == "on"
 		req = supervisor.AdminRequest{Command: supervisor.AdminMaintenance, On: &on, Reason: *reason}
@@ -52,6 +58,14 @@ func runOps(cmd string, args []string, stdout, stderr io.Writer) int {
 	}
 
 	sock := *socket
+	if sock == "" && cmd == "reload" {
+		// The supervisor reads the file and says what is wrong with it;
+		// here it only names the socket, the default if it does not load.
+		sock = config.DefaultAdminSocket
+		if cfg, err := config.Load(*path); err == nil {
+			sock = cfg.AdminSocket
+		}
+	}
 	if sock == "" {
 		explicit := false
 		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "c" || f.Name == "config" })
@@ -68,6 +82,9 @@ func runOps(cmd string, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	resp, err := supervisor.AdminCall(sock, req, adminTimeout)
+	if req.Command == supervisor.AdminReload {
+		return reloaded(resp, err, stdout, stderr)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "keep-vip-supervisor %s: %v\n", cmd, err)
 		return 1
@@ -102,3 +119,26 @@ const opsUsage = `  status    [-c FILE] [--socket PATH] [--json]
                             on: give up the VIP and stay out of the election
                             (kept across restarts) until off
 `
+
+// reloaded reports reload's answer: 0 once applied, 1 with the reason when
+// refused. Under systemd (ExecReload) it is a journal line with the
+// member's fields, like every other line of the unit; elsewhere plain text.
+func reloaded(resp *supervisor.AdminResponse, err error, stdout, stderr io.Writer) int {
+	if resp != nil && resp.Status != nil && supervisor.JournalStdout() {
+		st := resp.Status
+		log := supervisor.NewLogger("journal", zerolog.InfoLevel, os.Stdout).With().
+			Str("cluster", st.Cluster).Str("member", st.Member).Logger()
+		if err != nil {
+			log.Error().Str("error", err.Error()).Msg("reload refused")
+			return 1
+		}
+		log.Info().Msg("reload applied")
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "keep-vip-supervisor reload: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "config reloaded: %s applied it\n", resp.Status.Member)
+	return 0
+}

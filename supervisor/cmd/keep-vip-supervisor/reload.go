@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/signal"
 	"strings"
@@ -13,11 +14,12 @@ import (
 	"github.com/keep-vip/keep-vip/supervisor/config"
 )
 
-// watchHUP reloads the config on every SIGHUP (systemctl reload) until ctx
-// ends or the returned stop is called. It listens before it returns, so a
-// SIGHUP never kills the process. A config that does not load or validate
-// is logged on one line and the running config stays.
+// watchHUP reloads the config on every SIGHUP until ctx ends or the
+// returned stop is called, and has the admin socket's reload (what
+// `keep-vip-supervisor reload`, the unit's ExecReload, asks for) do the
+// same. It listens before it returns, so a SIGHUP never kills the process.
 func watchHUP(ctx context.Context, path string, s *supervisor.Supervisor, log zerolog.Logger) (stop func()) {
+	s.HandleReload(func(rctx context.Context) error { return reloadFile(rctx, path, s, log, "admin socket") })
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -30,19 +32,27 @@ func watchHUP(ctx context.Context, path string, s *supervisor.Supervisor, log ze
 				return
 			case <-hup:
 			}
-			log.Info().Str("config", path).Msg("SIGHUP: reloading the config")
-			cfg, err := config.Load(path)
-			if err != nil {
-				log.Error().Str("config", path).Str("error", strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")).
-					Msg("reload refused: the config is not valid; still running the previous one")
-				continue
-			}
-			// The policy loop logs what it applied and what failed.
-			_ = s.Reload(ctx, cfg)
+			_ = reloadFile(ctx, path, s, log, "SIGHUP")
 		}
 	}()
 	return func() {
 		signal.Stop(hup)
 		close(done)
 	}
+}
+
+// reloadFile re-reads the config at path and applies it, returning once
+// applied. A config that does not load or validate is refused with one
+// line naming the key, and the running config stays; the policy loop logs
+// what it applied and what failed.
+func reloadFile(ctx context.Context, path string, s *supervisor.Supervisor, log zerolog.Logger, by string) error {
+	log.Info().Str("config", path).Str("by", by).Msg("reloading the config")
+	cfg, err := config.Load(path)
+	if err != nil {
+		err = fmt.Errorf("reload refused: %s: %s", path, strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " "))
+		log.Error().Str("config", path).Str("error", err.Error()).
+			Msg("reload refused: the config is not valid; still running the previous one")
+		return err
+	}
+	return s.Reload(ctx, cfg)
 }
