@@ -294,6 +294,7 @@ type httpConn struct {
 	rlb       *loadBalancer // the config the request runs under
 	isHead    bool
 	upgrade   bool
+	http10    bool // an HTTP/1.0 client: no interim answers, no chunks
 	keepAlive bool
 	retryable bool
 	fwd       []byte // the head as the backend gets it
@@ -502,6 +503,10 @@ func (c *httpConn) readClient() bool {
 // readRequest waits for a whole request head, then starts the request.
 func (c *httpConn) readRequest() bool {
 	end := headEnd(c.in)
+	if end > httpMaxHead {
+		c.refuse(&httpError{431, "request head too large"})
+		return true
+	}
 	if end < 0 {
 		switch {
 		case len(c.in) >= httpMaxHead:
@@ -528,7 +533,7 @@ func (c *httpConn) readRequest() bool {
 		return true
 	}
 	c.rlb = c.l.s.lb.Load()
-	c.isHead, c.upgrade = h.isHead(), h.wantsUpgrade()
+	c.isHead, c.upgrade, c.http10 = h.isHead(), h.wantsUpgrade(), h.minor == 0
 	c.keepAlive = h.keepAlive && h.minor == 1
 	m := string(h.method)
 	c.retryable = (h.body.length <= 0 && !h.body.chunked) &&
@@ -831,10 +836,11 @@ func (c *httpConn) readUpstreamInto(buf []byte) (n int, err error) {
 
 func (c *httpConn) readResponseHead() bool {
 	for {
-		if end := headEnd(c.uin); end > 0 {
+		end := headEnd(c.uin)
+		if end > 0 && end <= httpMaxHead {
 			return c.startResponse(end)
 		}
-		if len(c.uin) >= httpMaxHead {
+		if end > 0 || len(c.uin) >= httpMaxHead {
 			c.backendFailed(errors.New("response head too large"))
 			return true
 		}
@@ -862,10 +868,18 @@ func (c *httpConn) startResponse(end int) bool {
 	}
 	code := c.resp.code
 	if code < 200 && code != 101 {
-		// Interim (100 Continue, 103): passed on as it is; the final
-		// answer follows.
-		c.out = append(c.out, c.uin[:end]...)
+		// Interim (100 Continue, 103): passed on, but never to an
+		// HTTP/1.0 client (RFC 9110 15.2); the final answer follows.
+		if !c.http10 {
+			c.out = appendResponse(c.out, c.uin[:end], &c.resp, true, false)
+		}
 		c.uin = c.uin[:copy(c.uin, c.uin[end:])]
+		return true
+	}
+	if c.http10 && c.resp.body.chunked {
+		// The request went as HTTP/1.0: chunks are the backend's fault,
+		// and the client could not read them.
+		c.backendFailed(errors.New("chunked answer to an HTTP/1.0 request"))
 		return true
 	}
 	c.gotHead = true
