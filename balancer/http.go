@@ -584,7 +584,10 @@ func (c *httpConn) connect() {
 		c.attempted = true
 		u, err := c.upstreamFor(be)
 		if err != nil {
-			b.connectFailed(be, err)
+			if b.connectFailed(be, err) {
+				c.outOfResources()
+				return
+			}
 			b.log.Debug().Err(err).Str("balancer", lb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
 			continue
 		}
@@ -650,9 +653,22 @@ func (c *httpConn) noBackend() {
 	case c.attempted:
 		code, msg = 502, "no backend answered"
 	}
+	c.answerNone(code, statusText(code)+": "+msg)
+}
+
+// outOfResources answers a request the balancer could not pass on for
+// want of its own resources (see localfault.go): no backend is to blame,
+// and none is tried.
+func (c *httpConn) outOfResources() {
+	c.answerNone(503, "Service Unavailable: the proxy is out of resources")
+}
+
+// answerNone ends the request with an answer no backend gave.
+func (c *httpConn) answerNone(code int, msg string) {
+	lb := c.rlb
 	lb.mNone.request(code)
 	c.l.s.b.m.duration.WithLabelValues(lb.name, backendNone).Observe(c.l.r.now.Sub(c.start).Seconds())
-	c.answerError(code, statusText(code)+": "+msg)
+	c.answerError(code, msg)
 }
 
 // answerError ends the request with an error of the proxy's own.
@@ -678,6 +694,18 @@ func (c *httpConn) endRequest() {
 func (c *httpConn) exchange() bool {
 	u := c.u
 	if u == nil {
+		return false
+	}
+	if c.reqBody.done && c.r && !c.eof && len(c.in) < httpMaxHead {
+		// What the client sends meanwhile is its next request; reading
+		// it is also how its end is seen.
+		c.readClient()
+	}
+	if c.eof && c.reqBody.done {
+		// The client is gone: its request's backend work is abandoned
+		// (nginx's 499), rather than its socket left in CLOSE-WAIT until
+		// the answer.
+		c.abort(499)
 		return false
 	}
 	if u.connecting {
@@ -1035,7 +1063,10 @@ func (c *httpConn) connectFailed(err error) {
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		c.timedOut = true
 	}
-	c.l.s.b.connectFailed(be, err)
+	if c.l.s.b.connectFailed(be, err) {
+		c.outOfResources()
+		return
+	}
 	c.l.s.b.log.Debug().Err(err).Str("balancer", c.rlb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
 	c.connect()
 }
