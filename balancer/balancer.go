@@ -55,8 +55,8 @@ type Balancer struct {
 	log zerolog.Logger
 	// localLog is log sampled for the balancer's own faults (see noteLocal).
 	localLog zerolog.Logger
-	reg *prometheus.Registry
-	m   *metrics
+	reg      *prometheus.Registry
+	m        *metrics
 	// ejectCooldown: see DefaultEjectCooldown; tests shorten it.
 	ejectCooldown time.Duration
 

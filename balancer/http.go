@@ -543,6 +543,12 @@ func (c *httpConn) readRequest() bool {
 		h.body.length = 0
 	}
 	c.reqBody = newBodyReader(h.body, false)
+	if !c.reqBody.valid(c.in[end:]) {
+		// Chunks already here that no backend may see: refused before
+		// one is chosen.
+		c.refuse(&httpError{400, errChunked.Error()})
+		return true
+	}
 	c.bodySent = false
 	c.in = c.in[:copy(c.in, c.in[end:])]
 	c.start = c.l.r.now
@@ -564,7 +570,9 @@ func (c *httpConn) localAddr() string {
 // refuse answers a request the proxy will not pass on, and closes.
 func (c *httpConn) refuse(he *httpError) {
 	c.l.s.lb.Load().mNone.request(he.code)
-	c.out = appendError(c.out, he.code, statusText(he.code)+": "+he.msg, false)
+	// The request did not parse, so its method is unknown: the answer
+	// has its body, and the connection ends after it.
+	c.out = appendError(c.out, he.code, statusText(he.code)+": "+he.msg, false, false)
 	c.state = hsClosing
 }
 
@@ -674,7 +682,7 @@ func (c *httpConn) answerNone(code int, msg string) {
 // answerError ends the request with an error of the proxy's own.
 func (c *httpConn) answerError(code int, msg string) {
 	c.clientKA = c.keepAlive && c.reqBody.done && !c.l.s.stopping.Load()
-	c.out = appendError(c.out, code, msg, c.clientKA)
+	c.out = appendError(c.out, code, msg, c.clientKA, c.isHead)
 	c.endRequest()
 }
 
@@ -754,7 +762,7 @@ func (c *httpConn) exchange() bool {
 		if len(c.in) > 0 {
 			n, err := c.reqBody.take(c.in)
 			if err != nil {
-				c.abort(400)
+				c.badBody()
 				return false
 			}
 			c.uout = append(c.uout, c.in[:n]...)
@@ -802,7 +810,7 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 	c.last = c.l.r.now
 	k, err := c.reqBody.take(scratch[:n])
 	if err != nil {
-		c.abort(400)
+		c.badBody()
 		return true, false
 	}
 	// Bytes past the body's end are the next request's.
@@ -920,6 +928,11 @@ func (c *httpConn) startResponse(end int) bool {
 		c.uin = c.uin[:copy(c.uin, c.uin[end:])]
 		c.tunnel()
 		return false
+	}
+	if br := newBodyReader(c.resp.body, c.resp.closeDelimited); !br.valid(c.uin[end:]) {
+		// Broken chunks already here: a 502 rather than half an answer.
+		c.backendFailed(errChunked)
+		return true
 	}
 	c.clientKA = c.keepAlive && !c.resp.closeDelimited && !c.l.s.stopping.Load()
 	c.out = appendResponse(c.out, c.uin[:end], &c.resp, c.clientKA, false)
@@ -1105,6 +1118,20 @@ func (c *httpConn) backendFailed(err error) {
 	c.answerError(code, msg)
 }
 
+// badBody: the request body's chunks broke after the request went to the
+// backend, which gets no more of it and loses its connection (what it got
+// is a request it cannot complete); the client gets a 400 if no answer
+// has begun, and the end of its connection.
+func (c *httpConn) badBody() {
+	if c.gotHead {
+		c.abort(400)
+		return
+	}
+	c.releaseBackendClosing()
+	c.keepAlive = false
+	c.answerNone(400, statusText(400)+": "+errChunked.Error())
+}
+
 // abort ends a request that cannot be answered properly any more: both
 // connections close, and the code is what the metrics record.
 func (c *httpConn) abort(code int) {
@@ -1181,7 +1208,9 @@ func (c *httpConn) close() {
 }
 
 // appendError is a short plain-text answer, as nginx gives.
-func appendError(out []byte, code int, msg string, keepAlive bool) []byte {
+// The answer to a HEAD request has the headers only (RFC 9110 9.3.2): a
+// body would be read as the next answer.
+func appendError(out []byte, code int, msg string, keepAlive, isHead bool) []byte {
 	body := msg + "\n"
 	out = append(out, "HTTP/1.1 "...)
 	out = strconv.AppendInt(out, int64(code), 10)
@@ -1193,6 +1222,9 @@ func appendError(out []byte, code int, msg string, keepAlive bool) []byte {
 		out = append(out, "\r\nConnection: close"...)
 	}
 	out = append(out, "\r\n\r\n"...)
+	if isHead {
+		return out
+	}
 	return append(out, body...)
 }
 

@@ -37,8 +37,12 @@ func startRecordingBackend(tb testing.TB, answer func(n int, r *http.Request) st
 	rb := &recordingBackend{answer: answer}
 	if rb.answer == nil {
 		rb.answer = func(n int, r *http.Request) string {
-			body := fmt.Sprintf("r%d %s", n, r.URL.RequestURI())
-			return fmt.Sprintf("HTTP/1.1 200 OK\r\nX-Rec: %d\r\nContent-Length: %d\r\n\r\n%s", n, len(body), body)
+			body := fmt.Sprintf("r%d %s", n, r.RequestURI)
+			head := fmt.Sprintf("HTTP/1.1 200 OK\r\nX-Rec: %d\r\nContent-Length: %d\r\n\r\n", n, len(body))
+			if r.Method == http.MethodHead {
+				return head
+			}
+			return head + body
 		}
 	}
 	rb.addr = serveTCP(tb, func(c net.Conn) {

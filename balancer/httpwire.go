@@ -473,8 +473,8 @@ func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 // refused; so are CONNECT (a reverse proxy tunnels nowhere) and the
 // authority-form it uses.
 func requestTarget(method, t []byte) (target, authority []byte, err error) {
-	for _, c := range t {
-		if c <= ' ' || c == 0x7f || c == '#' {
+	for i, c := range t {
+		if c <= ' ' || c == 0x7f || c == '#' || c == '%' && !pctEncoded(t[i:]) {
 			return nil, nil, badRequest("invalid character in the request-target")
 		}
 	}
@@ -511,7 +511,8 @@ func requestTarget(method, t []byte) (target, authority []byte, err error) {
 }
 
 // hostChars are those of uri-host [":" port] (RFC 3986 3.2.2): no
-// userinfo, nothing that ends an authority.
+// userinfo, nothing that ends an authority, and no percent-encoding
+// (which names a host otherwise to each reader: net/http refuses most).
 var hostChars = func() (t [256]bool) {
 	for c := '0'; c <= '9'; c++ {
 		t[c] = true
@@ -519,7 +520,7 @@ var hostChars = func() (t [256]bool) {
 	for c := 'a'; c <= 'z'; c++ {
 		t[c], t[c-'a'+'A'] = true, true
 	}
-	for _, c := range []byte("-._~!$&'()*+,;=:[]%") {
+	for _, c := range []byte("-._~!$&'()*+,;=:[]") {
 		t[c] = true
 	}
 	return t
@@ -532,6 +533,15 @@ func validHost(v []byte) bool {
 		}
 	}
 	return true
+}
+
+// pctEncoded: p starts with "%" HEXDIG HEXDIG.
+func pctEncoded(p []byte) bool {
+	return len(p) >= 3 && isHex(p[1]) && isHex(p[2])
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
 
 // appendRequest emits the head the backend gets: the request line with the
@@ -735,6 +745,17 @@ func newBodyReader(f framing, closeDelimited bool) bodyReader {
 	return bodyReader{left: f.length, done: f.length == 0}
 }
 
+// valid says whether p, the bytes of the body already at hand, frames
+// well so far; the reader itself does not move.
+func (br *bodyReader) valid(p []byte) bool {
+	if !br.chunked || len(p) == 0 {
+		return true
+	}
+	cs := br.cs
+	_, _, err := cs.scan(p)
+	return err == nil
+}
+
 // take says how much of p belongs to the body, and whether the body ended
 // there. A close-delimited body takes everything and ends at EOF.
 func (br *bodyReader) take(p []byte) (int, error) {
@@ -758,9 +779,10 @@ func (br *bodyReader) take(p []byte) (int, error) {
 // size in hex, optional extensions, CRLF, the data, CRLF; after the last
 // (0) chunk, trailer fields up to an empty line. The chunks pass on as
 // they came, so the scanner accepts only the strict grammar: a bare LF, a
-// space after the size not followed by an extension, a control character
-// or a trailer line that is not a field could each be read otherwise by
-// the next hop.
+// control character, a trailer line that is not a field could each be
+// read otherwise by the next hop, and so could whitespace after the size
+// (RFC 9112 allows it before an extension; net/http, among others, does
+// not).
 type chunkScanner struct {
 	state  uint8
 	size   int64
@@ -771,7 +793,6 @@ type chunkScanner struct {
 
 const (
 	csSize = iota
-	csExtWS
 	csExt
 	csSizeLF
 	csData
@@ -813,18 +834,8 @@ func (cs *chunkScanner) scan(p []byte) (n int, done bool, err error) {
 				cs.digits++
 			case c == ';' && cs.digits > 0:
 				cs.state, cs.line = csExt, 0
-			case (c == ' ' || c == '\t') && cs.digits > 0:
-				cs.state = csExtWS
 			case c == '\r' && cs.digits > 0:
 				cs.state = csSizeLF
-			default:
-				return n, false, errChunked
-			}
-		case csExtWS:
-			switch c {
-			case ' ', '\t':
-			case ';':
-				cs.state, cs.line = csExt, 0
 			default:
 				return n, false, errChunked
 			}

@@ -126,7 +126,7 @@ func TestChunkScanner(t *testing.T) {
 		{"extension and trailer", "5;x=y\r\nhello\r\n0\r\nX-T: 1\r\n\r\n", "", false},
 		{"bare LF", "5\nhello\n0\n\n", "next", true},
 		{"bare LF after data", "5\r\nhello\n0\r\n\r\n", "", true},
-		{"space before extension", "5 ;a=b\r\nhello\r\n0\r\n\r\n", "", false},
+		{"space before extension", "5 ;a=b\r\nhello\r\n0\r\n\r\n", "", true},
 		{"space after size", "5 \r\nhello\r\n0\r\n\r\n", "", true},
 		{"junk after size", "5 x\r\nhello\r\n0\r\n\r\n", "", true},
 		{"LF in extension", "5;a\nb\r\nhello\r\n0\r\n\r\n", "", true},
