@@ -160,10 +160,9 @@ type upstream struct {
 	fd int
 	be *backend
 	readiness
-	connecting bool
-	reused     bool
-	owner      *httpConn
-	idleSince  time.Time
+	reused    bool
+	owner     *httpConn
+	idleSince time.Time
 }
 
 func (u *upstream) event(fd int, ev uint32) {
@@ -259,12 +258,30 @@ func peekAlive(fd int) bool {
 	return err == unix.EAGAIN
 }
 
-// Client connection states.
+// httpState is where a client connection is in its exchange. Each state
+// says what the connection waits for, and the transitions are few:
+//
+//	hsIdle → hsConnect (a new backend connection) or hsAwaitHead (a
+//	pooled one) once a request head parsed; hsClosing when it did not.
+//	hsConnect → hsAwaitHead once connected; to hsConnect or hsAwaitHead
+//	again with the next backend when the connect failed.
+//	hsAwaitHead → hsRelay with the final answer's head (interim ones
+//	pass on in hsAwaitHead); to the next backend, or an error answer.
+//	hsRelay → hsIdle (keep-alive) or hsClosing at the answer's end.
+//	hsClosing → hsLinger once the last answer is out.
+//
+// An accepted upgrade leaves the machine: the connection becomes a tunnel.
+// The request body goes up in hsAwaitHead and hsRelay alike (a backend may
+// answer before it has all of it): reqBody says how far it is.
+type httpState uint8
+
 const (
-	hsIdle     = iota // waiting for a request head
-	hsExchange        // a request with a backend
-	hsClosing         // flushing the last answer, then closing
-	hsLinger          // answer out, write side closed, waiting for the client's end
+	hsIdle      httpState = iota // waiting for a request head
+	hsConnect                    // the request waits for a new backend connection
+	hsAwaitHead                  // the request goes to the backend, its answer's head is awaited
+	hsRelay                      // the answer's body goes to the client
+	hsClosing                    // flushing the last answer, then closing
+	hsLinger                     // answer out, write side closed, waiting for the client's end
 )
 
 // httpLinger bounds the wait for a client's end after the last answer
@@ -281,7 +298,7 @@ type httpConn struct {
 	ip     []byte // the client's address for X-Forwarded-For
 	readiness
 	eof     bool
-	state   uint8
+	state   httpState
 	done    bool
 	in, out []byte // from the client not yet used; to it not yet written
 	last    time.Time
@@ -313,7 +330,6 @@ type httpConn struct {
 	uin      []byte    // from the backend not yet used
 	uout     []byte    // to the backend not yet written
 	deadline time.Time
-	gotHead  bool
 	// accounted: the answer is in the metrics.
 	accounted bool
 	resp      respHead
@@ -404,7 +420,7 @@ func (c *httpConn) step() bool {
 	switch c.state {
 	case hsIdle:
 		return c.readRequest()
-	case hsExchange:
+	case hsConnect, hsAwaitHead, hsRelay:
 		return c.exchange()
 	case hsClosing:
 		if c.eof {
@@ -553,7 +569,6 @@ func (c *httpConn) readRequest() bool {
 	c.in = c.in[:copy(c.in, c.in[end:])]
 	c.start = c.l.r.now
 	c.tried, c.attempted, c.timedOut, c.fresh = triedSet{}, false, false, false
-	c.state = hsExchange
 	c.connect()
 	return true
 }
@@ -590,7 +605,7 @@ func (c *httpConn) connect() {
 		}
 		c.tried.add(be.idx)
 		c.attempted = true
-		u, err := c.upstreamFor(be)
+		u, connecting, err := c.upstreamFor(be)
 		if err != nil {
 			if b.connectFailed(be, err) {
 				c.outOfResources()
@@ -603,7 +618,8 @@ func (c *httpConn) connect() {
 		be.st.active.Add(1)
 		be.m.active.Inc()
 		c.uout = append(c.uout[:0], c.fwd...)
-		if u.connecting {
+		if connecting {
+			c.state = hsConnect
 			c.deadline = c.l.r.now.Add(lb.connectTimeout)
 			if lb.proxyProtocol > 0 {
 				local, _ := unix.Getsockname(c.fd)
@@ -613,41 +629,42 @@ func (c *httpConn) connect() {
 				}
 			}
 		} else {
+			c.state = hsAwaitHead
 			c.deadline = c.l.r.now.Add(lb.idleTimeout)
 		}
-		c.uin, c.gotHead, c.accounted = c.uin[:0], false, false
+		c.uin, c.accounted = c.uin[:0], false
 		return
 	}
 }
 
 // upstreamFor is a connection to be: the client's own with the PROXY
-// protocol, else a pooled one, else a new one, connecting.
-func (c *httpConn) upstreamFor(be *backend) (*upstream, error) {
+// protocol, else a pooled one, else a new one: connecting.
+func (c *httpConn) upstreamFor(be *backend) (u *upstream, connecting bool, err error) {
 	now := c.l.r.now
 	if c.rlb.proxyProtocol > 0 {
 		if u := c.pp; u != nil {
 			c.pp = nil
 			if u.be.st == be.st && !c.fresh && (now.Sub(u.idleSince) < idleCheckAfter || peekAlive(u.fd)) {
-				return u, nil
+				return u, false, nil
 			}
 			u.close()
 		}
 	} else if !c.fresh {
 		if u := c.l.pool(be.st).get(now); u != nil {
 			u.be = be
-			return u, nil
+			return u, false, nil
 		}
 	}
 	fd, err := connectNonblock(be.ap)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	u := &upstream{l: c.l, fd: fd, be: be, connecting: true}
+	u = &upstream{l: c.l, fd: fd, be: be}
 	if err := c.l.r.add(fd, u, evConn); err != nil {
 		unix.Close(fd)
-		return nil, err
+		return nil, false, err
 	}
-	return u, nil
+	return u, true, nil
 }
 
 // noBackend answers when no backend took the request.
@@ -716,7 +733,7 @@ func (c *httpConn) exchange() bool {
 		c.abort(499)
 		return false
 	}
-	if u.connecting {
+	if c.state == hsConnect {
 		if !u.w {
 			return false
 		}
@@ -727,7 +744,7 @@ func (c *httpConn) exchange() bool {
 			c.connectFailed(err)
 			return true
 		}
-		u.connecting = false
+		c.state = hsAwaitHead
 		c.l.s.b.connectOK(c.be)
 		c.be.m.conns.Inc()
 		c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
@@ -747,7 +764,7 @@ func (c *httpConn) exchange() bool {
 			return true
 		}
 		c.be.m.toBackend.Add(float64(n))
-		if !c.gotHead {
+		if c.state == hsAwaitHead {
 			// The backend has the idle timeout to answer from the
 			// last byte of the request.
 			c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
@@ -781,7 +798,7 @@ func (c *httpConn) exchange() bool {
 		}
 	}
 	// The response.
-	if !c.gotHead {
+	if c.state == hsAwaitHead {
 		return c.readResponseHead() || progress
 	}
 	return c.relayResponse() || progress
@@ -828,7 +845,7 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 		return true, true
 	default:
 		c.be.m.toBackend.Add(float64(w))
-		if !c.gotHead {
+		if c.state == hsAwaitHead {
 			c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
 		}
 	}
@@ -918,7 +935,7 @@ func (c *httpConn) startResponse(end int) bool {
 		c.backendFailed(errors.New("chunked answer to an HTTP/1.0 request"))
 		return true
 	}
-	c.gotHead = true
+	c.state = hsRelay
 	if code == 101 {
 		if !c.upgrade {
 			c.backendFailed(errors.New("unasked protocol switch"))
@@ -1040,6 +1057,9 @@ func (c *httpConn) account(code int) {
 // finish accounts the request and frees its backend connection.
 func (c *httpConn) finish() {
 	u, be := c.u, c.be
+	// A head held for its body leaves now, whatever the body was (a
+	// close-delimited one may be empty).
+	c.hold = false
 	c.account(c.resp.code)
 	c.releaseBackend()
 	if c.resp.reusable && c.reqBody.done && len(c.uin) == 0 && len(c.uout) == 0 && !c.l.s.stopping.Load() {
@@ -1123,7 +1143,7 @@ func (c *httpConn) backendFailed(err error) {
 // is a request it cannot complete); the client gets a 400 if no answer
 // has begun, and the end of its connection.
 func (c *httpConn) badBody() {
-	if c.gotHead {
+	if c.state == hsRelay {
 		c.abort(400)
 		return
 	}
@@ -1171,21 +1191,21 @@ func (c *httpConn) checkTimeouts(now time.Time) {
 	switch {
 	case c.state == hsLinger && now.After(c.lingerUntil):
 		c.close()
-	case c.state == hsExchange && c.u != nil && c.u.connecting && now.After(c.deadline):
+	case c.state == hsConnect && now.After(c.deadline):
 		c.connectFailed(errConnectTimeout)
 		c.run()
-	case c.state == hsExchange && c.u != nil && !c.gotHead && now.After(c.deadline) && !c.reqBody.done && len(c.uout) == 0:
+	case c.state == hsAwaitHead && now.After(c.deadline) && !c.reqBody.done && len(c.uout) == 0:
 		// The client stopped sending its body (nginx answers 408 to
 		// that; half a request cannot be answered): cut.
 		c.abort(408)
-	case c.state == hsExchange && c.u != nil && !c.gotHead && now.After(c.deadline):
+	case c.state == hsAwaitHead && now.After(c.deadline):
 		c.backendFailed(&timeoutError{"timeout awaiting the backend's response head"})
 		c.run()
 	case c.state == hsIdle && len(c.in) > 0 && lb.idleTimeout > 0 && now.Sub(c.headStart) >= lb.idleTimeout:
 		// A head that trickles in (slowloris) gets the idle timeout in
 		// all, not per byte.
 		c.abort(408)
-	case lb.idleTimeout > 0 && now.Sub(c.last) >= lb.idleTimeout && (c.state != hsExchange || c.gotHead):
+	case lb.idleTimeout > 0 && now.Sub(c.last) >= lb.idleTimeout && c.state != hsConnect && c.state != hsAwaitHead:
 		c.abort(499)
 	}
 }

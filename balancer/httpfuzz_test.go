@@ -12,6 +12,7 @@ import (
 	"slices"
 
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -227,11 +228,11 @@ func FuzzHTTPResponse(f *testing.F) {
 	for _, s := range responseSeeds {
 		f.Add([]byte(s))
 	}
-	var answer []byte
+	var answer atomic.Pointer[[]byte]
 	backend := serveTCP(f, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(time.Second))
 		if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-			c.Write(answer)
+			c.Write(*answer.Load())
 		}
 	})
 	b := fuzzBalancer(f)
@@ -244,7 +245,7 @@ func FuzzHTTPResponse(f *testing.F) {
 		if len(resp) > 8<<10 {
 			return
 		}
-		answer = resp // the backend reads it after this request reaches it
+		answer.Store(&resp)
 		ref, refBody, refOK := referenceResponse(resp)
 		c, err := net.Dial("tcp", front)
 		if err != nil {
