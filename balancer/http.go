@@ -337,6 +337,8 @@ type httpConn struct {
 	clientKA  bool // the client connection stays open after the response
 	// hold: a response head waits for its body (see httpHoldHead).
 	hold bool
+	// heldFrom is where the held head starts in out.
+	heldFrom int
 	// queued: a later call is asked for.
 	queued bool
 }
@@ -952,6 +954,7 @@ func (c *httpConn) startResponse(end int) bool {
 		return true
 	}
 	c.clientKA = c.keepAlive && !c.resp.closeDelimited && !c.l.s.stopping.Load()
+	c.heldFrom = len(c.out)
 	c.out = appendResponse(c.out, c.uin[:end], &c.resp, c.clientKA, false)
 	c.uin = c.uin[:copy(c.uin, c.uin[end:])]
 	c.respBody = newBodyReader(c.resp.body, c.resp.closeDelimited)
@@ -975,7 +978,8 @@ func (c *httpConn) relayResponse() bool {
 		if len(c.uin) > 0 {
 			k, ok := c.passBody(c.uin)
 			if !ok {
-				return false
+				// Cut (done), or answered with a 502: then on.
+				return !c.done
 			}
 			c.uin = c.uin[:copy(c.uin, c.uin[k:])]
 		}
@@ -1000,14 +1004,12 @@ func (c *httpConn) relayResponse() bool {
 				c.respBody.done = true
 				continue
 			}
-			// The backend broke off the body: the client can only
-			// learn it from the connection's end.
-			c.abort(502)
-			return false
+			c.responseBroke(errors.New("the backend broke off the body"))
+			return !c.done
 		}
 		k, ok := c.passBody(scratch[:n])
 		if !ok {
-			return false
+			return !c.done
 		}
 		// Bytes past the body's end: the backend said more than the
 		// response; the connection will not be reused (see finish).
@@ -1021,7 +1023,7 @@ func (c *httpConn) relayResponse() bool {
 func (c *httpConn) passBody(p []byte) (int, bool) {
 	k, err := c.respBody.take(p)
 	if err != nil {
-		c.abort(502)
+		c.responseBroke(err)
 		return 0, false
 	}
 	if c.respBody.done {
@@ -1117,7 +1119,7 @@ func (c *httpConn) releaseBackendClosing() {
 // when the request can be sent again; else the client gets 502, or 504.
 func (c *httpConn) backendFailed(err error) {
 	be, u := c.be, c.u
-	if u.reused && !c.bodySent && c.retryable && len(c.uin) == 0 && !c.fresh {
+	if u.reused && !c.bodySent && c.retryable && len(c.uin) == 0 && !c.fresh && c.state != hsRelay {
 		c.releaseBackendClosing()
 		c.fresh = true
 		c.tried = triedSet{}
@@ -1136,6 +1138,18 @@ func (c *httpConn) backendFailed(err error) {
 		msg = "Gateway Timeout: the backend did not answer in time"
 	}
 	c.answerError(code, msg)
+}
+
+// responseBroke: the backend broke off its answer, or its framing. While
+// the head is still held nothing of the answer has left: the client gets
+// a 502 instead. Otherwise it can only learn it from the connection's end.
+func (c *httpConn) responseBroke(err error) {
+	if !c.hold {
+		c.abort(502)
+		return
+	}
+	c.out, c.hold = c.out[:c.heldFrom], false
+	c.backendFailed(err)
 }
 
 // badBody: the request body's chunks broke after the request went to the

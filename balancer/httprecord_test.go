@@ -186,3 +186,44 @@ func TestHTTPHeadLimit(t *testing.T) {
 		t.Errorf("backend saw %d requests, want 1", len(reqs))
 	}
 }
+
+// A backend that breaks off its answer before any of its body came gets
+// the client a 502, not a head and then the end of the connection; the
+// client's connection goes on.
+func TestHTTPAnswerBrokenBeforeItsBody(t *testing.T) {
+	backend := serveTCP(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			c.SetDeadline(time.Now().Add(waitFor))
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.URL.Path == "/broken" {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	b := newBalancer(t)
+	configure(t, b, named(httpLB("web", backend), "raw"))
+	c, err := net.Dial("tcp", addr(t, b, "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(waitFor))
+	io.WriteString(c, "GET /broken HTTP/1.1\r\nHost: a\r\n\r\nGET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+	br := bufio.NewReader(c)
+	for _, want := range []int{502, 200} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("want a %d: %v", want, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != want {
+			t.Errorf("got %s, want %d", resp.Status, want)
+		}
+	}
+}
