@@ -117,18 +117,21 @@ func trimOWS(b []byte) []byte {
 }
 
 // tokenChars are the characters of an HTTP token (RFC 9110 5.6.2).
-var tokenChars = func() (t [256]bool) {
+var tokenChars = alnumAnd("!#$%&'*+-.^_`|~")
+
+// alnumAnd is a table of the letters, the digits and extra.
+func alnumAnd(extra string) (t [256]bool) {
 	for c := '0'; c <= '9'; c++ {
 		t[c] = true
 	}
 	for c := 'a'; c <= 'z'; c++ {
 		t[c], t[c-'a'+'A'] = true, true
 	}
-	for _, c := range []byte("!#$%&'*+-.^_`|~") {
+	for _, c := range []byte(extra) {
 		t[c] = true
 	}
 	return t
-}()
+}
 
 // Header names the proxy handles itself, matched case-insensitively.
 var (
@@ -513,18 +516,7 @@ func requestTarget(method, t []byte) (target, authority []byte, err error) {
 // hostChars are those of uri-host [":" port] (RFC 3986 3.2.2): no
 // userinfo, nothing that ends an authority, and no percent-encoding
 // (which names a host otherwise to each reader: net/http refuses most).
-var hostChars = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c], t[c-'a'+'A'] = true, true
-	}
-	for _, c := range []byte("-._~!$&'()*+,;=:[]") {
-		t[c] = true
-	}
-	return t
-}()
+var hostChars = alnumAnd("-._~!$&'()*+,;=:[]")
 
 func validHost(v []byte) bool {
 	for _, c := range v {
@@ -826,7 +818,7 @@ func (cs *chunkScanner) scan(p []byte) (n int, done bool, err error) {
 		switch cs.state {
 		case csSize:
 			switch {
-			case c >= '0' && c <= '9', c >= 'a' && c <= 'f', c >= 'A' && c <= 'F':
+			case isHex(c):
 				if cs.digits == 15 {
 					return n, false, errChunked
 				}
