@@ -393,8 +393,21 @@ type reqHead struct {
 func (h *reqHead) isHead() bool { return string(h.method) == "HEAD" }
 
 // wantsUpgrade: a protocol switch (WebSocket) the backend may accept;
-// HTTP/1.1 only.
-func (h *reqHead) wantsUpgrade() bool { return h.conn.upgrade && len(h.upgrade) > 0 && h.minor == 1 }
+// HTTP/1.1 only, and never to h2c: an HTTP/2 tunnel would carry requests
+// the proxy never reads (the published "h2c smuggling"), without its
+// X-Forwarded-For.
+func (h *reqHead) wantsUpgrade() bool {
+	return h.conn.upgrade && len(h.upgrade) > 0 && h.minor == 1 && !containsFold(h.upgrade, []byte("h2c"))
+}
+
+func containsFold(s, sub []byte) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if bytes.EqualFold(s[i:i+len(sub)], sub) {
+			return true
+		}
+	}
+	return false
+}
 
 var hdrExpect = []byte("Expect")
 
