@@ -78,7 +78,9 @@ func FuzzHTTPProxy(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	b := fuzzBalancer(f)
-	rb, front := recordingFront(f, b, nil)
+	// A request whose body never ends (its length reaches past the
+	// input) is cut by the proxy's idle timeout: short, for speed.
+	rb, front := recordingFront(f, b, nil, func(l *pb.LoadBalancer) { l.IdleTimeoutMs = 200 })
 	f.Fuzz(func(t *testing.T, in []byte) {
 		if len(in) > 8<<10 {
 			return
@@ -139,9 +141,9 @@ func FuzzHTTPProxy(f *testing.F) {
 		passed := 0
 		for i, resp := range got {
 			if resp.Header.Get("X-Rec") == "" {
-				// The proxy's own answer: nothing follows it.
-				if i != len(got)-1 {
-					t.Fatalf("answer %d (%s) is the proxy's, yet answers follow", i, resp.Status)
+				// The proxy's own answer; nothing follows a refusal.
+				if i != len(got)-1 && refusal([]byte(fmt.Sprintf("HTTP/1.1 %d", resp.StatusCode))) {
+					t.Fatalf("answer %d (%s) refused the request, yet answers follow", i, resp.Status)
 				}
 				continue
 			}

@@ -94,10 +94,14 @@ func (rb *recordingBackend) take() ([]recorded, []error) {
 }
 
 // recordingFront is an http load balancer in front of a recording backend
-// and its address.
-func recordingFront(tb testing.TB, b *Balancer, answer func(n int, r *http.Request) string) (*recordingBackend, string) {
+// and its address; opts change its config.
+func recordingFront(tb testing.TB, b *Balancer, answer func(n int, r *http.Request) string, opts ...func(*pb.LoadBalancer)) (*recordingBackend, string) {
 	rb := startRecordingBackend(tb, answer)
-	if err := b.Configure(tb.Context(), &pb.BalancerConfig{LoadBalancers: []*pb.LoadBalancer{named(httpLB("web", rb.addr), "rec")}}); err != nil {
+	l := named(httpLB("web", rb.addr), "rec")
+	for _, o := range opts {
+		o(l)
+	}
+	if err := b.Configure(tb.Context(), &pb.BalancerConfig{LoadBalancers: []*pb.LoadBalancer{l}}); err != nil {
 		tb.Fatal(err)
 	}
 	a, ok := b.Addrs()["web"]
