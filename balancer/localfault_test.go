@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -20,9 +21,10 @@ import (
 )
 
 // fdLimit holds the process at its open-files limit: the soft limit is
-// lowered to just above the descriptors open now and the rest filled. free
-// leaves n descriptors free; release frees them all and restores the
-// limit (also at the test's end).
+// lowered to just above the descriptors open now and the rest filled.
+// leave fills again and leaves n descriptors free (others in the process
+// may have closed some meanwhile); release frees them all and restores
+// the limit (also at the test's end).
 type fdLimit struct {
 	t       *testing.T
 	orig    unix.Rlimit
@@ -51,18 +53,25 @@ func holdFDLimit(t *testing.T) *fdLimit {
 		t.Fatal(err)
 	}
 	t.Cleanup(l.release)
-	for range top + 64 {
+	l.leave(0)
+	return l
+}
+
+// leave fills up to the limit, then frees n descriptors.
+func (l *fdLimit) leave(n int) {
+	for {
 		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err == unix.EMFILE {
-			return l
+			break
 		}
 		if err != nil {
-			t.Fatal(err)
+			l.t.Fatal(err)
 		}
-		l.fillers = append(l.fillers, fd)
+		if l.fillers = append(l.fillers, fd); len(l.fillers) > 1<<16 {
+			l.t.Fatal("the open-files limit was never reached")
+		}
 	}
-	t.Fatal("the open-files limit was never reached")
-	return nil
+	l.free(n)
 }
 
 // free closes n fillers.
@@ -146,10 +155,10 @@ func TestLocalFaultsAtFDLimit(t *testing.T) {
 				req, want = "ping", "h1 ping"
 			}
 			l := typed(named(lb("web", "127.0.0.1:0", backend), "h1"), typ)
-			l.Health = &pb.BackendHealth{Type: HealthTCP, IntervalMs: 30, TimeoutMs: 30, Rise: 1, Fall: 1, EjectAfterErrors: 1}
-			if typ == TypeUDP {
-				l.Health.Type = "" // udp backends have no tcp port to check
-			}
+			// One connect error would eject. (No active checks: their
+			// sockets come and go, and the test needs every descriptor
+			// counted; TestLocalFaultIsNoCheckFailure has them.)
+			l.Health = &pb.BackendHealth{EjectAfterErrors: 1}
 			configure(t, b, l)
 			front := addr(t, b, "web")
 			sockType := unix.SOCK_STREAM
@@ -165,11 +174,18 @@ func TestLocalFaultsAtFDLimit(t *testing.T) {
 				if got := rawExchange(t, clients[0], front, req); got != "" {
 					t.Errorf("answered with no descriptor free: %q", got)
 				}
-				// One free: accepted, but no socket to the backend.
-				lim.free(1)
 			}
 			for i, fd := range clients {
 				var got string
+				if typ != TypeUDP {
+					// One free once the balancer has closed the last
+					// client's connection: accepted, but no socket to
+					// the backend.
+					eventually(t, "the last client's connection closed", func() bool {
+						return testutil.ToFloat64(b.m.active.WithLabelValues("web")) == 0
+					})
+					lim.leave(1)
+				}
 				if i == 0 && typ != TypeUDP {
 					got = rawRead(fd)
 				} else {
@@ -185,7 +201,6 @@ func TestLocalFaultsAtFDLimit(t *testing.T) {
 					t.Errorf("client %d at the limit got %q", i, got)
 				}
 			}
-			time.Sleep(100 * time.Millisecond) // several active checks
 			for _, op := range []string{opAccept, opConnect} {
 				if typ == TypeUDP && op == opAccept {
 					continue
@@ -291,4 +306,34 @@ func TestHTTPClientGoneAbandonsBackend(t *testing.T) {
 		t.Fatal("the backend still works for a client that left")
 	}
 	eventually(t, "499 counted", func() bool { return testutil.ToFloat64(b.m.requests.WithLabelValues("web", "h1", "499")) == 1 })
+}
+
+// An active check that cannot run for want of the balancer's own
+// descriptors says nothing of the backend: it stays up, and the fault is
+// counted as the balancer's.
+func TestLocalFaultIsNoCheckFailure(t *testing.T) {
+	b := newBalancer(t)
+	l := named(lb("web", "127.0.0.1:0", "127.0.0.1:1"), "h1")
+	l.Health = &pb.BackendHealth{Type: HealthTCP, IntervalMs: 1000, TimeoutMs: 100, Rise: 1, Fall: 1}
+	built, err := build(0, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	built.adopt(nil)
+	be := built.backends[0]
+	be.m = b.m.forBackend("web", "h1")
+	emfile := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", unix.EMFILE)}
+	for range 3 {
+		b.checked(be, emfile)
+	}
+	if !be.st.up.Load() {
+		t.Error("the backend is down after checks that could not run")
+	}
+	if n := testutil.ToFloat64(b.m.localErrors.WithLabelValues("web", opCheck, "EMFILE")); n != 3 {
+		t.Errorf("%s{op=check} = %v, want 3", metricLocalErrors, n)
+	}
+	b.checked(be, errors.New("connection refused"))
+	if be.st.up.Load() {
+		t.Error("a check that failed for the backend's fault did not take it down")
+	}
 }
