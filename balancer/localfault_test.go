@@ -280,9 +280,10 @@ func answerOnce(t *testing.T, typ, front, req string) string {
 // of the client's socket waiting in CLOSE-WAIT for the answer.
 func TestHTTPClientGoneAbandonsBackend(t *testing.T) {
 	b := newBalancer(t)
-	cancelled := make(chan struct{}, 1)
+	started, cancelled := make(chan struct{}, 1), make(chan struct{}, 1)
 	h, _ := startHTTPBackend(t, "h1", func(s *http.Server) {
 		s.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			started <- struct{}{}
 			select {
 			case <-r.Context().Done():
 				cancelled <- struct{}{}
@@ -296,7 +297,11 @@ func TestHTTPClientGoneAbandonsBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
-	time.Sleep(100 * time.Millisecond) // at the backend by now
+	select {
+	case <-started:
+	case <-time.After(waitFor):
+		t.Fatal("the request never reached the backend")
+	}
 	start := time.Now()
 	c.Close()
 	select {
