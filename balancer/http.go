@@ -306,6 +306,8 @@ type httpConn struct {
 	// came.
 	headStart   time.Time
 	lingerUntil time.Time
+	// skippedEmpty: the empty line a request may follow was skipped.
+	skippedEmpty bool
 
 	// The request.
 	rlb       *loadBalancer // the config the request runs under
@@ -520,6 +522,15 @@ func (c *httpConn) readClient() bool {
 
 // readRequest waits for a whole request head, then starts the request.
 func (c *httpConn) readRequest() bool {
+	if !c.skippedEmpty {
+		// One empty line before a request line is ignored (RFC 9112
+		// 2.2): some clients end a body with one more CRLF. One only,
+		// so that a trickle of them still meets the head's timeout.
+		if n := emptyLine(c.in); n > 0 {
+			c.in = c.in[:copy(c.in, c.in[n:])]
+			c.skippedEmpty = true
+		}
+	}
 	end := headEnd(c.in)
 	if end > httpMaxHead {
 		c.refuse(&httpError{431, "request head too large"})
@@ -550,7 +561,7 @@ func (c *httpConn) readRequest() bool {
 		c.refuse(he)
 		return true
 	}
-	c.rlb = c.l.s.lb.Load()
+	c.rlb, c.skippedEmpty = c.l.s.lb.Load(), false
 	c.isHead, c.upgrade, c.http10 = h.isHead(), h.wantsUpgrade(), h.minor == 0
 	c.keepAlive = h.keepAlive && h.minor == 1
 	m := string(h.method)

@@ -231,3 +231,30 @@ func TestHTTPAnswerBrokenBeforeItsBody(t *testing.T) {
 		}
 	}
 }
+
+// One empty line before a request line is ignored (RFC 9112 2.2), as an
+// old client may end a body with one; a second is refused.
+func TestHTTPEmptyLineBeforeRequest(t *testing.T) {
+	rb, front := recordingFront(t, newBalancer(t), nil)
+	c, err := net.Dial("tcp", front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(waitFor))
+	io.WriteString(c, "POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n\r\n\r\nGET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+	br := bufio.NewReader(c)
+	for _, want := range []int{200, 200, 400} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("want a %d: %v", want, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != want {
+			t.Errorf("got %s, want %d", resp.Status, want)
+		}
+	}
+	if reqs, _ := rb.take(); len(reqs) != 2 || reqs[1].uri != "/2" {
+		t.Errorf("backend saw %+v", reqs)
+	}
+}

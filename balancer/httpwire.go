@@ -51,6 +51,18 @@ func headEnd(b []byte) int {
 	}
 }
 
+// emptyLine is the length of the empty line b starts with (CRLF, or a
+// bare LF), or 0.
+func emptyLine(b []byte) int {
+	switch {
+	case len(b) > 0 && b[0] == '\n':
+		return 1
+	case len(b) > 1 && b[0] == '\r' && b[1] == '\n':
+		return 2
+	}
+	return 0
+}
+
 // headLines calls f with each line of a head after the first, without its
 // line end, and stops at the empty line.
 func headLines(head []byte, f func(line []byte) error) ([]byte, error) {
@@ -526,14 +538,43 @@ func requestTarget(method, t []byte) (target, authority []byte, err error) {
 	return target, authority, nil
 }
 
-// hostChars are those of uri-host [":" port] (RFC 3986 3.2.2): no
-// userinfo, nothing that ends an authority, and no percent-encoding
+// hostChars are those of a reg-name or an IPv4 address (RFC 3986 3.2.2):
+// no userinfo, nothing that ends an authority, and no percent-encoding
 // (which names a host otherwise to each reader: net/http refuses most).
-var hostChars = alnumAnd("-._~!$&'()*+,;=:[]")
+var hostChars = alnumAnd("-._~!$&'()*+,;=")
 
+// validHost: uri-host [":" port], the host an IPv6 literal in brackets or
+// of hostChars, the port digits (RFC 3986 3.2.2, 3.2.3). Empty is valid:
+// Host may be empty.
 func validHost(v []byte) bool {
-	for _, c := range v {
+	host, port := v, []byte(nil)
+	if len(v) > 0 && v[0] == '[' {
+		end := bytes.IndexByte(v, ']')
+		if end < 0 {
+			return false
+		}
+		for _, c := range v[1:end] {
+			if !isHex(c) && c != ':' && c != '.' {
+				return false
+			}
+		}
+		host, port = nil, v[end+1:]
+	} else if i := bytes.IndexByte(v, ':'); i >= 0 {
+		host, port = v[:i], v[i:]
+	}
+	for _, c := range host {
 		if !hostChars[c] {
+			return false
+		}
+	}
+	if len(port) == 0 {
+		return true
+	}
+	if port[0] != ':' {
+		return false
+	}
+	for _, c := range port[1:] {
+		if !isDigit(c) {
 			return false
 		}
 	}
