@@ -111,19 +111,42 @@ func recordingFront(tb testing.TB, b *Balancer, answer func(n int, r *http.Reque
 	return rb, a.String()
 }
 
+// dialFront is a client connection to front, closed with the test, with
+// waitFor to do its work.
+func dialFront(t *testing.T, front string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(waitFor))
+	return c
+}
+
+// wantStatuses reads answers from br and wants their statuses in order.
+func wantStatuses(t *testing.T, br *bufio.Reader, codes ...int) {
+	t.Helper()
+	for _, want := range codes {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("want a %d: %v", want, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != want {
+			t.Errorf("got %s, want %d", resp.Status, want)
+		}
+	}
+}
+
 // The smuggling reproducer of issue 16: a Content-Length that Connection
 // names frames the body all the same, so the backend sees one request,
 // with the would-be second one as its body.
 func TestHTTPConnectionCannotUnframe(t *testing.T) {
 	rb, front := recordingFront(t, newBalancer(t), nil)
-	c, err := net.Dial("tcp", front)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialFront(t, front)
 	smuggled := "GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
 	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: Content-Length\r\n\r\n%s", len(smuggled), smuggled)
-	c.SetReadDeadline(time.Now().Add(waitFor))
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -142,13 +165,8 @@ func TestHTTP10GetsNoInterimAnswer(t *testing.T) {
 	rb, front := recordingFront(t, newBalancer(t), func(n int, r *http.Request) string {
 		return fmt.Sprintf("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n1.%d!", r.ProtoMinor)
 	})
-	c, err := net.Dial("tcp", front)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialFront(t, front)
 	io.WriteString(c, "POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi")
-	c.SetReadDeadline(time.Now().Add(waitFor))
 	all, err := io.ReadAll(c)
 	if err != nil {
 		t.Fatal(err)
@@ -169,14 +187,10 @@ func TestHTTPHeadLimit(t *testing.T) {
 		size int
 		code int
 	}{{httpMaxHead, 200}, {httpMaxHead + 1, 431}} {
-		c, err := net.Dial("tcp", front)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialFront(t, front)
 		head := "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: "
 		head += strings.Repeat("p", tc.size-len(head)-4) + "\r\n\r\n"
 		io.WriteString(c, head)
-		c.SetReadDeadline(time.Now().Add(waitFor))
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		c.Close()
 		if err != nil {
@@ -212,48 +226,18 @@ func TestHTTPAnswerBrokenBeforeItsBody(t *testing.T) {
 	})
 	b := newBalancer(t)
 	configure(t, b, named(httpLB("web", backend), "raw"))
-	c, err := net.Dial("tcp", addr(t, b, "web"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(waitFor))
+	c := dialFront(t, addr(t, b, "web"))
 	io.WriteString(c, "GET /broken HTTP/1.1\r\nHost: a\r\n\r\nGET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
-	br := bufio.NewReader(c)
-	for _, want := range []int{502, 200} {
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("want a %d: %v", want, err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		if resp.StatusCode != want {
-			t.Errorf("got %s, want %d", resp.Status, want)
-		}
-	}
+	wantStatuses(t, bufio.NewReader(c), 502, 200)
 }
 
 // One empty line before a request line is ignored (RFC 9112 2.2), as an
 // old client may end a body with one; a second is refused.
 func TestHTTPEmptyLineBeforeRequest(t *testing.T) {
 	rb, front := recordingFront(t, newBalancer(t), nil)
-	c, err := net.Dial("tcp", front)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(waitFor))
+	c := dialFront(t, front)
 	io.WriteString(c, "POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n\r\n\r\nGET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
-	br := bufio.NewReader(c)
-	for _, want := range []int{200, 200, 400} {
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("want a %d: %v", want, err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		if resp.StatusCode != want {
-			t.Errorf("got %s, want %d", resp.Status, want)
-		}
-	}
+	wantStatuses(t, bufio.NewReader(c), 200, 200, 400)
 	if reqs, _ := rb.take(); len(reqs) != 2 || reqs[1].uri != "/2" {
 		t.Errorf("backend saw %+v", reqs)
 	}
