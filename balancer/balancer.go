@@ -53,8 +53,10 @@ var _ rpc.Balancer = (*Balancer)(nil)
 // Balancer implements rpc.Balancer.
 type Balancer struct {
 	log zerolog.Logger
-	reg *prometheus.Registry
-	m   *metrics
+	// localLog is log sampled for the balancer's own faults (see noteLocal).
+	localLog zerolog.Logger
+	reg      *prometheus.Registry
+	m        *metrics
 	// ejectCooldown: see DefaultEjectCooldown; tests shorten it.
 	ejectCooldown time.Duration
 
@@ -111,6 +113,7 @@ func New(log zerolog.Logger) *Balancer {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Balancer{
 		log:           log,
+		localLog:      newLocalLog(log),
 		reg:           reg,
 		m:             newMetrics(reg),
 		ejectCooldown: DefaultEjectCooldown,

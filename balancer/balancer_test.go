@@ -51,7 +51,7 @@ func deadAddr(t *testing.T) string {
 	return addr
 }
 
-func newBalancer(t *testing.T) *Balancer {
+func newBalancer(t testing.TB) *Balancer {
 	t.Helper()
 	b := New(zerolog.New(zerolog.NewTestWriter(t)))
 	b.ejectCooldown = 200 * time.Millisecond

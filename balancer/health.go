@@ -89,28 +89,38 @@ func (b *Balancer) connectOK(be *backend) {
 }
 
 // connectFailed counts a failed connect and ejects the backend after
-// ejectAfter of them in a row.
-func (b *Balancer) connectFailed(be *backend, err error) {
+// ejectAfter of them in a row. A fault of the balancer's own is not the
+// backend's: it is only noted, and local says so, for the caller to give
+// up rather than try the next backend.
+func (b *Balancer) connectFailed(be *backend, err error) (local bool) {
+	if b.noteLocal(be.lb.name, opConnect, err) {
+		return true
+	}
 	be.m.dialErrors.Inc()
 	n := be.st.connErrs.Add(1)
 	limit := be.lb.health.ejectAfter
 	if limit <= 0 || int(n) < limit {
-		return
+		return false
 	}
 	st := be.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.ejected {
-		return
+		return false
 	}
 	st.ejected, st.ejectedAt, st.okStreak = true, time.Now(), 0
 	be.m.ejections.Inc()
 	b.refresh(be, fmt.Sprintf("ejected after %d connect errors in a row: %v", n, err))
+	return false
 }
 
 // checked applies one active check result with rise and fall. A success
 // streak of rise also re-admits a backend ejected by connect errors.
 func (b *Balancer) checked(be *backend, err error) {
+	if err != nil && b.noteLocal(be.lb.name, opCheck, err) {
+		// The check could not run: it says nothing either way.
+		return
+	}
 	st := be.st
 	st.mu.Lock()
 	defer st.mu.Unlock()

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -81,8 +82,14 @@ func serveTCP(t testing.TB, handle func(c net.Conn)) string {
 	go func() {
 		for {
 			c, err := ln.Accept()
-			if err != nil {
+			if errors.Is(err, net.ErrClosed) {
 				return
+			}
+			if err != nil {
+				// Out of descriptors (see TestLocalFaultsAtFDLimit):
+				// a moment later.
+				time.Sleep(5 * time.Millisecond)
+				continue
 			}
 			go func() {
 				defer c.Close()

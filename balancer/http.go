@@ -160,10 +160,9 @@ type upstream struct {
 	fd int
 	be *backend
 	readiness
-	connecting bool
-	reused     bool
-	owner      *httpConn
-	idleSince  time.Time
+	reused    bool
+	owner     *httpConn
+	idleSince time.Time
 }
 
 func (u *upstream) event(fd int, ev uint32) {
@@ -259,12 +258,30 @@ func peekAlive(fd int) bool {
 	return err == unix.EAGAIN
 }
 
-// Client connection states.
+// httpState is where a client connection is in its exchange. Each state
+// says what the connection waits for, and the transitions are few:
+//
+//	hsIdle → hsConnect (a new backend connection) or hsAwaitHead (a
+//	pooled one) once a request head parsed; hsClosing when it did not.
+//	hsConnect → hsAwaitHead once connected; to hsConnect or hsAwaitHead
+//	again with the next backend when the connect failed.
+//	hsAwaitHead → hsRelay with the final answer's head (interim ones
+//	pass on in hsAwaitHead); to the next backend, or an error answer.
+//	hsRelay → hsIdle (keep-alive) or hsClosing at the answer's end.
+//	hsClosing → hsLinger once the last answer is out.
+//
+// An accepted upgrade leaves the machine: the connection becomes a tunnel.
+// The request body goes up in hsAwaitHead and hsRelay alike (a backend may
+// answer before it has all of it): reqBody says how far it is.
+type httpState uint8
+
 const (
-	hsIdle     = iota // waiting for a request head
-	hsExchange        // a request with a backend
-	hsClosing         // flushing the last answer, then closing
-	hsLinger          // answer out, write side closed, waiting for the client's end
+	hsIdle      httpState = iota // waiting for a request head
+	hsConnect                    // the request waits for a new backend connection
+	hsAwaitHead                  // the request goes to the backend, its answer's head is awaited
+	hsRelay                      // the answer's body goes to the client
+	hsClosing                    // flushing the last answer, then closing
+	hsLinger                     // answer out, write side closed, waiting for the client's end
 )
 
 // httpLinger bounds the wait for a client's end after the last answer
@@ -281,7 +298,7 @@ type httpConn struct {
 	ip     []byte // the client's address for X-Forwarded-For
 	readiness
 	eof     bool
-	state   uint8
+	state   httpState
 	done    bool
 	in, out []byte // from the client not yet used; to it not yet written
 	last    time.Time
@@ -289,11 +306,14 @@ type httpConn struct {
 	// came.
 	headStart   time.Time
 	lingerUntil time.Time
+	// skippedEmpty: the empty line a request may follow was skipped.
+	skippedEmpty bool
 
 	// The request.
 	rlb       *loadBalancer // the config the request runs under
 	isHead    bool
 	upgrade   bool
+	http10    bool // an HTTP/1.0 client: no interim answers, no chunks
 	keepAlive bool
 	retryable bool
 	fwd       []byte // the head as the backend gets it
@@ -312,7 +332,6 @@ type httpConn struct {
 	uin      []byte    // from the backend not yet used
 	uout     []byte    // to the backend not yet written
 	deadline time.Time
-	gotHead  bool
 	// accounted: the answer is in the metrics.
 	accounted bool
 	resp      respHead
@@ -320,6 +339,8 @@ type httpConn struct {
 	clientKA  bool // the client connection stays open after the response
 	// hold: a response head waits for its body (see httpHoldHead).
 	hold bool
+	// heldFrom is where the held head starts in out.
+	heldFrom int
 	// queued: a later call is asked for.
 	queued bool
 }
@@ -403,7 +424,7 @@ func (c *httpConn) step() bool {
 	switch c.state {
 	case hsIdle:
 		return c.readRequest()
-	case hsExchange:
+	case hsConnect, hsAwaitHead, hsRelay:
 		return c.exchange()
 	case hsClosing:
 		if c.eof {
@@ -501,7 +522,20 @@ func (c *httpConn) readClient() bool {
 
 // readRequest waits for a whole request head, then starts the request.
 func (c *httpConn) readRequest() bool {
+	if !c.skippedEmpty {
+		// One empty line before a request line is ignored (RFC 9112
+		// 2.2): some clients end a body with one more CRLF. One only,
+		// so that a trickle of them still meets the head's timeout.
+		if n := emptyLine(c.in); n > 0 {
+			c.in = c.in[:copy(c.in, c.in[n:])]
+			c.skippedEmpty = true
+		}
+	}
 	end := headEnd(c.in)
+	if end > httpMaxHead {
+		c.refuse(&httpError{431, "request head too large"})
+		return true
+	}
 	if end < 0 {
 		switch {
 		case len(c.in) >= httpMaxHead:
@@ -527,8 +561,8 @@ func (c *httpConn) readRequest() bool {
 		c.refuse(he)
 		return true
 	}
-	c.rlb = c.l.s.lb.Load()
-	c.isHead, c.upgrade = h.isHead(), h.wantsUpgrade()
+	c.rlb, c.skippedEmpty = c.l.s.lb.Load(), false
+	c.isHead, c.upgrade, c.http10 = h.isHead(), h.wantsUpgrade(), h.minor == 0
 	c.keepAlive = h.keepAlive && h.minor == 1
 	m := string(h.method)
 	c.retryable = (h.body.length <= 0 && !h.body.chunked) &&
@@ -538,11 +572,16 @@ func (c *httpConn) readRequest() bool {
 		h.body.length = 0
 	}
 	c.reqBody = newBodyReader(h.body, false)
+	if !c.reqBody.valid(c.in[end:]) {
+		// Chunks already here that no backend may see: refused before
+		// one is chosen.
+		c.refuse(&httpError{400, errChunked.Error()})
+		return true
+	}
 	c.bodySent = false
 	c.in = c.in[:copy(c.in, c.in[end:])]
 	c.start = c.l.r.now
 	c.tried, c.attempted, c.timedOut, c.fresh = triedSet{}, false, false, false
-	c.state = hsExchange
 	c.connect()
 	return true
 }
@@ -559,7 +598,9 @@ func (c *httpConn) localAddr() string {
 // refuse answers a request the proxy will not pass on, and closes.
 func (c *httpConn) refuse(he *httpError) {
 	c.l.s.lb.Load().mNone.request(he.code)
-	c.out = appendError(c.out, he.code, statusText(he.code)+": "+he.msg, false)
+	// The request did not parse, so its method is unknown: the answer
+	// has its body, and the connection ends after it.
+	c.out = appendError(c.out, he.code, statusText(he.code)+": "+he.msg, false, false)
 	c.state = hsClosing
 }
 
@@ -577,9 +618,12 @@ func (c *httpConn) connect() {
 		}
 		c.tried.add(be.idx)
 		c.attempted = true
-		u, err := c.upstreamFor(be)
+		u, connecting, err := c.upstreamFor(be)
 		if err != nil {
-			b.connectFailed(be, err)
+			if b.connectFailed(be, err) {
+				c.outOfResources()
+				return
+			}
 			b.log.Debug().Err(err).Str("balancer", lb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
 			continue
 		}
@@ -587,7 +631,8 @@ func (c *httpConn) connect() {
 		be.st.active.Add(1)
 		be.m.active.Inc()
 		c.uout = append(c.uout[:0], c.fwd...)
-		if u.connecting {
+		if connecting {
+			c.state = hsConnect
 			c.deadline = c.l.r.now.Add(lb.connectTimeout)
 			if lb.proxyProtocol > 0 {
 				local, _ := unix.Getsockname(c.fd)
@@ -597,41 +642,42 @@ func (c *httpConn) connect() {
 				}
 			}
 		} else {
+			c.state = hsAwaitHead
 			c.deadline = c.l.r.now.Add(lb.idleTimeout)
 		}
-		c.uin, c.gotHead, c.accounted = c.uin[:0], false, false
+		c.uin, c.accounted = c.uin[:0], false
 		return
 	}
 }
 
 // upstreamFor is a connection to be: the client's own with the PROXY
-// protocol, else a pooled one, else a new one, connecting.
-func (c *httpConn) upstreamFor(be *backend) (*upstream, error) {
+// protocol, else a pooled one, else a new one: connecting.
+func (c *httpConn) upstreamFor(be *backend) (u *upstream, connecting bool, err error) {
 	now := c.l.r.now
 	if c.rlb.proxyProtocol > 0 {
 		if u := c.pp; u != nil {
 			c.pp = nil
 			if u.be.st == be.st && !c.fresh && (now.Sub(u.idleSince) < idleCheckAfter || peekAlive(u.fd)) {
-				return u, nil
+				return u, false, nil
 			}
 			u.close()
 		}
 	} else if !c.fresh {
 		if u := c.l.pool(be.st).get(now); u != nil {
 			u.be = be
-			return u, nil
+			return u, false, nil
 		}
 	}
 	fd, err := connectNonblock(be.ap)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	u := &upstream{l: c.l, fd: fd, be: be, connecting: true}
+	u = &upstream{l: c.l, fd: fd, be: be}
 	if err := c.l.r.add(fd, u, evConn); err != nil {
 		unix.Close(fd)
-		return nil, err
+		return nil, false, err
 	}
-	return u, nil
+	return u, true, nil
 }
 
 // noBackend answers when no backend took the request.
@@ -645,15 +691,28 @@ func (c *httpConn) noBackend() {
 	case c.attempted:
 		code, msg = 502, "no backend answered"
 	}
+	c.answerNone(code, statusText(code)+": "+msg)
+}
+
+// outOfResources answers a request the balancer could not pass on for
+// want of its own resources (see localfault.go): no backend is to blame,
+// and none is tried.
+func (c *httpConn) outOfResources() {
+	c.answerNone(503, "Service Unavailable: the proxy is out of resources")
+}
+
+// answerNone ends the request with an answer no backend gave.
+func (c *httpConn) answerNone(code int, msg string) {
+	lb := c.rlb
 	lb.mNone.request(code)
 	c.l.s.b.m.duration.WithLabelValues(lb.name, backendNone).Observe(c.l.r.now.Sub(c.start).Seconds())
-	c.answerError(code, statusText(code)+": "+msg)
+	c.answerError(code, msg)
 }
 
 // answerError ends the request with an error of the proxy's own.
 func (c *httpConn) answerError(code int, msg string) {
 	c.clientKA = c.keepAlive && c.reqBody.done && !c.l.s.stopping.Load()
-	c.out = appendError(c.out, code, msg, c.clientKA)
+	c.out = appendError(c.out, code, msg, c.clientKA, c.isHead)
 	c.endRequest()
 }
 
@@ -675,7 +734,19 @@ func (c *httpConn) exchange() bool {
 	if u == nil {
 		return false
 	}
-	if u.connecting {
+	if c.reqBody.done && c.r && !c.eof && len(c.in) < httpMaxHead {
+		// What the client sends meanwhile is its next request; reading
+		// it is also how its end is seen.
+		c.readClient()
+	}
+	if c.eof && c.reqBody.done {
+		// The client is gone: its request's backend work is abandoned
+		// (nginx's 499), rather than its socket left in CLOSE-WAIT until
+		// the answer.
+		c.abort(499)
+		return false
+	}
+	if c.state == hsConnect {
 		if !u.w {
 			return false
 		}
@@ -686,7 +757,7 @@ func (c *httpConn) exchange() bool {
 			c.connectFailed(err)
 			return true
 		}
-		u.connecting = false
+		c.state = hsAwaitHead
 		c.l.s.b.connectOK(c.be)
 		c.be.m.conns.Inc()
 		c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
@@ -706,7 +777,7 @@ func (c *httpConn) exchange() bool {
 			return true
 		}
 		c.be.m.toBackend.Add(float64(n))
-		if !c.gotHead {
+		if c.state == hsAwaitHead {
 			// The backend has the idle timeout to answer from the
 			// last byte of the request.
 			c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
@@ -721,7 +792,7 @@ func (c *httpConn) exchange() bool {
 		if len(c.in) > 0 {
 			n, err := c.reqBody.take(c.in)
 			if err != nil {
-				c.abort(400)
+				c.badBody()
 				return false
 			}
 			c.uout = append(c.uout, c.in[:n]...)
@@ -740,7 +811,7 @@ func (c *httpConn) exchange() bool {
 		}
 	}
 	// The response.
-	if !c.gotHead {
+	if c.state == hsAwaitHead {
 		return c.readResponseHead() || progress
 	}
 	return c.relayResponse() || progress
@@ -769,7 +840,7 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 	c.last = c.l.r.now
 	k, err := c.reqBody.take(scratch[:n])
 	if err != nil {
-		c.abort(400)
+		c.badBody()
 		return true, false
 	}
 	// Bytes past the body's end are the next request's.
@@ -787,7 +858,7 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 		return true, true
 	default:
 		c.be.m.toBackend.Add(float64(w))
-		if !c.gotHead {
+		if c.state == hsAwaitHead {
 			c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
 		}
 	}
@@ -831,10 +902,11 @@ func (c *httpConn) readUpstreamInto(buf []byte) (n int, err error) {
 
 func (c *httpConn) readResponseHead() bool {
 	for {
-		if end := headEnd(c.uin); end > 0 {
+		end := headEnd(c.uin)
+		if end > 0 && end <= httpMaxHead {
 			return c.startResponse(end)
 		}
-		if len(c.uin) >= httpMaxHead {
+		if end > 0 || len(c.uin) >= httpMaxHead {
 			c.backendFailed(errors.New("response head too large"))
 			return true
 		}
@@ -862,13 +934,21 @@ func (c *httpConn) startResponse(end int) bool {
 	}
 	code := c.resp.code
 	if code < 200 && code != 101 {
-		// Interim (100 Continue, 103): passed on as it is; the final
-		// answer follows.
-		c.out = append(c.out, c.uin[:end]...)
+		// Interim (100 Continue, 103): passed on, but never to an
+		// HTTP/1.0 client (RFC 9110 15.2); the final answer follows.
+		if !c.http10 {
+			c.out = appendResponse(c.out, c.uin[:end], &c.resp, true, false)
+		}
 		c.uin = c.uin[:copy(c.uin, c.uin[end:])]
 		return true
 	}
-	c.gotHead = true
+	if c.http10 && c.resp.body.chunked {
+		// The request went as HTTP/1.0: chunks are the backend's fault,
+		// and the client could not read them.
+		c.backendFailed(errors.New("chunked answer to an HTTP/1.0 request"))
+		return true
+	}
+	c.state = hsRelay
 	if code == 101 {
 		if !c.upgrade {
 			c.backendFailed(errors.New("unasked protocol switch"))
@@ -879,7 +959,13 @@ func (c *httpConn) startResponse(end int) bool {
 		c.tunnel()
 		return false
 	}
+	if br := newBodyReader(c.resp.body, c.resp.closeDelimited); !br.valid(c.uin[end:]) {
+		// Broken chunks already here: a 502 rather than half an answer.
+		c.backendFailed(errChunked)
+		return true
+	}
 	c.clientKA = c.keepAlive && !c.resp.closeDelimited && !c.l.s.stopping.Load()
+	c.heldFrom = len(c.out)
 	c.out = appendResponse(c.out, c.uin[:end], &c.resp, c.clientKA, false)
 	c.uin = c.uin[:copy(c.uin, c.uin[end:])]
 	c.respBody = newBodyReader(c.resp.body, c.resp.closeDelimited)
@@ -903,7 +989,8 @@ func (c *httpConn) relayResponse() bool {
 		if len(c.uin) > 0 {
 			k, ok := c.passBody(c.uin)
 			if !ok {
-				return false
+				// Cut (done), or answered with a 502: then on.
+				return !c.done
 			}
 			c.uin = c.uin[:copy(c.uin, c.uin[k:])]
 		}
@@ -928,14 +1015,12 @@ func (c *httpConn) relayResponse() bool {
 				c.respBody.done = true
 				continue
 			}
-			// The backend broke off the body: the client can only
-			// learn it from the connection's end.
-			c.abort(502)
-			return false
+			c.responseBroke(errors.New("the backend broke off the body"))
+			return !c.done
 		}
 		k, ok := c.passBody(scratch[:n])
 		if !ok {
-			return false
+			return !c.done
 		}
 		// Bytes past the body's end: the backend said more than the
 		// response; the connection will not be reused (see finish).
@@ -949,7 +1034,7 @@ func (c *httpConn) relayResponse() bool {
 func (c *httpConn) passBody(p []byte) (int, bool) {
 	k, err := c.respBody.take(p)
 	if err != nil {
-		c.abort(502)
+		c.responseBroke(err)
 		return 0, false
 	}
 	if c.respBody.done {
@@ -985,6 +1070,9 @@ func (c *httpConn) account(code int) {
 // finish accounts the request and frees its backend connection.
 func (c *httpConn) finish() {
 	u, be := c.u, c.be
+	// A head held for its body leaves now, whatever the body was (a
+	// close-delimited one may be empty).
+	c.hold = false
 	c.account(c.resp.code)
 	c.releaseBackend()
 	if c.resp.reusable && c.reqBody.done && len(c.uin) == 0 && len(c.uout) == 0 && !c.l.s.stopping.Load() {
@@ -1021,7 +1109,10 @@ func (c *httpConn) connectFailed(err error) {
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		c.timedOut = true
 	}
-	c.l.s.b.connectFailed(be, err)
+	if c.l.s.b.connectFailed(be, err) {
+		c.outOfResources()
+		return
+	}
 	c.l.s.b.log.Debug().Err(err).Str("balancer", c.rlb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
 	c.connect()
 }
@@ -1039,7 +1130,7 @@ func (c *httpConn) releaseBackendClosing() {
 // when the request can be sent again; else the client gets 502, or 504.
 func (c *httpConn) backendFailed(err error) {
 	be, u := c.be, c.u
-	if u.reused && !c.bodySent && c.retryable && len(c.uin) == 0 && !c.fresh {
+	if u.reused && !c.bodySent && c.retryable && len(c.uin) == 0 && !c.fresh && c.state != hsRelay {
 		c.releaseBackendClosing()
 		c.fresh = true
 		c.tried = triedSet{}
@@ -1058,6 +1149,32 @@ func (c *httpConn) backendFailed(err error) {
 		msg = "Gateway Timeout: the backend did not answer in time"
 	}
 	c.answerError(code, msg)
+}
+
+// responseBroke: the backend broke off its answer, or its framing. While
+// the head is still held nothing of the answer has left: the client gets
+// a 502 instead. Otherwise it can only learn it from the connection's end.
+func (c *httpConn) responseBroke(err error) {
+	if !c.hold {
+		c.abort(502)
+		return
+	}
+	c.out, c.hold = c.out[:c.heldFrom], false
+	c.backendFailed(err)
+}
+
+// badBody: the request body's chunks broke after the request went to the
+// backend, which gets no more of it and loses its connection (what it got
+// is a request it cannot complete); the client gets a 400 if no answer
+// has begun, and the end of its connection.
+func (c *httpConn) badBody() {
+	if c.state == hsRelay {
+		c.abort(400)
+		return
+	}
+	c.releaseBackendClosing()
+	c.keepAlive = false
+	c.answerNone(400, statusText(400)+": "+errChunked.Error())
 }
 
 // abort ends a request that cannot be answered properly any more: both
@@ -1099,21 +1216,21 @@ func (c *httpConn) checkTimeouts(now time.Time) {
 	switch {
 	case c.state == hsLinger && now.After(c.lingerUntil):
 		c.close()
-	case c.state == hsExchange && c.u != nil && c.u.connecting && now.After(c.deadline):
+	case c.state == hsConnect && now.After(c.deadline):
 		c.connectFailed(errConnectTimeout)
 		c.run()
-	case c.state == hsExchange && c.u != nil && !c.gotHead && now.After(c.deadline) && !c.reqBody.done && len(c.uout) == 0:
+	case c.state == hsAwaitHead && now.After(c.deadline) && !c.reqBody.done && len(c.uout) == 0:
 		// The client stopped sending its body (nginx answers 408 to
 		// that; half a request cannot be answered): cut.
 		c.abort(408)
-	case c.state == hsExchange && c.u != nil && !c.gotHead && now.After(c.deadline):
+	case c.state == hsAwaitHead && now.After(c.deadline):
 		c.backendFailed(&timeoutError{"timeout awaiting the backend's response head"})
 		c.run()
 	case c.state == hsIdle && len(c.in) > 0 && lb.idleTimeout > 0 && now.Sub(c.headStart) >= lb.idleTimeout:
 		// A head that trickles in (slowloris) gets the idle timeout in
 		// all, not per byte.
 		c.abort(408)
-	case lb.idleTimeout > 0 && now.Sub(c.last) >= lb.idleTimeout && (c.state != hsExchange || c.gotHead):
+	case lb.idleTimeout > 0 && now.Sub(c.last) >= lb.idleTimeout && c.state != hsConnect && c.state != hsAwaitHead:
 		c.abort(499)
 	}
 }
@@ -1136,7 +1253,9 @@ func (c *httpConn) close() {
 }
 
 // appendError is a short plain-text answer, as nginx gives.
-func appendError(out []byte, code int, msg string, keepAlive bool) []byte {
+// The answer to a HEAD request has the headers only (RFC 9110 9.3.2): a
+// body would be read as the next answer.
+func appendError(out []byte, code int, msg string, keepAlive, isHead bool) []byte {
 	body := msg + "\n"
 	out = append(out, "HTTP/1.1 "...)
 	out = strconv.AppendInt(out, int64(code), 10)
@@ -1148,6 +1267,9 @@ func appendError(out []byte, code int, msg string, keepAlive bool) []byte {
 		out = append(out, "\r\nConnection: close"...)
 	}
 	out = append(out, "\r\n\r\n"...)
+	if isHead {
+		return out
+	}
 	return append(out, body...)
 }
 

@@ -51,6 +51,18 @@ func headEnd(b []byte) int {
 	}
 }
 
+// emptyLine is the length of the empty line b starts with (CRLF, or a
+// bare LF), or 0.
+func emptyLine(b []byte) int {
+	switch {
+	case len(b) > 0 && b[0] == '\n':
+		return 1
+	case len(b) > 1 && b[0] == '\r' && b[1] == '\n':
+		return 2
+	}
+	return 0
+}
+
 // headLines calls f with each line of a head after the first, without its
 // line end, and stops at the empty line.
 func headLines(head []byte, f func(line []byte) error) ([]byte, error) {
@@ -117,18 +129,21 @@ func trimOWS(b []byte) []byte {
 }
 
 // tokenChars are the characters of an HTTP token (RFC 9110 5.6.2).
-var tokenChars = func() (t [256]bool) {
+var tokenChars = alnumAnd("!#$%&'*+-.^_`|~")
+
+// alnumAnd is a table of the letters, the digits and extra.
+func alnumAnd(extra string) (t [256]bool) {
 	for c := '0'; c <= '9'; c++ {
 		t[c] = true
 	}
 	for c := 'a'; c <= 'z'; c++ {
 		t[c], t[c-'a'+'A'] = true, true
 	}
-	for _, c := range []byte("!#$%&'*+-.^_`|~") {
+	for _, c := range []byte(extra) {
 		t[c] = true
 	}
 	return t
-}()
+}
 
 // Header names the proxy handles itself, matched case-insensitively.
 var (
@@ -199,7 +214,13 @@ func (ct *connTokens) add(value []byte) {
 	}
 }
 
+// listed: the sender marked name hop-by-hop. Host never is: a backend
+// that lost it would route the request by something else than the proxy
+// saw. (The framing headers never pass on as they came: see framing.)
 func (ct *connTokens) listed(name []byte) bool {
+	if len(ct.others) == 0 || bytes.EqualFold(name, hdrHost) {
+		return false
+	}
 	for _, o := range ct.others {
 		if bytes.EqualFold(o, name) {
 			return true
@@ -208,45 +229,81 @@ func (ct *connTokens) listed(name []byte) bool {
 	return false
 }
 
-// framing is how a message's body ends.
+// framing is how a message's body ends (RFC 9112 6). It is decided in one
+// place: header collects what Content-Length and Transfer-Encoding say,
+// request or response decides, and appendFraming re-emits the result. The
+// framing headers a sender wrote are never passed on as they came (see
+// dropped), so no later hop, and no Connection header, can make a backend
+// or a client read a body's end elsewhere than the proxy did.
 type framing struct {
-	// length is the body's size, or -1.
+	// length is the body's size, or -1: none was given.
 	length  int64
 	chunked bool
+	// hasTE: a Transfer-Encoding header came; otherCoding: it named a
+	// coding other than chunked.
+	hasTE, otherCoding bool
+	// fault is the first thing wrong with the framing headers, for
+	// request or response to refuse.
+	fault string
 }
+
+func newFraming() framing { return framing{length: -1} }
 
 // header takes the headers a request and a response share the meaning of:
-// the framing and Connection. ok: it was one of those.
-func (f *framing) header(name, value []byte, conn *connTokens) (ok bool, err error) {
+// the framing and Connection. It says whether name was one of those.
+func (f *framing) header(name, value []byte, conn *connTokens) bool {
 	switch {
-	case bytes.EqualFold(name, hdrContentLength):
-		return true, f.addLength(value)
-	case bytes.EqualFold(name, hdrTransferEncode):
-		return true, f.addTransferEncoding(value)
-	case bytes.EqualFold(name, hdrConnection):
+	case len(name) == len(hdrContentLength) && bytes.EqualFold(name, hdrContentLength):
+		f.addLength(value)
+	case len(name) == len(hdrTransferEncode) && bytes.EqualFold(name, hdrTransferEncode):
+		f.addTransferEncoding(value)
+	case len(name) == len(hdrConnection) && bytes.EqualFold(name, hdrConnection):
 		conn.add(value)
-		return true, nil
+	default:
+		return false
 	}
-	return false, nil
+	return true
 }
 
-// addLength takes a Content-Length header: digits only, and several must
-// agree.
-func (f *framing) addLength(v []byte) error {
-	n, err := strconv.ParseInt(string(v), 10, 64)
-	if err != nil || n < 0 || len(v) == 0 || v[0] == '+' {
-		return badRequest("invalid Content-Length")
+func (f *framing) setFault(msg string) {
+	if f.fault == "" {
+		f.fault = msg
 	}
-	if f.length >= 0 && f.length != n {
-		return badRequest("conflicting Content-Length headers")
-	}
-	f.length = n
-	return nil
 }
 
-// addTransferEncoding takes a Transfer-Encoding header. Only chunked, last,
-// is understood: anything else could not be delimited.
-func (f *framing) addTransferEncoding(v []byte) error {
+// addLength takes a Content-Length header: 1*DIGIT and nothing else (no
+// sign, no list, no inner space), and several must agree.
+func (f *framing) addLength(v []byte) {
+	n, ok := parseLength(v)
+	switch {
+	case !ok:
+		f.setFault("invalid Content-Length")
+	case f.length >= 0 && f.length != n:
+		f.setFault("conflicting Content-Length headers")
+	default:
+		f.length = n
+	}
+}
+
+// parseLength reads 1*DIGIT, up to 18 of them: no overflow.
+func parseLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return -1, false
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return -1, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// addTransferEncoding takes a Transfer-Encoding header (several add up).
+// chunked must come once, last: after it nothing could be delimited.
+func (f *framing) addTransferEncoding(v []byte) {
+	f.hasTE = true
 	for len(v) > 0 {
 		var c []byte
 		c, v, _ = bytes.Cut(v, []byte(","))
@@ -254,15 +311,76 @@ func (f *framing) addTransferEncoding(v []byte) error {
 		if len(c) == 0 {
 			continue
 		}
-		if f.chunked || !bytes.EqualFold(c, []byte("chunked")) {
-			return &httpError{501, "unsupported Transfer-Encoding"}
+		if f.chunked {
+			f.setFault("Transfer-Encoding does not end in chunked")
 		}
-		f.chunked = true
+		if bytes.EqualFold(c, []byte("chunked")) {
+			f.chunked = true
+		} else {
+			f.otherCoding = true
+		}
 	}
-	if !f.chunked {
-		return badRequest("empty Transfer-Encoding")
+}
+
+// request decides a request's framing (RFC 9112 6.1, 6.3): anything a
+// backend could delimit otherwise is refused.
+func (f *framing) request(minor int) error {
+	switch {
+	case f.fault != "":
+		return badRequest(f.fault)
+	case !f.hasTE:
+		return nil
+	case f.length >= 0:
+		return badRequest("both Content-Length and Transfer-Encoding")
+	case minor == 0:
+		return badRequest("Transfer-Encoding in an HTTP/1.0 request")
+	case !f.chunked:
+		return badRequest("Transfer-Encoding does not end in chunked")
+	case f.otherCoding:
+		return &httpError{501, "unsupported Transfer-Encoding"}
 	}
 	return nil
+}
+
+// response decides a response's framing. A Transfer-Encoding overrides a
+// Content-Length, which is dropped (RFC 9112 6.3); closeAfter: the
+// backend's connection must not carry another request after such a
+// response.
+func (f *framing) response(minor byte) (closeAfter bool, err error) {
+	switch {
+	case f.fault != "":
+		return false, errors.New(f.fault)
+	case !f.hasTE:
+		return false, nil
+	case minor == '0':
+		return false, errors.New("Transfer-Encoding in an HTTP/1.0 response")
+	case !f.chunked || f.otherCoding:
+		return false, errors.New("unsupported Transfer-Encoding")
+	case f.length >= 0:
+		f.length = -1
+		return true, nil
+	}
+	return false, nil
+}
+
+// appendFraming emits the framing headers as decided.
+func appendFraming(out []byte, f *framing) []byte {
+	switch {
+	case f.chunked:
+		out = append(out, "Transfer-Encoding: chunked\r\n"...)
+	case f.length >= 0:
+		out = append(out, "Content-Length: "...)
+		out = strconv.AppendInt(out, f.length, 10)
+		out = append(out, '\r', '\n')
+	}
+	return out
+}
+
+// dropped: a header never passed on as it came, either way: hop-by-hop
+// ones (RFC 9110 7.6.1), Content-Length (re-emitted by appendFraming) and
+// those the sender listed in Connection.
+func dropped(name []byte, conn *connTokens) bool {
+	return hopByHop(name) || (len(name) == len(hdrContentLength) && bytes.EqualFold(name, hdrContentLength)) || conn.listed(name)
 }
 
 // reqHead is a parsed request head.
@@ -274,25 +392,47 @@ type reqHead struct {
 	upgrade        []byte
 	xff            [][]byte
 	hasHost        bool
+	// authority: the host of an absolute-form target, which replaces the
+	// Host header (RFC 9112 3.2.2); target is then its origin-form.
+	authority []byte
+	// expect: an Expect header came; an HTTP/1.0 one is dropped (RFC
+	// 9110 10.1.1: the expectation is ignored).
+	expect bool
 	// keepAlive: the client may send another request on the connection.
 	keepAlive bool
 }
 
 func (h *reqHead) isHead() bool { return string(h.method) == "HEAD" }
 
-// wantsUpgrade: a protocol switch (WebSocket) the backend may accept.
-func (h *reqHead) wantsUpgrade() bool { return h.conn.upgrade && len(h.upgrade) > 0 }
+// wantsUpgrade: a protocol switch (WebSocket) the backend may accept;
+// HTTP/1.1 only, and never to h2c: an HTTP/2 tunnel would carry requests
+// the proxy never reads (the published "h2c smuggling"), without its
+// X-Forwarded-For.
+func (h *reqHead) wantsUpgrade() bool {
+	return h.conn.upgrade && len(h.upgrade) > 0 && h.minor == 1 && !containsFold(h.upgrade, []byte("h2c"))
+}
+
+func containsFold(s, sub []byte) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if bytes.EqualFold(s[i:i+len(sub)], sub) {
+			return true
+		}
+	}
+	return false
+}
+
+var hdrExpect = []byte("Expect")
 
 // parseRequest parses the head in head (as found by headEnd).
 func parseRequest(head []byte, h *reqHead) error {
-	*h = reqHead{body: framing{length: -1}}
+	*h = reqHead{body: newFraming()}
 	first, err := headLines(head, func(line []byte) error {
 		name, value, err := splitHeader(line)
 		if err != nil {
 			return err
 		}
-		if ok, err := h.body.header(name, value, &h.conn); ok {
-			return err
+		if h.body.header(name, value, &h.conn) {
+			return nil
 		}
 		switch {
 		case bytes.EqualFold(name, hdrUpgrade):
@@ -303,7 +443,12 @@ func parseRequest(head []byte, h *reqHead) error {
 			if h.hasHost {
 				return badRequest("more than one Host header")
 			}
+			if !validHost(value) {
+				return badRequest("invalid Host header")
+			}
 			h.hasHost = true
+		case bytes.EqualFold(name, hdrExpect):
+			h.expect = true
 		}
 		return nil
 	})
@@ -322,48 +467,157 @@ func parseRequest(head []byte, h *reqHead) error {
 			return badRequest("invalid method")
 		}
 	}
-	if bytes.IndexByte(h.target, ' ') >= 0 {
+	switch v := first[sp2+1:]; {
+	case string(v) == "HTTP/1.1":
+		h.minor = 1
+	case string(v) == "HTTP/1.0":
+	case len(v) == 8 && string(v[:5]) == "HTTP/" && isDigit(v[5]) && v[6] == '.' && isDigit(v[7]):
+		return &httpError{505, "unsupported HTTP version"}
+	default:
 		return badRequest("malformed request line")
 	}
-	switch string(first[sp2+1:]) {
-	case "HTTP/1.1":
-		h.minor = 1
+	if h.target, h.authority, err = requestTarget(h.method, h.target); err != nil {
+		return err
+	}
+	if h.minor == 1 && !h.hasHost {
+		return badRequest("no Host header")
+	}
+	if err := h.body.request(h.minor); err != nil {
+		return err
+	}
+	if h.minor == 1 {
 		h.keepAlive = !h.conn.close
-		if !h.hasHost {
-			return badRequest("no Host header")
-		}
-	case "HTTP/1.0":
+	} else {
 		h.keepAlive = h.conn.keepAlive && !h.conn.close
-	default:
-		return &httpError{505, "unsupported HTTP version"}
-	}
-	if h.body.chunked && h.body.length >= 0 {
-		return badRequest("both Content-Length and Transfer-Encoding")
-	}
-	if h.body.chunked && h.minor == 0 {
-		return badRequest("Transfer-Encoding in an HTTP/1.0 request")
 	}
 	return nil
 }
 
-// appendRequest emits the head the backend gets: the request line in
-// HTTP/1.1, the client's headers but hop-by-hop ones, X-Forwarded-For with
-// the client's address appended, X-Forwarded-Proto, and the connection
-// headers of a keep-alive (or upgrade) connection to the backend. An
-// HTTP/1.0 request without Host gets host, the address the client
-// connected to: HTTP/1.1 requires one.
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// requestTarget validates a request-target (RFC 9112 3.2) and returns
+// what the backend gets, in origin-form, with the authority of an
+// absolute-form one. Control characters, spaces and a fragment are
+// refused; so are CONNECT (a reverse proxy tunnels nowhere) and the
+// authority-form it uses.
+func requestTarget(method, t []byte) (target, authority []byte, err error) {
+	for i, c := range t {
+		if c <= ' ' || c == 0x7f || c == '#' || c == '%' && !pctEncoded(t[i:]) {
+			return nil, nil, badRequest("invalid character in the request-target")
+		}
+	}
+	switch {
+	case string(method) == "CONNECT":
+		return nil, nil, &httpError{501, "CONNECT is not supported"}
+	case t[0] == '/':
+		return t, nil, nil
+	case len(t) == 1 && t[0] == '*':
+		if string(method) != "OPTIONS" {
+			return nil, nil, badRequest("asterisk-form request-target outside OPTIONS")
+		}
+		return t, nil, nil
+	}
+	scheme, rest, ok := bytes.Cut(t, []byte("://"))
+	if !ok || !(bytes.EqualFold(scheme, []byte("http")) || bytes.EqualFold(scheme, []byte("https"))) {
+		return nil, nil, badRequest("invalid request-target")
+	}
+	end := bytes.IndexAny(rest, "/?")
+	if end < 0 {
+		end = len(rest)
+	}
+	authority, target = rest[:end], rest[end:]
+	if len(authority) == 0 || !validHost(authority) {
+		return nil, nil, badRequest("invalid authority in the request-target")
+	}
+	switch {
+	case len(target) == 0:
+		target = []byte("/")
+	case target[0] == '?':
+		target = append([]byte("/"), target...)
+	}
+	return target, authority, nil
+}
+
+// hostChars are those of a reg-name or an IPv4 address (RFC 3986 3.2.2):
+// no userinfo, nothing that ends an authority, and no percent-encoding
+// (which names a host otherwise to each reader: net/http refuses most).
+var hostChars = alnumAnd("-._~!$&'()*+,;=")
+
+// validHost: uri-host [":" port], the host an IPv6 literal in brackets or
+// of hostChars, the port digits (RFC 3986 3.2.2, 3.2.3). Empty is valid:
+// Host may be empty.
+func validHost(v []byte) bool {
+	host, port := v, []byte(nil)
+	if len(v) > 0 && v[0] == '[' {
+		end := bytes.IndexByte(v, ']')
+		if end < 0 {
+			return false
+		}
+		for _, c := range v[1:end] {
+			if !isHex(c) && c != ':' && c != '.' {
+				return false
+			}
+		}
+		host, port = nil, v[end+1:]
+	} else if i := bytes.IndexByte(v, ':'); i >= 0 {
+		host, port = v[:i], v[i:]
+	}
+	for _, c := range host {
+		if !hostChars[c] {
+			return false
+		}
+	}
+	if len(port) == 0 {
+		return true
+	}
+	if port[0] != ':' {
+		return false
+	}
+	for _, c := range port[1:] {
+		if !isDigit(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// pctEncoded: p starts with "%" HEXDIG HEXDIG.
+func pctEncoded(p []byte) bool {
+	return len(p) >= 3 && isHex(p[1]) && isHex(p[2])
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+// appendRequest emits the head the backend gets: the request line with the
+// target in origin-form, the client's headers but those dropped,
+// X-Forwarded-For with the client's address appended, X-Forwarded-Proto,
+// the framing as decided, and the connection headers of a keep-alive (or
+// upgrade) connection to the backend. An HTTP/1.0 request goes as one (a
+// backend must not answer it in chunks the client cannot read), asking
+// for keep-alive; without Host it gets host, the address the client
+// connected to.
 func appendRequest(out []byte, head []byte, h *reqHead, clientIP []byte, host func() string) []byte {
 	out = append(out, h.method...)
 	out = append(out, ' ')
 	out = append(out, h.target...)
-	out = append(out, " HTTP/1.1\r\n"...)
+	if h.minor == 0 {
+		out = append(out, " HTTP/1.0\r\n"...)
+	} else {
+		out = append(out, " HTTP/1.1\r\n"...)
+	}
 	headLines(head, func(line []byte) error {
 		name := headerName(line)
-		if hopByHop(name) || (len(name) >= len(hdrXFF) && (bytes.EqualFold(name, hdrXFF) || bytes.EqualFold(name, hdrXFP))) || h.conn.listed(name) {
-			return nil
+		switch {
+		case dropped(name, &h.conn):
+		case len(name) >= len(hdrXFF) && (bytes.EqualFold(name, hdrXFF) || bytes.EqualFold(name, hdrXFP)):
+		case h.authority != nil && bytes.EqualFold(name, hdrHost):
+		case h.expect && h.minor == 0 && bytes.EqualFold(name, hdrExpect):
+		default:
+			out = append(out, line...)
+			out = append(out, '\r', '\n')
 		}
-		out = append(out, line...)
-		out = append(out, '\r', '\n')
 		return nil
 	})
 	out = append(out, "X-Forwarded-For: "...)
@@ -373,18 +627,24 @@ func appendRequest(out []byte, head []byte, h *reqHead, clientIP []byte, host fu
 	}
 	out = append(out, clientIP...)
 	out = append(out, "\r\nX-Forwarded-Proto: http\r\n"...)
-	if !h.hasHost {
+	switch {
+	case h.authority != nil:
+		out = append(out, "Host: "...)
+		out = append(out, h.authority...)
+		out = append(out, '\r', '\n')
+	case !h.hasHost:
 		out = append(out, "Host: "...)
 		out = append(out, host()...)
 		out = append(out, '\r', '\n')
 	}
-	if h.body.chunked {
-		out = append(out, "Transfer-Encoding: chunked\r\n"...)
-	}
-	if h.wantsUpgrade() {
+	out = appendFraming(out, &h.body)
+	switch {
+	case h.wantsUpgrade():
 		out = append(out, "Connection: Upgrade\r\nUpgrade: "...)
 		out = append(out, h.upgrade...)
 		out = append(out, "\r\n"...)
+	case h.minor == 0:
+		out = append(out, "Connection: keep-alive\r\n"...)
 	}
 	return append(out, '\r', '\n')
 }
@@ -392,8 +652,15 @@ func appendRequest(out []byte, head []byte, h *reqHead, clientIP []byte, host fu
 // respHead is a parsed response head.
 type respHead struct {
 	code int
-	body framing
-	conn connTokens
+	// reason is the status line's reason phrase, checked.
+	reason []byte
+	body   framing
+	// noBody: the status or a HEAD request rules a body out; declared is
+	// the Content-Length such a response may carry as metadata (HEAD,
+	// 304), -1 for none.
+	noBody   bool
+	declared int64
+	conn     connTokens
 	// closeDelimited: no length and no chunks, the body ends with the
 	// connection.
 	closeDelimited bool
@@ -404,14 +671,14 @@ type respHead struct {
 // parseResponse parses a backend's response head; isHead: the request was
 // a HEAD, whose response has no body whatever its headers say.
 func parseResponse(head []byte, isHead bool, h *respHead) error {
-	*h = respHead{body: framing{length: -1}}
+	*h = respHead{body: newFraming(), declared: -1}
 	first, err := headLines(head, func(line []byte) error {
 		name, value, err := splitHeader(line)
 		if err != nil {
 			return err
 		}
-		_, err = h.body.header(name, value, &h.conn)
-		return err
+		h.body.header(name, value, &h.conn)
+		return nil
 	})
 	if err != nil {
 		return err
@@ -421,10 +688,18 @@ func parseResponse(head []byte, isHead bool, h *respHead) error {
 		return errors.New("malformed status line")
 	}
 	code, err := strconv.Atoi(string(first[9:12]))
-	if err != nil || code < 100 {
+	if err != nil || code < 100 || code > 599 || !isDigit(first[9]) {
 		return errors.New("malformed status code")
 	}
 	h.code = code
+	if len(first) > 12 {
+		h.reason = first[13:]
+		for _, c := range h.reason {
+			if c < ' ' && c != '\t' || c == 0x7f {
+				return errors.New("control character in the reason phrase")
+			}
+		}
+	}
 	minor := first[7]
 	switch minor {
 	case '1':
@@ -434,13 +709,21 @@ func parseResponse(head []byte, isHead bool, h *respHead) error {
 	default:
 		return errors.New("unsupported HTTP version")
 	}
-	if h.body.chunked {
-		h.body.length = -1 // Transfer-Encoding wins (RFC 9112 6.3)
-		h.reusable = h.reusable && minor == '1'
+	closeAfter, err := h.body.response(minor)
+	if err != nil {
+		return err
+	}
+	if closeAfter {
+		h.reusable = false
 	}
 	switch {
-	case code < 200, code == 204, code == 304, isHead:
-		h.body = framing{length: 0}
+	case code < 200, code == 204:
+		h.body, h.noBody = framing{length: 0}, true
+	case code == 304, isHead:
+		if !h.body.chunked {
+			h.declared = h.body.length
+		}
+		h.body, h.noBody = framing{length: 0}, true
 	case h.body.chunked, h.body.length >= 0:
 	default:
 		h.closeDelimited = true
@@ -449,16 +732,19 @@ func parseResponse(head []byte, isHead bool, h *respHead) error {
 	return nil
 }
 
-// appendResponse emits the head the client gets: the backend's status line
-// and headers but hop-by-hop ones, with the framing and connection headers
-// the proxy's side of the connection needs.
+// appendResponse emits the head the client gets: HTTP/1.1 with the
+// backend's status, its headers but those dropped, and the framing and
+// connection headers the proxy's side of the connection needs. An interim
+// (1xx) answer gets no framing and no connection headers.
 func appendResponse(out []byte, head []byte, h *respHead, keepAlive, upgrade bool) []byte {
-	i := bytes.IndexByte(head, '\n')
-	out = append(out, trimCR(head[:i])...)
+	out = append(out, "HTTP/1.1 "...)
+	out = strconv.AppendInt(out, int64(h.code), 10)
+	out = append(out, ' ')
+	out = append(out, h.reason...)
 	out = append(out, '\r', '\n')
 	headLines(head, func(line []byte) error {
 		name := headerName(line)
-		if (hopByHop(name) && !(upgrade && bytes.EqualFold(name, hdrUpgrade))) || h.conn.listed(name) {
+		if dropped(name, &h.conn) && !(upgrade && bytes.EqualFold(name, hdrUpgrade)) {
 			return nil
 		}
 		out = append(out, line...)
@@ -468,8 +754,16 @@ func appendResponse(out []byte, head []byte, h *respHead, keepAlive, upgrade boo
 	switch {
 	case upgrade:
 		out = append(out, "Connection: Upgrade\r\n"...)
-	case h.body.chunked:
-		out = append(out, "Transfer-Encoding: chunked\r\n"...)
+	case h.code < 200:
+		return append(out, '\r', '\n')
+	case h.noBody:
+		if h.declared >= 0 {
+			out = append(out, "Content-Length: "...)
+			out = strconv.AppendInt(out, h.declared, 10)
+			out = append(out, '\r', '\n')
+		}
+	default:
+		out = appendFraming(out, &h.body)
 	}
 	if !keepAlive && !upgrade {
 		out = append(out, "Connection: close\r\n"...)
@@ -497,6 +791,17 @@ func newBodyReader(f framing, closeDelimited bool) bodyReader {
 	return bodyReader{left: f.length, done: f.length == 0}
 }
 
+// valid says whether p, the bytes of the body already at hand, frames
+// well so far; the reader itself does not move.
+func (br *bodyReader) valid(p []byte) bool {
+	if !br.chunked || len(p) == 0 {
+		return true
+	}
+	cs := br.cs
+	_, _, err := cs.scan(p)
+	return err == nil
+}
+
 // take says how much of p belongs to the body, and whether the body ended
 // there. A close-delimited body takes everything and ends at EOF.
 func (br *bodyReader) take(p []byte) (int, error) {
@@ -518,7 +823,12 @@ func (br *bodyReader) take(p []byte) (int, error) {
 
 // chunkScanner walks chunked framing (RFC 9112 7.1) byte by byte: chunk
 // size in hex, optional extensions, CRLF, the data, CRLF; after the last
-// (0) chunk, trailer lines up to an empty one.
+// (0) chunk, trailer fields up to an empty line. The chunks pass on as
+// they came, so the scanner accepts only the strict grammar: a bare LF, a
+// control character, a trailer line that is not a field could each be
+// read otherwise by the next hop, and so could whitespace after the size
+// (RFC 9112 allows it before an extension; net/http, among others, does
+// not).
 type chunkScanner struct {
 	state  uint8
 	size   int64
@@ -535,6 +845,7 @@ const (
 	csDataCR
 	csDataLF
 	csTrailerStart
+	csTrailerName
 	csTrailer
 	csTrailerLF
 	csEndLF
@@ -561,18 +872,16 @@ func (cs *chunkScanner) scan(p []byte) (n int, done bool, err error) {
 		switch cs.state {
 		case csSize:
 			switch {
-			case c >= '0' && c <= '9', c >= 'a' && c <= 'f', c >= 'A' && c <= 'F':
+			case isHex(c):
 				if cs.digits == 15 {
 					return n, false, errChunked
 				}
 				cs.size = cs.size<<4 | int64(unhex(c))
 				cs.digits++
-			case (c == ';' || c == ' ' || c == '\t') && cs.digits > 0:
+			case c == ';' && cs.digits > 0:
 				cs.state, cs.line = csExt, 0
 			case c == '\r' && cs.digits > 0:
 				cs.state = csSizeLF
-			case c == '\n' && cs.digits > 0:
-				cs.endSize()
 			default:
 				return n, false, errChunked
 			}
@@ -580,8 +889,8 @@ func (cs *chunkScanner) scan(p []byte) (n int, done bool, err error) {
 			switch {
 			case c == '\r':
 				cs.state = csSizeLF
-			case c == '\n':
-				cs.endSize()
+			case c < ' ' && c != '\t' || c == 0x7f:
+				return n, false, errChunked
 			default:
 				if cs.line++; cs.line > maxChunkLine {
 					return n, false, errChunked
@@ -593,38 +902,37 @@ func (cs *chunkScanner) scan(p []byte) (n int, done bool, err error) {
 			}
 			cs.endSize()
 		case csDataCR:
-			switch c {
-			case '\r':
-				cs.state = csDataLF
-			case '\n':
-				cs.state = csSize
-			default:
+			if c != '\r' {
 				return n, false, errChunked
 			}
+			cs.state = csDataLF
 		case csDataLF:
 			if c != '\n' {
 				return n, false, errChunked
 			}
 			cs.state = csSize
 		case csTrailerStart:
-			switch c {
-			case '\r':
-				cs.state = csEndLF
-			case '\n':
-				return n, true, nil
-			default:
-				cs.state, cs.line = csTrailer, 1
-			}
-		case csTrailer:
 			switch {
 			case c == '\r':
-				cs.state = csTrailerLF
-			case c == '\n':
-				cs.state = csTrailerStart
+				cs.state = csEndLF
+			case tokenChars[c]:
+				cs.state, cs.line = csTrailerName, 1
 			default:
-				if cs.line++; cs.line > maxChunkLine {
-					return n, false, errChunked
-				}
+				return n, false, errChunked
+			}
+		case csTrailerName, csTrailer:
+			switch {
+			case cs.state == csTrailerName && c == ':':
+				cs.state = csTrailer
+			case cs.state == csTrailerName && !tokenChars[c]:
+				return n, false, errChunked
+			case cs.state == csTrailer && c == '\r':
+				cs.state = csTrailerLF
+			case c < ' ' && c != '\t' || c == 0x7f:
+				return n, false, errChunked
+			}
+			if cs.line++; cs.line > maxChunkLine {
+				return n, false, errChunked
 			}
 		case csTrailerLF:
 			if c != '\n' {

@@ -18,6 +18,7 @@ const (
 	metricEjections          = "keep_vip_balancer_backend_ejections_total"
 	metricHTTPRequests       = "keep_vip_balancer_http_requests_total"
 	metricHTTPRequestSeconds = "keep_vip_balancer_http_request_duration_seconds"
+	metricLocalErrors        = "keep_vip_balancer_local_errors_total"
 )
 
 // Values of the direction label of metricBytes.
@@ -39,6 +40,7 @@ type metrics struct {
 	ejections   *prometheus.CounterVec
 	requests    *prometheus.CounterVec
 	duration    *prometheus.HistogramVec
+	localErrors *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -80,8 +82,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "HTTP request duration, from the request's headers to the end of the response body.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"balancer", "backend"}),
+		localErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricLocalErrors,
+			Help: "Failures of the balancer's own resources (out of descriptors, memory, buffers, local ports), by operation (accept, connect, check) and errno; never counted against a backend.",
+		}, []string{"balancer", "op", "error"}),
 	}
-	reg.MustRegister(m.connections, m.active, m.beActive, m.dialErrors, m.bytes, m.up, m.ejections, m.requests, m.duration)
+	reg.MustRegister(m.connections, m.active, m.beActive, m.dialErrors, m.bytes, m.up, m.ejections, m.requests, m.duration, m.localErrors)
 	return m
 }
 

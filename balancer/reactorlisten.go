@@ -21,6 +21,9 @@ type loopListener struct {
 	backoff time.Duration
 }
 
+// acceptBackoffMax bounds the pause in accepting after a failed accept.
+const acceptBackoffMax = 100 * time.Millisecond
+
 // listenOn registers a duplicate of sock with r; open gets each
 // accepted connection, on the loop.
 func listenOn(r *reactor, sock *socket, open func(fd int, sa unix.Sockaddr), onError func(error, time.Duration)) (*loopListener, error) {
@@ -69,8 +72,10 @@ func (l *loopListener) event(fd int, _ uint32) {
 			continue
 		}
 		// Out of descriptors or memory: stop accepting for a while
-		// rather than spin on a socket that stays readable.
-		l.backoff = min(max(2*l.backoff, 5*time.Millisecond), time.Second)
+		// rather than spin on a socket that stays readable; briefly, so
+		// that accepting resumes within acceptBackoffMax of the
+		// descriptors being free.
+		l.backoff = min(max(2*l.backoff, 5*time.Millisecond), acceptBackoffMax)
 		l.onError(err, l.backoff)
 		l.r.remove(fd)
 		time.AfterFunc(l.backoff, func() {

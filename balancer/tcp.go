@@ -53,7 +53,9 @@ type loopPart interface {
 // listener when it cannot accept.
 func (b *Balancer) startLoop(r *reactor, sock *socket, part loopPart, lb *atomic.Pointer[loadBalancer]) (*loopListener, func()) {
 	l, err := listenOn(r, sock, part.open, func(err error, retryIn time.Duration) {
-		b.log.Error().Err(err).Str("balancer", lb.Load().name).Dur("retry_in", retryIn).Msg("accept")
+		if name := lb.Load().name; !b.noteLocal(name, opAccept, err) {
+			b.localLog.Error().Err(err).Str("balancer", name).Dur("retry_in", retryIn).Msg("accept")
+		}
 	})
 	if err != nil {
 		b.log.Error().Err(err).Str("balancer", lb.Load().name).Str("bind", sock.addr.String()).Msg("load balancer cannot accept")
@@ -215,7 +217,12 @@ func (c *tcpConn) connectNext() {
 			c.deadline = c.r.now.Add(lb.connectTimeout)
 			return
 		}
-		b.connectFailed(be, err)
+		if b.connectFailed(be, err) {
+			// The balancer's own fault: no other backend would fare
+			// better.
+			c.close()
+			return
+		}
 		b.log.Debug().Err(err).Str("balancer", lb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
 	}
 }
@@ -254,7 +261,10 @@ func (c *tcpConn) connectFailed(err error) {
 		c.close()
 		return
 	}
-	c.b.connectFailed(c.be, err)
+	if c.b.connectFailed(c.be, err) {
+		c.close()
+		return
+	}
 	c.b.log.Debug().Err(err).Str("balancer", c.lb.name).Str("backend", c.be.name).Msg("backend connect failed, trying the next")
 	c.connectNext()
 }

@@ -174,8 +174,10 @@ func (sh *udpShard) forward(p, oob []byte, from netip.AddrPort) {
 		}
 		sess.last = sh.r.now
 		if _, err := sysWrite(sess.fd, p); err != nil {
-			if err == unix.EAGAIN {
-				return // the backend's socket is full: dropped, as the kernel would
+			if err == unix.EAGAIN || sh.s.b.noteLocal(sess.lb.name, opConnect, err) {
+				// The socket is full, or the balancer short of
+				// buffers: dropped, as the kernel would.
+				return
 			}
 			// The backend's port refused an earlier datagram.
 			sh.s.b.connectFailed(sess.be, err)
