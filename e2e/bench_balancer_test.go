@@ -57,7 +57,7 @@ import (
 
 const lbBenchEnv = "KEEPVIP_BENCH"
 
-// lbBenchFile is what the nginx backend serves: small, as the brief says.
+// lbBenchFile is what the nginx backend serves: small, like a health page or an API answer.
 var lbBenchFile = strings.Repeat("keep-vip bench ", 8) + "\n"
 
 type lbBenchSettings struct {

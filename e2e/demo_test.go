@@ -11,7 +11,7 @@ import (
 )
 
 // demoConfig is the embedded default config (etc/config.yaml), with the
-// brief's example addresses swapped for this run's namespaced ones.
+// original example config's addresses swapped for this run's namespaced ones.
 func demoConfig(c NodeConfig, n *Net) string {
 	r := []string{
 		"interface: ens33", "interface: " + nodeIfName,

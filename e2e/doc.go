@@ -26,7 +26,7 @@
 //     sd_notify on sockets of the test's, and a member run as the packaged
 //     unit runs it (unprivileged, three capabilities).
 //   - Partitioner (partition_test.go): nftables drop rules inside the node
-//     namespaces between chosen nodes; the brief's five partition
+//     namespaces between chosen nodes; the original five partition
 //     experiments and the 5-member runs.
 //   - The nemesis (nemesis_test.go): a seeded random fault run
 //     (KEEPVIP_NEMESIS_SEED, KEEPVIP_NEMESIS_DURATION, KEEPVIP_NEMESIS_NODES).

@@ -27,7 +27,7 @@ const (
 	// every connection with REPLY+"\n" (nothing when REPLY is absent, which
 	// is what a TCP health check needs), then close it.
 	helperServe = "serve"
-	// helperBackend is helperServe under the name the brief gives a backend.
+	// helperBackend is helperServe under the name the original example config gives a backend.
 	helperBackend = "backend"
 	// helperClient: read "SEQ ADDR TIMEOUT_MS" lines on stdin, dial ADDR,
 	// read one line, and print "SEQ ok LINE" or "SEQ err MESSAGE".

@@ -13,10 +13,10 @@ import (
 	"time"
 )
 
-// The brief's five iptables experiments, and the 5-member runs. Partitions
+// The five iptables partition experiments of the original keep-vip, and the 5-member runs. Partitions
 // are nftables rules inside the node namespaces (Partitioner): a cut between
 // two nodes drops, on both of them, every packet from and to the other's
-// address, which is what the brief's INPUT DROP rules amount to for TCP.
+// address, which is what the original experiments' INPUT DROP rules amount to for TCP.
 //
 // The clusters run the product's default raft timings (heartbeat 300ms,
 // lease 120ms), so these tests are also the check that the defaults keep one

@@ -11,7 +11,7 @@ import (
 )
 
 const (
-	samplerInterval = 5 * time.Millisecond // brief: every <= 10ms
+	samplerInterval = 5 * time.Millisecond // at least every 10ms
 	// samplerMaxRun bounds the sampling loop even if Stop is never called.
 	samplerMaxRun = 15 * time.Minute
 )

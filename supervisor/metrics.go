@@ -16,7 +16,7 @@ import (
 	"github.com/keep-vip/keep-vip/supervisor/config"
 )
 
-// metrics are the supervisor's own series, including the ones the brief's
+// metrics are the supervisor's own series, including the ones the original keep-vip's
 // program exported, kept under their old names and labels so existing
 // dashboards keep working.
 type metrics struct {
@@ -30,7 +30,7 @@ type metrics struct {
 	// (faults.go).
 	unhealthy *prometheus.GaugeVec
 
-	// The brief's series.
+	// The original keep-vip's series.
 	isLeader  prometheus.Gauge
 	state     prometheus.Gauge
 	checkPort *prometheus.GaugeVec

@@ -44,7 +44,7 @@ func (c *Config) VIPList() []netip.Addr {
 }
 
 // fillVIP makes vip the first of vips when only vips is given, so vip is
-// always the first VIP: what logs and the brief's metric labels show. A
+// always the first VIP: what logs and the original metric labels show. A
 // first entry that is not a valid VIP is left for Validate to report under
 // its own key.
 func (c *Config) fillVIP() {

@@ -1,10 +1,10 @@
 // Package config loads and checks keep-vip's configuration file. Only the
 // supervisor reads it; each plugin gets its part as an RPC message.
 //
-// The schema is the brief's (cluster, interface, vip, ChecksInterval,
+// The schema is the original keep-vip's (cluster, interface, vip, ChecksInterval,
 // prometheus, checks, members, loadBalancers) plus optional keys of our own.
 // Keys match case-insensitively. Durations are numbers of seconds, as in the
-// brief (ChecksInterval: 2, timeout: 1), or Go duration strings ("500ms").
+// original config (ChecksInterval: 2, timeout: 1), or Go duration strings ("500ms").
 package config
 
 import (
@@ -228,7 +228,7 @@ func scalarKeys(t reflect.Type, prefix string) map[string]bool {
 }
 
 // secondsHook reads a bare number, or a string of one, as seconds: the
-// brief's ChecksInterval: 2 means two seconds, not two nanoseconds.
+// original config's ChecksInterval: 2 means two seconds, not two nanoseconds.
 func secondsHook(from, to reflect.Type, data any) (any, error) {
 	if to != reflect.TypeOf(time.Duration(0)) {
 		return data, nil
@@ -351,7 +351,7 @@ func (c *Config) VIPAddr() netip.Addr {
 }
 
 // Validate checks the file alone, without looking at this host, so the
-// brief's example passes anywhere. Every problem is one line naming its key.
+// original example config passes anywhere. Every problem is one line naming its key.
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }

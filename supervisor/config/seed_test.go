@@ -7,15 +7,16 @@ import (
 	"time"
 )
 
-// The brief's example must load unchanged, on any host.
+// The original example config (../shared/seed beside the repo) must load
+// unchanged, on any host.
 func TestBriefExampleLoads(t *testing.T) {
 	path := filepath.Join("..", "..", "..", "shared", "seed", "config.yaml")
 	if _, err := os.Stat(path); err != nil {
-		t.Skipf("brief example not beside the repo: %v", err)
+		t.Skipf("original example config not beside the repo: %v", err)
 	}
 	c, err := Load(path)
 	if err != nil {
-		t.Fatalf("brief example: %v", err)
+		t.Fatalf("original example config: %v", err)
 	}
 	if c.ChecksInterval != 2*time.Second || c.Checks[0].Timeout != time.Second {
 		t.Fatalf("ChecksInterval=%s timeout=%s, want 2s and 1s", c.ChecksInterval, c.Checks[0].Timeout)
