@@ -1,0 +1,199 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// idleWindow is how long an idle cluster is measured.
+const idleWindow = 20 * time.Second
+
+// TestBenchIdle measures what an idle 3-member cluster costs, with the
+// default timings, one tcp check every ChecksInterval (2s) and one tcp load
+// balancer: per process of the leader and of a follower, resident memory
+// and CPU over idleWindow, and the leader elector's CPU per Raft RPC round
+// trip (heartbeats and commit-timeout AppendEntries, counted by an nftables
+// counter on the leader's Raft traffic). keepalived (VRRPv3, advert_int 1,
+// its default, with the same check as a vrrp_script) is measured beside it
+// in namespaces of its own.
+//
+// KEEPVIP_BENCH_ONLY=keepvip or keepalived runs one of them.
+func TestBenchIdle(t *testing.T) {
+	if os.Getenv("KEEPVIP_BENCH") == "" {
+		t.Skip("benchmarks run with KEEPVIP_BENCH=1 (make bench)")
+	}
+	requireRoot(t)
+	only := os.Getenv("KEEPVIP_BENCH_ONLY")
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nidle benchmark: 3 members, default timings, one tcp check every 2s, one tcp load balancer; %s measured\n", idleWindow)
+	fmt.Fprintf(&b, "%-10s %-22s %10s %12s %8s\n", "member", "process", "RSS MB", "CPU ms", "CPU %")
+	if only == "" || only == "keepvip" {
+		t.Run("keepvip", func(t *testing.T) { idleKeepVIP(t, &b) })
+	}
+	if only == "" || only == "keepalived" {
+		t.Run("keepalived", func(t *testing.T) { idleKeepalived(t, &b) })
+	}
+	t.Log(b.String())
+	fmt.Print(b.String())
+}
+
+// idleSample is one process's resident memory now and CPU time so far.
+type idleSample struct {
+	name string
+	rss  int64 // kB
+	cpu  time.Duration
+}
+
+// processUsage reads pid's VmRSS and its own (not its children's) CPU time.
+func processUsage(pid int) (rss int64, cpu time.Duration) {
+	if f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+				rss, _ = strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			}
+		}
+		f.Close()
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 12 {
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			s, _ := strconv.ParseInt(f[12], 10, 64)
+			cpu = time.Duration(u+s) * 10 * time.Millisecond // USER_HZ 100
+		}
+	}
+	return rss, cpu
+}
+
+// measureIdle samples pids (name → pid) over idleWindow and writes a row
+// each, and a total.
+func measureIdle(b *strings.Builder, member string, pids map[string]int) time.Duration {
+	names := make([]string, 0, len(pids))
+	for n := range pids {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	before := map[string]time.Duration{}
+	for _, n := range names {
+		_, before[n] = processUsage(pids[n])
+	}
+	time.Sleep(idleWindow)
+	var totalRSS int64
+	var totalCPU, elector time.Duration
+	for _, n := range names {
+		rss, cpu := processUsage(pids[n])
+		d := cpu - before[n]
+		totalRSS += rss
+		totalCPU += d
+		if n == "keep-vip-elector" {
+			elector = d
+		}
+		fmt.Fprintf(b, "%-10s %-22s %10.1f %12d %8.2f\n", member, n, float64(rss)/1024, d.Milliseconds(), 100*d.Seconds()/idleWindow.Seconds())
+	}
+	fmt.Fprintf(b, "%-10s %-22s %10.1f %12d %8.2f\n", member, "all", float64(totalRSS)/1024, totalCPU.Milliseconds(), 100*totalCPU.Seconds()/idleWindow.Seconds())
+	return elector
+}
+
+func idleKeepVIP(t *testing.T, b *strings.Builder) {
+	c := StartClusterWith(t, 3, func(cfg *NodeConfig) {
+		cfg.Render = func(nc NodeConfig, n *Net) string {
+			nc.Render, nc.Raft = nil, RaftDefaults
+			y := nc.YAML(n)
+			y = strings.Replace(y, "ChecksInterval: 0.5\n", "ChecksInterval: 2\n", 1)
+			y = strings.Replace(y, "log:\n  level: debug\n", "", 1)
+			return strings.Replace(y, "    timeout: 0.2\n", "    timeout: 1\n", 1)
+		}
+	})
+	leader := c.WaitSingleHolder(electionBound, nil)
+	follower := 1 + leader%3
+	// Past the start: plugins up, first rounds, the GC's first cycles.
+	time.Sleep(5 * time.Second)
+	// Count the leader's Raft RPCs (AppendEntries: heartbeats and the
+	// commit timeout's) by the segments it sends to the Raft port with
+	// data in them.
+	ns := c.Node(leader).NS
+	table := "kvidle" + c.Net.Suffix
+	nft := func(stdin string, args ...string) (string, error) {
+		cmd := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	// Segments with data: longer than the IPv4 and TCP headers (with the
+	// timestamp option) of a bare ACK.
+	rules := fmt.Sprintf("table inet %[1]s { chain out { type filter hook output priority 0; tcp dport %[2]d ip length > 52 counter; }; }", table, raftPort)
+	if out, err := nft(rules, "-f", "-"); err != nil {
+		t.Fatalf("nft in %s: %v: %s", ns, err, out)
+	}
+	t.Cleanup(func() { _, _ = nft("", "delete", "table", "inet", table) })
+	counter := func() int64 {
+		out, _ := nft("", "list", "table", "inet", table)
+		i := strings.Index(out, "packets ")
+		if i < 0 {
+			return 0
+		}
+		n, _ := strconv.ParseInt(strings.Fields(out[i+len("packets "):])[0], 10, 64)
+		return n
+	}
+	for _, who := range []struct {
+		label string
+		node  int
+	}{{"leader", leader}, {"follower", follower}} {
+		node := c.Node(who.node)
+		pids := map[string]int{"keep-vip-supervisor": node.PID()}
+		for _, name := range pluginNames {
+			pid, err := node.PluginPID(name)
+			if err != nil {
+				t.Fatalf("%s: %v", node.ID, err)
+			}
+			pids[name] = pid
+		}
+		rpcs0 := counter()
+		elector := measureIdle(b, who.label, pids)
+		if who.label == "leader" {
+			rpcs := counter() - rpcs0
+			if rpcs > 0 {
+				fmt.Fprintf(b, "%-10s elector: %d Raft RPCs sent in %s (%.0f/s), %.1f µs CPU per RPC round trip\n", who.label, rpcs, idleWindow,
+					float64(rpcs)/idleWindow.Seconds(), float64(elector.Microseconds())/float64(rpcs))
+			}
+		}
+	}
+}
+
+func idleKeepalived(t *testing.T, b *strings.Builder) {
+	sys := startKeepalivedFailoverWith(t, 1, true, 2*time.Second)
+	k := sys.(*keepalivedFailover)
+	holder := failoverHolder(t, sys, 0)
+	time.Sleep(5 * time.Second)
+	for _, who := range []struct {
+		label string
+		node  int
+	}{{"master", holder}, {"backup", 1 + holder%3}} {
+		procs, err := processesInNetns(k.n.NodeNS[who.node-1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids := map[string]int{}
+		for _, p := range procs {
+			if isKeepalived(p) {
+				name := "keepalived (parent)"
+				if slices.ContainsFunc(procs, func(q procInfo) bool { return q.PID == p.PPID && isKeepalived(q) }) {
+					name = "keepalived (vrrp)"
+				}
+				pids[name] = p.PID
+			}
+		}
+		if len(pids) == 0 {
+			t.Fatalf("no keepalived in node %d", who.node)
+		}
+		measureIdle(b, "ka "+who.label, pids)
+	}
+}
