@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,15 +22,7 @@ const deathInterval = 2 * time.Second
 // KEEPVIP_BENCH_TRIALS overrides the 20 trials; KEEPVIP_BENCH_ONLY=name runs
 // one system (watch, nowatch, keepalived-v3).
 func TestBenchServiceDeath(t *testing.T) {
-	if os.Getenv("KEEPVIP_BENCH") == "" {
-		t.Skip("benchmarks run with KEEPVIP_BENCH=1 (make bench)")
-	}
-	requireRoot(t)
-	trials := 20
-	if v, err := strconv.Atoi(os.Getenv("KEEPVIP_BENCH_TRIALS")); err == nil && v > 0 {
-		trials = v
-	}
-	only := os.Getenv("KEEPVIP_BENCH_ONLY")
+	trials, only := benchKnobs(t)
 	systems := []struct {
 		key, name string
 		run       func(t *testing.T) failoverSystem

@@ -41,15 +41,7 @@ import (
 // KEEPVIP_BENCH_TRIALS overrides the 20 trials; KEEPVIP_BENCH_ONLY=name
 // runs one system (keepvip, keepvip-tuned, keepalived, keepalived-v3).
 func TestBenchFailover(t *testing.T) {
-	if os.Getenv("KEEPVIP_BENCH") == "" {
-		t.Skip("benchmarks run with KEEPVIP_BENCH=1 (make bench)")
-	}
-	requireRoot(t)
-	trials := 20
-	if v, err := strconv.Atoi(os.Getenv("KEEPVIP_BENCH_TRIALS")); err == nil && v > 0 {
-		trials = v
-	}
-	only := os.Getenv("KEEPVIP_BENCH_ONLY")
+	trials, only := benchKnobs(t)
 	systems := []struct {
 		key  string
 		name string
@@ -86,6 +78,22 @@ func TestBenchFailover(t *testing.T) {
 		})
 	}
 	printFailoverTable(t, results)
+}
+
+// benchKnobs skips the test unless KEEPVIP_BENCH is set, and reads the
+// trial benches' knobs: KEEPVIP_BENCH_TRIALS (default 20) and
+// KEEPVIP_BENCH_ONLY (one system's key).
+func benchKnobs(t *testing.T) (trials int, only string) {
+	t.Helper()
+	if os.Getenv("KEEPVIP_BENCH") == "" {
+		t.Skip("benchmarks run with KEEPVIP_BENCH=1 (make bench)")
+	}
+	requireRoot(t)
+	trials = 20
+	if v, err := strconv.Atoi(os.Getenv("KEEPVIP_BENCH_TRIALS")); err == nil && v > 0 {
+		trials = v
+	}
+	return trials, os.Getenv("KEEPVIP_BENCH_ONLY")
 }
 
 // failoverSystem is one HA implementation under test.

@@ -26,11 +26,7 @@ const idleWindow = 20 * time.Second
 //
 // KEEPVIP_BENCH_ONLY=keepvip or keepalived runs one of them.
 func TestBenchIdle(t *testing.T) {
-	if os.Getenv("KEEPVIP_BENCH") == "" {
-		t.Skip("benchmarks run with KEEPVIP_BENCH=1 (make bench)")
-	}
-	requireRoot(t)
-	only := os.Getenv("KEEPVIP_BENCH_ONLY")
+	_, only := benchKnobs(t)
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nidle benchmark: 3 members, default timings, one tcp check every 2s, one tcp load balancer; %s measured\n", idleWindow)
 	fmt.Fprintf(&b, "%-10s %-22s %10s %12s %8s\n", "member", "process", "RSS MB", "CPU ms", "CPU %")
