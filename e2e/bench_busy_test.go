@@ -103,6 +103,7 @@ type busyRun struct {
 	run                                   int
 	holder                                int
 	moves, candidacies, stepDowns, misses int
+	splitBrain                            int // samples with two holders
 	reqPerSec                             float64
 	wrkErrors                             string
 	load                                  string
@@ -193,12 +194,14 @@ func (sys busySystem) run(t *testing.T, i int, d time.Duration) busyRun {
 		r.stepDowns += c.stepDowns
 		r.misses += c.misses
 	}
-	if v := samplerViolations(s); v != 0 {
-		t.Errorf("%d samples with two VIP holders", v)
+	// Two holders fail keep-vip's runs; keepalived's are only reported, as
+	// in the failover bench.
+	if r.splitBrain = samplerViolations(s); r.splitBrain != 0 && !sys.keepalived {
+		t.Errorf("%d samples with two VIP holders", r.splitBrain)
 	}
 	r.ok = !t.Failed()
-	t.Logf("%s run %d: holder node %d, needless moves %d, candidacies %d, step-downs %d, near misses %d, wrk %.0f req/s%s; %s",
-		sys.key, i, r.holder, r.moves, r.candidacies, r.stepDowns, r.misses, r.reqPerSec, r.wrkErrors, r.load)
+	t.Logf("%s run %d: holder node %d, needless moves %d, candidacies %d, step-downs %d, near misses %d, two-holder samples %d, wrk %.0f req/s%s; %s",
+		sys.key, i, r.holder, r.moves, r.candidacies, r.stepDowns, r.misses, r.splitBrain, r.reqPerSec, r.wrkErrors, r.load)
 	return r
 }
 
@@ -317,13 +320,13 @@ func countLogLines(path string, start, end time.Time) logCounts {
 func printBusyTable(t *testing.T, rs []busyRun) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nbusy host (wrk -t2 -c128 through the VIP, CPU hog on the holder), per run:\n")
-	fmt.Fprintf(&b, "%-24s %4s %7s %6s %11s %10s %12s %10s  %s\n", "system", "run", "holder", "moves", "candidacies", "step-downs", "near-misses", "req/s", "load after")
-	type total struct{ runs, moves, cand, steps, misses int }
+	fmt.Fprintf(&b, "%-24s %4s %7s %6s %11s %10s %12s %11s %10s  %s\n", "system", "run", "holder", "moves", "candidacies", "step-downs", "near-misses", "two-holder", "req/s", "load after")
+	type total struct{ runs, moves, cand, steps, misses, split int }
 	totals := map[string]*total{}
 	var order []string
 	for _, r := range rs {
-		fmt.Fprintf(&b, "%-24s %4d %7d %6d %11d %10d %12d %10.0f  %s%s\n", r.sys.key, r.run, r.holder, r.moves, r.candidacies,
-			r.stepDowns, r.misses, r.reqPerSec, r.load, map[bool]string{true: "", false: " (run failed)"}[r.ok])
+		fmt.Fprintf(&b, "%-24s %4d %7d %6d %11d %10d %12d %11d %10.0f  %s%s\n", r.sys.key, r.run, r.holder, r.moves, r.candidacies,
+			r.stepDowns, r.misses, r.splitBrain, r.reqPerSec, r.load, map[bool]string{true: "", false: " (run failed)"}[r.ok])
 		tt := totals[r.sys.key]
 		if tt == nil {
 			tt = &total{}
@@ -335,11 +338,12 @@ func printBusyTable(t *testing.T, rs []busyRun) {
 		tt.cand += r.candidacies
 		tt.steps += r.stepDowns
 		tt.misses += r.misses
+		tt.split += r.splitBrain
 	}
 	fmt.Fprintf(&b, "per system (sums over runs):\n")
 	for _, k := range order {
 		tt := totals[k]
-		fmt.Fprintf(&b, "%-24s runs %d: moves %d, candidacies %d, step-downs %d, near-misses %d\n", k, tt.runs, tt.moves, tt.cand, tt.steps, tt.misses)
+		fmt.Fprintf(&b, "%-24s runs %d: moves %d, candidacies %d, step-downs %d, near-misses %d, two-holder samples %d\n", k, tt.runs, tt.moves, tt.cand, tt.steps, tt.misses, tt.split)
 	}
 	t.Log(b.String())
 }
