@@ -132,6 +132,9 @@ type node struct {
 	leaderSince     time.Time
 	leaderSinceTerm uint64
 	contactBefore   time.Time
+	// leaderUntil is when the monitor last saw this member stop leading.
+	leaderUntil time.Time
+	wasLeader   bool
 }
 
 // timings are the Raft timeouts after defaults.
@@ -365,6 +368,8 @@ func (e *Elector) monitor(n *node) {
 		l := n.leadership()
 		if l.role == pb.Role_ROLE_LEADER {
 			n.noteLeading()
+		} else {
+			n.noteNotLeading()
 		}
 		e.publish(l)
 	}
@@ -380,9 +385,25 @@ func (n *node) noteLeading() {
 		return
 	}
 	n.leaderSince, n.leaderSinceTerm = time.Now(), n.r.CurrentTerm()
-	// raft does not update LastContact while leading, so this is still the
-	// last contact with the previous leader (zero if there was none).
-	n.contactBefore = n.r.LastContact()
+	n.wasLeader = true
+	// The previous leader was last heard from either by its AppendEntries
+	// or, if it was this member, when it stopped leading. raft's
+	// LastContact is not used: it also moves when this member grants a
+	// vote, which would make a failover after a split vote look shorter.
+	n.contactBefore = n.trans.lastLeaderContact()
+	if n.leaderUntil.After(n.contactBefore) {
+		n.contactBefore = n.leaderUntil
+	}
+}
+
+// noteNotLeading records when this member stopped leading, the start of
+// the failover if it is elected again.
+func (n *node) noteNotLeading() {
+	n.leadMu.Lock()
+	defer n.leadMu.Unlock()
+	if n.wasLeader {
+		n.wasLeader, n.leaderUntil = false, time.Now()
+	}
 }
 
 // leadership is a comparable snapshot of pb.Leadership.
@@ -522,7 +543,7 @@ func (e *Elector) TransferLeadership(ctx context.Context, target string) error {
 			n.trans.restartStreak(raft.ServerID(target))
 			return fmt.Errorf("transfer leadership from %s to %s: %w", n.localID, target, err)
 		}
-		e.log.Info().Str("local_id", n.localID).Str("target", target).Dur("took", time.Since(start)).Msg("leadership transferred")
+		e.log.Info().Str("local_id", n.localID).Str("target", target).Dur("took_ms", time.Since(start)).Msg("leadership transferred")
 		return nil
 	case <-ctx.Done():
 		n.trans.restartStreak(raft.ServerID(target))

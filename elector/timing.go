@@ -50,6 +50,26 @@ import "time"
 //     heartbeat timeout (plus a small per-member stagger) after the last
 //     contact, instead of up to three heartbeat timeouts later; it only moves
 //     raft's own check earlier, never below hb, so the bound above holds.
+//
+// # A leader that is not scheduled
+//
+// checkLeaderLease runs from a timer on raft's leader goroutine and counts a
+// follower only if the leader's own replication goroutine has processed an
+// answer from it within the lease. When the whole elector is not scheduled
+// for longer than the lease (a saturated CPU), it neither sends heartbeats
+// nor reads their answers; when it runs again, the lease timer and the
+// replication goroutines are ready together, and if the check runs first it
+// steps down although the followers, whose timeout is 2.5 leases, still
+// follow it. Pre-vote does not cover this: it only keeps a candidate from
+// raising the term, and the step-down is the leader's own. The followers
+// would grant the stepped-down member's pre-vote and vote at once (raft
+// grants them to the leader it follows), but raft sets its LastContact at
+// the step-down, so it stands only one heartbeat timeout later: the VIP is
+// off for about hb. Lengthening the lease would close this only by eating
+// the margin above; what is ours is that the elector is scheduled, which
+// the supervisor does (supervisor/sched.go, README "Scheduling priority").
+// Standing again right after a lease step-down is left out: it would make
+// the stepped-down member forget its leadership before hb.
 const (
 	// DefaultHeartbeatTimeout is tuned for a LAN: a lost leader is replaced
 	// about 300ms after its last heartbeat.

@@ -104,6 +104,11 @@ type trackedTransport struct {
 	leader func() (raft.ServerAddress, raft.ServerID)
 	// quarantined counts votes refused in the start-up quarantine.
 	quarantined int
+	// heardLeader is when an AppendEntries of the newest term seen so far
+	// (heardTerm) last arrived: contact with a leader, which raft's own
+	// LastContact does not tell apart from granting a vote.
+	heardLeader time.Time
+	heardTerm   uint64
 }
 
 func newTrackedTransport(nt *raft.NetworkTransport, hb time.Duration) *trackedTransport {
@@ -143,6 +148,7 @@ func (t *trackedTransport) relay() {
 			rpc.Respond(nil, errNotFromLeader)
 			continue
 		}
+		t.noteLeaderContact(rpc)
 		select {
 		case t.rpcs <- rpc:
 		case <-t.stop:
@@ -173,6 +179,28 @@ func (t *trackedTransport) refuseVote(rpc raft.RPC) bool {
 	t.quarantined++
 	t.mu.Unlock()
 	return true
+}
+
+// noteLeaderContact records an AppendEntries as contact with a leader
+// unless its term is older than one already heard (a deposed leader's).
+func (t *trackedTransport) noteLeaderContact(rpc raft.RPC) {
+	req, ok := rpc.Command.(*raft.AppendEntriesRequest)
+	if !ok {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if req.Term >= t.heardTerm {
+		t.heardTerm, t.heardLeader = req.Term, time.Now()
+	}
+}
+
+// lastLeaderContact is when an AppendEntries from a current leader last
+// arrived (zero: never).
+func (t *trackedTransport) lastLeaderContact() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.heardLeader
 }
 
 // followLeader gives the transport raft's view of the leader.

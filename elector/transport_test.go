@@ -192,3 +192,30 @@ func TestTransferOnlyFromLeader(t *testing.T) {
 		t.Errorf("raft got %d refused transfers", len(got))
 	}
 }
+
+// Only AppendEntries of the newest term count as contact with a leader: a
+// vote this member grants, or a deposed leader's AppendEntries, must not
+// shorten the failover the supervisor measures.
+func TestLeaderContactIgnoresVotesAndOldTerms(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		cmds    []any
+		counted []bool // whether each command moved the contact time
+	}{
+		{"append entries", []any{&raft.AppendEntriesRequest{Term: 3}}, []bool{true}},
+		{"vote", []any{&raft.AppendEntriesRequest{Term: 3}, &raft.RequestVoteRequest{Term: 4}, &raft.RequestPreVoteRequest{Term: 4}}, []bool{true, false, false}},
+		{"deposed leader", []any{&raft.AppendEntriesRequest{Term: 5}, &raft.AppendEntriesRequest{Term: 4}, &raft.AppendEntriesRequest{Term: 5}}, []bool{true, false, true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := &trackedTransport{}
+			for i, cmd := range tc.cmds {
+				before := tr.lastLeaderContact()
+				time.Sleep(time.Millisecond)
+				tr.noteLeaderContact(raft.RPC{Command: cmd})
+				if moved := tr.lastLeaderContact().After(before); moved != tc.counted[i] {
+					t.Fatalf("command %d (%T): contact moved %v, want %v", i, cmd, moved, tc.counted[i])
+				}
+			}
+		})
+	}
+}

@@ -234,6 +234,29 @@ func TestSystemdOperatorStory(t *testing.T) {
 		}
 	})
 
+	s.step("scheduling", func() {
+		// The unit grants CAP_SYS_NICE and setpriority: the supervisor,
+		// elector and announcer run raised, the balancer and checker not.
+		if len(s.journal("MESSAGE=scheduling: priority raised for the supervisor, elector and announcer")) == 0 {
+			t.Errorf("journal: no \"scheduling: priority raised\" line:\n%s",
+				grepLines(s.must("journalctl", "--no-pager", "-u", sdUnit, "-o", "cat"), "scheduling"))
+		}
+		// comm (15 characters at most) and nice, from /proc.
+		out := s.must("sh", "-c", `for f in /proc/[0-9]*/stat; do cut -d' ' -f2,19 "$f" 2>/dev/null; done`)
+		nice := map[string]string{}
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) == 2 {
+				nice[strings.Trim(f[0], "()")] = f[1]
+			}
+		}
+		for comm, want := range map[string]string{"keep-vip-superv": "-10", "keep-vip-electo": "-10",
+			"keep-vip-announ": "-10", "keep-vip-balanc": "0", "keep-vip-checke": "0"} {
+			if nice[comm] != want {
+				t.Errorf("%s runs at nice %q, want %s", comm, nice[comm], want)
+			}
+		}
+	})
+
 	s.step("journal fields", func() {
 		el := s.journal("PLUGIN=elector")
 		if len(el) == 0 {

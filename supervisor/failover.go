@@ -68,7 +68,7 @@ func (p *policy) vipAcquired(at time.Time) {
 		}
 		d := at.Sub(contact)
 		m.lastFailover.Set(d.Seconds())
-		log.Info().Uint64("term", term).Dur("failover", d).Time("last_contact", contact).
+		log.Info().Uint64("term", term).Dur("failover_ms", d).Time("last_contact", contact).
 			Msg("failover: VIP held after losing contact with the previous leader")
 	}()
 }
@@ -122,7 +122,7 @@ func (p *policy) transferLeadershipTo(target, reason string) {
 	if p.leadership != nil {
 		p.handedOverTerm = p.leadership.Term
 	}
-	p.log.Info().Str("reason", reason).Str("target", target).Dur("took", time.Since(start)).Msg("leadership handed over")
+	p.log.Info().Str("reason", reason).Str("target", target).Dur("took_ms", time.Since(start)).Msg("leadership handed over")
 }
 
 // scrubVIPs takes the VIPs off the interface itself, when the announcer

@@ -1,12 +1,15 @@
 package supervisor
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
 
 	"github.com/keep-vip/keep-vip/elector"
 	"github.com/keep-vip/keep-vip/rpc"
@@ -103,5 +106,49 @@ func TestFailoverMeasured(t *testing.T) {
 	}
 	if got < 0.34 || got > 2 {
 		t.Fatalf("last failover %vs, want about 0.34s", got)
+	}
+}
+
+// slowAnnouncer takes d to acquire.
+type slowAnnouncer struct {
+	fakeAnnouncer
+	d time.Duration
+}
+
+func (a slowAnnouncer) Acquire(ctx context.Context) error {
+	time.Sleep(a.d)
+	return a.fakeAnnouncer.Acquire(ctx)
+}
+
+// The "VIP acquired" line names its durations with their unit: the
+// Acquire call alone, and since this member was told it leads.
+func TestAcquireLogDurations(t *testing.T) {
+	p, j := testPolicy(t)
+	var buf bytes.Buffer
+	p.log = zerolog.New(&buf)
+	const slow = 30 * time.Millisecond
+	for _, ev := range []event{{kind: rpc.KindAnnouncer, gen: 2, up: true, impl: slowAnnouncer{fakeAnnouncer{j: j}, slow}},
+		{kind: rpc.KindChecker, gen: 1, up: true, impl: fakeReporter{}}, health(true),
+		{kind: rpc.KindElector, gen: 1, up: true, impl: fakeElector{j: j}}, leader(1)} {
+		p.handle(ev)
+	}
+	var line map[string]any
+	for _, l := range strings.Split(buf.String(), "\n") {
+		if strings.Contains(l, `"VIP acquired"`) {
+			if err := json.Unmarshal([]byte(l), &line); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if line == nil {
+		t.Fatalf("no VIP acquired line in:\n%s", buf.String())
+	}
+	acq, _ := line["acquire_ms"].(float64)
+	since, _ := line["since_leader_ms"].(float64)
+	if acq < float64(slow/time.Millisecond) || since < acq || since > 5000 {
+		t.Errorf("acquire_ms %v, since_leader_ms %v: want acquire_ms >= %v and since_leader_ms >= it", line["acquire_ms"], line["since_leader_ms"], slow)
+	}
+	if _, ok := line["took"]; ok {
+		t.Errorf("VIP acquired has a unitless took: %v", line)
 	}
 }

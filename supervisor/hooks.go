@@ -168,7 +168,7 @@ func (h *hookRunner) run(job hookJob) {
 		lg = h.log.Error().Err(err)
 	}
 	lg.Str("event", job.event).Str("command", strings.Join(argv, " ")).
-		Dur("took", time.Since(start)).Dur("queued", start.Sub(job.at)).
+		Dur("took_ms", time.Since(start)).Dur("queued_ms", start.Sub(job.at)).
 		Str("output", strings.TrimSpace(out.String())).Msg("hook ran")
 }
 

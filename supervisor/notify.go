@@ -95,7 +95,7 @@ func (o *ops) tellSystemd(p *policy) {
 		if up && electorSettled {
 			o.ready = true
 			o.notify.send(daemon.SdNotifyReady)
-			p.log.Info().Dur("took", time.Since(o.started)).Msg("ready")
+			p.log.Info().Dur("took_ms", time.Since(o.started)).Msg("ready")
 		}
 	}
 	line := o.summary(p)

@@ -255,7 +255,7 @@ func (p *policy) drainBalancer() {
 		st, err := bal.Status(ctx)
 		cancel()
 		if err != nil || st.GetState() != balancer.StateDraining || time.Now().After(deadline) {
-			p.log.Info().Dur("took", time.Since(start)).Str("left", st.GetDetails()["draining clients"]).Msg("balancer drained")
+			p.log.Info().Dur("took_ms", time.Since(start)).Str("left", st.GetDetails()["draining clients"]).Msg("balancer drained")
 			return
 		}
 	}

@@ -2,6 +2,8 @@ package supervisor
 
 import (
 	"runtime"
+
+	"github.com/rs/zerolog"
 )
 
 // spawner starts every plugin from one OS thread that never exits. Pdeathsig
@@ -13,10 +15,25 @@ type spawner struct {
 	jobs chan func()
 }
 
-func newSpawner() *spawner {
+func newSpawner() *spawner { return newSpawnerAt(nil) }
+
+// newNormalSpawner is a spawner whose thread runs at nice 0 (sched.go), so
+// the plugins it starts do not inherit the supervisor's raised priority.
+func newNormalSpawner(log zerolog.Logger) *spawner {
+	return newSpawnerAt(func() {
+		if err := normalPriority(); err != nil {
+			log.Warn().Err(err).Msg("scheduling: cannot set the balancer's and checker's thread to nice 0; they inherit the supervisor's priority")
+		}
+	})
+}
+
+func newSpawnerAt(setup func()) *spawner {
 	s := &spawner{jobs: make(chan func())}
 	go func() {
 		runtime.LockOSThread() // never unlocked: see above
+		if setup != nil {
+			setup()
+		}
 		for job := range s.jobs {
 			job()
 		}

@@ -80,6 +80,9 @@ type Supervisor struct {
 // New resolves everything a start needs before anything is started: the
 // local member, the interface, and every plugin binary.
 func New(cfg *config.Config, log zerolog.Logger) (*Supervisor, error) {
+	if _, err := priorityWanted(); err != nil {
+		return nil, err
+	}
 	local, err := cfg.CheckHost()
 	if err != nil {
 		return nil, err
@@ -124,11 +127,16 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.stopOps()
-	spawn := newSpawner()
+	raisePriority(s.log)
+	spawn, normal := newSpawner(), newNormalSpawner(s.log)
 	rctx, stopRunners := context.WithCancel(context.Background())
 	defer stopRunners()
 	for _, kind := range rpc.Kinds {
-		s.runners[kind] = s.newRunner(kind, spawn)
+		sp := normal
+		if timingCritical(kind) {
+			sp = spawn
+		}
+		s.runners[kind] = s.newRunner(kind, sp)
 	}
 	var wg sync.WaitGroup
 	for _, kind := range rpc.Kinds {
