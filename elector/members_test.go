@@ -77,13 +77,20 @@ func waitVoters(t *testing.T, es []*Elector, want ...string) {
 	t.Helper()
 	waitFor(t, "voters "+strings.Join(want, ","), func() (bool, string) {
 		for _, e := range es {
-			_, d := status(t, e)
-			var got []string
-			for _, v := range strings.Split(d[StatusVoters], ", ") {
-				got = append(got, strings.Fields(v)[0])
+			st, err := e.Status(context.Background())
+			if err != nil {
+				t.Fatal(err)
 			}
-			if fmt.Sprint(sortedCopy(got)) != fmt.Sprint(sortedCopy(want)) || d[StatusNonvoters] != "none" || d[StatusDifferences] != "none" {
-				return false, fmt.Sprintf("%s: voters %s, non-voters %s, differences %s", d["local_id"], d[StatusVoters], d[StatusNonvoters], d[StatusDifferences])
+			d, es := st.GetDetails(), st.GetElector()
+			var got []string
+			voters := true
+			for _, srv := range es.GetServers() {
+				got = append(got, srv.GetId())
+				voters = voters && srv.GetVoter()
+			}
+			if fmt.Sprint(sortedCopy(got)) != fmt.Sprint(sortedCopy(want)) || !voters || len(es.GetMembershipDifferences()) > 0 {
+				return false, fmt.Sprintf("%s: servers %v, differences %q (details: voters %s, non-voters %s, differences %s)", d["local_id"],
+					es.GetServers(), es.GetMembershipDifferences(), d[statusVoters], d[statusNonvoters], d[statusDifferences])
 			}
 			if v := gauge(t, e, MetricMembershipDifferences); v != 0 {
 				return false, fmt.Sprintf("%s: %s = %g", d["local_id"], MetricMembershipDifferences, v)
@@ -230,9 +237,16 @@ func TestMembershipAddressChange(t *testing.T) {
 	}
 	es := []*Elector{c.nodes[0], c.nodes[1], e2}
 	waitVoters(t, es, "n0", "n1", "n2")
-	_, d := status(t, c.nodes[0])
-	if !strings.Contains(d[StatusVoters], members[2].Address) {
-		t.Errorf("voters %s: n2 not at its new address %s", d[StatusVoters], members[2].Address)
+	st, err := c.nodes[0].Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, srv := range st.GetElector().GetServers() {
+		found = found || srv.GetId() == "n2" && srv.GetAddress() == members[2].Address
+	}
+	if !found {
+		t.Errorf("servers %v: n2 not at its new address %s", st.GetElector().GetServers(), members[2].Address)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -150,21 +149,4 @@ func Differences(conf raft.Configuration, members []*pb.Member) string {
 		return ""
 	}
 	return joinDifferences(newMemberSet(members).differences(conf))
-}
-
-// ParseServers reads Status's voters or non-voters detail back ("id
-// (address), ..." or "none") into servers of the given suffrage.
-func ParseServers(list string, suffrage raft.ServerSuffrage) []raft.Server {
-	var out []raft.Server
-	if list == "none" || list == "" {
-		return nil
-	}
-	for _, item := range strings.Split(list, ", ") {
-		id, addr, ok := strings.Cut(item, " (")
-		if !ok {
-			continue
-		}
-		out = append(out, raft.Server{Suffrage: suffrage, ID: raft.ServerID(id), Address: raft.ServerAddress(strings.TrimSuffix(addr, ")"))})
-	}
-	return out
 }

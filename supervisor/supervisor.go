@@ -240,7 +240,14 @@ func MembersDrift(cfg *config.Config) (string, error) {
 		if ri == nil || ri.Error != "" {
 			return "", nil
 		}
-		conf := raft.Configuration{Servers: append(elector.ParseServers(ri.Voters, raft.Voter), elector.ParseServers(ri.Nonvoters, raft.Nonvoter)...)}
+		var conf raft.Configuration
+		for _, srv := range ri.Servers {
+			suffrage := raft.Nonvoter
+			if srv.Voter {
+				suffrage = raft.Voter
+			}
+			conf.Servers = append(conf.Servers, raft.Server{Suffrage: suffrage, ID: raft.ServerID(srv.ID), Address: raft.ServerAddress(srv.Address)})
+		}
 		if d := elector.Differences(conf, members); d != "" {
 			return "the running member's Raft configuration differs from this file (reload to apply it): " + d, nil
 		}

@@ -174,8 +174,13 @@ type PluginStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A one-word summary such as "leader", "holding", "healthy".
 	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
-	// Free-form details, shown sorted by key.
-	Details       map[string]string `protobuf:"bytes,2,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Free-form details for humans, shown sorted by key. The supervisor's
+	// policy never reads them: what it acts on is a typed field below.
+	Details map[string]string `protobuf:"bytes,2,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Set by an elector only.
+	Elector *ElectorStatus `protobuf:"bytes,3,opt,name=elector,proto3" json:"elector,omitempty"`
+	// Set by a balancer only.
+	Balancer      *BalancerStatus `protobuf:"bytes,4,opt,name=balancer,proto3" json:"balancer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -220,6 +225,20 @@ func (x *PluginStatus) GetState() string {
 func (x *PluginStatus) GetDetails() map[string]string {
 	if x != nil {
 		return x.Details
+	}
+	return nil
+}
+
+func (x *PluginStatus) GetElector() *ElectorStatus {
+	if x != nil {
+		return x.Elector
+	}
+	return nil
+}
+
+func (x *PluginStatus) GetBalancer() *BalancerStatus {
+	if x != nil {
+		return x.Balancer
 	}
 	return nil
 }
@@ -563,6 +582,186 @@ func (x *TransferRequest) GetTargetId() string {
 	return ""
 }
 
+// A server of the elector's replicated configuration (Raft's, for the
+// built-in elector).
+type ConsensusServer struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// False: a non-voter (being caught up, or left behind by a change).
+	Voter         bool `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsensusServer) Reset() {
+	*x = ConsensusServer{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsensusServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsensusServer) ProtoMessage() {}
+
+func (x *ConsensusServer) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsensusServer.ProtoReflect.Descriptor instead.
+func (*ConsensusServer) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ConsensusServer) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ConsensusServer) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ConsensusServer) GetVoter() bool {
+	if x != nil {
+		return x.Voter
+	}
+	return false
+}
+
+// ElectorStatus is what the supervisor reads from an elector's Status.
+type ElectorStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Under preemption, the member leadership should move to now (healthy,
+	// caught up and preferred for preempt_delay_ms); empty when none. Only a
+	// leader proposes; the supervisor releases the VIP and calls
+	// TransferLeadership(handover_to).
+	HandoverTo string `protobuf:"bytes,1,opt,name=handover_to,json=handoverTo,proto3" json:"handover_to,omitempty"`
+	// When this member last became leader, Unix nanoseconds; 0: never.
+	LeaderSinceUnixNano int64 `protobuf:"varint,2,opt,name=leader_since_unix_nano,json=leaderSinceUnixNano,proto3" json:"leader_since_unix_nano,omitempty"`
+	// When this member last heard from a leader before it became leader
+	// itself, Unix nanoseconds; 0 if never (a first election). The failover
+	// metric measures from here to the VIP being held.
+	ContactBeforeLeadingUnixNano int64 `protobuf:"varint,3,opt,name=contact_before_leading_unix_nano,json=contactBeforeLeadingUnixNano,proto3" json:"contact_before_leading_unix_nano,omitempty"`
+	// True while the member has no replicated configuration yet: it waits to
+	// be added by the leader, or for enough new members to start a cluster.
+	Joining bool `protobuf:"varint,4,opt,name=joining,proto3" json:"joining,omitempty"`
+	// The replicated configuration's servers.
+	Servers []*ConsensusServer `protobuf:"bytes,5,rep,name=servers,proto3" json:"servers,omitempty"`
+	// How that configuration differs from ElectorConfig.members, one
+	// sentence each; empty when they match.
+	MembershipDifferences []string `protobuf:"bytes,6,rep,name=membership_differences,json=membershipDifferences,proto3" json:"membership_differences,omitempty"`
+	// A follower's last contact with the leader, as the elector words it.
+	LastContact string `protobuf:"bytes,7,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"`
+	// On a leader: each other server's contact, as the elector words it,
+	// keyed by member id.
+	Peers         map[string]string `protobuf:"bytes,8,rep,name=peers,proto3" json:"peers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ElectorStatus) Reset() {
+	*x = ElectorStatus{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ElectorStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ElectorStatus) ProtoMessage() {}
+
+func (x *ElectorStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ElectorStatus.ProtoReflect.Descriptor instead.
+func (*ElectorStatus) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ElectorStatus) GetHandoverTo() string {
+	if x != nil {
+		return x.HandoverTo
+	}
+	return ""
+}
+
+func (x *ElectorStatus) GetLeaderSinceUnixNano() int64 {
+	if x != nil {
+		return x.LeaderSinceUnixNano
+	}
+	return 0
+}
+
+func (x *ElectorStatus) GetContactBeforeLeadingUnixNano() int64 {
+	if x != nil {
+		return x.ContactBeforeLeadingUnixNano
+	}
+	return 0
+}
+
+func (x *ElectorStatus) GetJoining() bool {
+	if x != nil {
+		return x.Joining
+	}
+	return false
+}
+
+func (x *ElectorStatus) GetServers() []*ConsensusServer {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+func (x *ElectorStatus) GetMembershipDifferences() []string {
+	if x != nil {
+		return x.MembershipDifferences
+	}
+	return nil
+}
+
+func (x *ElectorStatus) GetLastContact() string {
+	if x != nil {
+		return x.LastContact
+	}
+	return ""
+}
+
+func (x *ElectorStatus) GetPeers() map[string]string {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
 type Leadership struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Role  Role                   `protobuf:"varint,1,opt,name=role,proto3,enum=keepvip.v1.Role" json:"role,omitempty"`
@@ -576,7 +775,7 @@ type Leadership struct {
 
 func (x *Leadership) Reset() {
 	*x = Leadership{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[7]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +787,7 @@ func (x *Leadership) String() string {
 func (*Leadership) ProtoMessage() {}
 
 func (x *Leadership) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[7]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +800,7 @@ func (x *Leadership) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leadership.ProtoReflect.Descriptor instead.
 func (*Leadership) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{7}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Leadership) GetRole() Role {
@@ -649,7 +848,7 @@ type AnnouncerConfig struct {
 
 func (x *AnnouncerConfig) Reset() {
 	*x = AnnouncerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[8]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +860,7 @@ func (x *AnnouncerConfig) String() string {
 func (*AnnouncerConfig) ProtoMessage() {}
 
 func (x *AnnouncerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[8]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +873,7 @@ func (x *AnnouncerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnouncerConfig.ProtoReflect.Descriptor instead.
 func (*AnnouncerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{8}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AnnouncerConfig) GetInterface() string {
@@ -727,7 +926,7 @@ type InterfaceEvent struct {
 
 func (x *InterfaceEvent) Reset() {
 	*x = InterfaceEvent{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[9]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +938,7 @@ func (x *InterfaceEvent) String() string {
 func (*InterfaceEvent) ProtoMessage() {}
 
 func (x *InterfaceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[9]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +951,7 @@ func (x *InterfaceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterfaceEvent.ProtoReflect.Descriptor instead.
 func (*InterfaceEvent) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{9}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *InterfaceEvent) GetUsable() bool {
@@ -806,7 +1005,7 @@ type Check struct {
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[10]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +1017,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[10]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +1030,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{10}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Check) GetName() string {
@@ -942,7 +1141,7 @@ type HTTPCheck struct {
 
 func (x *HTTPCheck) Reset() {
 	*x = HTTPCheck{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[11]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1153,7 @@ func (x *HTTPCheck) String() string {
 func (*HTTPCheck) ProtoMessage() {}
 
 func (x *HTTPCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[11]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1166,7 @@ func (x *HTTPCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPCheck.ProtoReflect.Descriptor instead.
 func (*HTTPCheck) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{11}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HTTPCheck) GetMethod() string {
@@ -1030,7 +1229,7 @@ type UDPCheck struct {
 
 func (x *UDPCheck) Reset() {
 	*x = UDPCheck{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[12]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1241,7 @@ func (x *UDPCheck) String() string {
 func (*UDPCheck) ProtoMessage() {}
 
 func (x *UDPCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[12]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1254,7 @@ func (x *UDPCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UDPCheck.ProtoReflect.Descriptor instead.
 func (*UDPCheck) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{12}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UDPCheck) GetPayload() []byte {
@@ -1084,7 +1283,7 @@ type ExecCheck struct {
 
 func (x *ExecCheck) Reset() {
 	*x = ExecCheck{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1295,7 @@ func (x *ExecCheck) String() string {
 func (*ExecCheck) ProtoMessage() {}
 
 func (x *ExecCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1308,7 @@ func (x *ExecCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecCheck.ProtoReflect.Descriptor instead.
 func (*ExecCheck) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{13}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ExecCheck) GetCommand() string {
@@ -1143,7 +1342,7 @@ type CheckerConfig struct {
 
 func (x *CheckerConfig) Reset() {
 	*x = CheckerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1354,7 @@ func (x *CheckerConfig) String() string {
 func (*CheckerConfig) ProtoMessage() {}
 
 func (x *CheckerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1367,7 @@ func (x *CheckerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckerConfig.ProtoReflect.Descriptor instead.
 func (*CheckerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{14}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CheckerConfig) GetIntervalMs() int64 {
@@ -1202,7 +1401,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1413,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1426,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{15}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CheckResult) GetName() string {
@@ -1290,7 +1489,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1501,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1514,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{16}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Health) GetHealthy() bool {
@@ -1344,7 +1543,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1555,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1568,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{17}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Backend) GetName() string {
@@ -1410,7 +1609,7 @@ type BackendHealth struct {
 
 func (x *BackendHealth) Reset() {
 	*x = BackendHealth{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1621,7 @@ func (x *BackendHealth) String() string {
 func (*BackendHealth) ProtoMessage() {}
 
 func (x *BackendHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1634,7 @@ func (x *BackendHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendHealth.ProtoReflect.Descriptor instead.
 func (*BackendHealth) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{18}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BackendHealth) GetType() string {
@@ -1510,7 +1709,7 @@ type LoadBalancer struct {
 
 func (x *LoadBalancer) Reset() {
 	*x = LoadBalancer{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +1721,7 @@ func (x *LoadBalancer) String() string {
 func (*LoadBalancer) ProtoMessage() {}
 
 func (x *LoadBalancer) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +1734,7 @@ func (x *LoadBalancer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadBalancer.ProtoReflect.Descriptor instead.
 func (*LoadBalancer) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{19}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LoadBalancer) GetName() string {
@@ -1620,7 +1819,7 @@ type BalancerConfig struct {
 
 func (x *BalancerConfig) Reset() {
 	*x = BalancerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1632,7 +1831,7 @@ func (x *BalancerConfig) String() string {
 func (*BalancerConfig) ProtoMessage() {}
 
 func (x *BalancerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1645,7 +1844,7 @@ func (x *BalancerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalancerConfig.ProtoReflect.Descriptor instead.
 func (*BalancerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{20}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BalancerConfig) GetLoadBalancers() []*LoadBalancer {
@@ -1662,16 +1861,75 @@ func (x *BalancerConfig) GetDrainTimeoutMs() int64 {
 	return 0
 }
 
+// BalancerStatus is what the supervisor reads from a balancer's Status.
+type BalancerStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True while no load balancer is configured but connections of removed
+	// ones are still open (after Configure with no load balancers, as on
+	// stop): the supervisor waits for them, up to drain_timeout_ms.
+	Draining bool `protobuf:"varint,1,opt,name=draining,proto3" json:"draining,omitempty"`
+	// Connections still open on removed load balancers.
+	DrainingClients int64 `protobuf:"varint,2,opt,name=draining_clients,json=drainingClients,proto3" json:"draining_clients,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *BalancerStatus) Reset() {
+	*x = BalancerStatus{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BalancerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BalancerStatus) ProtoMessage() {}
+
+func (x *BalancerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BalancerStatus.ProtoReflect.Descriptor instead.
+func (*BalancerStatus) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *BalancerStatus) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+func (x *BalancerStatus) GetDrainingClients() int64 {
+	if x != nil {
+		return x.DrainingClients
+	}
+	return 0
+}
+
 var File_keepvip_v1_keepvip_proto protoreflect.FileDescriptor
 
 const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\n" +
 	"\x18keepvip/v1/keepvip.proto\x12\n" +
 	"keepvip.v1\"\a\n" +
-	"\x05Empty\"\xa1\x01\n" +
+	"\x05Empty\"\x8e\x02\n" +
 	"\fPluginStatus\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12?\n" +
-	"\adetails\x18\x02 \x03(\v2%.keepvip.v1.PluginStatus.DetailsEntryR\adetails\x1a:\n" +
+	"\adetails\x18\x02 \x03(\v2%.keepvip.v1.PluginStatus.DetailsEntryR\adetails\x123\n" +
+	"\aelector\x18\x03 \x01(\v2\x19.keepvip.v1.ElectorStatusR\aelector\x126\n" +
+	"\bbalancer\x18\x04 \x01(\v2\x1a.keepvip.v1.BalancerStatusR\bbalancer\x1a:\n" +
 	"\fDetailsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"+\n" +
@@ -1698,7 +1956,25 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\x10preempt_delay_ms\x18\n" +
 	" \x01(\x03R\x0epreemptDelayMs\".\n" +
 	"\x0fTransferRequest\x12\x1b\n" +
-	"\ttarget_id\x18\x01 \x01(\tR\btargetId\"\x8a\x01\n" +
+	"\ttarget_id\x18\x01 \x01(\tR\btargetId\"Q\n" +
+	"\x0fConsensusServer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\"\xce\x03\n" +
+	"\rElectorStatus\x12\x1f\n" +
+	"\vhandover_to\x18\x01 \x01(\tR\n" +
+	"handoverTo\x123\n" +
+	"\x16leader_since_unix_nano\x18\x02 \x01(\x03R\x13leaderSinceUnixNano\x12F\n" +
+	" contact_before_leading_unix_nano\x18\x03 \x01(\x03R\x1ccontactBeforeLeadingUnixNano\x12\x18\n" +
+	"\ajoining\x18\x04 \x01(\bR\ajoining\x125\n" +
+	"\aservers\x18\x05 \x03(\v2\x1b.keepvip.v1.ConsensusServerR\aservers\x125\n" +
+	"\x16membership_differences\x18\x06 \x03(\tR\x15membershipDifferences\x12!\n" +
+	"\flast_contact\x18\a \x01(\tR\vlastContact\x12:\n" +
+	"\x05peers\x18\b \x03(\v2$.keepvip.v1.ElectorStatus.PeersEntryR\x05peers\x1a8\n" +
+	"\n" +
+	"PeersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8a\x01\n" +
 	"\n" +
 	"Leadership\x12$\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x10.keepvip.v1.RoleR\x04role\x12\x12\n" +
@@ -1798,7 +2074,10 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	" \x01(\bR\x06splice\"{\n" +
 	"\x0eBalancerConfig\x12?\n" +
 	"\x0eload_balancers\x18\x01 \x03(\v2\x18.keepvip.v1.LoadBalancerR\rloadBalancers\x12(\n" +
-	"\x10drain_timeout_ms\x18\x02 \x01(\x03R\x0edrainTimeoutMs*g\n" +
+	"\x10drain_timeout_ms\x18\x02 \x01(\x03R\x0edrainTimeoutMs\"W\n" +
+	"\x0eBalancerStatus\x12\x1a\n" +
+	"\bdraining\x18\x01 \x01(\bR\bdraining\x12)\n" +
+	"\x10draining_clients\x18\x02 \x01(\x03R\x0fdrainingClients*g\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rROLE_FOLLOWER\x10\x01\x12\x12\n" +
@@ -1846,7 +2125,7 @@ func file_keepvip_v1_keepvip_proto_rawDescGZIP() []byte {
 }
 
 var file_keepvip_v1_keepvip_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keepvip_v1_keepvip_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_keepvip_v1_keepvip_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_keepvip_v1_keepvip_proto_goTypes = []any{
 	(Role)(0),               // 0: keepvip.v1.Role
 	(WatchMode)(0),          // 1: keepvip.v1.WatchMode
@@ -1857,81 +2136,89 @@ var file_keepvip_v1_keepvip_proto_goTypes = []any{
 	(*RaftTLS)(nil),         // 6: keepvip.v1.RaftTLS
 	(*ElectorConfig)(nil),   // 7: keepvip.v1.ElectorConfig
 	(*TransferRequest)(nil), // 8: keepvip.v1.TransferRequest
-	(*Leadership)(nil),      // 9: keepvip.v1.Leadership
-	(*AnnouncerConfig)(nil), // 10: keepvip.v1.AnnouncerConfig
-	(*InterfaceEvent)(nil),  // 11: keepvip.v1.InterfaceEvent
-	(*Check)(nil),           // 12: keepvip.v1.Check
-	(*HTTPCheck)(nil),       // 13: keepvip.v1.HTTPCheck
-	(*UDPCheck)(nil),        // 14: keepvip.v1.UDPCheck
-	(*ExecCheck)(nil),       // 15: keepvip.v1.ExecCheck
-	(*CheckerConfig)(nil),   // 16: keepvip.v1.CheckerConfig
-	(*CheckResult)(nil),     // 17: keepvip.v1.CheckResult
-	(*Health)(nil),          // 18: keepvip.v1.Health
-	(*Backend)(nil),         // 19: keepvip.v1.Backend
-	(*BackendHealth)(nil),   // 20: keepvip.v1.BackendHealth
-	(*LoadBalancer)(nil),    // 21: keepvip.v1.LoadBalancer
-	(*BalancerConfig)(nil),  // 22: keepvip.v1.BalancerConfig
-	nil,                     // 23: keepvip.v1.PluginStatus.DetailsEntry
-	nil,                     // 24: keepvip.v1.Check.OptionsEntry
-	nil,                     // 25: keepvip.v1.HTTPCheck.HeadersEntry
+	(*ConsensusServer)(nil), // 9: keepvip.v1.ConsensusServer
+	(*ElectorStatus)(nil),   // 10: keepvip.v1.ElectorStatus
+	(*Leadership)(nil),      // 11: keepvip.v1.Leadership
+	(*AnnouncerConfig)(nil), // 12: keepvip.v1.AnnouncerConfig
+	(*InterfaceEvent)(nil),  // 13: keepvip.v1.InterfaceEvent
+	(*Check)(nil),           // 14: keepvip.v1.Check
+	(*HTTPCheck)(nil),       // 15: keepvip.v1.HTTPCheck
+	(*UDPCheck)(nil),        // 16: keepvip.v1.UDPCheck
+	(*ExecCheck)(nil),       // 17: keepvip.v1.ExecCheck
+	(*CheckerConfig)(nil),   // 18: keepvip.v1.CheckerConfig
+	(*CheckResult)(nil),     // 19: keepvip.v1.CheckResult
+	(*Health)(nil),          // 20: keepvip.v1.Health
+	(*Backend)(nil),         // 21: keepvip.v1.Backend
+	(*BackendHealth)(nil),   // 22: keepvip.v1.BackendHealth
+	(*LoadBalancer)(nil),    // 23: keepvip.v1.LoadBalancer
+	(*BalancerConfig)(nil),  // 24: keepvip.v1.BalancerConfig
+	(*BalancerStatus)(nil),  // 25: keepvip.v1.BalancerStatus
+	nil,                     // 26: keepvip.v1.PluginStatus.DetailsEntry
+	nil,                     // 27: keepvip.v1.ElectorStatus.PeersEntry
+	nil,                     // 28: keepvip.v1.Check.OptionsEntry
+	nil,                     // 29: keepvip.v1.HTTPCheck.HeadersEntry
 }
 var file_keepvip_v1_keepvip_proto_depIdxs = []int32{
-	23, // 0: keepvip.v1.PluginStatus.details:type_name -> keepvip.v1.PluginStatus.DetailsEntry
-	5,  // 1: keepvip.v1.ElectorConfig.members:type_name -> keepvip.v1.Member
-	6,  // 2: keepvip.v1.ElectorConfig.tls:type_name -> keepvip.v1.RaftTLS
-	0,  // 3: keepvip.v1.Leadership.role:type_name -> keepvip.v1.Role
-	24, // 4: keepvip.v1.Check.options:type_name -> keepvip.v1.Check.OptionsEntry
-	13, // 5: keepvip.v1.Check.http:type_name -> keepvip.v1.HTTPCheck
-	14, // 6: keepvip.v1.Check.udp:type_name -> keepvip.v1.UDPCheck
-	15, // 7: keepvip.v1.Check.exec:type_name -> keepvip.v1.ExecCheck
-	1,  // 8: keepvip.v1.Check.watch:type_name -> keepvip.v1.WatchMode
-	25, // 9: keepvip.v1.HTTPCheck.headers:type_name -> keepvip.v1.HTTPCheck.HeadersEntry
-	12, // 10: keepvip.v1.CheckerConfig.checks:type_name -> keepvip.v1.Check
-	17, // 11: keepvip.v1.Health.checks:type_name -> keepvip.v1.CheckResult
-	19, // 12: keepvip.v1.LoadBalancer.backends:type_name -> keepvip.v1.Backend
-	20, // 13: keepvip.v1.LoadBalancer.health:type_name -> keepvip.v1.BackendHealth
-	21, // 14: keepvip.v1.BalancerConfig.load_balancers:type_name -> keepvip.v1.LoadBalancer
-	7,  // 15: keepvip.v1.Elector.Configure:input_type -> keepvip.v1.ElectorConfig
-	2,  // 16: keepvip.v1.Elector.Watch:input_type -> keepvip.v1.Empty
-	8,  // 17: keepvip.v1.Elector.TransferLeadership:input_type -> keepvip.v1.TransferRequest
-	2,  // 18: keepvip.v1.Elector.Status:input_type -> keepvip.v1.Empty
-	2,  // 19: keepvip.v1.Elector.Metrics:input_type -> keepvip.v1.Empty
-	10, // 20: keepvip.v1.Announcer.Configure:input_type -> keepvip.v1.AnnouncerConfig
-	2,  // 21: keepvip.v1.Announcer.Acquire:input_type -> keepvip.v1.Empty
-	2,  // 22: keepvip.v1.Announcer.Release:input_type -> keepvip.v1.Empty
-	2,  // 23: keepvip.v1.Announcer.Watch:input_type -> keepvip.v1.Empty
-	2,  // 24: keepvip.v1.Announcer.Status:input_type -> keepvip.v1.Empty
-	2,  // 25: keepvip.v1.Announcer.Metrics:input_type -> keepvip.v1.Empty
-	16, // 26: keepvip.v1.Checker.Configure:input_type -> keepvip.v1.CheckerConfig
-	2,  // 27: keepvip.v1.Checker.Watch:input_type -> keepvip.v1.Empty
-	2,  // 28: keepvip.v1.Checker.Status:input_type -> keepvip.v1.Empty
-	2,  // 29: keepvip.v1.Checker.Metrics:input_type -> keepvip.v1.Empty
-	22, // 30: keepvip.v1.Balancer.Configure:input_type -> keepvip.v1.BalancerConfig
-	2,  // 31: keepvip.v1.Balancer.Status:input_type -> keepvip.v1.Empty
-	2,  // 32: keepvip.v1.Balancer.Metrics:input_type -> keepvip.v1.Empty
-	2,  // 33: keepvip.v1.Elector.Configure:output_type -> keepvip.v1.Empty
-	9,  // 34: keepvip.v1.Elector.Watch:output_type -> keepvip.v1.Leadership
-	2,  // 35: keepvip.v1.Elector.TransferLeadership:output_type -> keepvip.v1.Empty
-	3,  // 36: keepvip.v1.Elector.Status:output_type -> keepvip.v1.PluginStatus
-	4,  // 37: keepvip.v1.Elector.Metrics:output_type -> keepvip.v1.PluginMetrics
-	2,  // 38: keepvip.v1.Announcer.Configure:output_type -> keepvip.v1.Empty
-	2,  // 39: keepvip.v1.Announcer.Acquire:output_type -> keepvip.v1.Empty
-	2,  // 40: keepvip.v1.Announcer.Release:output_type -> keepvip.v1.Empty
-	11, // 41: keepvip.v1.Announcer.Watch:output_type -> keepvip.v1.InterfaceEvent
-	3,  // 42: keepvip.v1.Announcer.Status:output_type -> keepvip.v1.PluginStatus
-	4,  // 43: keepvip.v1.Announcer.Metrics:output_type -> keepvip.v1.PluginMetrics
-	2,  // 44: keepvip.v1.Checker.Configure:output_type -> keepvip.v1.Empty
-	18, // 45: keepvip.v1.Checker.Watch:output_type -> keepvip.v1.Health
-	3,  // 46: keepvip.v1.Checker.Status:output_type -> keepvip.v1.PluginStatus
-	4,  // 47: keepvip.v1.Checker.Metrics:output_type -> keepvip.v1.PluginMetrics
-	2,  // 48: keepvip.v1.Balancer.Configure:output_type -> keepvip.v1.Empty
-	3,  // 49: keepvip.v1.Balancer.Status:output_type -> keepvip.v1.PluginStatus
-	4,  // 50: keepvip.v1.Balancer.Metrics:output_type -> keepvip.v1.PluginMetrics
-	33, // [33:51] is the sub-list for method output_type
-	15, // [15:33] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	26, // 0: keepvip.v1.PluginStatus.details:type_name -> keepvip.v1.PluginStatus.DetailsEntry
+	10, // 1: keepvip.v1.PluginStatus.elector:type_name -> keepvip.v1.ElectorStatus
+	25, // 2: keepvip.v1.PluginStatus.balancer:type_name -> keepvip.v1.BalancerStatus
+	5,  // 3: keepvip.v1.ElectorConfig.members:type_name -> keepvip.v1.Member
+	6,  // 4: keepvip.v1.ElectorConfig.tls:type_name -> keepvip.v1.RaftTLS
+	9,  // 5: keepvip.v1.ElectorStatus.servers:type_name -> keepvip.v1.ConsensusServer
+	27, // 6: keepvip.v1.ElectorStatus.peers:type_name -> keepvip.v1.ElectorStatus.PeersEntry
+	0,  // 7: keepvip.v1.Leadership.role:type_name -> keepvip.v1.Role
+	28, // 8: keepvip.v1.Check.options:type_name -> keepvip.v1.Check.OptionsEntry
+	15, // 9: keepvip.v1.Check.http:type_name -> keepvip.v1.HTTPCheck
+	16, // 10: keepvip.v1.Check.udp:type_name -> keepvip.v1.UDPCheck
+	17, // 11: keepvip.v1.Check.exec:type_name -> keepvip.v1.ExecCheck
+	1,  // 12: keepvip.v1.Check.watch:type_name -> keepvip.v1.WatchMode
+	29, // 13: keepvip.v1.HTTPCheck.headers:type_name -> keepvip.v1.HTTPCheck.HeadersEntry
+	14, // 14: keepvip.v1.CheckerConfig.checks:type_name -> keepvip.v1.Check
+	19, // 15: keepvip.v1.Health.checks:type_name -> keepvip.v1.CheckResult
+	21, // 16: keepvip.v1.LoadBalancer.backends:type_name -> keepvip.v1.Backend
+	22, // 17: keepvip.v1.LoadBalancer.health:type_name -> keepvip.v1.BackendHealth
+	23, // 18: keepvip.v1.BalancerConfig.load_balancers:type_name -> keepvip.v1.LoadBalancer
+	7,  // 19: keepvip.v1.Elector.Configure:input_type -> keepvip.v1.ElectorConfig
+	2,  // 20: keepvip.v1.Elector.Watch:input_type -> keepvip.v1.Empty
+	8,  // 21: keepvip.v1.Elector.TransferLeadership:input_type -> keepvip.v1.TransferRequest
+	2,  // 22: keepvip.v1.Elector.Status:input_type -> keepvip.v1.Empty
+	2,  // 23: keepvip.v1.Elector.Metrics:input_type -> keepvip.v1.Empty
+	12, // 24: keepvip.v1.Announcer.Configure:input_type -> keepvip.v1.AnnouncerConfig
+	2,  // 25: keepvip.v1.Announcer.Acquire:input_type -> keepvip.v1.Empty
+	2,  // 26: keepvip.v1.Announcer.Release:input_type -> keepvip.v1.Empty
+	2,  // 27: keepvip.v1.Announcer.Watch:input_type -> keepvip.v1.Empty
+	2,  // 28: keepvip.v1.Announcer.Status:input_type -> keepvip.v1.Empty
+	2,  // 29: keepvip.v1.Announcer.Metrics:input_type -> keepvip.v1.Empty
+	18, // 30: keepvip.v1.Checker.Configure:input_type -> keepvip.v1.CheckerConfig
+	2,  // 31: keepvip.v1.Checker.Watch:input_type -> keepvip.v1.Empty
+	2,  // 32: keepvip.v1.Checker.Status:input_type -> keepvip.v1.Empty
+	2,  // 33: keepvip.v1.Checker.Metrics:input_type -> keepvip.v1.Empty
+	24, // 34: keepvip.v1.Balancer.Configure:input_type -> keepvip.v1.BalancerConfig
+	2,  // 35: keepvip.v1.Balancer.Status:input_type -> keepvip.v1.Empty
+	2,  // 36: keepvip.v1.Balancer.Metrics:input_type -> keepvip.v1.Empty
+	2,  // 37: keepvip.v1.Elector.Configure:output_type -> keepvip.v1.Empty
+	11, // 38: keepvip.v1.Elector.Watch:output_type -> keepvip.v1.Leadership
+	2,  // 39: keepvip.v1.Elector.TransferLeadership:output_type -> keepvip.v1.Empty
+	3,  // 40: keepvip.v1.Elector.Status:output_type -> keepvip.v1.PluginStatus
+	4,  // 41: keepvip.v1.Elector.Metrics:output_type -> keepvip.v1.PluginMetrics
+	2,  // 42: keepvip.v1.Announcer.Configure:output_type -> keepvip.v1.Empty
+	2,  // 43: keepvip.v1.Announcer.Acquire:output_type -> keepvip.v1.Empty
+	2,  // 44: keepvip.v1.Announcer.Release:output_type -> keepvip.v1.Empty
+	13, // 45: keepvip.v1.Announcer.Watch:output_type -> keepvip.v1.InterfaceEvent
+	3,  // 46: keepvip.v1.Announcer.Status:output_type -> keepvip.v1.PluginStatus
+	4,  // 47: keepvip.v1.Announcer.Metrics:output_type -> keepvip.v1.PluginMetrics
+	2,  // 48: keepvip.v1.Checker.Configure:output_type -> keepvip.v1.Empty
+	20, // 49: keepvip.v1.Checker.Watch:output_type -> keepvip.v1.Health
+	3,  // 50: keepvip.v1.Checker.Status:output_type -> keepvip.v1.PluginStatus
+	4,  // 51: keepvip.v1.Checker.Metrics:output_type -> keepvip.v1.PluginMetrics
+	2,  // 52: keepvip.v1.Balancer.Configure:output_type -> keepvip.v1.Empty
+	3,  // 53: keepvip.v1.Balancer.Status:output_type -> keepvip.v1.PluginStatus
+	4,  // 54: keepvip.v1.Balancer.Metrics:output_type -> keepvip.v1.PluginMetrics
+	37, // [37:55] is the sub-list for method output_type
+	19, // [19:37] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_keepvip_v1_keepvip_proto_init() }
@@ -1945,7 +2232,7 @@ func file_keepvip_v1_keepvip_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keepvip_v1_keepvip_proto_rawDesc), len(file_keepvip_v1_keepvip_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   24,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   4,
 		},
