@@ -243,9 +243,11 @@ func (x *PluginStatus) GetBalancer() *BalancerStatus {
 	return nil
 }
 
-// PluginMetrics carries the plugin's Prometheus metric families, each one
-// length-delimited protobuf (io.prometheus.client.MetricFamily), so the
+// PluginMetrics carries the plugin's Prometheus metric families so the
 // supervisor can merge them into its own /metrics without re-parsing text.
+// Each element is one io.prometheus.client.MetricFamily (proto2 schema
+// io/prometheus/client/metrics.proto of prometheus/client_model),
+// serialized on its own: no length prefix. An empty list is fine.
 type PluginMetrics struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Families      [][]byte               `protobuf:"bytes,1,rep,name=families,proto3" json:"families,omitempty"`
@@ -986,7 +988,9 @@ type Check struct {
 	Options map[string]string `protobuf:"bytes,5,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// 0: the checker's interval.
 	IntervalMs int64 `protobuf:"varint,6,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`
-	// Consecutive successes to turn healthy, failures to turn unhealthy.
+	// Consecutive passed runs to turn an unhealthy check healthy, failed runs
+	// to turn a healthy one unhealthy; 0 means 1. The first run sets the
+	// check's state at once: there is no history to damp yet.
 	Rise int32 `protobuf:"varint,7,opt,name=rise,proto3" json:"rise,omitempty"`
 	Fall int32 `protobuf:"varint,8,opt,name=fall,proto3" json:"fall,omitempty"`
 	// A check that is not required is reported and exported but does not
@@ -1388,8 +1392,10 @@ type CheckResult struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
-	Healthy bool                   `protobuf:"varint,3,opt,name=healthy,proto3" json:"healthy,omitempty"`
-	// Why the last run failed; empty when healthy.
+	// The check's state after damping (rise, fall), not merely its last run.
+	Healthy bool `protobuf:"varint,3,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	// Why the last run failed; empty when it passed (it may be set while
+	// healthy is still true, during damping).
 	Error     string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	LatencyUs int64  `protobuf:"varint,5,opt,name=latency_us,json=latencyUs,proto3" json:"latency_us,omitempty"`
 	Required  bool   `protobuf:"varint,6,opt,name=required,proto3" json:"required,omitempty"`
@@ -1480,7 +1486,8 @@ func (x *CheckResult) GetOutput() string {
 
 type Health struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// True when every required check passes.
+	// True when every required check is healthy (after damping); true with
+	// no required check. The only field the supervisor acts on.
 	Healthy       bool           `protobuf:"varint,1,opt,name=healthy,proto3" json:"healthy,omitempty"`
 	Checks        []*CheckResult `protobuf:"bytes,2,rep,name=checks,proto3" json:"checks,omitempty"`
 	unknownFields protoimpl.UnknownFields
