@@ -7,9 +7,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/keep-vip/keep-vip/elector"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 	"github.com/keep-vip/keep-vip/rpc/limits"
+	"github.com/keep-vip/keep-vip/rpc/raftls"
 )
 
 // Raft holds the election timings, the transport's TLS and preemption.
@@ -156,7 +156,7 @@ func (c *Config) checkRaftTLS() error {
 	if err != nil {
 		return err
 	}
-	if err := elector.CheckTLS(t); err != nil {
+	if err := raftls.Check(t); err != nil {
 		return fmt.Errorf("raft.tls: %w", err)
 	}
 	return nil
