@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,22 +20,7 @@ func TestCheckerPythonSwappedByConfig(t *testing.T) {
 	script := buildPythonChecker(t)
 	c := StartCluster(t, 3)
 
-	flags := make([]string, len(c.Nodes))
-	restartWithChecks(c, func(n *Node) string {
-		dir := filepath.Dir(n.ConfigPath)
-		flags[n.Index-1] = filepath.Join(dir, "in-service")
-		if err := os.WriteFile(flags[n.Index-1], nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return fmt.Sprintf(`checks:
-  - name: in_service
-    protocol: file
-    address: %s
-    timeout: 0.2
-plugins:
-  checker: %s
-`, flags[n.Index-1], script)
-	})
+	flags := restartWithFileChecker(c, script, nil)
 
 	leader := c.WaitSingleHolder(electionBound, nil)
 	c.WaitClientReachesBackend(reachBound)
