@@ -303,3 +303,31 @@ func TestFreshMembersBootstrapOnlyTogether(t *testing.T) {
 	e2 := startElector(t, cfgs[2])
 	waitVoters(t, []*Elector{e0, e1, e2}, "n0", "n1", "n2")
 }
+
+// The elector binary's offline requests that need no data dir: a running
+// member's servers compared with the file, and an empty data dir, which
+// has nothing stored to differ; an unknown op is refused.
+func TestOfflineDifferences(t *testing.T) {
+	members := []*pb.Member{{Id: "a", Address: "198.18.0.1:1"}, {Id: "b", Address: "198.18.0.2:1"}}
+	cfg := &pb.ElectorConfig{LocalId: "a", Members: members, DataDir: t.TempDir()}
+	reply, err := Offline(&pb.ElectorOfflineRequest{Op: pb.ElectorOfflineRequest_OP_DIFFERENCES, Config: cfg,
+		Servers: []*pb.ConsensusServer{{Id: "a", Address: "198.18.0.1:1", Voter: true}, {Id: "b", Address: "198.18.0.9:1", Voter: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := reply.GetDifferences(); len(d) != 1 || !strings.Contains(d[0], "b: address 198.18.0.2:1 in members, 198.18.0.9:1 in the Raft configuration") {
+		t.Errorf("differences %q", d)
+	}
+	reply, err = Offline(&pb.ElectorOfflineRequest{Op: pb.ElectorOfflineRequest_OP_DIFFERENCES, Config: cfg,
+		Servers: []*pb.ConsensusServer{{Id: "a", Address: "198.18.0.1:1", Voter: true}, {Id: "b", Address: "198.18.0.2:1", Voter: true}}})
+	if err != nil || len(reply.GetDifferences()) != 0 {
+		t.Errorf("in line: %v, %v", reply, err)
+	}
+	reply, err = Offline(&pb.ElectorOfflineRequest{Op: pb.ElectorOfflineRequest_OP_STORED_DIFFERENCES, Config: cfg})
+	if err != nil || len(reply.GetDifferences()) != 0 {
+		t.Errorf("empty data dir: %v, %v", reply, err)
+	}
+	if _, err := Offline(&pb.ElectorOfflineRequest{Config: cfg}); err == nil {
+		t.Error("no op: accepted")
+	}
+}
