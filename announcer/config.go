@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/keep-vip/keep-vip/rpc/limits"
+
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
@@ -18,16 +20,14 @@ const DefaultRefreshInterval = 10 * time.Second
 // MinRefreshInterval keeps a typo from flooding the segment with broadcasts.
 const MinRefreshInterval = 10 * time.Millisecond
 
-// The burst on acquire, used when the config leaves burst_count or
-// burst_interval_ms at 0: one announcement can be lost on a busy segment or
-// arrive while a switch port is still learning; three, 100ms apart, reach
-// every neighbour within a fraction of a second without being a storm.
+// The burst on acquire and its bounds are the contract's (rpc/limits),
+// shared with the supervisor's config.
 const (
-	DefaultBurstCount    = 3
-	DefaultBurstInterval = 100 * time.Millisecond
-	MaxBurstCount        = 100
-	MinBurstInterval     = 10 * time.Millisecond
-	MaxBurstInterval     = 10 * time.Second
+	DefaultBurstCount    = limits.DefaultBurstCount
+	DefaultBurstInterval = limits.DefaultBurstInterval
+	MaxBurstCount        = limits.MaxBurstCount
+	MinBurstInterval     = limits.MinBurstInterval
+	MaxBurstInterval     = limits.MaxBurstInterval
 )
 
 // config is a validated pb.AnnouncerConfig.

@@ -355,11 +355,13 @@ func (b *Balancer) Status(context.Context) (*pb.PluginStatus, error) {
 		}
 		st.Details[lb.name+" backends"] = strings.Join(bes, ", ")
 	}
+	st.Balancer = &pb.BalancerStatus{Draining: len(b.draining) > 0}
 	if n := 0; len(b.draining) > 0 {
 		for srv := range b.draining {
 			n += srv.clients()
 		}
 		st.Details["draining clients"] = strconv.Itoa(n)
+		st.Balancer.DrainingClients = int64(n)
 	}
 	return st, nil
 }

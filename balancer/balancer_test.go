@@ -306,12 +306,12 @@ func TestReconfigureKeepsConnections(t *testing.T) {
 	}
 	eventually(t, "one connection draining", func() bool {
 		st, _ := b.Status(context.Background())
-		return st.State == StateDraining && st.Details["draining clients"] == "1"
+		return st.State == StateDraining && st.GetBalancer().GetDraining() && st.GetBalancer().GetDrainingClients() == 1
 	})
 	c.c.Close()
 	eventually(t, "drained", func() bool {
 		st, _ := b.Status(context.Background())
-		return st.State == StateIdle && len(st.Details) == 0
+		return st.State == StateIdle && len(st.Details) == 0 && !st.GetBalancer().GetDraining()
 	})
 }
 

@@ -8,70 +8,47 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keep-vip/keep-vip/rpc/limits"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
-// Load balancer types.
+// The types, algorithms, defaults and bounds are the contract's
+// (rpc/limits), shared with the supervisor's config.
 const (
-	TypeTCP  = "tcp"
-	TypeUDP  = "udp"
-	TypeHTTP = "http"
-)
+	TypeTCP  = limits.TypeTCP
+	TypeUDP  = limits.TypeUDP
+	TypeHTTP = limits.TypeHTTP
 
-// Algorithms, the first the default.
-const (
-	AlgoRoundRobin = "roundrobin"
-	AlgoLeastConn  = "leastconn"
-	AlgoSourceHash = "sourcehash"
-)
+	AlgoRoundRobin = limits.AlgoRoundRobin
+	AlgoLeastConn  = limits.AlgoLeastConn
+	AlgoSourceHash = limits.AlgoSourceHash
 
-// Active health check types.
-const (
-	HealthTCP  = "tcp"
-	HealthHTTP = "http"
-)
+	HealthTCP  = limits.HealthTCP
+	HealthHTTP = limits.HealthHTTP
 
-// Defaults of the pb fields left 0.
-const (
-	// DefaultConnectTimeout bounds the connect to one backend; one that does
-	// not answer within it is skipped for the next one.
-	DefaultConnectTimeout = 2 * time.Second
-	// Idle timeouts by type: a tcp connection with no byte either way, a udp
-	// session with no datagram either way, an http backend that sends no
-	// response header (answered 504) and an idle client keep-alive.
-	DefaultIdleTimeoutTCP  = 10 * time.Minute
-	DefaultIdleTimeoutUDP  = 30 * time.Second
-	DefaultIdleTimeoutHTTP = 60 * time.Second
-	DefaultHealthInterval  = 2 * time.Second
-	DefaultHealthTimeout   = time.Second
-	DefaultRise            = 2
-	DefaultFall            = 3
+	DefaultConnectTimeout = limits.DefaultConnectTimeout
+	DefaultHealthInterval = limits.DefaultHealthInterval
+	DefaultHealthTimeout  = limits.DefaultHealthTimeout
+	DefaultRise           = limits.DefaultHealthRise
+	DefaultFall           = limits.DefaultHealthFall
+	MaxWeight             = limits.MaxWeight
 	// DefaultEjectCooldown is how long a backend ejected after connect
 	// errors stays out when no active check can bring it back sooner.
 	DefaultEjectCooldown = 10 * time.Second
-	// MaxWeight bounds backend weights.
-	MaxWeight = 1000
 )
 
 // Types, Algorithms and HealthTypes list the supported values.
 var (
-	Types       = []string{TypeTCP, TypeUDP, TypeHTTP}
-	Algorithms  = []string{AlgoRoundRobin, AlgoLeastConn, AlgoSourceHash}
-	HealthTypes = []string{HealthTCP, HealthHTTP}
+	Types       = limits.BalancerTypes
+	Algorithms  = limits.Algorithms
+	HealthTypes = limits.HealthTypes
 )
 
 // DefaultIdleTimeout is the idle timeout of a load balancer type.
-func DefaultIdleTimeout(typ string) time.Duration {
-	switch typ {
-	case TypeUDP:
-		return DefaultIdleTimeoutUDP
-	case TypeHTTP:
-		return DefaultIdleTimeoutHTTP
-	}
-	return DefaultIdleTimeoutTCP
-}
+func DefaultIdleTimeout(typ string) time.Duration { return limits.DefaultIdleTimeout(typ) }
 
 // network is the socket family a type listens with: tcp and http load
 // balancers can hand a listening socket to each other, udp ones cannot.

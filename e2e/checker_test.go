@@ -28,26 +28,13 @@ func TestCheckerSwappedByConfig(t *testing.T) {
 	bin := buildExampleChecker(t)
 	c := StartCluster(t, 3)
 
-	flags := make([]string, len(c.Nodes))
-	restartWithChecks(c, func(n *Node) string {
-		dir := filepath.Dir(n.ConfigPath)
-		flags[n.Index-1] = filepath.Join(dir, "in-service")
-		if err := os.WriteFile(flags[n.Index-1], nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return fmt.Sprintf(`checks:
-  - name: in_service
-    protocol: file
-    address: %s
-    timeout: 0.2
-  - name: optional
+	flags := restartWithFileChecker(c, bin, func(dir string) string {
+		return fmt.Sprintf(`  - name: optional
     protocol: file
     address: %s
     timeout: 0.2
     required: false
-plugins:
-  checker: %s
-`, flags[n.Index-1], filepath.Join(dir, "never-there"), bin)
+`, filepath.Join(dir, "never-there"))
 	})
 
 	leader := c.WaitSingleHolder(electionBound, nil)
@@ -184,6 +171,35 @@ func buildExampleChecker(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return bin
+}
+
+// restartWithFileChecker restarts every node with the third-party checker
+// bin and a required file check, in_service, that passes while the file
+// returned for that node exists (created here); more(dir) adds checks,
+// given the node's directory.
+func restartWithFileChecker(c *Cluster, bin string, more func(dir string) string) []string {
+	c.t.Helper()
+	flags := make([]string, len(c.Nodes))
+	restartWithChecks(c, func(n *Node) string {
+		dir := filepath.Dir(n.ConfigPath)
+		flags[n.Index-1] = filepath.Join(dir, "in-service")
+		if err := os.WriteFile(flags[n.Index-1], nil, 0o644); err != nil {
+			c.t.Fatal(err)
+		}
+		extra := ""
+		if more != nil {
+			extra = more(dir)
+		}
+		return fmt.Sprintf(`checks:
+  - name: in_service
+    protocol: file
+    address: %s
+    timeout: 0.2
+%splugins:
+  checker: %s
+`, flags[n.Index-1], extra, bin)
+	})
+	return flags
 }
 
 // restartWithChecks stops every node's supervisor, gives its config the

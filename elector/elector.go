@@ -551,7 +551,8 @@ func (e *Elector) TransferLeadership(ctx context.Context, target string) error {
 	}
 }
 
-// Status reports the Raft state word and details for humans.
+// Status reports the Raft state word, details for humans, and in Elector
+// the typed fields the supervisor acts on.
 func (e *Elector) Status(context.Context) (*pb.PluginStatus, error) {
 	n := e.node.Load()
 	e.mu.Lock()
@@ -576,6 +577,7 @@ func (e *Elector) Status(context.Context) (*pb.PluginStatus, error) {
 		"leader_address": l.leaderAddress,
 	}
 	state := "shutdown"
+	es := &pb.ElectorStatus{}
 	if !closed {
 		// Stats goes through the Raft loop, which is gone after Close.
 		s := n.r.Stats()
@@ -588,18 +590,22 @@ func (e *Elector) Status(context.Context) (*pb.PluginStatus, error) {
 		now := time.Now()
 		d["tls"] = strconv.FormatBool(n.trans.tls)
 		d["priority"] = strconv.Itoa(int(n.members().prios[n.localID]))
-		n.membershipStatus(d)
+		n.membershipStatus(d, es)
+		es.LastContact = d["last_contact"]
 		if !n.hasConfiguration() {
 			state = StateJoining
+			es.Joining = true
 		}
 		d["preempt"] = strconv.FormatBool(n.cfg.GetPreempt())
 		d["transport_timeout"] = n.t.transport().String()
 		d["votes_refused_at_start"] = strconv.Itoa(n.trans.refusedVotes())
 		n.leadMu.Lock()
 		if !n.leaderSince.IsZero() {
-			d[StatusLeaderSince] = n.leaderSince.Format(time.RFC3339Nano)
+			d["leader_since"] = n.leaderSince.Format(time.RFC3339Nano)
+			es.LeaderSinceUnixNano = n.leaderSince.UnixNano()
 			if !n.contactBefore.IsZero() {
-				d[StatusContactBeforeLeading] = n.contactBefore.Format(time.RFC3339Nano)
+				d["contact_before_leading"] = n.contactBefore.Format(time.RFC3339Nano)
+				es.ContactBeforeLeadingUnixNano = n.contactBefore.UnixNano()
 			}
 		}
 		n.leadMu.Unlock()
@@ -618,31 +624,23 @@ func (e *Elector) Status(context.Context) (*pb.PluginStatus, error) {
 					}
 				}
 				d["peer."+id] = v
+				if es.Peers == nil {
+					es.Peers = map[string]string{}
+				}
+				es.Peers[id] = v
 			}
 			if t := n.handoverTarget(now); t != "" {
-				d[StatusHandoverTo] = t
+				d["handover_to"] = t
+				es.HandoverTo = t
 			}
 		}
 	}
-	return &pb.PluginStatus{State: state, Details: d}, nil
+	return &pb.PluginStatus{State: state, Details: d, Elector: es}, nil
 }
 
 // StateJoining is Status's state word for a member that has no Raft
 // configuration yet: it waits to be added, or to bootstrap a new cluster.
 const StateJoining = "joining"
-
-// Status details the supervisor reads.
-const (
-	// StatusHandoverTo names the member leadership should move to under
-	// preemption (absent when none).
-	StatusHandoverTo = "handover_to"
-	// StatusLeaderSince is when this member last became leader (RFC 3339).
-	StatusLeaderSince = "leader_since"
-	// StatusContactBeforeLeading is when this member had last heard from
-	// a leader before it became leader itself (RFC 3339; absent if never):
-	// where a failover starts, as this member saw it.
-	StatusContactBeforeLeading = "contact_before_leading"
-)
 
 // Gather returns the elector's own metrics.
 func (e *Elector) Gather() ([]*dto.MetricFamily, error) { return e.met.reg.Gather() }

@@ -138,7 +138,7 @@ func (c *cluster) superviseHandovers(until time.Duration, cond func(leader int) 
 		}
 		if leader >= 0 {
 			st, _ := c.nodes[leader].Status(context.Background())
-			if target := st.GetDetails()[StatusHandoverTo]; target != "" {
+			if target := st.GetElector().GetHandoverTo(); target != "" {
 				proposals = append(proposals, fmt.Sprintf("%s→%s", c.id(leader), target))
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				if err := c.nodes[leader].TransferLeadership(ctx, target); err != nil {
@@ -174,7 +174,7 @@ func TestPreemptMovesToHighestPriority(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) && firstProposal == 0 {
 		st, _ := c.nodes[other].Status(context.Background())
-		if st.GetDetails()[StatusHandoverTo] == c.id(top) {
+		if st.GetElector().GetHandoverTo() == c.id(top) {
 			firstProposal = time.Since(back)
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -196,7 +196,7 @@ func TestNoPreemptByDefault(t *testing.T) {
 	leader, _ := c.agreed()
 	for range 50 {
 		st, _ := c.nodes[leader].Status(context.Background())
-		if target := st.GetDetails()[StatusHandoverTo]; target != "" {
+		if target := st.GetElector().GetHandoverTo(); target != "" {
 			t.Fatalf("handover to %s proposed with preemption off", target)
 		}
 		time.Sleep(20 * time.Millisecond)

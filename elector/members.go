@@ -142,23 +142,31 @@ func (n *node) voters() map[string]raft.ServerAddress {
 	return out
 }
 
-// Status details of membership.
+// Status details of membership, for humans; ElectorStatus carries the same
+// facts typed.
 const (
-	StatusVoters      = "raft_voters"
-	StatusNonvoters   = "raft_nonvoters"
-	StatusDifferences = "membership_differences"
+	statusVoters      = "raft_voters"
+	statusNonvoters   = "raft_nonvoters"
+	statusDifferences = "membership_differences"
 )
 
 // membershipStatus adds Raft's configuration and its differences from the
-// file to a Status's details.
-func (n *node) membershipStatus(d map[string]string) {
+// file to a Status's details and typed fields.
+func (n *node) membershipStatus(d map[string]string, es *pb.ElectorStatus) {
 	conf := n.r.GetConfiguration().Configuration()
-	d[StatusVoters] = describeServers(conf, true)
-	d[StatusNonvoters] = describeServers(conf, false)
-	if ds := n.members().differences(conf); len(ds) > 0 {
-		d[StatusDifferences] = joinDifferences(ds)
+	d[statusVoters] = describeServers(conf, true)
+	d[statusNonvoters] = describeServers(conf, false)
+	for _, srv := range conf.Servers {
+		es.Servers = append(es.Servers, &pb.ConsensusServer{Id: string(srv.ID), Address: string(srv.Address), Voter: srv.Suffrage == raft.Voter})
+	}
+	ds := n.members().differences(conf)
+	for _, x := range ds {
+		es.MembershipDifferences = append(es.MembershipDifferences, x.String())
+	}
+	if len(ds) > 0 {
+		d[statusDifferences] = joinDifferences(ds)
 	} else {
-		d[StatusDifferences] = "none"
+		d[statusDifferences] = "none"
 	}
 }
 

@@ -77,13 +77,20 @@ func waitVoters(t *testing.T, es []*Elector, want ...string) {
 	t.Helper()
 	waitFor(t, "voters "+strings.Join(want, ","), func() (bool, string) {
 		for _, e := range es {
-			_, d := status(t, e)
-			var got []string
-			for _, v := range strings.Split(d[StatusVoters], ", ") {
-				got = append(got, strings.Fields(v)[0])
+			st, err := e.Status(context.Background())
+			if err != nil {
+				t.Fatal(err)
 			}
-			if fmt.Sprint(sortedCopy(got)) != fmt.Sprint(sortedCopy(want)) || d[StatusNonvoters] != "none" || d[StatusDifferences] != "none" {
-				return false, fmt.Sprintf("%s: voters %s, non-voters %s, differences %s", d["local_id"], d[StatusVoters], d[StatusNonvoters], d[StatusDifferences])
+			d, es := st.GetDetails(), st.GetElector()
+			var got []string
+			voters := true
+			for _, srv := range es.GetServers() {
+				got = append(got, srv.GetId())
+				voters = voters && srv.GetVoter()
+			}
+			if fmt.Sprint(sortedCopy(got)) != fmt.Sprint(sortedCopy(want)) || !voters || len(es.GetMembershipDifferences()) > 0 {
+				return false, fmt.Sprintf("%s: servers %v, differences %q (details: voters %s, non-voters %s, differences %s)", d["local_id"],
+					es.GetServers(), es.GetMembershipDifferences(), d[statusVoters], d[statusNonvoters], d[statusDifferences])
 			}
 			if v := gauge(t, e, MetricMembershipDifferences); v != 0 {
 				return false, fmt.Sprintf("%s: %s = %g", d["local_id"], MetricMembershipDifferences, v)
@@ -230,9 +237,16 @@ func TestMembershipAddressChange(t *testing.T) {
 	}
 	es := []*Elector{c.nodes[0], c.nodes[1], e2}
 	waitVoters(t, es, "n0", "n1", "n2")
-	_, d := status(t, c.nodes[0])
-	if !strings.Contains(d[StatusVoters], members[2].Address) {
-		t.Errorf("voters %s: n2 not at its new address %s", d[StatusVoters], members[2].Address)
+	st, err := c.nodes[0].Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, srv := range st.GetElector().GetServers() {
+		found = found || srv.GetId() == "n2" && srv.GetAddress() == members[2].Address
+	}
+	if !found {
+		t.Errorf("servers %v: n2 not at its new address %s", st.GetElector().GetServers(), members[2].Address)
 	}
 }
 
@@ -288,4 +302,32 @@ func TestFreshMembersBootstrapOnlyTogether(t *testing.T) {
 	})
 	e2 := startElector(t, cfgs[2])
 	waitVoters(t, []*Elector{e0, e1, e2}, "n0", "n1", "n2")
+}
+
+// The elector binary's offline requests that need no data dir: a running
+// member's servers compared with the file, and an empty data dir, which
+// has nothing stored to differ; an unknown op is refused.
+func TestOfflineDifferences(t *testing.T) {
+	members := []*pb.Member{{Id: "a", Address: "198.18.0.1:1"}, {Id: "b", Address: "198.18.0.2:1"}}
+	cfg := &pb.ElectorConfig{LocalId: "a", Members: members, DataDir: t.TempDir()}
+	reply, err := Offline(&pb.ElectorOfflineRequest{Op: pb.ElectorOfflineRequest_OP_DIFFERENCES, Config: cfg,
+		Servers: []*pb.ConsensusServer{{Id: "a", Address: "198.18.0.1:1", Voter: true}, {Id: "b", Address: "198.18.0.9:1", Voter: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := reply.GetDifferences(); len(d) != 1 || !strings.Contains(d[0], "b: address 198.18.0.2:1 in members, 198.18.0.9:1 in the Raft configuration") {
+		t.Errorf("differences %q", d)
+	}
+	reply, err = Offline(&pb.ElectorOfflineRequest{Op: pb.ElectorOfflineRequest_OP_DIFFERENCES, Config: cfg,
+		Servers: []*pb.ConsensusServer{{Id: "a", Address: "198.18.0.1:1", Voter: true}, {Id: "b", Address: "198.18.0.2:1", Voter: true}}})
+	if err != nil || len(reply.GetDifferences()) != 0 {
+		t.Errorf("in line: %v, %v", reply, err)
+	}
+	reply, err = Offline(&pb.ElectorOfflineRequest{Op: pb.ElectorOfflineRequest_OP_STORED_DIFFERENCES, Config: cfg})
+	if err != nil || len(reply.GetDifferences()) != 0 {
+		t.Errorf("empty data dir: %v, %v", reply, err)
+	}
+	if _, err := Offline(&pb.ElectorOfflineRequest{Config: cfg}); err == nil {
+		t.Error("no op: accepted")
+	}
 }

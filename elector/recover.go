@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -129,42 +128,55 @@ func Recover(dataDir, localID string, members []*pb.Member) (raft.Configuration,
 	return conf, nil
 }
 
-// StoredDifferences compares the configuration stored in dataDir with
-// members: "" when they match, else the differences on one line. A data
-// dir without state has nothing to differ.
-func StoredDifferences(dataDir, localID string, members []*pb.Member) (string, error) {
-	if _, err := os.Stat(filepath.Join(dataDir, StoreFile)); errors.Is(err, os.ErrNotExist) {
-		return "", nil
+// Offline answers the elector binary's offline requests (rpc.OfflineArg):
+// recover, and the stored or a running member's configuration compared with
+// the file's members.
+func Offline(req *pb.ElectorOfflineRequest) (*pb.ElectorOfflineReply, error) {
+	cfg := req.GetConfig()
+	members := cfg.GetMembers()
+	switch req.GetOp() {
+	case pb.ElectorOfflineRequest_OP_STORED_DIFFERENCES:
+		if _, err := os.Stat(filepath.Join(cfg.GetDataDir(), StoreFile)); errors.Is(err, os.ErrNotExist) {
+			return &pb.ElectorOfflineReply{}, nil // nothing stored yet
+		}
+		conf, err := StoredConfiguration(cfg.GetDataDir(), cfg.GetLocalId())
+		if err != nil {
+			return nil, err
+		}
+		return &pb.ElectorOfflineReply{Differences: differences(conf, members)}, nil
+	case pb.ElectorOfflineRequest_OP_DIFFERENCES:
+		var conf raft.Configuration
+		for _, srv := range req.GetServers() {
+			suffrage := raft.Nonvoter
+			if srv.GetVoter() {
+				suffrage = raft.Voter
+			}
+			conf.Servers = append(conf.Servers, raft.Server{Suffrage: suffrage, ID: raft.ServerID(srv.GetId()), Address: raft.ServerAddress(srv.GetAddress())})
+		}
+		return &pb.ElectorOfflineReply{Differences: differences(conf, members)}, nil
+	case pb.ElectorOfflineRequest_OP_RECOVER:
+		conf, err := Recover(cfg.GetDataDir(), cfg.GetLocalId(), members)
+		if err != nil {
+			return nil, err
+		}
+		reply := &pb.ElectorOfflineReply{}
+		for _, srv := range conf.Servers {
+			reply.Servers = append(reply.Servers, &pb.ConsensusServer{Id: string(srv.ID), Address: string(srv.Address), Voter: srv.Suffrage == raft.Voter})
+		}
+		return reply, nil
 	}
-	conf, err := StoredConfiguration(dataDir, localID)
-	if err != nil {
-		return "", err
-	}
-	return Differences(conf, members), nil
+	return nil, fmt.Errorf("offline request: unknown op %v", req.GetOp())
 }
 
-// Differences says how conf differs from members on one line; "" when they
-// match or conf is empty (nothing stored yet).
-func Differences(conf raft.Configuration, members []*pb.Member) string {
+// differences says how conf differs from members, one sentence each; none
+// when they match or conf is empty (nothing stored yet).
+func differences(conf raft.Configuration, members []*pb.Member) []string {
 	if len(conf.Servers) == 0 {
-		return ""
-	}
-	return joinDifferences(newMemberSet(members).differences(conf))
-}
-
-// ParseServers reads Status's voters or non-voters detail back ("id
-// (address), ..." or "none") into servers of the given suffrage.
-func ParseServers(list string, suffrage raft.ServerSuffrage) []raft.Server {
-	var out []raft.Server
-	if list == "none" || list == "" {
 		return nil
 	}
-	for _, item := range strings.Split(list, ", ") {
-		id, addr, ok := strings.Cut(item, " (")
-		if !ok {
-			continue
-		}
-		out = append(out, raft.Server{Suffrage: suffrage, ID: raft.ServerID(id), Address: raft.ServerAddress(strings.TrimSuffix(addr, ")"))})
+	var out []string
+	for _, d := range newMemberSet(members).differences(conf) {
+		out = append(out, d.String())
 	}
 	return out
 }

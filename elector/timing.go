@@ -1,6 +1,10 @@
 package elector
 
-import "time"
+import (
+	"time"
+
+	"github.com/keep-vip/keep-vip/rpc/limits"
+)
 
 // Every duration the elector uses, in one place, with the reason for it.
 //
@@ -72,15 +76,16 @@ import "time"
 // the stepped-down member forget its leadership before hb.
 const (
 	// DefaultHeartbeatTimeout is tuned for a LAN: a lost leader is replaced
-	// about 300ms after its last heartbeat.
-	DefaultHeartbeatTimeout = 300 * time.Millisecond
+	// about 300ms after its last heartbeat. It is the contract's
+	// (rpc/limits), as the supervisor's config fills it in.
+	DefaultHeartbeatTimeout = limits.DefaultHeartbeatTimeout
 	// DefaultCommitTimeout is how often raft sends AppendEntries besides
 	// heartbeats; it is also how soon a stale leader that regains a peer
 	// learns of the newer term.
 	DefaultCommitTimeout = 50 * time.Millisecond
 	// DefaultPreemptDelay is how long a higher-priority member must have
 	// been healthy and caught up before leadership is moved to it.
-	DefaultPreemptDelay = 10 * time.Second
+	DefaultPreemptDelay = limits.DefaultPreemptDelay
 
 	// MinTransportTimeout keeps one RPC's deadline above scheduling noise.
 	MinTransportTimeout = 10 * time.Millisecond
@@ -95,14 +100,20 @@ const (
 
 // DefaultElectionTimeout is the election timeout for a heartbeat timeout:
 // the same (raft requires it to be at least as long).
-func DefaultElectionTimeout(heartbeat time.Duration) time.Duration { return heartbeat }
+func DefaultElectionTimeout(heartbeat time.Duration) time.Duration {
+	return limits.DefaultElectionTimeout(heartbeat)
+}
 
 // DefaultLeaderLeaseTimeout is the lease for a heartbeat timeout: 2/5 of it,
 // below the hb/2 maximum so the safety margin is 0.4·hb.
-func DefaultLeaderLeaseTimeout(heartbeat time.Duration) time.Duration { return heartbeat * 2 / 5 }
+func DefaultLeaderLeaseTimeout(heartbeat time.Duration) time.Duration {
+	return limits.DefaultLeaderLeaseTimeout(heartbeat)
+}
 
 // MaxLeaderLeaseTimeout is the longest lease that keeps the argument above.
-func MaxLeaderLeaseTimeout(heartbeat time.Duration) time.Duration { return heartbeat / 2 }
+func MaxLeaderLeaseTimeout(heartbeat time.Duration) time.Duration {
+	return limits.MaxLeaderLeaseTimeout(heartbeat)
+}
 
 // TransportTimeout bounds one Raft RPC (dial, TLS handshake, request and
 // answer). It is short on purpose: a peer cut off by a partition must fail

@@ -22,6 +22,12 @@ have unshare  || need+=(util-linux)
 # The systemd test (packaging/): a Debian rootfs booted under systemd-nspawn.
 have debootstrap    || need+=(debootstrap)
 have systemd-nspawn || need+=(systemd-container)
+# The Python example checker (plugins/example-checker-python): Debian's
+# gRPC, protobuf runtime and cryptography (its AutoMTLS certificate).
+pymod() { [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c "import $1" >/dev/null 2>&1; }
+pymod grpc            || need+=(python3-grpcio)
+pymod google.protobuf || need+=(python3-protobuf)
+pymod cryptography    || need+=(python3-cryptography)
 
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

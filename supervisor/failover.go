@@ -7,7 +7,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/keep-vip/keep-vip/elector"
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -58,12 +57,12 @@ func (p *policy) vipAcquired(at time.Time) {
 		if err != nil {
 			return
 		}
-		raw := st.GetDetails()[elector.StatusContactBeforeLeading]
-		if raw == "" {
+		ns := st.GetElector().GetContactBeforeLeadingUnixNano()
+		if ns == 0 {
 			return // never heard from a leader before: a first election
 		}
-		contact, err := time.Parse(time.RFC3339Nano, raw)
-		if err != nil || contact.After(at) {
+		contact := time.Unix(0, ns)
+		if contact.After(at) {
 			return
 		}
 		d := at.Sub(contact)
@@ -91,7 +90,7 @@ func (p *policy) maybePreempt() {
 	if err != nil {
 		return
 	}
-	target := st.GetDetails()[elector.StatusHandoverTo]
+	target := st.GetElector().GetHandoverTo()
 	if target == "" {
 		return
 	}

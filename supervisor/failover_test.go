@@ -11,20 +11,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
-	"github.com/keep-vip/keep-vip/elector"
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
-// statusElector is a fake elector whose Status details are set by the test
+// statusElector is a fake elector whose Status is set by the test
 // and whose transfers are logged with their target.
 type statusElector struct {
 	fakeElector
+	status *pb.ElectorStatus
+	// details are for humans: the policy must not act on them.
 	details map[string]string
 }
 
 func (f statusElector) Status(context.Context) (*pb.PluginStatus, error) {
-	return &pb.PluginStatus{State: "leader", Details: f.details}, nil
+	return &pb.PluginStatus{State: "leader", Details: f.details, Elector: f.status}, nil
 }
 
 func (f statusElector) TransferLeadership(_ context.Context, target string) error {
@@ -61,18 +62,21 @@ func TestPreemptReleasesThenTransfers(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		preempt bool
+		status  *pb.ElectorStatus
 		details map[string]string
 		want    string
 	}{
-		{"proposal", true, map[string]string{elector.StatusHandoverTo: "b"}, "acquire release transfer:b"},
-		{"no proposal", true, map[string]string{}, "acquire"},
-		{"preempt off", false, map[string]string{elector.StatusHandoverTo: "b"}, "acquire"},
+		{"proposal", true, &pb.ElectorStatus{HandoverTo: "b"}, nil, "acquire release transfer:b"},
+		{"no proposal", true, &pb.ElectorStatus{}, nil, "acquire"},
+		{"no elector status", true, nil, nil, "acquire"},
+		{"proposal in details only", true, nil, map[string]string{"handover_to": "b"}, "acquire"},
+		{"preempt off", false, &pb.ElectorStatus{HandoverTo: "b"}, nil, "acquire"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, j := testPolicy(t)
 			p.s.cfg.Raft.Preempt = tc.preempt
 			for _, ev := range []event{{kind: rpc.KindChecker, gen: 1, up: true, impl: fakeReporter{}}, health(true),
-				{kind: rpc.KindElector, gen: 1, up: true, impl: statusElector{fakeElector: fakeElector{j: j}, details: tc.details}}, leader(1)} {
+				{kind: rpc.KindElector, gen: 1, up: true, impl: statusElector{fakeElector: fakeElector{j: j}, status: tc.status, details: tc.details}}, leader(1)} {
 				p.handle(ev)
 			}
 			p.maybePreempt()
@@ -89,9 +93,7 @@ func TestPreemptReleasesThenTransfers(t *testing.T) {
 func TestFailoverMeasured(t *testing.T) {
 	p, j := testPolicy(t)
 	contact := time.Now().Add(-340 * time.Millisecond)
-	e := statusElector{fakeElector: fakeElector{j: j}, details: map[string]string{
-		elector.StatusContactBeforeLeading: contact.Format(time.RFC3339Nano),
-	}}
+	e := statusElector{fakeElector: fakeElector{j: j}, status: &pb.ElectorStatus{ContactBeforeLeadingUnixNano: contact.UnixNano()}}
 	for _, ev := range []event{{kind: rpc.KindChecker, gen: 1, up: true, impl: fakeReporter{}}, health(true),
 		{kind: rpc.KindElector, gen: 1, up: true, impl: e}, leader(1)} {
 		p.handle(ev)

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"github.com/keep-vip/keep-vip/elector"
 )
 
 // raftInfoTimeout bounds status's call to the elector.
@@ -20,9 +18,15 @@ const raftInfoTimeout = time.Second
 type RaftInfo struct {
 	// State is the elector's word: leader, follower, candidate, or joining
 	// (no Raft configuration yet: waiting to be added, or to bootstrap).
-	State     string `json:"state"`
-	Voters    string `json:"voters"`
-	Nonvoters string `json:"nonvoters"`
+	State string `json:"state"`
+	// Joining: no Raft configuration yet (waiting to be added, or to
+	// bootstrap).
+	Joining bool `json:"joining,omitempty"`
+	// Servers is Raft's configuration; Voters and Nonvoters say it as
+	// "id (address), ..." or "none".
+	Servers   []RaftServer `json:"servers,omitempty"`
+	Voters    string       `json:"voters"`
+	Nonvoters string       `json:"nonvoters"`
 	// Differences from the file's members; "none" when they match.
 	Differences string `json:"differences"`
 	// LastContact: a follower's last contact with the leader, as Raft
@@ -30,6 +34,28 @@ type RaftInfo struct {
 	LastContact string            `json:"last_contact,omitempty"`
 	Peers       map[string]string `json:"peers,omitempty"`
 	Error       string            `json:"error,omitempty"`
+}
+
+// RaftServer is a server of Raft's configuration.
+type RaftServer struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Voter   bool   `json:"voter"`
+}
+
+// describeServers says servers of one suffrage as "id (address), ...", or
+// "none".
+func describeServers(servers []RaftServer, voters bool) string {
+	var out []string
+	for _, s := range servers {
+		if s.Voter == voters {
+			out = append(out, s.ID+" ("+s.Address+")")
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
 }
 
 // raftInfo asks the running elector; nil when none runs.
@@ -46,16 +72,15 @@ func (o *ops) raftInfo() *RaftInfo {
 	if err != nil {
 		return &RaftInfo{Error: fmt.Sprintf("elector status: %v", err)}
 	}
-	d := st.GetDetails()
-	ri := &RaftInfo{State: st.GetState(), Voters: d[elector.StatusVoters], Nonvoters: d[elector.StatusNonvoters],
-		Differences: d[elector.StatusDifferences], LastContact: d["last_contact"]}
-	for k, v := range d {
-		if id, ok := strings.CutPrefix(k, "peer."); ok {
-			if ri.Peers == nil {
-				ri.Peers = map[string]string{}
-			}
-			ri.Peers[id] = v
-		}
+	es := st.GetElector()
+	ri := &RaftInfo{State: st.GetState(), Joining: es.GetJoining(), LastContact: es.GetLastContact(), Peers: es.GetPeers(),
+		Differences: "none"}
+	for _, srv := range es.GetServers() {
+		ri.Servers = append(ri.Servers, RaftServer{ID: srv.GetId(), Address: srv.GetAddress(), Voter: srv.GetVoter()})
+	}
+	ri.Voters, ri.Nonvoters = describeServers(ri.Servers, true), describeServers(ri.Servers, false)
+	if ds := es.GetMembershipDifferences(); len(ds) > 0 {
+		ri.Differences = strings.Join(ds, "; ")
 	}
 	return ri
 }
@@ -74,7 +99,7 @@ func formatRaft(w io.Writer, ri *RaftInfo) {
 		return
 	}
 	state := ri.State
-	if state == elector.StateJoining {
+	if ri.Joining {
 		state += " (no Raft configuration yet: waiting to be added by the leader, or for enough new members to start a cluster)"
 	}
 	fmt.Fprintf(tw, "  state\t%s\n", state)

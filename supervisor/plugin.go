@@ -73,6 +73,7 @@ type instance struct {
 	client *plugin.Client
 	impl   any // rpc.Elector, rpc.Announcer, ...
 	pid    int
+	cmd    *exec.Cmd
 }
 
 // runner keeps one plugin kind running while it is wanted: it starts the
@@ -235,7 +236,7 @@ func (r *runner) start(ctx context.Context) (*instance, error) {
 		client.Kill()
 		return nil, fmt.Errorf("start %s: %w", r.path, err)
 	}
-	inst := &instance{client: client}
+	inst := &instance{client: client, cmd: cmd}
 	if cmd.Process != nil {
 		inst.pid = cmd.Process.Pid
 	}
@@ -263,7 +264,18 @@ func (r *runner) stop(inst *instance) {
 	// Kill asks the plugin to shut down (its Close runs) and kills it if it
 	// has not gone within go-plugin's grace period.
 	inst.client.Kill()
-	r.log.Info().Int("pid", inst.pid).Msg("plugin stopped")
+	r.log.Info().Int("pid", inst.pid).Str("exit", exitOf(inst.cmd)).Msg("plugin stopped")
+}
+
+// exitOf says how a stopped plugin ended: "exit status 0" when it served
+// go-plugin's Shutdown and exited, "signal: killed" when it did not within
+// go-plugin's grace period (2 s) and was killed.
+func exitOf(cmd *exec.Cmd) string {
+	// Kill returns after go-plugin's goroutine that waits for the process.
+	if cmd == nil || cmd.ProcessState == nil {
+		return "unknown"
+	}
+	return cmd.ProcessState.String()
 }
 
 // kill stops the running instance at once; the run loop then restarts it.

@@ -10,7 +10,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/keep-vip/keep-vip/balancer"
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 	"github.com/keep-vip/keep-vip/supervisor/config"
@@ -254,8 +253,8 @@ func (p *policy) drainBalancer() {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		st, err := bal.Status(ctx)
 		cancel()
-		if err != nil || st.GetState() != balancer.StateDraining || time.Now().After(deadline) {
-			p.log.Info().Dur("took_ms", time.Since(start)).Str("left", st.GetDetails()["draining clients"]).Msg("balancer drained")
+		if err != nil || !st.GetBalancer().GetDraining() || time.Now().After(deadline) {
+			p.log.Info().Dur("took_ms", time.Since(start)).Int64("left", st.GetBalancer().GetDrainingClients()).Msg("balancer drained")
 			return
 		}
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
-	"github.com/keep-vip/keep-vip/balancer"
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 	"github.com/keep-vip/keep-vip/supervisor/config"
@@ -40,9 +39,10 @@ func (f *fakeBalancer) Status(context.Context) (*pb.PluginStatus, error) {
 	defer f.mu.Unlock()
 	if f.draining > 0 {
 		f.draining--
-		return &pb.PluginStatus{State: balancer.StateDraining}, nil
+		return &pb.PluginStatus{State: "draining", Balancer: &pb.BalancerStatus{Draining: true, DrainingClients: 1}}, nil
 	}
-	return &pb.PluginStatus{State: balancer.StateIdle}, nil
+	// The state word is for humans: only the typed field ends the drain.
+	return &pb.PluginStatus{State: "draining", Balancer: &pb.BalancerStatus{}}, nil
 }
 
 type fakeChecker struct {

@@ -12,11 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
-	"github.com/keep-vip/keep-vip/elector"
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 	"github.com/keep-vip/keep-vip/supervisor/config"
@@ -234,6 +232,22 @@ func (s *Supervisor) send(ctx context.Context, ev event) error {
 	}
 }
 
+// offlineTimeout bounds one offline request to the elector binary (it
+// opens the data dir, which a stopped member holds no lock on).
+const offlineTimeout = 30 * time.Second
+
+// electorOffline asks the configured elector binary for one offline
+// operation on this member's data dir: the supervisor has no Raft code.
+func electorOffline(cfg *config.Config, local config.Member, op pb.ElectorOfflineRequest_Op, servers []*pb.ConsensusServer) (*pb.ElectorOfflineReply, error) {
+	path, err := FindPlugin(rpc.KindElector, cfg.Plugins.Elector)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), offlineTimeout)
+	defer cancel()
+	return rpc.CallElectorOffline(ctx, path, &pb.ElectorOfflineRequest{Op: op, Config: cfg.ElectorConfig(local), Servers: servers})
+}
+
 // MembersDrift says how the file's members differ from the Raft
 // configuration: the running member's, asked over the admin socket, else
 // the one stored in dataDir. "" when they match or nothing is stored yet.
@@ -242,23 +256,29 @@ func MembersDrift(cfg *config.Config) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	members := cfg.ElectorConfig(local).GetMembers()
 	if resp, err := AdminCall(cfg.AdminSocket, AdminRequest{Command: AdminStatus}, 3*time.Second); err == nil && resp.Status != nil {
 		ri := resp.Status.Raft
-		if ri == nil || ri.Error != "" {
+		if ri == nil || ri.Error != "" || len(ri.Servers) == 0 {
 			return "", nil
 		}
-		conf := raft.Configuration{Servers: append(elector.ParseServers(ri.Voters, raft.Voter), elector.ParseServers(ri.Nonvoters, raft.Nonvoter)...)}
-		if d := elector.Differences(conf, members); d != "" {
-			return "the running member's Raft configuration differs from this file (reload to apply it): " + d, nil
+		servers := make([]*pb.ConsensusServer, len(ri.Servers))
+		for i, srv := range ri.Servers {
+			servers[i] = &pb.ConsensusServer{Id: srv.ID, Address: srv.Address, Voter: srv.Voter}
+		}
+		reply, err := electorOffline(cfg, local, pb.ElectorOfflineRequest_OP_DIFFERENCES, servers)
+		if err != nil {
+			return "", err
+		}
+		if d := reply.GetDifferences(); len(d) > 0 {
+			return "the running member's Raft configuration differs from this file (reload to apply it): " + strings.Join(d, "; "), nil
 		}
 		return "", nil
 	}
-	d, err := elector.StoredDifferences(cfg.DataDir, local.ID, members)
-	if err != nil || d == "" {
+	reply, err := electorOffline(cfg, local, pb.ElectorOfflineRequest_OP_STORED_DIFFERENCES, nil)
+	if err != nil || len(reply.GetDifferences()) == 0 {
 		return "", err
 	}
-	return "the Raft configuration stored in " + cfg.DataDir + " differs from this file: " + d, nil
+	return "the Raft configuration stored in " + cfg.DataDir + " differs from this file: " + strings.Join(reply.GetDifferences(), "; "), nil
 }
 
 // Recover rewrites the Raft configuration stored in dataDir to the file's
@@ -272,13 +292,13 @@ func Recover(cfg *config.Config) (string, error) {
 	if _, err := AdminCall(cfg.AdminSocket, AdminRequest{Command: AdminStatus}, 3*time.Second); err == nil {
 		return "", fmt.Errorf("keep-vip-supervisor is running here (it answers on %s): stop it first", cfg.AdminSocket)
 	}
-	conf, err := elector.Recover(cfg.DataDir, local.ID, cfg.ElectorConfig(local).GetMembers())
+	reply, err := electorOffline(cfg, local, pb.ElectorOfflineRequest_OP_RECOVER, nil)
 	if err != nil {
 		return "", err
 	}
-	ids := make([]string, len(conf.Servers))
-	for i, s := range conf.Servers {
-		ids[i] = string(s.ID) + " (" + string(s.Address) + ")"
+	ids := make([]string, len(reply.GetServers()))
+	for i, s := range reply.GetServers() {
+		ids[i] = s.GetId() + " (" + s.GetAddress() + ")"
 	}
 	return strings.Join(ids, ", "), nil
 }

@@ -7,4 +7,9 @@ import (
 	"github.com/keep-vip/keep-vip/rpc"
 )
 
-func main() { rpc.ServeElector(elector.New(rpc.Log)) }
+func main() {
+	if rpc.IsOffline() {
+		rpc.ServeElectorOffline(elector.Offline)
+	}
+	rpc.ServeElector(elector.New(rpc.Log))
+}

@@ -5,16 +5,16 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/keep-vip/keep-vip/announcer"
+	"github.com/keep-vip/keep-vip/rpc/limits"
 )
 
 // Defaults and bounds of the announce keys, the announcer's own.
 const (
-	DefaultBurstCount    = announcer.DefaultBurstCount
-	DefaultBurstInterval = announcer.DefaultBurstInterval
-	maxBurstCount        = announcer.MaxBurstCount
-	minBurstInterval     = announcer.MinBurstInterval
-	maxBurstInterval     = announcer.MaxBurstInterval
+	DefaultBurstCount    = limits.DefaultBurstCount
+	DefaultBurstInterval = limits.DefaultBurstInterval
+	maxBurstCount        = limits.MaxBurstCount
+	minBurstInterval     = limits.MinBurstInterval
+	maxBurstInterval     = limits.MaxBurstInterval
 )
 
 // Announce tunes how the holder tells the segment about the VIPs: on

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keep-vip/keep-vip/balancer"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+	"github.com/keep-vip/keep-vip/rpc/limits"
 )
 
 // Defaults of the load balancer keys; the balancer's own where it has one.
@@ -14,22 +14,22 @@ const (
 	// DefaultDrainTimeout is how long connections of a removed load
 	// balancer, or of every one when keep-vip stops, may take to finish.
 	DefaultDrainTimeout     = 5 * time.Second
-	DefaultConnectTimeout   = balancer.DefaultConnectTimeout
-	DefaultHealthInterval   = balancer.DefaultHealthInterval
-	DefaultHealthTimeout    = balancer.DefaultHealthTimeout
-	DefaultHealthRise       = balancer.DefaultRise
-	DefaultHealthFall       = balancer.DefaultFall
+	DefaultConnectTimeout   = limits.DefaultConnectTimeout
+	DefaultHealthInterval   = limits.DefaultHealthInterval
+	DefaultHealthTimeout    = limits.DefaultHealthTimeout
+	DefaultHealthRise       = limits.DefaultHealthRise
+	DefaultHealthFall       = limits.DefaultHealthFall
 	DefaultEjectAfterErrors = 3
-	maxWeight               = balancer.MaxWeight
+	maxWeight               = limits.MaxWeight
 	maxBackendRiseFall      = 100
 	maxDrainTimeout         = time.Hour
 )
 
 // Supported values, in the order error messages list them.
 var (
-	BalancerTypes       = balancer.Types
-	BalancerAlgorithms  = balancer.Algorithms
-	BackendHealthChecks = balancer.HealthTypes
+	BalancerTypes       = limits.BalancerTypes
+	BalancerAlgorithms  = limits.Algorithms
+	BackendHealthChecks = limits.HealthTypes
 )
 
 // LoadBalancer is one listener in front of backends.
@@ -78,13 +78,13 @@ func (c *Config) fillLoadBalancers() {
 	for i := range c.LoadBalancers {
 		lb := &c.LoadBalancers[i]
 		if lb.Algorithm == "" {
-			lb.Algorithm = balancer.AlgoRoundRobin
+			lb.Algorithm = limits.AlgoRoundRobin
 		}
 		if lb.ConnectTimeout == 0 {
 			lb.ConnectTimeout = DefaultConnectTimeout
 		}
 		if lb.IdleTimeout == 0 {
-			lb.IdleTimeout = balancer.DefaultIdleTimeout(lb.Type)
+			lb.IdleTimeout = limits.DefaultIdleTimeout(lb.Type)
 		}
 		h := &lb.Health
 		if h.Interval == 0 {
@@ -99,7 +99,7 @@ func (c *Config) fillLoadBalancers() {
 		if h.Fall == 0 {
 			h.Fall = DefaultHealthFall
 		}
-		if h.Type == balancer.HealthHTTP && h.Path == "" {
+		if h.Type == limits.HealthHTTP && h.Path == "" {
 			h.Path = "/"
 		}
 		if h.EjectAfterErrors == nil {
@@ -131,7 +131,7 @@ func (c *Config) validateLoadBalancers(bad func(string, ...any)) {
 			names[lb.Name] = i
 		}
 		family := "tcp"
-		if lb.Type == balancer.TypeUDP {
+		if lb.Type == limits.TypeUDP {
 			family = "udp"
 		}
 		if err := hostPort(lb.BindAddress, true); err != nil {
@@ -150,10 +150,10 @@ func (c *Config) validateLoadBalancers(bad func(string, ...any)) {
 		switch {
 		case lb.ProxyProtocol < 0 || lb.ProxyProtocol > 2:
 			bad("%s.proxyProtocol: %d is not 0 (off), 1 or 2", key, lb.ProxyProtocol)
-		case lb.ProxyProtocol > 0 && lb.Type == balancer.TypeUDP:
+		case lb.ProxyProtocol > 0 && lb.Type == limits.TypeUDP:
 			bad("%s.proxyProtocol: %d is for tcp and http load balancers, not udp", key, lb.ProxyProtocol)
 		}
-		if lb.Splice && lb.Type == balancer.TypeUDP {
+		if lb.Splice && lb.Type == limits.TypeUDP {
 			bad("%s.splice: true is for tcp and http load balancers, not udp", key)
 		}
 		if lb.ConnectTimeout < time.Millisecond {
@@ -195,7 +195,7 @@ func validateBackendHealth(key string, h BackendHealth, bad func(string, ...any)
 		bad("%s.type: %q is not one of %s (or empty: no active checks)", key, h.Type, strings.Join(BackendHealthChecks, ", "))
 	}
 	if h.Path != "" {
-		if h.Type != balancer.HealthHTTP {
+		if h.Type != limits.HealthHTTP {
 			bad("%s.path: %q needs %s.type http", key, h.Path, key)
 		} else if !strings.HasPrefix(h.Path, "/") {
 			bad("%s.path: %q must start with /", key, h.Path)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keep-vip/keep-vip/balancer"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+	"github.com/keep-vip/keep-vip/rpc/limits"
 )
 
 // lbBase is base with the load balancer's own lines replaced by lbYAML.
@@ -74,7 +75,7 @@ func TestBalancerConfig(t *testing.T) {
 		}, {
 			// Defaults filled in.
 			Name: "dns", BindAddress: "0.0.0.0:53", Type: "udp", Algorithm: "roundrobin",
-			ConnectTimeoutMs: balancer.DefaultConnectTimeout.Milliseconds(), IdleTimeoutMs: balancer.DefaultIdleTimeoutUDP.Milliseconds(),
+			ConnectTimeoutMs: limits.DefaultConnectTimeout.Milliseconds(), IdleTimeoutMs: limits.DefaultIdleTimeoutUDP.Milliseconds(),
 			Health: &pb.BackendHealth{
 				IntervalMs: DefaultHealthInterval.Milliseconds(), TimeoutMs: DefaultHealthTimeout.Milliseconds(),
 				Rise: DefaultHealthRise, Fall: DefaultHealthFall, EjectAfterErrors: DefaultEjectAfterErrors,

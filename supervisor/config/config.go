@@ -21,11 +21,10 @@ import (
 	"time"
 
 	"github.com/go-viper/mapstructure/v2"
+	"github.com/keep-vip/keep-vip/rpc/limits"
 	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/knadh/koanf/providers/confmap"
 	"github.com/knadh/koanf/v2"
-
-	"github.com/keep-vip/keep-vip/elector"
 )
 
 // EnvPrefix starts every environment override: KEEPVIP_CHECKSINTERVAL=1,
@@ -42,7 +41,7 @@ const (
 	DefaultCluster           = "keep-vip"
 	DefaultChecksInterval    = 2 * time.Second
 	DefaultDataDir           = "/var/lib/keep-vip"
-	DefaultHeartbeatTimeout  = elector.DefaultHeartbeatTimeout
+	DefaultHeartbeatTimeout  = limits.DefaultHeartbeatTimeout
 	DefaultPrometheusAddress = "0.0.0.0:9195"
 	DefaultLogLevel          = "info"
 	DefaultLogFormat         = "auto"

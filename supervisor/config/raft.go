@@ -7,8 +7,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/keep-vip/keep-vip/elector"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+	"github.com/keep-vip/keep-vip/rpc/limits"
+	"github.com/keep-vip/keep-vip/rpc/raftls"
 )
 
 // Raft holds the election timings, the transport's TLS and preemption.
@@ -49,13 +50,13 @@ var (
 func (c *Config) fillRaft() {
 	r := &c.Raft
 	if r.ElectionTimeout == 0 {
-		r.ElectionTimeout = elector.DefaultElectionTimeout(r.HeartbeatTimeout)
+		r.ElectionTimeout = limits.DefaultElectionTimeout(r.HeartbeatTimeout)
 	}
 	if r.LeaderLeaseTimeout == 0 {
-		r.LeaderLeaseTimeout = elector.DefaultLeaderLeaseTimeout(r.HeartbeatTimeout)
+		r.LeaderLeaseTimeout = limits.DefaultLeaderLeaseTimeout(r.HeartbeatTimeout)
 	}
 	if r.PreemptDelay == 0 {
-		r.PreemptDelay = elector.DefaultPreemptDelay
+		r.PreemptDelay = limits.DefaultPreemptDelay
 	}
 }
 
@@ -78,7 +79,7 @@ func (c *Config) validateRaft(bad func(string, ...any)) {
 	// late by one transport timeout (heartbeatTimeout/4); a follower votes
 	// for another no sooner than one heartbeat timeout after it last heard
 	// from the leader.
-	if maxLease := elector.MaxLeaderLeaseTimeout(r.HeartbeatTimeout); r.LeaderLeaseTimeout > maxLease {
+	if maxLease := limits.MaxLeaderLeaseTimeout(r.HeartbeatTimeout); r.LeaderLeaseTimeout > maxLease {
 		bad("raft.leaderLeaseTimeout: %s must be at most half of raft.heartbeatTimeout (%s), so a leader cut off from its quorum steps down before another can be elected",
 			r.LeaderLeaseTimeout, r.HeartbeatTimeout)
 	}
@@ -155,7 +156,7 @@ func (c *Config) checkRaftTLS() error {
 	if err != nil {
 		return err
 	}
-	if err := elector.CheckTLS(t); err != nil {
+	if err := raftls.Check(t); err != nil {
 		return fmt.Errorf("raft.tls: %w", err)
 	}
 	return nil

@@ -133,6 +133,65 @@ func (WatchMode) EnumDescriptor() ([]byte, []int) {
 	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{1}
 }
 
+type ElectorOfflineRequest_Op int32
+
+const (
+	ElectorOfflineRequest_OP_UNSPECIFIED ElectorOfflineRequest_Op = 0
+	// How the configuration stored in config.data_dir differs from
+	// config.members (nothing when nothing is stored yet).
+	ElectorOfflineRequest_OP_STORED_DIFFERENCES ElectorOfflineRequest_Op = 1
+	// How servers (a running member's configuration) differ from
+	// config.members.
+	ElectorOfflineRequest_OP_DIFFERENCES ElectorOfflineRequest_Op = 2
+	// Rewrite the configuration stored in config.data_dir to
+	// config.members, every one a voter, for a cluster that lost its
+	// quorum for good. The member must be stopped.
+	ElectorOfflineRequest_OP_RECOVER ElectorOfflineRequest_Op = 3
+)
+
+// Enum value maps for ElectorOfflineRequest_Op.
+var (
+	ElectorOfflineRequest_Op_name = map[int32]string{
+		0: "OP_UNSPECIFIED",
+		1: "OP_STORED_DIFFERENCES",
+		2: "OP_DIFFERENCES",
+		3: "OP_RECOVER",
+	}
+	ElectorOfflineRequest_Op_value = map[string]int32{
+		"OP_UNSPECIFIED":        0,
+		"OP_STORED_DIFFERENCES": 1,
+		"OP_DIFFERENCES":        2,
+		"OP_RECOVER":            3,
+	}
+)
+
+func (x ElectorOfflineRequest_Op) Enum() *ElectorOfflineRequest_Op {
+	p := new(ElectorOfflineRequest_Op)
+	*p = x
+	return p
+}
+
+func (x ElectorOfflineRequest_Op) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ElectorOfflineRequest_Op) Descriptor() protoreflect.EnumDescriptor {
+	return file_keepvip_v1_keepvip_proto_enumTypes[2].Descriptor()
+}
+
+func (ElectorOfflineRequest_Op) Type() protoreflect.EnumType {
+	return &file_keepvip_v1_keepvip_proto_enumTypes[2]
+}
+
+func (x ElectorOfflineRequest_Op) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ElectorOfflineRequest_Op.Descriptor instead.
+func (ElectorOfflineRequest_Op) EnumDescriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{10, 0}
+}
+
 type Empty struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -174,8 +233,13 @@ type PluginStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A one-word summary such as "leader", "holding", "healthy".
 	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
-	// Free-form details, shown sorted by key.
-	Details       map[string]string `protobuf:"bytes,2,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Free-form details for humans, shown sorted by key. The supervisor's
+	// policy never reads them: what it acts on is a typed field below.
+	Details map[string]string `protobuf:"bytes,2,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Set by an elector only.
+	Elector *ElectorStatus `protobuf:"bytes,3,opt,name=elector,proto3" json:"elector,omitempty"`
+	// Set by a balancer only.
+	Balancer      *BalancerStatus `protobuf:"bytes,4,opt,name=balancer,proto3" json:"balancer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -224,9 +288,25 @@ func (x *PluginStatus) GetDetails() map[string]string {
 	return nil
 }
 
-// PluginMetrics carries the plugin's Prometheus metric families, each one
-// length-delimited protobuf (io.prometheus.client.MetricFamily), so the
+func (x *PluginStatus) GetElector() *ElectorStatus {
+	if x != nil {
+		return x.Elector
+	}
+	return nil
+}
+
+func (x *PluginStatus) GetBalancer() *BalancerStatus {
+	if x != nil {
+		return x.Balancer
+	}
+	return nil
+}
+
+// PluginMetrics carries the plugin's Prometheus metric families so the
 // supervisor can merge them into its own /metrics without re-parsing text.
+// Each element is one io.prometheus.client.MetricFamily (proto2 schema
+// io/prometheus/client/metrics.proto of prometheus/client_model),
+// serialized on its own: no length prefix. An empty list is fine.
 type PluginMetrics struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Families      [][]byte               `protobuf:"bytes,1,rep,name=families,proto3" json:"families,omitempty"`
@@ -563,6 +643,186 @@ func (x *TransferRequest) GetTargetId() string {
 	return ""
 }
 
+// A server of the elector's replicated configuration (Raft's, for the
+// built-in elector).
+type ConsensusServer struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// False: a non-voter (being caught up, or left behind by a change).
+	Voter         bool `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsensusServer) Reset() {
+	*x = ConsensusServer{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsensusServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsensusServer) ProtoMessage() {}
+
+func (x *ConsensusServer) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsensusServer.ProtoReflect.Descriptor instead.
+func (*ConsensusServer) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ConsensusServer) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ConsensusServer) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ConsensusServer) GetVoter() bool {
+	if x != nil {
+		return x.Voter
+	}
+	return false
+}
+
+// ElectorStatus is what the supervisor reads from an elector's Status.
+type ElectorStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Under preemption, the member leadership should move to now (healthy,
+	// caught up and preferred for preempt_delay_ms); empty when none. Only a
+	// leader proposes; the supervisor releases the VIP and calls
+	// TransferLeadership(handover_to).
+	HandoverTo string `protobuf:"bytes,1,opt,name=handover_to,json=handoverTo,proto3" json:"handover_to,omitempty"`
+	// When this member last became leader, Unix nanoseconds; 0: never.
+	LeaderSinceUnixNano int64 `protobuf:"varint,2,opt,name=leader_since_unix_nano,json=leaderSinceUnixNano,proto3" json:"leader_since_unix_nano,omitempty"`
+	// When this member last heard from a leader before it became leader
+	// itself, Unix nanoseconds; 0 if never (a first election). The failover
+	// metric measures from here to the VIP being held.
+	ContactBeforeLeadingUnixNano int64 `protobuf:"varint,3,opt,name=contact_before_leading_unix_nano,json=contactBeforeLeadingUnixNano,proto3" json:"contact_before_leading_unix_nano,omitempty"`
+	// True while the member has no replicated configuration yet: it waits to
+	// be added by the leader, or for enough new members to start a cluster.
+	Joining bool `protobuf:"varint,4,opt,name=joining,proto3" json:"joining,omitempty"`
+	// The replicated configuration's servers.
+	Servers []*ConsensusServer `protobuf:"bytes,5,rep,name=servers,proto3" json:"servers,omitempty"`
+	// How that configuration differs from ElectorConfig.members, one
+	// sentence each; empty when they match.
+	MembershipDifferences []string `protobuf:"bytes,6,rep,name=membership_differences,json=membershipDifferences,proto3" json:"membership_differences,omitempty"`
+	// A follower's last contact with the leader, as the elector words it.
+	LastContact string `protobuf:"bytes,7,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"`
+	// On a leader: each other server's contact, as the elector words it,
+	// keyed by member id.
+	Peers         map[string]string `protobuf:"bytes,8,rep,name=peers,proto3" json:"peers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ElectorStatus) Reset() {
+	*x = ElectorStatus{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ElectorStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ElectorStatus) ProtoMessage() {}
+
+func (x *ElectorStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ElectorStatus.ProtoReflect.Descriptor instead.
+func (*ElectorStatus) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ElectorStatus) GetHandoverTo() string {
+	if x != nil {
+		return x.HandoverTo
+	}
+	return ""
+}
+
+func (x *ElectorStatus) GetLeaderSinceUnixNano() int64 {
+	if x != nil {
+		return x.LeaderSinceUnixNano
+	}
+	return 0
+}
+
+func (x *ElectorStatus) GetContactBeforeLeadingUnixNano() int64 {
+	if x != nil {
+		return x.ContactBeforeLeadingUnixNano
+	}
+	return 0
+}
+
+func (x *ElectorStatus) GetJoining() bool {
+	if x != nil {
+		return x.Joining
+	}
+	return false
+}
+
+func (x *ElectorStatus) GetServers() []*ConsensusServer {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+func (x *ElectorStatus) GetMembershipDifferences() []string {
+	if x != nil {
+		return x.MembershipDifferences
+	}
+	return nil
+}
+
+func (x *ElectorStatus) GetLastContact() string {
+	if x != nil {
+		return x.LastContact
+	}
+	return ""
+}
+
+func (x *ElectorStatus) GetPeers() map[string]string {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
 type Leadership struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Role  Role                   `protobuf:"varint,1,opt,name=role,proto3,enum=keepvip.v1.Role" json:"role,omitempty"`
@@ -576,7 +836,7 @@ type Leadership struct {
 
 func (x *Leadership) Reset() {
 	*x = Leadership{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[7]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +848,7 @@ func (x *Leadership) String() string {
 func (*Leadership) ProtoMessage() {}
 
 func (x *Leadership) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[7]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +861,7 @@ func (x *Leadership) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leadership.ProtoReflect.Descriptor instead.
 func (*Leadership) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{7}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Leadership) GetRole() Role {
@@ -632,6 +892,127 @@ func (x *Leadership) GetLeaderAddress() string {
 	return ""
 }
 
+// The elector's offline operations on a stopped member's data dir, for
+// `keep-vip-supervisor validate --host` and `recover`, so the supervisor
+// needs no Raft code of its own. The elector binary runs one when started
+// with the single argument "offline" (outside go-plugin): an
+// ElectorOfflineRequest, binary protobuf, on stdin; an ElectorOfflineReply
+// on stdout and exit 0; or a one-line error on stderr and exit 1.
+type ElectorOfflineRequest struct {
+	state protoimpl.MessageState   `protogen:"open.v1"`
+	Op    ElectorOfflineRequest_Op `protobuf:"varint,1,opt,name=op,proto3,enum=keepvip.v1.ElectorOfflineRequest_Op" json:"op,omitempty"`
+	// data_dir, local_id and members are read.
+	Config        *ElectorConfig     `protobuf:"bytes,2,opt,name=config,proto3" json:"config,omitempty"`
+	Servers       []*ConsensusServer `protobuf:"bytes,3,rep,name=servers,proto3" json:"servers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ElectorOfflineRequest) Reset() {
+	*x = ElectorOfflineRequest{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ElectorOfflineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ElectorOfflineRequest) ProtoMessage() {}
+
+func (x *ElectorOfflineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ElectorOfflineRequest.ProtoReflect.Descriptor instead.
+func (*ElectorOfflineRequest) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ElectorOfflineRequest) GetOp() ElectorOfflineRequest_Op {
+	if x != nil {
+		return x.Op
+	}
+	return ElectorOfflineRequest_OP_UNSPECIFIED
+}
+
+func (x *ElectorOfflineRequest) GetConfig() *ElectorConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *ElectorOfflineRequest) GetServers() []*ConsensusServer {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+type ElectorOfflineReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// OP_RECOVER: the configuration written.
+	Servers []*ConsensusServer `protobuf:"bytes,1,rep,name=servers,proto3" json:"servers,omitempty"`
+	// The differences, one sentence each; empty when they match.
+	Differences   []string `protobuf:"bytes,2,rep,name=differences,proto3" json:"differences,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ElectorOfflineReply) Reset() {
+	*x = ElectorOfflineReply{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ElectorOfflineReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ElectorOfflineReply) ProtoMessage() {}
+
+func (x *ElectorOfflineReply) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ElectorOfflineReply.ProtoReflect.Descriptor instead.
+func (*ElectorOfflineReply) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ElectorOfflineReply) GetServers() []*ConsensusServer {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+func (x *ElectorOfflineReply) GetDifferences() []string {
+	if x != nil {
+		return x.Differences
+	}
+	return nil
+}
+
 type AnnouncerConfig struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Interface that carries the VIPs.
@@ -649,7 +1030,7 @@ type AnnouncerConfig struct {
 
 func (x *AnnouncerConfig) Reset() {
 	*x = AnnouncerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[8]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +1042,7 @@ func (x *AnnouncerConfig) String() string {
 func (*AnnouncerConfig) ProtoMessage() {}
 
 func (x *AnnouncerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[8]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +1055,7 @@ func (x *AnnouncerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnouncerConfig.ProtoReflect.Descriptor instead.
 func (*AnnouncerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{8}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AnnouncerConfig) GetInterface() string {
@@ -727,7 +1108,7 @@ type InterfaceEvent struct {
 
 func (x *InterfaceEvent) Reset() {
 	*x = InterfaceEvent{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[9]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +1120,7 @@ func (x *InterfaceEvent) String() string {
 func (*InterfaceEvent) ProtoMessage() {}
 
 func (x *InterfaceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[9]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +1133,7 @@ func (x *InterfaceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterfaceEvent.ProtoReflect.Descriptor instead.
 func (*InterfaceEvent) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{9}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *InterfaceEvent) GetUsable() bool {
@@ -787,7 +1168,9 @@ type Check struct {
 	Options map[string]string `protobuf:"bytes,5,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// 0: the checker's interval.
 	IntervalMs int64 `protobuf:"varint,6,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`
-	// Consecutive successes to turn healthy, failures to turn unhealthy.
+	// Consecutive passed runs to turn an unhealthy check healthy, failed runs
+	// to turn a healthy one unhealthy; 0 means 1. The first run sets the
+	// check's state at once: there is no history to damp yet.
 	Rise int32 `protobuf:"varint,7,opt,name=rise,proto3" json:"rise,omitempty"`
 	Fall int32 `protobuf:"varint,8,opt,name=fall,proto3" json:"fall,omitempty"`
 	// A check that is not required is reported and exported but does not
@@ -806,7 +1189,7 @@ type Check struct {
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[10]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +1201,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[10]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +1214,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{10}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Check) GetName() string {
@@ -942,7 +1325,7 @@ type HTTPCheck struct {
 
 func (x *HTTPCheck) Reset() {
 	*x = HTTPCheck{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[11]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1337,7 @@ func (x *HTTPCheck) String() string {
 func (*HTTPCheck) ProtoMessage() {}
 
 func (x *HTTPCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[11]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1350,7 @@ func (x *HTTPCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPCheck.ProtoReflect.Descriptor instead.
 func (*HTTPCheck) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{11}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HTTPCheck) GetMethod() string {
@@ -1030,7 +1413,7 @@ type UDPCheck struct {
 
 func (x *UDPCheck) Reset() {
 	*x = UDPCheck{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[12]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1425,7 @@ func (x *UDPCheck) String() string {
 func (*UDPCheck) ProtoMessage() {}
 
 func (x *UDPCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[12]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1438,7 @@ func (x *UDPCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UDPCheck.ProtoReflect.Descriptor instead.
 func (*UDPCheck) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{12}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UDPCheck) GetPayload() []byte {
@@ -1084,7 +1467,7 @@ type ExecCheck struct {
 
 func (x *ExecCheck) Reset() {
 	*x = ExecCheck{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1479,7 @@ func (x *ExecCheck) String() string {
 func (*ExecCheck) ProtoMessage() {}
 
 func (x *ExecCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1492,7 @@ func (x *ExecCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecCheck.ProtoReflect.Descriptor instead.
 func (*ExecCheck) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{13}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExecCheck) GetCommand() string {
@@ -1143,7 +1526,7 @@ type CheckerConfig struct {
 
 func (x *CheckerConfig) Reset() {
 	*x = CheckerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1538,7 @@ func (x *CheckerConfig) String() string {
 func (*CheckerConfig) ProtoMessage() {}
 
 func (x *CheckerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1551,7 @@ func (x *CheckerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckerConfig.ProtoReflect.Descriptor instead.
 func (*CheckerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{14}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CheckerConfig) GetIntervalMs() int64 {
@@ -1189,8 +1572,10 @@ type CheckResult struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
-	Healthy bool                   `protobuf:"varint,3,opt,name=healthy,proto3" json:"healthy,omitempty"`
-	// Why the last run failed; empty when healthy.
+	// The check's state after damping (rise, fall), not merely its last run.
+	Healthy bool `protobuf:"varint,3,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	// Why the last run failed; empty when it passed (it may be set while
+	// healthy is still true, during damping).
 	Error     string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	LatencyUs int64  `protobuf:"varint,5,opt,name=latency_us,json=latencyUs,proto3" json:"latency_us,omitempty"`
 	Required  bool   `protobuf:"varint,6,opt,name=required,proto3" json:"required,omitempty"`
@@ -1202,7 +1587,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1599,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1612,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{15}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CheckResult) GetName() string {
@@ -1281,7 +1666,8 @@ func (x *CheckResult) GetOutput() string {
 
 type Health struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// True when every required check passes.
+	// True when every required check is healthy (after damping); true with
+	// no required check. The only field the supervisor acts on.
 	Healthy       bool           `protobuf:"varint,1,opt,name=healthy,proto3" json:"healthy,omitempty"`
 	Checks        []*CheckResult `protobuf:"bytes,2,rep,name=checks,proto3" json:"checks,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1290,7 +1676,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1688,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1701,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{16}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Health) GetHealthy() bool {
@@ -1344,7 +1730,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1742,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1755,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{17}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Backend) GetName() string {
@@ -1410,7 +1796,7 @@ type BackendHealth struct {
 
 func (x *BackendHealth) Reset() {
 	*x = BackendHealth{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1808,7 @@ func (x *BackendHealth) String() string {
 func (*BackendHealth) ProtoMessage() {}
 
 func (x *BackendHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1821,7 @@ func (x *BackendHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendHealth.ProtoReflect.Descriptor instead.
 func (*BackendHealth) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{18}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BackendHealth) GetType() string {
@@ -1510,7 +1896,7 @@ type LoadBalancer struct {
 
 func (x *LoadBalancer) Reset() {
 	*x = LoadBalancer{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +1908,7 @@ func (x *LoadBalancer) String() string {
 func (*LoadBalancer) ProtoMessage() {}
 
 func (x *LoadBalancer) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +1921,7 @@ func (x *LoadBalancer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadBalancer.ProtoReflect.Descriptor instead.
 func (*LoadBalancer) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{19}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LoadBalancer) GetName() string {
@@ -1620,7 +2006,7 @@ type BalancerConfig struct {
 
 func (x *BalancerConfig) Reset() {
 	*x = BalancerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1632,7 +2018,7 @@ func (x *BalancerConfig) String() string {
 func (*BalancerConfig) ProtoMessage() {}
 
 func (x *BalancerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1645,7 +2031,7 @@ func (x *BalancerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalancerConfig.ProtoReflect.Descriptor instead.
 func (*BalancerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{20}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BalancerConfig) GetLoadBalancers() []*LoadBalancer {
@@ -1662,16 +2048,75 @@ func (x *BalancerConfig) GetDrainTimeoutMs() int64 {
 	return 0
 }
 
+// BalancerStatus is what the supervisor reads from a balancer's Status.
+type BalancerStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True while no load balancer is configured but connections of removed
+	// ones are still open (after Configure with no load balancers, as on
+	// stop): the supervisor waits for them, up to drain_timeout_ms.
+	Draining bool `protobuf:"varint,1,opt,name=draining,proto3" json:"draining,omitempty"`
+	// Connections still open on removed load balancers.
+	DrainingClients int64 `protobuf:"varint,2,opt,name=draining_clients,json=drainingClients,proto3" json:"draining_clients,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *BalancerStatus) Reset() {
+	*x = BalancerStatus{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BalancerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BalancerStatus) ProtoMessage() {}
+
+func (x *BalancerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BalancerStatus.ProtoReflect.Descriptor instead.
+func (*BalancerStatus) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *BalancerStatus) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+func (x *BalancerStatus) GetDrainingClients() int64 {
+	if x != nil {
+		return x.DrainingClients
+	}
+	return 0
+}
+
 var File_keepvip_v1_keepvip_proto protoreflect.FileDescriptor
 
 const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\n" +
 	"\x18keepvip/v1/keepvip.proto\x12\n" +
 	"keepvip.v1\"\a\n" +
-	"\x05Empty\"\xa1\x01\n" +
+	"\x05Empty\"\x8e\x02\n" +
 	"\fPluginStatus\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12?\n" +
-	"\adetails\x18\x02 \x03(\v2%.keepvip.v1.PluginStatus.DetailsEntryR\adetails\x1a:\n" +
+	"\adetails\x18\x02 \x03(\v2%.keepvip.v1.PluginStatus.DetailsEntryR\adetails\x123\n" +
+	"\aelector\x18\x03 \x01(\v2\x19.keepvip.v1.ElectorStatusR\aelector\x126\n" +
+	"\bbalancer\x18\x04 \x01(\v2\x1a.keepvip.v1.BalancerStatusR\bbalancer\x1a:\n" +
 	"\fDetailsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"+\n" +
@@ -1698,13 +2143,44 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\x10preempt_delay_ms\x18\n" +
 	" \x01(\x03R\x0epreemptDelayMs\".\n" +
 	"\x0fTransferRequest\x12\x1b\n" +
-	"\ttarget_id\x18\x01 \x01(\tR\btargetId\"\x8a\x01\n" +
+	"\ttarget_id\x18\x01 \x01(\tR\btargetId\"Q\n" +
+	"\x0fConsensusServer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\"\xce\x03\n" +
+	"\rElectorStatus\x12\x1f\n" +
+	"\vhandover_to\x18\x01 \x01(\tR\n" +
+	"handoverTo\x123\n" +
+	"\x16leader_since_unix_nano\x18\x02 \x01(\x03R\x13leaderSinceUnixNano\x12F\n" +
+	" contact_before_leading_unix_nano\x18\x03 \x01(\x03R\x1ccontactBeforeLeadingUnixNano\x12\x18\n" +
+	"\ajoining\x18\x04 \x01(\bR\ajoining\x125\n" +
+	"\aservers\x18\x05 \x03(\v2\x1b.keepvip.v1.ConsensusServerR\aservers\x125\n" +
+	"\x16membership_differences\x18\x06 \x03(\tR\x15membershipDifferences\x12!\n" +
+	"\flast_contact\x18\a \x01(\tR\vlastContact\x12:\n" +
+	"\x05peers\x18\b \x03(\v2$.keepvip.v1.ElectorStatus.PeersEntryR\x05peers\x1a8\n" +
+	"\n" +
+	"PeersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8a\x01\n" +
 	"\n" +
 	"Leadership\x12$\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x10.keepvip.v1.RoleR\x04role\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x1b\n" +
 	"\tleader_id\x18\x03 \x01(\tR\bleaderId\x12%\n" +
-	"\x0eleader_address\x18\x04 \x01(\tR\rleaderAddress\"\xc0\x01\n" +
+	"\x0eleader_address\x18\x04 \x01(\tR\rleaderAddress\"\x90\x02\n" +
+	"\x15ElectorOfflineRequest\x124\n" +
+	"\x02op\x18\x01 \x01(\x0e2$.keepvip.v1.ElectorOfflineRequest.OpR\x02op\x121\n" +
+	"\x06config\x18\x02 \x01(\v2\x19.keepvip.v1.ElectorConfigR\x06config\x125\n" +
+	"\aservers\x18\x03 \x03(\v2\x1b.keepvip.v1.ConsensusServerR\aservers\"W\n" +
+	"\x02Op\x12\x12\n" +
+	"\x0eOP_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15OP_STORED_DIFFERENCES\x10\x01\x12\x12\n" +
+	"\x0eOP_DIFFERENCES\x10\x02\x12\x0e\n" +
+	"\n" +
+	"OP_RECOVER\x10\x03\"n\n" +
+	"\x13ElectorOfflineReply\x125\n" +
+	"\aservers\x18\x01 \x03(\v2\x1b.keepvip.v1.ConsensusServerR\aservers\x12 \n" +
+	"\vdifferences\x18\x02 \x03(\tR\vdifferences\"\xc0\x01\n" +
 	"\x0fAnnouncerConfig\x12\x1c\n" +
 	"\tinterface\x18\x01 \x01(\tR\tinterface\x12\x12\n" +
 	"\x04vips\x18\x02 \x03(\tR\x04vips\x12.\n" +
@@ -1798,7 +2274,10 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	" \x01(\bR\x06splice\"{\n" +
 	"\x0eBalancerConfig\x12?\n" +
 	"\x0eload_balancers\x18\x01 \x03(\v2\x18.keepvip.v1.LoadBalancerR\rloadBalancers\x12(\n" +
-	"\x10drain_timeout_ms\x18\x02 \x01(\x03R\x0edrainTimeoutMs*g\n" +
+	"\x10drain_timeout_ms\x18\x02 \x01(\x03R\x0edrainTimeoutMs\"W\n" +
+	"\x0eBalancerStatus\x12\x1a\n" +
+	"\bdraining\x18\x01 \x01(\bR\bdraining\x12)\n" +
+	"\x10draining_clients\x18\x02 \x01(\x03R\x0fdrainingClients*g\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rROLE_FOLLOWER\x10\x01\x12\x12\n" +
@@ -1845,93 +2324,108 @@ func file_keepvip_v1_keepvip_proto_rawDescGZIP() []byte {
 	return file_keepvip_v1_keepvip_proto_rawDescData
 }
 
-var file_keepvip_v1_keepvip_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keepvip_v1_keepvip_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_keepvip_v1_keepvip_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_keepvip_v1_keepvip_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_keepvip_v1_keepvip_proto_goTypes = []any{
-	(Role)(0),               // 0: keepvip.v1.Role
-	(WatchMode)(0),          // 1: keepvip.v1.WatchMode
-	(*Empty)(nil),           // 2: keepvip.v1.Empty
-	(*PluginStatus)(nil),    // 3: keepvip.v1.PluginStatus
-	(*PluginMetrics)(nil),   // 4: keepvip.v1.PluginMetrics
-	(*Member)(nil),          // 5: keepvip.v1.Member
-	(*RaftTLS)(nil),         // 6: keepvip.v1.RaftTLS
-	(*ElectorConfig)(nil),   // 7: keepvip.v1.ElectorConfig
-	(*TransferRequest)(nil), // 8: keepvip.v1.TransferRequest
-	(*Leadership)(nil),      // 9: keepvip.v1.Leadership
-	(*AnnouncerConfig)(nil), // 10: keepvip.v1.AnnouncerConfig
-	(*InterfaceEvent)(nil),  // 11: keepvip.v1.InterfaceEvent
-	(*Check)(nil),           // 12: keepvip.v1.Check
-	(*HTTPCheck)(nil),       // 13: keepvip.v1.HTTPCheck
-	(*UDPCheck)(nil),        // 14: keepvip.v1.UDPCheck
-	(*ExecCheck)(nil),       // 15: keepvip.v1.ExecCheck
-	(*CheckerConfig)(nil),   // 16: keepvip.v1.CheckerConfig
-	(*CheckResult)(nil),     // 17: keepvip.v1.CheckResult
-	(*Health)(nil),          // 18: keepvip.v1.Health
-	(*Backend)(nil),         // 19: keepvip.v1.Backend
-	(*BackendHealth)(nil),   // 20: keepvip.v1.BackendHealth
-	(*LoadBalancer)(nil),    // 21: keepvip.v1.LoadBalancer
-	(*BalancerConfig)(nil),  // 22: keepvip.v1.BalancerConfig
-	nil,                     // 23: keepvip.v1.PluginStatus.DetailsEntry
-	nil,                     // 24: keepvip.v1.Check.OptionsEntry
-	nil,                     // 25: keepvip.v1.HTTPCheck.HeadersEntry
+	(Role)(0),                     // 0: keepvip.v1.Role
+	(WatchMode)(0),                // 1: keepvip.v1.WatchMode
+	(ElectorOfflineRequest_Op)(0), // 2: keepvip.v1.ElectorOfflineRequest.Op
+	(*Empty)(nil),                 // 3: keepvip.v1.Empty
+	(*PluginStatus)(nil),          // 4: keepvip.v1.PluginStatus
+	(*PluginMetrics)(nil),         // 5: keepvip.v1.PluginMetrics
+	(*Member)(nil),                // 6: keepvip.v1.Member
+	(*RaftTLS)(nil),               // 7: keepvip.v1.RaftTLS
+	(*ElectorConfig)(nil),         // 8: keepvip.v1.ElectorConfig
+	(*TransferRequest)(nil),       // 9: keepvip.v1.TransferRequest
+	(*ConsensusServer)(nil),       // 10: keepvip.v1.ConsensusServer
+	(*ElectorStatus)(nil),         // 11: keepvip.v1.ElectorStatus
+	(*Leadership)(nil),            // 12: keepvip.v1.Leadership
+	(*ElectorOfflineRequest)(nil), // 13: keepvip.v1.ElectorOfflineRequest
+	(*ElectorOfflineReply)(nil),   // 14: keepvip.v1.ElectorOfflineReply
+	(*AnnouncerConfig)(nil),       // 15: keepvip.v1.AnnouncerConfig
+	(*InterfaceEvent)(nil),        // 16: keepvip.v1.InterfaceEvent
+	(*Check)(nil),                 // 17: keepvip.v1.Check
+	(*HTTPCheck)(nil),             // 18: keepvip.v1.HTTPCheck
+	(*UDPCheck)(nil),              // 19: keepvip.v1.UDPCheck
+	(*ExecCheck)(nil),             // 20: keepvip.v1.ExecCheck
+	(*CheckerConfig)(nil),         // 21: keepvip.v1.CheckerConfig
+	(*CheckResult)(nil),           // 22: keepvip.v1.CheckResult
+	(*Health)(nil),                // 23: keepvip.v1.Health
+	(*Backend)(nil),               // 24: keepvip.v1.Backend
+	(*BackendHealth)(nil),         // 25: keepvip.v1.BackendHealth
+	(*LoadBalancer)(nil),          // 26: keepvip.v1.LoadBalancer
+	(*BalancerConfig)(nil),        // 27: keepvip.v1.BalancerConfig
+	(*BalancerStatus)(nil),        // 28: keepvip.v1.BalancerStatus
+	nil,                           // 29: keepvip.v1.PluginStatus.DetailsEntry
+	nil,                           // 30: keepvip.v1.ElectorStatus.PeersEntry
+	nil,                           // 31: keepvip.v1.Check.OptionsEntry
+	nil,                           // 32: keepvip.v1.HTTPCheck.HeadersEntry
 }
 var file_keepvip_v1_keepvip_proto_depIdxs = []int32{
-	23, // 0: keepvip.v1.PluginStatus.details:type_name -> keepvip.v1.PluginStatus.DetailsEntry
-	5,  // 1: keepvip.v1.ElectorConfig.members:type_name -> keepvip.v1.Member
-	6,  // 2: keepvip.v1.ElectorConfig.tls:type_name -> keepvip.v1.RaftTLS
-	0,  // 3: keepvip.v1.Leadership.role:type_name -> keepvip.v1.Role
-	24, // 4: keepvip.v1.Check.options:type_name -> keepvip.v1.Check.OptionsEntry
-	13, // 5: keepvip.v1.Check.http:type_name -> keepvip.v1.HTTPCheck
-	14, // 6: keepvip.v1.Check.udp:type_name -> keepvip.v1.UDPCheck
-	15, // 7: keepvip.v1.Check.exec:type_name -> keepvip.v1.ExecCheck
-	1,  // 8: keepvip.v1.Check.watch:type_name -> keepvip.v1.WatchMode
-	25, // 9: keepvip.v1.HTTPCheck.headers:type_name -> keepvip.v1.HTTPCheck.HeadersEntry
-	12, // 10: keepvip.v1.CheckerConfig.checks:type_name -> keepvip.v1.Check
-	17, // 11: keepvip.v1.Health.checks:type_name -> keepvip.v1.CheckResult
-	19, // 12: keepvip.v1.LoadBalancer.backends:type_name -> keepvip.v1.Backend
-	20, // 13: keepvip.v1.LoadBalancer.health:type_name -> keepvip.v1.BackendHealth
-	21, // 14: keepvip.v1.BalancerConfig.load_balancers:type_name -> keepvip.v1.LoadBalancer
-	7,  // 15: keepvip.v1.Elector.Configure:input_type -> keepvip.v1.ElectorConfig
-	2,  // 16: keepvip.v1.Elector.Watch:input_type -> keepvip.v1.Empty
-	8,  // 17: keepvip.v1.Elector.TransferLeadership:input_type -> keepvip.v1.TransferRequest
-	2,  // 18: keepvip.v1.Elector.Status:input_type -> keepvip.v1.Empty
-	2,  // 19: keepvip.v1.Elector.Metrics:input_type -> keepvip.v1.Empty
-	10, // 20: keepvip.v1.Announcer.Configure:input_type -> keepvip.v1.AnnouncerConfig
-	2,  // 21: keepvip.v1.Announcer.Acquire:input_type -> keepvip.v1.Empty
-	2,  // 22: keepvip.v1.Announcer.Release:input_type -> keepvip.v1.Empty
-	2,  // 23: keepvip.v1.Announcer.Watch:input_type -> keepvip.v1.Empty
-	2,  // 24: keepvip.v1.Announcer.Status:input_type -> keepvip.v1.Empty
-	2,  // 25: keepvip.v1.Announcer.Metrics:input_type -> keepvip.v1.Empty
-	16, // 26: keepvip.v1.Checker.Configure:input_type -> keepvip.v1.CheckerConfig
-	2,  // 27: keepvip.v1.Checker.Watch:input_type -> keepvip.v1.Empty
-	2,  // 28: keepvip.v1.Checker.Status:input_type -> keepvip.v1.Empty
-	2,  // 29: keepvip.v1.Checker.Metrics:input_type -> keepvip.v1.Empty
-	22, // 30: keepvip.v1.Balancer.Configure:input_type -> keepvip.v1.BalancerConfig
-	2,  // 31: keepvip.v1.Balancer.Status:input_type -> keepvip.v1.Empty
-	2,  // 32: keepvip.v1.Balancer.Metrics:input_type -> keepvip.v1.Empty
-	2,  // 33: keepvip.v1.Elector.Configure:output_type -> keepvip.v1.Empty
-	9,  // 34: keepvip.v1.Elector.Watch:output_type -> keepvip.v1.Leadership
-	2,  // 35: keepvip.v1.Elector.TransferLeadership:output_type -> keepvip.v1.Empty
-	3,  // 36: keepvip.v1.Elector.Status:output_type -> keepvip.v1.PluginStatus
-	4,  // 37: keepvip.v1.Elector.Metrics:output_type -> keepvip.v1.PluginMetrics
-	2,  // 38: keepvip.v1.Announcer.Configure:output_type -> keepvip.v1.Empty
-	2,  // 39: keepvip.v1.Announcer.Acquire:output_type -> keepvip.v1.Empty
-	2,  // 40: keepvip.v1.Announcer.Release:output_type -> keepvip.v1.Empty
-	11, // 41: keepvip.v1.Announcer.Watch:output_type -> keepvip.v1.InterfaceEvent
-	3,  // 42: keepvip.v1.Announcer.Status:output_type -> keepvip.v1.PluginStatus
-	4,  // 43: keepvip.v1.Announcer.Metrics:output_type -> keepvip.v1.PluginMetrics
-	2,  // 44: keepvip.v1.Checker.Configure:output_type -> keepvip.v1.Empty
-	18, // 45: keepvip.v1.Checker.Watch:output_type -> keepvip.v1.Health
-	3,  // 46: keepvip.v1.Checker.Status:output_type -> keepvip.v1.PluginStatus
-	4,  // 47: keepvip.v1.Checker.Metrics:output_type -> keepvip.v1.PluginMetrics
-	2,  // 48: keepvip.v1.Balancer.Configure:output_type -> keepvip.v1.Empty
-	3,  // 49: keepvip.v1.Balancer.Status:output_type -> keepvip.v1.PluginStatus
-	4,  // 50: keepvip.v1.Balancer.Metrics:output_type -> keepvip.v1.PluginMetrics
-	33, // [33:51] is the sub-list for method output_type
-	15, // [15:33] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	29, // 0: keepvip.v1.PluginStatus.details:type_name -> keepvip.v1.PluginStatus.DetailsEntry
+	11, // 1: keepvip.v1.PluginStatus.elector:type_name -> keepvip.v1.ElectorStatus
+	28, // 2: keepvip.v1.PluginStatus.balancer:type_name -> keepvip.v1.BalancerStatus
+	6,  // 3: keepvip.v1.ElectorConfig.members:type_name -> keepvip.v1.Member
+	7,  // 4: keepvip.v1.ElectorConfig.tls:type_name -> keepvip.v1.RaftTLS
+	10, // 5: keepvip.v1.ElectorStatus.servers:type_name -> keepvip.v1.ConsensusServer
+	30, // 6: keepvip.v1.ElectorStatus.peers:type_name -> keepvip.v1.ElectorStatus.PeersEntry
+	0,  // 7: keepvip.v1.Leadership.role:type_name -> keepvip.v1.Role
+	2,  // 8: keepvip.v1.ElectorOfflineRequest.op:type_name -> keepvip.v1.ElectorOfflineRequest.Op
+	8,  // 9: keepvip.v1.ElectorOfflineRequest.config:type_name -> keepvip.v1.ElectorConfig
+	10, // 10: keepvip.v1.ElectorOfflineRequest.servers:type_name -> keepvip.v1.ConsensusServer
+	10, // 11: keepvip.v1.ElectorOfflineReply.servers:type_name -> keepvip.v1.ConsensusServer
+	31, // 12: keepvip.v1.Check.options:type_name -> keepvip.v1.Check.OptionsEntry
+	18, // 13: keepvip.v1.Check.http:type_name -> keepvip.v1.HTTPCheck
+	19, // 14: keepvip.v1.Check.udp:type_name -> keepvip.v1.UDPCheck
+	20, // 15: keepvip.v1.Check.exec:type_name -> keepvip.v1.ExecCheck
+	1,  // 16: keepvip.v1.Check.watch:type_name -> keepvip.v1.WatchMode
+	32, // 17: keepvip.v1.HTTPCheck.headers:type_name -> keepvip.v1.HTTPCheck.HeadersEntry
+	17, // 18: keepvip.v1.CheckerConfig.checks:type_name -> keepvip.v1.Check
+	22, // 19: keepvip.v1.Health.checks:type_name -> keepvip.v1.CheckResult
+	24, // 20: keepvip.v1.LoadBalancer.backends:type_name -> keepvip.v1.Backend
+	25, // 21: keepvip.v1.LoadBalancer.health:type_name -> keepvip.v1.BackendHealth
+	26, // 22: keepvip.v1.BalancerConfig.load_balancers:type_name -> keepvip.v1.LoadBalancer
+	8,  // 23: keepvip.v1.Elector.Configure:input_type -> keepvip.v1.ElectorConfig
+	3,  // 24: keepvip.v1.Elector.Watch:input_type -> keepvip.v1.Empty
+	9,  // 25: keepvip.v1.Elector.TransferLeadership:input_type -> keepvip.v1.TransferRequest
+	3,  // 26: keepvip.v1.Elector.Status:input_type -> keepvip.v1.Empty
+	3,  // 27: keepvip.v1.Elector.Metrics:input_type -> keepvip.v1.Empty
+	15, // 28: keepvip.v1.Announcer.Configure:input_type -> keepvip.v1.AnnouncerConfig
+	3,  // 29: keepvip.v1.Announcer.Acquire:input_type -> keepvip.v1.Empty
+	3,  // 30: keepvip.v1.Announcer.Release:input_type -> keepvip.v1.Empty
+	3,  // 31: keepvip.v1.Announcer.Watch:input_type -> keepvip.v1.Empty
+	3,  // 32: keepvip.v1.Announcer.Status:input_type -> keepvip.v1.Empty
+	3,  // 33: keepvip.v1.Announcer.Metrics:input_type -> keepvip.v1.Empty
+	21, // 34: keepvip.v1.Checker.Configure:input_type -> keepvip.v1.CheckerConfig
+	3,  // 35: keepvip.v1.Checker.Watch:input_type -> keepvip.v1.Empty
+	3,  // 36: keepvip.v1.Checker.Status:input_type -> keepvip.v1.Empty
+	3,  // 37: keepvip.v1.Checker.Metrics:input_type -> keepvip.v1.Empty
+	27, // 38: keepvip.v1.Balancer.Configure:input_type -> keepvip.v1.BalancerConfig
+	3,  // 39: keepvip.v1.Balancer.Status:input_type -> keepvip.v1.Empty
+	3,  // 40: keepvip.v1.Balancer.Metrics:input_type -> keepvip.v1.Empty
+	3,  // 41: keepvip.v1.Elector.Configure:output_type -> keepvip.v1.Empty
+	12, // 42: keepvip.v1.Elector.Watch:output_type -> keepvip.v1.Leadership
+	3,  // 43: keepvip.v1.Elector.TransferLeadership:output_type -> keepvip.v1.Empty
+	4,  // 44: keepvip.v1.Elector.Status:output_type -> keepvip.v1.PluginStatus
+	5,  // 45: keepvip.v1.Elector.Metrics:output_type -> keepvip.v1.PluginMetrics
+	3,  // 46: keepvip.v1.Announcer.Configure:output_type -> keepvip.v1.Empty
+	3,  // 47: keepvip.v1.Announcer.Acquire:output_type -> keepvip.v1.Empty
+	3,  // 48: keepvip.v1.Announcer.Release:output_type -> keepvip.v1.Empty
+	16, // 49: keepvip.v1.Announcer.Watch:output_type -> keepvip.v1.InterfaceEvent
+	4,  // 50: keepvip.v1.Announcer.Status:output_type -> keepvip.v1.PluginStatus
+	5,  // 51: keepvip.v1.Announcer.Metrics:output_type -> keepvip.v1.PluginMetrics
+	3,  // 52: keepvip.v1.Checker.Configure:output_type -> keepvip.v1.Empty
+	23, // 53: keepvip.v1.Checker.Watch:output_type -> keepvip.v1.Health
+	4,  // 54: keepvip.v1.Checker.Status:output_type -> keepvip.v1.PluginStatus
+	5,  // 55: keepvip.v1.Checker.Metrics:output_type -> keepvip.v1.PluginMetrics
+	3,  // 56: keepvip.v1.Balancer.Configure:output_type -> keepvip.v1.Empty
+	4,  // 57: keepvip.v1.Balancer.Status:output_type -> keepvip.v1.PluginStatus
+	5,  // 58: keepvip.v1.Balancer.Metrics:output_type -> keepvip.v1.PluginMetrics
+	41, // [41:59] is the sub-list for method output_type
+	23, // [23:41] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_keepvip_v1_keepvip_proto_init() }
@@ -1944,8 +2438,8 @@ func file_keepvip_v1_keepvip_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keepvip_v1_keepvip_proto_rawDesc), len(file_keepvip_v1_keepvip_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   24,
+			NumEnums:      3,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

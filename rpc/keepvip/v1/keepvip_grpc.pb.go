@@ -597,9 +597,14 @@ const (
 // CheckerClient is the client API for Checker service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// A plugin is stopped by go-plugin's plugin.GRPCController/Shutdown, then
+// SIGKILL after 2 s; see docs/checker-protocol.md for what go-plugin needs
+// besides these services.
 type CheckerClient interface {
 	Configure(ctx context.Context, in *CheckerConfig, opts ...grpc.CallOption) (*Empty, error)
-	// Watch sends a verdict after every round of checks.
+	// Watch sends a verdict after every round of checks, never before every
+	// check has run once, and does not end while the plugin lives.
 	Watch(ctx context.Context, in *Empty, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Health], error)
 	Status(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*PluginStatus, error)
 	Metrics(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*PluginMetrics, error)
@@ -665,9 +670,14 @@ func (c *checkerClient) Metrics(ctx context.Context, in *Empty, opts ...grpc.Cal
 // CheckerServer is the server API for Checker service.
 // All implementations must embed UnimplementedCheckerServer
 // for forward compatibility.
+//
+// A plugin is stopped by go-plugin's plugin.GRPCController/Shutdown, then
+// SIGKILL after 2 s; see docs/checker-protocol.md for what go-plugin needs
+// besides these services.
 type CheckerServer interface {
 	Configure(context.Context, *CheckerConfig) (*Empty, error)
-	// Watch sends a verdict after every round of checks.
+	// Watch sends a verdict after every round of checks, never before every
+	// check has run once, and does not end while the plugin lives.
 	Watch(*Empty, grpc.ServerStreamingServer[Health]) error
 	Status(context.Context, *Empty) (*PluginStatus, error)
 	Metrics(context.Context, *Empty) (*PluginMetrics, error)
