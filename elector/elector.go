@@ -592,7 +592,9 @@ func (e *Elector) Status(context.Context) (*pb.PluginStatus, error) {
 		d["priority"] = strconv.Itoa(int(n.members().prios[n.localID]))
 		n.membershipStatus(d, es)
 		es.LastContact = d["last_contact"]
-		if !n.hasConfiguration() {
+		// A member being added hears the leader's heartbeats before its
+		// log, and so its configuration, arrives: it follows already.
+		if !n.hasConfiguration() && l.leaderID == "" {
 			state = StateJoining
 			es.Joining = true
 		}
@@ -639,7 +641,8 @@ func (e *Elector) Status(context.Context) (*pb.PluginStatus, error) {
 }
 
 // StateJoining is Status's state word for a member that has no Raft
-// configuration yet: it waits to be added, or to bootstrap a new cluster.
+// configuration and follows no leader yet: it waits to be added, or to
+// bootstrap a new cluster.
 const StateJoining = "joining"
 
 // Gather returns the elector's own metrics.
