@@ -12,9 +12,9 @@
 // reconfiguration), loadbalancer.go (validated config), reactor.go and
 // reactorlisten.go (the event loops, their listening sockets), socket.go
 // (frontends' sockets, a udp frontend's group of them), tcp.go,
-// udp.go, http.go (the three data paths), httpwire.go (HTTP/1.x heads and
-// body framing), pick.go (algorithms), health.go (active checks and
-// passive ejection), proxyproto.go and metrics.go.
+// udp.go, http.go (the three data paths), pick.go (algorithms), health.go (active checks and
+// passive ejection), proxyproto.go and metrics.go. HTTP/1.x heads and
+// body framing are internal/httpwire.
 package balancer
 
 import (

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/httpwire"
 	"golang.org/x/sys/unix"
 )
 
@@ -15,7 +16,7 @@ import (
 // each request goes to one backend over a keep-alive connection from that
 // backend's pool, with the client's Host header kept and X-Forwarded-For
 // and X-Forwarded-Proto set; WebSocket and other upgrades become tunnels.
-// Heads are parsed and re-emitted (httpwire.go), bodies pass through as
+// Heads are parsed and re-emitted (internal/httpwire), bodies pass through as
 // they come.
 type httpServer struct {
 	b     *Balancer
@@ -317,7 +318,7 @@ type httpConn struct {
 	keepAlive bool
 	retryable bool
 	fwd       []byte // the head as the backend gets it
-	reqBody   bodyReader
+	reqBody   httpwire.BodyReader
 	bodySent  bool
 	start     time.Time
 	tried     triedSet
@@ -334,8 +335,8 @@ type httpConn struct {
 	deadline time.Time
 	// accounted: the answer is in the metrics.
 	accounted bool
-	resp      respHead
-	respBody  bodyReader
+	resp      httpwire.ResponseHead
+	respBody  httpwire.BodyReader
 	clientKA  bool // the client connection stays open after the response
 	// hold: a response head waits for its body (see httpHoldHead).
 	hold bool
@@ -526,20 +527,20 @@ func (c *httpConn) readRequest() bool {
 		// One empty line before a request line is ignored (RFC 9112
 		// 2.2): some clients end a body with one more CRLF. One only,
 		// so that a trickle of them still meets the head's timeout.
-		if n := emptyLine(c.in); n > 0 {
+		if n := httpwire.EmptyLine(c.in); n > 0 {
 			c.in = c.in[:copy(c.in, c.in[n:])]
 			c.skippedEmpty = true
 		}
 	}
-	end := headEnd(c.in)
-	if end > httpMaxHead {
-		c.refuse(&httpError{431, "request head too large"})
+	end := httpwire.HeadEnd(c.in)
+	if end > httpwire.MaxHead {
+		c.refuse(&httpwire.Error{Code: 431, Msg: "request head too large"})
 		return true
 	}
 	if end < 0 {
 		switch {
-		case len(c.in) >= httpMaxHead:
-			c.refuse(&httpError{431, "request head too large"})
+		case len(c.in) >= httpwire.MaxHead:
+			c.refuse(&httpwire.Error{Code: 431, Msg: "request head too large"})
 			return true
 		case c.eof:
 			c.close()
@@ -552,30 +553,30 @@ func (c *httpConn) readRequest() bool {
 		}
 		return more
 	}
-	var h reqHead
-	if err := parseRequest(c.in[:end], &h); err != nil {
-		var he *httpError
+	var h httpwire.RequestHead
+	if err := httpwire.ParseRequest(c.in[:end], &h); err != nil {
+		var he *httpwire.Error
 		if !errors.As(err, &he) {
-			he = &httpError{400, err.Error()}
+			he = &httpwire.Error{Code: 400, Msg: err.Error()}
 		}
 		c.refuse(he)
 		return true
 	}
 	c.rlb, c.skippedEmpty = c.l.s.lb.Load(), false
-	c.isHead, c.upgrade, c.http10 = h.isHead(), h.wantsUpgrade(), h.minor == 0
-	c.keepAlive = h.keepAlive && h.minor == 1
-	m := string(h.method)
-	c.retryable = (h.body.length <= 0 && !h.body.chunked) &&
+	c.isHead, c.upgrade, c.http10 = h.IsHead(), h.WantsUpgrade(), h.Minor == 0
+	c.keepAlive = h.KeepAlive && h.Minor == 1
+	m := string(h.Method)
+	c.retryable = (h.Body.Length <= 0 && !h.Body.Chunked) &&
 		(m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "TRACE" || m == "PUT" || m == "DELETE")
-	c.fwd = appendRequest(c.fwd[:0], c.in[:end], &h, c.ip, c.localAddr)
-	if !h.body.chunked && h.body.length < 0 {
-		h.body.length = 0
+	c.fwd = httpwire.AppendRequest(c.fwd[:0], c.in[:end], &h, c.ip, c.localAddr)
+	if !h.Body.Chunked && h.Body.Length < 0 {
+		h.Body.Length = 0
 	}
-	c.reqBody = newBodyReader(h.body, false)
-	if !c.reqBody.valid(c.in[end:]) {
+	c.reqBody = httpwire.NewBodyReader(h.Body, false)
+	if !c.reqBody.Valid(c.in[end:]) {
 		// Chunks already here that no backend may see: refused before
 		// one is chosen.
-		c.refuse(&httpError{400, errChunked.Error()})
+		c.refuse(&httpwire.Error{Code: 400, Msg: httpwire.ErrChunked.Error()})
 		return true
 	}
 	c.bodySent = false
@@ -596,11 +597,11 @@ func (c *httpConn) localAddr() string {
 }
 
 // refuse answers a request the proxy will not pass on, and closes.
-func (c *httpConn) refuse(he *httpError) {
-	c.l.s.lb.Load().mNone.request(he.code)
+func (c *httpConn) refuse(he *httpwire.Error) {
+	c.l.s.lb.Load().mNone.request(he.Code)
 	// The request did not parse, so its method is unknown: the answer
 	// has its body, and the connection ends after it.
-	c.out = appendError(c.out, he.code, statusText(he.code)+": "+he.msg, false, false)
+	c.out = appendError(c.out, he.Code, statusText(he.Code)+": "+he.Msg, false, false)
 	c.state = hsClosing
 }
 
@@ -711,7 +712,7 @@ func (c *httpConn) answerNone(code int, msg string) {
 
 // answerError ends the request with an error of the proxy's own.
 func (c *httpConn) answerError(code int, msg string) {
-	c.clientKA = c.keepAlive && c.reqBody.done && !c.l.s.stopping.Load()
+	c.clientKA = c.keepAlive && c.reqBody.Done && !c.l.s.stopping.Load()
 	c.out = appendError(c.out, code, msg, c.clientKA, c.isHead)
 	c.endRequest()
 }
@@ -734,12 +735,12 @@ func (c *httpConn) exchange() bool {
 	if u == nil {
 		return false
 	}
-	if c.reqBody.done && c.r && !c.eof && len(c.in) < httpMaxHead {
+	if c.reqBody.Done && c.r && !c.eof && len(c.in) < httpwire.MaxHead {
 		// What the client sends meanwhile is its next request; reading
 		// it is also how its end is seen.
 		c.readClient()
 	}
-	if c.eof && c.reqBody.done {
+	if c.eof && c.reqBody.Done {
 		// The client is gone: its request's backend work is abandoned
 		// (nginx's 499), rather than its socket left in CLOSE-WAIT until
 		// the answer.
@@ -788,9 +789,9 @@ func (c *httpConn) exchange() bool {
 		}
 		progress = true
 	}
-	if len(c.uout) == 0 && !c.reqBody.done {
+	if len(c.uout) == 0 && !c.reqBody.Done {
 		if len(c.in) > 0 {
-			n, err := c.reqBody.take(c.in)
+			n, err := c.reqBody.Take(c.in)
 			if err != nil {
 				c.badBody()
 				return false
@@ -838,7 +839,7 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 		c.r = false
 	}
 	c.last = c.l.r.now
-	k, err := c.reqBody.take(scratch[:n])
+	k, err := c.reqBody.Take(scratch[:n])
 	if err != nil {
 		c.badBody()
 		return true, false
@@ -902,11 +903,11 @@ func (c *httpConn) readUpstreamInto(buf []byte) (n int, err error) {
 
 func (c *httpConn) readResponseHead() bool {
 	for {
-		end := headEnd(c.uin)
-		if end > 0 && end <= httpMaxHead {
+		end := httpwire.HeadEnd(c.uin)
+		if end > 0 && end <= httpwire.MaxHead {
 			return c.startResponse(end)
 		}
-		if end > 0 || len(c.uin) >= httpMaxHead {
+		if end > 0 || len(c.uin) >= httpwire.MaxHead {
 			c.backendFailed(errors.New("response head too large"))
 			return true
 		}
@@ -928,21 +929,21 @@ func (c *httpConn) readResponseHead() bool {
 
 // startResponse passes on the response head in c.uin[:end].
 func (c *httpConn) startResponse(end int) bool {
-	if err := parseResponse(c.uin[:end], c.isHead, &c.resp); err != nil {
+	if err := httpwire.ParseResponse(c.uin[:end], c.isHead, &c.resp); err != nil {
 		c.backendFailed(err)
 		return true
 	}
-	code := c.resp.code
+	code := c.resp.Code
 	if code < 200 && code != 101 {
 		// Interim (100 Continue, 103): passed on, but never to an
 		// HTTP/1.0 client (RFC 9110 15.2); the final answer follows.
 		if !c.http10 {
-			c.out = appendResponse(c.out, c.uin[:end], &c.resp, true, false)
+			c.out = httpwire.AppendResponse(c.out, c.uin[:end], &c.resp, true, false)
 		}
 		c.uin = c.uin[:copy(c.uin, c.uin[end:])]
 		return true
 	}
-	if c.http10 && c.resp.body.chunked {
+	if c.http10 && c.resp.Body.Chunked {
 		// The request went as HTTP/1.0: chunks are the backend's fault,
 		// and the client could not read them.
 		c.backendFailed(errors.New("chunked answer to an HTTP/1.0 request"))
@@ -954,28 +955,28 @@ func (c *httpConn) startResponse(end int) bool {
 			c.backendFailed(errors.New("unasked protocol switch"))
 			return true
 		}
-		c.out = appendResponse(c.out, c.uin[:end], &c.resp, false, true)
+		c.out = httpwire.AppendResponse(c.out, c.uin[:end], &c.resp, false, true)
 		c.uin = c.uin[:copy(c.uin, c.uin[end:])]
 		c.tunnel()
 		return false
 	}
-	if br := newBodyReader(c.resp.body, c.resp.closeDelimited); !br.valid(c.uin[end:]) {
+	if br := httpwire.NewBodyReader(c.resp.Body, c.resp.CloseDelimited); !br.Valid(c.uin[end:]) {
 		// Broken chunks already here: a 502 rather than half an answer.
-		c.backendFailed(errChunked)
+		c.backendFailed(httpwire.ErrChunked)
 		return true
 	}
-	c.clientKA = c.keepAlive && !c.resp.closeDelimited && !c.l.s.stopping.Load()
+	c.clientKA = c.keepAlive && !c.resp.CloseDelimited && !c.l.s.stopping.Load()
 	c.heldFrom = len(c.out)
-	c.out = appendResponse(c.out, c.uin[:end], &c.resp, c.clientKA, false)
+	c.out = httpwire.AppendResponse(c.out, c.uin[:end], &c.resp, c.clientKA, false)
 	c.uin = c.uin[:copy(c.uin, c.uin[end:])]
-	c.respBody = newBodyReader(c.resp.body, c.resp.closeDelimited)
+	c.respBody = httpwire.NewBodyReader(c.resp.Body, c.resp.CloseDelimited)
 	// On with the body at once: head and body leave in one write, one
 	// segment for a small response, as nginx's writev sends them. A
 	// backend that wrote its head and body apart (nginx does: writev,
 	// then sendfile) sends the body microseconds later: the head waits
 	// for it up to httpHoldHead (nginx's postpone_output waits for 1460
 	// bytes or the end, however long).
-	if len(c.uin) == 0 && !c.respBody.done {
+	if len(c.uin) == 0 && !c.respBody.Done {
 		c.hold = true
 		c.l.r.holdUntil(c.fd, c, c.l.r.now.Add(httpHoldHead))
 	}
@@ -994,7 +995,7 @@ func (c *httpConn) relayResponse() bool {
 			}
 			c.uin = c.uin[:copy(c.uin, c.uin[k:])]
 		}
-		if c.respBody.done {
+		if c.respBody.Done {
 			c.finish()
 			return true
 		}
@@ -1011,8 +1012,8 @@ func (c *httpConn) relayResponse() bool {
 		case err == unix.EINTR:
 			continue
 		case err != nil || n == 0:
-			if c.resp.closeDelimited && err == nil {
-				c.respBody.done = true
+			if c.resp.CloseDelimited && err == nil {
+				c.respBody.Done = true
 				continue
 			}
 			c.responseBroke(errors.New("the backend broke off the body"))
@@ -1032,14 +1033,14 @@ func (c *httpConn) relayResponse() bool {
 // much that was, and false when the connection was given up. A held head
 // leaves with it.
 func (c *httpConn) passBody(p []byte) (int, bool) {
-	k, err := c.respBody.take(p)
+	k, err := c.respBody.Take(p)
 	if err != nil {
 		c.responseBroke(err)
 		return 0, false
 	}
-	if c.respBody.done {
+	if c.respBody.Done {
 		// Counted before the client can see the end.
-		c.account(c.resp.code)
+		c.account(c.resp.Code)
 	}
 	if k == 0 {
 		return 0, true
@@ -1073,9 +1074,9 @@ func (c *httpConn) finish() {
 	// A head held for its body leaves now, whatever the body was (a
 	// close-delimited one may be empty).
 	c.hold = false
-	c.account(c.resp.code)
+	c.account(c.resp.Code)
 	c.releaseBackend()
-	if c.resp.reusable && c.reqBody.done && len(c.uin) == 0 && len(c.uout) == 0 && !c.l.s.stopping.Load() {
+	if c.resp.Reusable && c.reqBody.Done && len(c.uin) == 0 && len(c.uout) == 0 && !c.l.s.stopping.Load() {
 		if c.rlb.proxyProtocol > 0 {
 			u.owner, u.idleSince, u.reused, u.r = nil, c.l.r.now, true, false
 			c.pp = u
@@ -1085,7 +1086,7 @@ func (c *httpConn) finish() {
 	} else {
 		u.close()
 	}
-	if !c.reqBody.done {
+	if !c.reqBody.Done {
 		c.clientKA = false
 	}
 	c.endRequest()
@@ -1174,7 +1175,7 @@ func (c *httpConn) badBody() {
 	}
 	c.releaseBackendClosing()
 	c.keepAlive = false
-	c.answerNone(400, statusText(400)+": "+errChunked.Error())
+	c.answerNone(400, statusText(400)+": "+httpwire.ErrChunked.Error())
 }
 
 // abort ends a request that cannot be answered properly any more: both
@@ -1219,7 +1220,7 @@ func (c *httpConn) checkTimeouts(now time.Time) {
 	case c.state == hsConnect && now.After(c.deadline):
 		c.connectFailed(errConnectTimeout)
 		c.run()
-	case c.state == hsAwaitHead && now.After(c.deadline) && !c.reqBody.done && len(c.uout) == 0:
+	case c.state == hsAwaitHead && now.After(c.deadline) && !c.reqBody.Done && len(c.uout) == 0:
 		// The client stopped sending its body (nginx answers 408 to
 		// that; half a request cannot be answered): cut.
 		c.abort(408)
