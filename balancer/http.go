@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keep-vip/keep-vip/balancer/internal/httpwire"
+	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,7 +23,7 @@ type httpServer struct {
 	b     *Balancer
 	lb    atomic.Pointer[loadBalancer]
 	loops []*httpLoop
-	count connCount
+	count reactor.ConnCount
 	// What the server was built with: another value needs another
 	// server (see compatible).
 	pp int
@@ -35,8 +36,8 @@ type httpServer struct {
 // connections, upgraded tunnels and keep-alive pools.
 type httpLoop struct {
 	s       *httpServer
-	r       *reactor
-	ln      *loopListener
+	r       *reactor.Loop
+	ln      *reactor.Listener
 	conns   map[*httpConn]struct{}
 	tunnels map[*tcpConn]struct{}
 	pools   map[*backendState]*upstreamPool
@@ -57,10 +58,10 @@ const httpMaxIdlePerBackend = 256
 // close that raced with the reuse. A variable for tests.
 var idleCheckAfter = time.Second
 
-func (b *Balancer) serveHTTP(sock *socket, lb *loadBalancer) *httpServer {
+func (b *Balancer) serveHTTP(sock *reactor.Socket, lb *loadBalancer) *httpServer {
 	s := &httpServer{b: b, pp: lb.proxyProtocol}
 	s.lb.Store(lb)
-	for _, r := range b.loops.loops {
+	for _, r := range b.loops.Loops {
 		l := &httpLoop{s: s, r: r, conns: map[*httpConn]struct{}{}, tunnels: map[*tcpConn]struct{}{}, pools: map[*backendState]*upstreamPool{}}
 		if l.ln, l.stopT = b.startLoop(r, sock, l, &s.lb); l.ln != nil {
 			s.loops = append(s.loops, l)
@@ -74,15 +75,15 @@ func (s *httpServer) compatible(lb *loadBalancer) bool {
 	return lb.typ == TypeHTTP && lb.proxyProtocol == s.pp
 }
 func (s *httpServer) update(lb *loadBalancer) { s.lb.Store(lb) }
-func (s *httpServer) clients() int            { return int(s.count.n.Load()) }
+func (s *httpServer) clients() int            { return int(s.count.N.Load()) }
 
 // stop ends accepting; idle keep-alive connections close now, busy ones
 // after their response.
 func (s *httpServer) stop() {
 	s.stopping.Store(true)
 	for _, l := range s.loops {
-		l.ln.stop()
-		l.r.do(func() {
+		l.ln.Stop()
+		l.r.Do(func() {
 			for c := range l.conns {
 				if c.state == hsIdle && len(c.in) == 0 {
 					c.close()
@@ -95,10 +96,10 @@ func (s *httpServer) stop() {
 // drain lets requests in flight finish until deadline, then cuts what is
 // left, tunnels included, and closes the pools.
 func (s *httpServer) drain(deadline time.Time) {
-	if !s.count.waitEmpty(time.Until(deadline)) {
+	if !s.count.WaitEmpty(time.Until(deadline)) {
 		s.cut.Store(true)
 		for _, l := range s.loops {
-			l.r.do(func() {
+			l.r.Do(func() {
 				for c := range l.conns {
 					c.close()
 				}
@@ -109,7 +110,7 @@ func (s *httpServer) drain(deadline time.Time) {
 		}
 	}
 	for _, l := range s.loops {
-		l.r.do(func() {
+		l.r.Do(func() {
 			for st, p := range l.pools {
 				p.closeAll()
 				delete(l.pools, st)
@@ -125,7 +126,7 @@ func (l *httpLoop) cutting() bool { return l.s.cut.Load() }
 func (l *httpLoop) forget(t *tcpConn) {
 	delete(l.tunnels, t)
 	t.lb.mActive.Dec()
-	l.s.count.closed()
+	l.s.count.Closed()
 }
 
 // check runs every checkEvery: timeouts of clients and backends, and the
@@ -160,13 +161,13 @@ type upstream struct {
 	l  *httpLoop
 	fd int
 	be *backend
-	readiness
+	reactor.Readiness
 	reused    bool
 	owner     *httpConn
 	idleSince time.Time
 }
 
-func (u *upstream) event(fd int, ev uint32) {
+func (u *upstream) Event(fd int, ev uint32) {
 	if u.owner == nil {
 		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 			// Idle, and the backend closed it or sent something
@@ -176,13 +177,13 @@ func (u *upstream) event(fd int, ev uint32) {
 		}
 		return
 	}
-	u.note(ev)
+	u.Note(ev)
 	u.owner.wake()
 }
 
 func (u *upstream) close() {
 	if u.fd >= 0 {
-		u.l.r.closeFD(u.fd)
+		u.l.r.CloseFD(u.fd)
 		u.fd = -1
 	}
 }
@@ -246,7 +247,7 @@ func (p *upstreamPool) put(u *upstream, now time.Time) bool {
 	if len(p.idle) >= httpMaxIdlePerBackend {
 		return false
 	}
-	u.owner, u.idleSince, u.reused, u.r = nil, now, true, false
+	u.owner, u.idleSince, u.reused, u.R = nil, now, true, false
 	p.idle = append(p.idle, u)
 	return true
 }
@@ -297,7 +298,7 @@ type httpConn struct {
 	fd     int
 	client netip.AddrPort
 	ip     []byte // the client's address for X-Forwarded-For
-	readiness
+	reactor.Readiness
 	eof     bool
 	state   httpState
 	done    bool
@@ -353,29 +354,29 @@ func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
 		return
 	}
 	lb := s.lb.Load()
-	c := &httpConn{l: l, lb: lb, fd: fd, client: sockaddrAddrPort(sa), readiness: readiness{w: true}, last: l.r.now, in: make([]byte, 0, 4096)}
+	c := &httpConn{l: l, lb: lb, fd: fd, client: sockaddrAddrPort(sa), Readiness: reactor.Readiness{W: true}, last: l.r.Now, in: make([]byte, 0, 4096)}
 	c.ip = c.client.Addr().Unmap().AppendTo(nil)
-	if err := l.r.add(fd, c, evConn); err != nil {
+	if err := l.r.Add(fd, c, reactor.EvConn); err != nil {
 		unix.Close(fd)
 		return
 	}
 	l.conns[c] = struct{}{}
-	s.count.opened()
+	s.count.Opened()
 	lb.mActive.Inc()
 }
 
-func (c *httpConn) event(fd int, ev uint32) {
+func (c *httpConn) Event(fd int, ev uint32) {
 	switch ev {
 	case 0:
 		// The I/O the events asked for (see tcpConn.event).
 		c.queued = false
 		c.run()
-	case evHeld:
+	case reactor.EvHeld:
 		// A response head waited long enough for its body.
 		c.hold = false
 		c.run()
 	default:
-		c.note(ev)
+		c.Note(ev)
 		c.wake()
 	}
 }
@@ -389,7 +390,7 @@ func (c *httpConn) wake() {
 	}
 	if !c.queued {
 		c.queued = true
-		c.l.r.later(c.fd, c)
+		c.l.r.Later(c.fd, c)
 	}
 }
 
@@ -406,7 +407,7 @@ func (c *httpConn) run() {
 	}
 	if !c.done && !c.queued {
 		c.queued = true
-		c.l.r.later(c.fd, c)
+		c.l.r.Later(c.fd, c)
 	}
 }
 
@@ -438,14 +439,14 @@ func (c *httpConn) step() bool {
 		// the write side closes, and what comes is read and dropped
 		// until the client closes too, or httpLinger passes.
 		unix.Shutdown(c.fd, unix.SHUT_WR)
-		c.state, c.lingerUntil = hsLinger, c.l.r.now.Add(httpLinger)
+		c.state, c.lingerUntil = hsLinger, c.l.r.Now.Add(httpLinger)
 		return true
 	case hsLinger:
-		for c.r {
-			n, err := sysRead(c.fd, c.l.r.scratch)
+		for c.R {
+			n, err := reactor.SysRead(c.fd, c.l.r.Scratch)
 			switch {
 			case err == unix.EAGAIN:
-				c.r = false
+				c.R = false
 			case err == unix.EINTR:
 			case err != nil || n == 0:
 				c.close()
@@ -459,7 +460,7 @@ func (c *httpConn) step() bool {
 // flushOut writes what the client is owed; false when the connection
 // failed and was closed.
 func (c *httpConn) flushOut() bool {
-	for len(c.out) > 0 && c.w {
+	for len(c.out) > 0 && c.W {
 		n, ok := c.writeClient(c.out)
 		if !ok {
 			return false
@@ -472,11 +473,11 @@ func (c *httpConn) flushOut() bool {
 // writeClient writes what of p the client's socket takes now; false when
 // the connection failed and was closed.
 func (c *httpConn) writeClient(p []byte) (int, bool) {
-	for c.w {
-		n, err := sysWrite(c.fd, p)
+	for c.W {
+		n, err := reactor.SysWrite(c.fd, p)
 		switch {
 		case err == unix.EAGAIN:
-			c.w = false
+			c.W = false
 			return 0, true
 		case err == unix.EINTR:
 			continue
@@ -485,7 +486,7 @@ func (c *httpConn) writeClient(p []byte) (int, bool) {
 			return 0, false
 		}
 		if n < len(p) {
-			c.w = false
+			c.W = false
 		}
 		return n, true
 	}
@@ -495,17 +496,17 @@ func (c *httpConn) writeClient(p []byte) (int, bool) {
 // readClient reads from the client into c.in; false when there was
 // nothing to read (or the client is gone: c.eof).
 func (c *httpConn) readClient() bool {
-	if !c.r || c.eof {
+	if !c.R || c.eof {
 		return false
 	}
 	if cap(c.in)-len(c.in) < 1024 {
 		c.in = append(c.in, make([]byte, cap(c.in))...)[:len(c.in)]
 	}
 	buf := c.in[len(c.in):cap(c.in)]
-	n, err := sysRead(c.fd, buf)
+	n, err := reactor.SysRead(c.fd, buf)
 	switch {
 	case err == unix.EAGAIN:
-		c.r = false
+		c.R = false
 		return false
 	case err == unix.EINTR:
 		return true
@@ -513,11 +514,11 @@ func (c *httpConn) readClient() bool {
 		c.eof = true
 		return true
 	}
-	if n < len(buf) && !c.rdhup {
-		c.r = false
+	if n < len(buf) && !c.Rdhup {
+		c.R = false
 	}
 	c.in = c.in[:len(c.in)+n]
-	c.last = c.l.r.now
+	c.last = c.l.r.Now
 	return true
 }
 
@@ -549,7 +550,7 @@ func (c *httpConn) readRequest() bool {
 		empty := len(c.in) == 0
 		more := c.readClient()
 		if empty && len(c.in) > 0 {
-			c.headStart = c.l.r.now
+			c.headStart = c.l.r.Now
 		}
 		return more
 	}
@@ -581,7 +582,7 @@ func (c *httpConn) readRequest() bool {
 	}
 	c.bodySent = false
 	c.in = c.in[:copy(c.in, c.in[end:])]
-	c.start = c.l.r.now
+	c.start = c.l.r.Now
 	c.tried, c.attempted, c.timedOut, c.fresh = triedSet{}, false, false, false
 	c.connect()
 	return true
@@ -634,7 +635,7 @@ func (c *httpConn) connect() {
 		c.uout = append(c.uout[:0], c.fwd...)
 		if connecting {
 			c.state = hsConnect
-			c.deadline = c.l.r.now.Add(lb.connectTimeout)
+			c.deadline = c.l.r.Now.Add(lb.connectTimeout)
 			if lb.proxyProtocol > 0 {
 				local, _ := unix.Getsockname(c.fd)
 				var hb headerBuffer
@@ -644,7 +645,7 @@ func (c *httpConn) connect() {
 			}
 		} else {
 			c.state = hsAwaitHead
-			c.deadline = c.l.r.now.Add(lb.idleTimeout)
+			c.deadline = c.l.r.Now.Add(lb.idleTimeout)
 		}
 		c.uin, c.accounted = c.uin[:0], false
 		return
@@ -654,7 +655,7 @@ func (c *httpConn) connect() {
 // upstreamFor is a connection to be: the client's own with the PROXY
 // protocol, else a pooled one, else a new one: connecting.
 func (c *httpConn) upstreamFor(be *backend) (u *upstream, connecting bool, err error) {
-	now := c.l.r.now
+	now := c.l.r.Now
 	if c.rlb.proxyProtocol > 0 {
 		if u := c.pp; u != nil {
 			c.pp = nil
@@ -674,7 +675,7 @@ func (c *httpConn) upstreamFor(be *backend) (u *upstream, connecting bool, err e
 		return nil, false, err
 	}
 	u = &upstream{l: c.l, fd: fd, be: be}
-	if err := c.l.r.add(fd, u, evConn); err != nil {
+	if err := c.l.r.Add(fd, u, reactor.EvConn); err != nil {
 		unix.Close(fd)
 		return nil, false, err
 	}
@@ -706,7 +707,7 @@ func (c *httpConn) outOfResources() {
 func (c *httpConn) answerNone(code int, msg string) {
 	lb := c.rlb
 	lb.mNone.request(code)
-	c.l.s.b.m.duration.WithLabelValues(lb.name, backendNone).Observe(c.l.r.now.Sub(c.start).Seconds())
+	c.l.s.b.m.duration.WithLabelValues(lb.name, backendNone).Observe(c.l.r.Now.Sub(c.start).Seconds())
 	c.answerError(code, msg)
 }
 
@@ -723,7 +724,7 @@ func (c *httpConn) endRequest() {
 	if c.clientKA {
 		c.state = hsIdle
 		// A pipelined request's head began now, for its timeout.
-		c.headStart = c.l.r.now
+		c.headStart = c.l.r.Now
 		return
 	}
 	c.state = hsClosing
@@ -735,7 +736,7 @@ func (c *httpConn) exchange() bool {
 	if u == nil {
 		return false
 	}
-	if c.reqBody.Done && c.r && !c.eof && len(c.in) < httpwire.MaxHead {
+	if c.reqBody.Done && c.R && !c.eof && len(c.in) < httpwire.MaxHead {
 		// What the client sends meanwhile is its next request; reading
 		// it is also how its end is seen.
 		c.readClient()
@@ -748,7 +749,7 @@ func (c *httpConn) exchange() bool {
 		return false
 	}
 	if c.state == hsConnect {
-		if !u.w {
+		if !u.W {
 			return false
 		}
 		if errno, err := unix.GetsockoptInt(u.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
@@ -761,15 +762,15 @@ func (c *httpConn) exchange() bool {
 		c.state = hsAwaitHead
 		c.l.s.b.connectOK(c.be)
 		c.be.m.conns.Inc()
-		c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
+		c.deadline = c.l.r.Now.Add(c.rlb.idleTimeout)
 	}
 	progress := false
 	// The request, head then body, to the backend.
-	for len(c.uout) > 0 && u.w {
-		n, err := sysWrite(u.fd, c.uout)
+	for len(c.uout) > 0 && u.W {
+		n, err := reactor.SysWrite(u.fd, c.uout)
 		switch {
 		case err == unix.EAGAIN:
-			u.w = false
+			u.W = false
 			continue
 		case err == unix.EINTR:
 			continue
@@ -781,11 +782,11 @@ func (c *httpConn) exchange() bool {
 		if c.state == hsAwaitHead {
 			// The backend has the idle timeout to answer from the
 			// last byte of the request.
-			c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
+			c.deadline = c.l.r.Now.Add(c.rlb.idleTimeout)
 		}
 		c.uout = c.uout[:copy(c.uout, c.uout[n:])]
 		if len(c.uout) > 0 {
-			u.w = false
+			u.W = false
 		}
 		progress = true
 	}
@@ -804,7 +805,7 @@ func (c *httpConn) exchange() bool {
 			// The client left in the middle of its body.
 			c.abort(499)
 			return false
-		} else if c.r && u.w {
+		} else if c.R && u.W {
 			if ended, more := c.forwardBody(); ended {
 				return more
 			}
@@ -823,11 +824,11 @@ func (c *httpConn) exchange() bool {
 // at once. ended: the request ended (given up, or answered with an error),
 // and more is what exchange returns then.
 func (c *httpConn) forwardBody() (ended, more bool) {
-	scratch := c.l.r.scratch
-	n, err := sysRead(c.fd, scratch)
+	scratch := c.l.r.Scratch
+	n, err := reactor.SysRead(c.fd, scratch)
 	switch {
 	case err == unix.EAGAIN:
-		c.r = false
+		c.R = false
 		return false, false
 	case err == unix.EINTR:
 		return false, false
@@ -835,10 +836,10 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 		c.eof = true
 		return false, false
 	}
-	if n < len(scratch) && !c.rdhup {
-		c.r = false
+	if n < len(scratch) && !c.Rdhup {
+		c.R = false
 	}
-	c.last = c.l.r.now
+	c.last = c.l.r.Now
 	k, err := c.reqBody.Take(scratch[:n])
 	if err != nil {
 		c.badBody()
@@ -848,10 +849,10 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 	c.in = append(c.in, scratch[k:n]...)
 	c.bodySent = true
 	data := scratch[:k]
-	w, err := sysWrite(c.u.fd, data)
+	w, err := reactor.SysWrite(c.u.fd, data)
 	switch {
 	case err == unix.EAGAIN:
-		c.u.w, w = false, 0
+		c.u.W, w = false, 0
 	case err == unix.EINTR:
 		w = 0
 	case err != nil:
@@ -860,7 +861,7 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 	default:
 		c.be.m.toBackend.Add(float64(w))
 		if c.state == hsAwaitHead {
-			c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
+			c.deadline = c.l.r.Now.Add(c.rlb.idleTimeout)
 		}
 	}
 	c.uout = append(c.uout, data[w:]...)
@@ -880,23 +881,23 @@ func (c *httpConn) readUpstream() (n int, err error) {
 // readUpstreamInto reads from the backend into buf.
 func (c *httpConn) readUpstreamInto(buf []byte) (n int, err error) {
 	u := c.u
-	if !u.r {
+	if !u.R {
 		return 0, unix.EAGAIN
 	}
-	n, err = sysRead(u.fd, buf)
+	n, err = reactor.SysRead(u.fd, buf)
 	switch {
 	case err == unix.EAGAIN:
-		u.r = false
+		u.R = false
 		return 0, err
 	case err != nil:
 		return 0, err
 	}
-	if n < len(buf) && !u.rdhup {
-		u.r = false
+	if n < len(buf) && !u.Rdhup {
+		u.R = false
 	}
 	if n > 0 {
 		c.be.m.toClient.Add(float64(n))
-		c.last = c.l.r.now
+		c.last = c.l.r.Now
 	}
 	return n, nil
 }
@@ -978,7 +979,7 @@ func (c *httpConn) startResponse(end int) bool {
 	// bytes or the end, however long).
 	if len(c.uin) == 0 && !c.respBody.Done {
 		c.hold = true
-		c.l.r.holdUntil(c.fd, c, c.l.r.now.Add(httpHoldHead))
+		c.l.r.HoldUntil(c.fd, c, c.l.r.Now.Add(httpHoldHead))
 	}
 	c.relayResponse()
 	return true
@@ -1004,7 +1005,7 @@ func (c *httpConn) relayResponse() bool {
 		}
 		// The body is read into the loop's buffer and written on from
 		// there: only what the client cannot take at once is copied.
-		scratch := c.l.r.scratch
+		scratch := c.l.r.Scratch
 		n, err := c.readUpstreamInto(scratch)
 		switch {
 		case err == unix.EAGAIN:
@@ -1078,9 +1079,9 @@ func (c *httpConn) finish() {
 	c.releaseBackend()
 	if c.resp.Reusable && c.reqBody.Done && len(c.uin) == 0 && len(c.uout) == 0 && !c.l.s.stopping.Load() {
 		if c.rlb.proxyProtocol > 0 {
-			u.owner, u.idleSince, u.reused, u.r = nil, c.l.r.now, true, false
+			u.owner, u.idleSince, u.reused, u.R = nil, c.l.r.Now, true, false
 			c.pp = u
-		} else if !c.l.pool(be.st).put(u, c.l.r.now) {
+		} else if !c.l.pool(be.st).put(u, c.l.r.Now) {
 			u.close()
 		}
 	} else {
@@ -1195,16 +1196,16 @@ func (c *httpConn) tunnel() {
 	c.account(101)
 	t := &tcpConn{
 		r: c.l.r, b: c.l.s.b, home: c.l, lb: c.lb, be: be, cfd: c.fd, sfd: u.fd, client: c.client,
-		cl: c.readiness, sv: u.readiness,
+		cl: c.Readiness, sv: u.Readiness,
 		toServer: append([]byte(nil), c.in...), toClient: append(append([]byte(nil), c.out...), c.uin...),
-		last: c.l.r.now, counted: true, backendActive: true,
+		last: c.l.r.Now, counted: true, backendActive: true,
 	}
 	// The relay owns the sockets and the accounting now.
-	c.l.r.entries[c.fd].h, c.l.r.entries[u.fd].h = t, t
+	c.l.r.Entries[c.fd].H, c.l.r.Entries[u.fd].H = t, t
 	u.owner, u.fd, c.u, c.done = nil, -1, nil, true
 	delete(c.l.conns, c)
 	c.l.tunnels[t] = struct{}{}
-	t.event(t.cfd, unix.EPOLLIN|unix.EPOLLOUT)
+	t.Event(t.cfd, unix.EPOLLIN|unix.EPOLLOUT)
 }
 
 // checkTimeouts: a client that idles out, a connect past its deadline, a
@@ -1247,10 +1248,10 @@ func (c *httpConn) close() {
 		c.pp.close()
 		c.pp = nil
 	}
-	c.l.r.closeFD(c.fd)
+	c.l.r.CloseFD(c.fd)
 	delete(c.l.conns, c)
 	c.lb.mActive.Dec()
-	c.l.s.count.closed()
+	c.l.s.count.Closed()
 }
 
 // appendError is a short plain-text answer, as nginx gives.

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	"golang.org/x/sys/unix"
 )
 
@@ -16,7 +17,7 @@ type tcpServer struct {
 	b     *Balancer
 	lb    atomic.Pointer[loadBalancer]
 	loops []*tcpLoop
-	count connCount
+	count reactor.ConnCount
 	// cut: drain's deadline passed; connections still connecting close
 	// too.
 	cut atomic.Bool
@@ -25,16 +26,16 @@ type tcpServer struct {
 // tcpLoop is a tcp server's part of one reactor.
 type tcpLoop struct {
 	s     *tcpServer
-	r     *reactor
-	ln    *loopListener
+	r     *reactor.Loop
+	ln    *reactor.Listener
 	conns map[*tcpConn]struct{}
 	stopT func()
 }
 
-func (b *Balancer) serveTCP(sock *socket, lb *loadBalancer) *tcpServer {
+func (b *Balancer) serveTCP(sock *reactor.Socket, lb *loadBalancer) *tcpServer {
 	s := &tcpServer{b: b}
 	s.lb.Store(lb)
-	for _, r := range b.loops.loops {
+	for _, r := range b.loops.Loops {
 		l := &tcpLoop{s: s, r: r, conns: map[*tcpConn]struct{}{}}
 		if l.ln, l.stopT = b.startLoop(r, sock, l, &s.lb); l.ln != nil {
 			s.loops = append(s.loops, l)
@@ -51,45 +52,45 @@ type loopPart interface {
 
 // startLoop has part accept from sock on r and run its checks; a nil
 // listener when it cannot accept.
-func (b *Balancer) startLoop(r *reactor, sock *socket, part loopPart, lb *atomic.Pointer[loadBalancer]) (*loopListener, func()) {
-	l, err := listenOn(r, sock, part.open, func(err error, retryIn time.Duration) {
+func (b *Balancer) startLoop(r *reactor.Loop, sock *reactor.Socket, part loopPart, lb *atomic.Pointer[loadBalancer]) (*reactor.Listener, func()) {
+	l, err := reactor.ListenOn(r, sock, part.open, func(err error, retryIn time.Duration) {
 		if name := lb.Load().name; !b.noteLocal(name, opAccept, err) {
 			b.localLog.Error().Err(err).Str("balancer", name).Dur("retry_in", retryIn).Msg("accept")
 		}
 	})
 	if err != nil {
-		b.log.Error().Err(err).Str("balancer", lb.Load().name).Str("bind", sock.addr.String()).Msg("load balancer cannot accept")
+		b.log.Error().Err(err).Str("balancer", lb.Load().name).Str("bind", sock.Addr.String()).Msg("load balancer cannot accept")
 		return nil, nil
 	}
-	return l, r.every(checkEvery(lb.Load()), part.check)
+	return l, r.Every(checkEvery(lb.Load()), part.check)
 }
 
 // checkEvery is how often connect deadlines and idle timeouts are checked:
 // a connection closes between idle and 1.25 × idle after its last byte.
 func checkEvery(lb *loadBalancer) time.Duration {
-	return max(min(lb.connectTimeout, lb.idleTimeout)/4, reactorTick)
+	return max(min(lb.connectTimeout, lb.idleTimeout)/4, reactor.Tick)
 }
 
 func (s *tcpServer) current() *loadBalancer           { return s.lb.Load() }
 func (s *tcpServer) compatible(lb *loadBalancer) bool { return lb.typ == TypeTCP }
 func (s *tcpServer) update(lb *loadBalancer)          { s.lb.Store(lb) }
-func (s *tcpServer) clients() int                     { return int(s.count.n.Load()) }
+func (s *tcpServer) clients() int                     { return int(s.count.N.Load()) }
 
 // stop closes the server's duplicates of the listening socket; its
 // connections go on.
 func (s *tcpServer) stop() {
 	for _, l := range s.loops {
-		l.ln.stop()
+		l.ln.Stop()
 	}
 }
 
 // drain waits for the connections to end until deadline, then cuts those
 // left.
 func (s *tcpServer) drain(deadline time.Time) {
-	if !s.count.waitEmpty(time.Until(deadline)) {
+	if !s.count.WaitEmpty(time.Until(deadline)) {
 		s.cut.Store(true)
 		for _, l := range s.loops {
-			l.r.do(func() {
+			l.r.Do(func() {
 				for c := range l.conns {
 					c.close()
 				}
@@ -136,13 +137,13 @@ func (l *tcpLoop) cutting() bool { return l.s.cut.Load() }
 func (l *tcpLoop) forget(c *tcpConn) {
 	delete(l.conns, c)
 	c.lb.mActive.Dec()
-	l.s.count.closed()
+	l.s.count.Closed()
 }
 
 // tcpConn is one proxied connection: the client's socket, the backend's,
 // and what one side sent that the other could not take yet.
 type tcpConn struct {
-	r        *reactor
+	r        *reactor.Loop
 	b        *Balancer
 	home     connHome
 	lb       *loadBalancer
@@ -152,7 +153,7 @@ type tcpConn struct {
 	// The client's and the backend's readiness, cleared on EAGAIN or a
 	// short read (the socket was drained: edge-triggered epoll reports
 	// data arriving after that).
-	cl, sv           readiness
+	cl, sv           reactor.Readiness
 	cEOF, sEOF       bool
 	cShut, sShut     bool
 	connecting, done bool
@@ -164,7 +165,7 @@ type tcpConn struct {
 	toServer, toClient           []byte
 	// up and down are the pipes of the directions that stream (to the
 	// backend, to the client); nil while a direction copies.
-	up, down *splicePipe
+	up, down *reactor.Pipe
 	// noSplice: splice failed on these sockets; directions without a
 	// pipe copy.
 	noSplice               bool
@@ -180,13 +181,13 @@ func (l *tcpLoop) open(fd int, sa unix.Sockaddr) {
 		return
 	}
 	lb := s.lb.Load()
-	c := &tcpConn{r: l.r, b: s.b, home: l, lb: lb, cfd: fd, sfd: -1, client: sockaddrAddrPort(sa), cl: readiness{w: true}, last: l.r.now}
-	if err := l.r.add(fd, c, evConn); err != nil {
+	c := &tcpConn{r: l.r, b: s.b, home: l, lb: lb, cfd: fd, sfd: -1, client: sockaddrAddrPort(sa), cl: reactor.Readiness{W: true}, last: l.r.Now}
+	if err := l.r.Add(fd, c, reactor.EvConn); err != nil {
 		unix.Close(fd)
 		return
 	}
 	l.conns[c] = struct{}{}
-	s.count.opened()
+	s.count.Opened()
 	c.counted = true
 	lb.mActive.Inc()
 	c.connectNext()
@@ -208,13 +209,13 @@ func (c *tcpConn) connectNext() {
 		c.be = be
 		fd, err := connectNonblock(be.ap)
 		if err == nil {
-			if err = c.r.add(fd, c, evConn); err != nil {
+			if err = c.r.Add(fd, c, reactor.EvConn); err != nil {
 				unix.Close(fd)
 			}
 		}
 		if err == nil {
-			c.sfd, c.connecting, c.sv.w, c.sv.r = fd, true, false, false
-			c.deadline = c.r.now.Add(lb.connectTimeout)
+			c.sfd, c.connecting, c.sv.W, c.sv.R = fd, true, false, false
+			c.deadline = c.r.Now.Add(lb.connectTimeout)
 			return
 		}
 		if b.connectFailed(be, err) {
@@ -255,7 +256,7 @@ func connectSocket(ap netip.AddrPort, typ int) (int, error) {
 }
 
 func (c *tcpConn) connectFailed(err error) {
-	c.r.closeFD(c.sfd)
+	c.r.CloseFD(c.sfd)
 	c.sfd, c.connecting = -1, false
 	if c.home.cutting() {
 		c.close()
@@ -273,7 +274,7 @@ func (c *tcpConn) connectFailed(err error) {
 func (c *tcpConn) connected() {
 	b, be := c.b, c.be
 	c.connecting = false
-	c.last = c.r.now
+	c.last = c.r.Now
 	b.connectOK(be)
 	be.st.active.Add(1)
 	be.m.active.Inc()
@@ -307,14 +308,14 @@ const deferIO = true
 // sender cannot starve the loop's other connections.
 const tcpBudget = 16
 
-func (c *tcpConn) event(fd int, ev uint32) {
+func (c *tcpConn) Event(fd int, ev uint32) {
 	if c.done {
 		return
 	}
 	if fd == c.cfd {
-		c.cl.note(ev)
+		c.cl.Note(ev)
 	} else {
-		c.sv.note(ev)
+		c.sv.Note(ev)
 	}
 	if ev != 0 && deferIO {
 		// The I/O waits until the loop has polled once more (see
@@ -323,13 +324,13 @@ func (c *tcpConn) event(fd int, ev uint32) {
 		// read and passed on in one go, one segment instead of two.
 		if !c.queued {
 			c.queued = true
-			c.r.later(c.cfd, c)
+			c.r.Later(c.cfd, c)
 		}
 		return
 	}
 	c.queued = false
 	if c.connecting {
-		if !c.sv.w {
+		if !c.sv.W {
 			return
 		}
 		if errno, err := unix.GetsockoptInt(c.sfd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
@@ -345,19 +346,19 @@ func (c *tcpConn) event(fd int, ev uint32) {
 		}
 	}
 	budget := tcpBudget
-	ok := c.flow(c.cfd, &c.cl.r, c.cl.rdhup, &c.cEOF, c.sfd, &c.sv.w, &c.sShut, &c.toServer, &c.up, true, &budget)
+	ok := c.flow(c.cfd, &c.cl.R, c.cl.Rdhup, &c.cEOF, c.sfd, &c.sv.W, &c.sShut, &c.toServer, &c.up, true, &budget)
 	if ok {
 		budget = tcpBudget
-		ok = c.flow(c.sfd, &c.sv.r, c.sv.rdhup, &c.sEOF, c.cfd, &c.cl.w, &c.cShut, &c.toClient, &c.down, false, &budget)
+		ok = c.flow(c.sfd, &c.sv.R, c.sv.Rdhup, &c.sEOF, c.cfd, &c.cl.W, &c.cShut, &c.toClient, &c.down, false, &budget)
 	}
 	switch {
 	case !ok:
 		c.close()
 	case c.cEOF && c.sEOF && c.cShut && c.sShut:
 		c.close()
-	case (c.cl.r && c.sv.w && !c.cEOF) || (c.sv.r && c.cl.w && !c.sEOF):
+	case (c.cl.R && c.sv.W && !c.cEOF) || (c.sv.R && c.cl.W && !c.sEOF):
 		// Out of budget with data left: epoll will not say so again.
-		c.r.later(c.cfd, c)
+		c.r.Later(c.cfd, c)
 	}
 }
 
@@ -366,14 +367,14 @@ func (c *tcpConn) event(fd int, ev uint32) {
 // waits in pend (copied) or in the direction's pipe (spliced), and goes
 // first. It returns false when a socket failed: the connection is then cut
 // both ways.
-func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, dstW, dstShut *bool, pend *[]byte, pipe **splicePipe, toBackend bool, budget *int) bool {
-	scratch := c.r.scratch
+func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, dstW, dstShut *bool, pend *[]byte, pipe **reactor.Pipe, toBackend bool, budget *int) bool {
+	scratch := c.r.Scratch
 	if (toBackend && c.upFlight) || (!toBackend && c.downFlight) {
 		c.resume = true
 		return true
 	}
 	for {
-		if len(*pend) > 0 || (*pipe != nil && (*pipe).n > 0) {
+		if len(*pend) > 0 || (*pipe != nil && (*pipe).N > 0) {
 			if all, ok := passPending(dst, dstW, pend, *pipe); !ok || !all {
 				return ok
 			}
@@ -392,9 +393,9 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 		var n int
 		var err error
 		if *pipe != nil {
-			n, err = (*pipe).in(src)
+			n, err = (*pipe).In(src)
 		} else {
-			n, err = sysRead(src, scratch)
+			n, err = reactor.SysRead(src, scratch)
 		}
 		switch {
 		case err == unix.EAGAIN:
@@ -407,7 +408,7 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 			// now on (its pipe is empty, nothing was moved), and no
 			// other starts splicing.
 			c.noSplice = true
-			c.r.closePipe(*pipe)
+			c.r.ClosePipe(*pipe)
 			*pipe = nil
 			continue
 		case err != nil:
@@ -425,8 +426,8 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 		if n < len(scratch) && !rdhup {
 			*srcR = false
 		}
-		if c.r.ring != nil && n <= sendRingMax {
-			c.r.ring.queue(dst, scratch[:n], c, toBackend)
+		if c.r.Ring != nil && n <= reactor.SendRingMax {
+			c.r.Ring.Queue(dst, scratch[:n], c, toBackend)
 			if toBackend {
 				c.upFlight = true
 			} else {
@@ -439,9 +440,9 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 		}
 		if n == len(scratch) && c.lb.splice && !c.noSplice {
 			// A full buffer: src streams. The rest goes by splice.
-			*pipe = c.r.newSplicePipe()
+			*pipe = c.r.NewPipe()
 		}
-		w, err := sysWrite(dst, scratch[:n])
+		w, err := reactor.SysWrite(dst, scratch[:n])
 		switch {
 		case err == unix.EAGAIN || err == unix.EINTR:
 			w = 0
@@ -459,8 +460,8 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 // passPending writes to dst what waits for it: the copied bytes, then
 // the pipe's. all reports that nothing waits any more; ok is false when
 // dst failed.
-func passPending(dst int, dstW *bool, pend *[]byte, p *splicePipe) (all, ok bool) {
-	for len(*pend) > 0 || (p != nil && p.n > 0) {
+func passPending(dst int, dstW *bool, pend *[]byte, p *reactor.Pipe) (all, ok bool) {
+	for len(*pend) > 0 || (p != nil && p.N > 0) {
 		if !*dstW {
 			return false, true
 		}
@@ -468,15 +469,15 @@ func passPending(dst int, dstW *bool, pend *[]byte, p *splicePipe) (all, ok bool
 		var left bool
 		if len(*pend) > 0 {
 			var n int
-			if n, err = sysWrite(dst, *pend); err == nil {
+			if n, err = reactor.SysWrite(dst, *pend); err == nil {
 				*pend = (*pend)[n:]
 				if left = len(*pend) > 0; !left {
 					*pend = nil
 				}
 			}
 		} else {
-			err = p.out(dst)
-			left = p.n > 0
+			err = p.Out(dst)
+			left = p.N > 0
 		}
 		switch {
 		case err == unix.EINTR:
@@ -496,7 +497,7 @@ func passPending(dst int, dstW *bool, pend *[]byte, p *splicePipe) (all, ok bool
 }
 
 // written hears how a write through the loop's ring went.
-func (c *tcpConn) written(up bool, data []byte, n int, err error) {
+func (c *tcpConn) Written(up bool, data []byte, n int, err error) {
 	if up {
 		c.upFlight = false
 	} else {
@@ -515,21 +516,21 @@ func (c *tcpConn) written(up bool, data []byte, n int, err error) {
 	if n < len(data) {
 		if up {
 			c.toServer = append([]byte(nil), data[n:]...)
-			c.sv.w = false
+			c.sv.W = false
 		} else {
 			c.toClient = append([]byte(nil), data[n:]...)
-			c.cl.w = false
+			c.cl.W = false
 		}
 	}
 	if c.resume {
 		c.resume = false
-		c.r.later(c.cfd, c)
+		c.r.Later(c.cfd, c)
 	}
 }
 
 // moved counts n bytes read from one side.
 func (c *tcpConn) moved(n int, toBackend bool) {
-	c.last = c.r.now
+	c.last = c.r.Now
 	if toBackend {
 		c.be.m.toBackend.Add(float64(n))
 	} else {
@@ -542,16 +543,16 @@ func (c *tcpConn) close() {
 	if c.done {
 		return
 	}
-	if (c.upFlight || c.downFlight) && c.r.ring != nil {
+	if (c.upFlight || c.downFlight) && c.r.Ring != nil {
 		// Its writes go first: their descriptors are about to close.
-		c.r.ring.flush()
+		c.r.Ring.Flush()
 	}
 	c.done = true
-	c.r.closeFD(c.cfd)
-	c.r.closeFD(c.sfd)
+	c.r.CloseFD(c.cfd)
+	c.r.CloseFD(c.sfd)
 	c.cfd, c.sfd = -1, -1
-	c.r.closePipe(c.up)
-	c.r.closePipe(c.down)
+	c.r.ClosePipe(c.up)
+	c.r.ClosePipe(c.down)
 	c.up, c.down = nil, nil
 	if c.backendActive {
 		c.be.st.active.Add(-1)
