@@ -1194,18 +1194,20 @@ func (c *httpConn) abort(code int) {
 func (c *httpConn) tunnel() {
 	u, be := c.u, c.be
 	c.account(101)
-	t := &tcpConn{
-		r: c.l.r, b: c.l.s.b, home: c.l, lb: c.lb, be: be, cfd: c.fd, sfd: u.fd, client: c.client,
-		cl: c.Readiness, sv: u.Readiness,
-		toServer: append([]byte(nil), c.in...), toClient: append(append([]byte(nil), c.out...), c.uin...),
-		last: c.l.r.Now, counted: true, backendActive: true,
-	}
+	t := (&tcpConn{
+		r: c.l.r, b: c.l.s.b, home: c.l, lb: c.lb, be: be, client: c.client,
+		clientEnd:  tcpEnd{fd: c.fd, Readiness: c.Readiness},
+		backendEnd: tcpEnd{fd: u.fd, Readiness: u.Readiness},
+		up:         tcpDirection{pend: append([]byte(nil), c.in...)},
+		down:       tcpDirection{pend: append(append([]byte(nil), c.out...), c.uin...)},
+		last:       c.l.r.Now, counted: true, backendActive: true,
+	}).wire()
 	// The relay owns the sockets and the accounting now.
 	c.l.r.Entries[c.fd].H, c.l.r.Entries[u.fd].H = t, t
 	u.owner, u.fd, c.u, c.done = nil, -1, nil, true
 	delete(c.l.conns, c)
 	c.l.tunnels[t] = struct{}{}
-	t.Event(t.cfd, unix.EPOLLIN|unix.EPOLLOUT)
+	t.Event(t.clientEnd.fd, unix.EPOLLIN|unix.EPOLLOUT)
 }
 
 // checkTimeouts: a client that idles out, a connect past its deadline, a

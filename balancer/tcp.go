@@ -140,38 +140,69 @@ func (l *tcpLoop) forget(c *tcpConn) {
 	l.s.count.Closed()
 }
 
-// tcpConn is one proxied connection: the client's socket, the backend's,
-// and what one side sent that the other could not take yet.
+// tcpEnd is one end of a proxied connection, the client's or the
+// backend's.
+type tcpEnd struct {
+	fd int
+	// What epoll last said of the socket, cleared on EAGAIN or a short
+	// read (the socket was drained: edge-triggered epoll reports data
+	// arriving after that).
+	reactor.Readiness
+	// eof: this end sent its end (a read returned 0); shut: our writes
+	// to it are shut (SHUT_WR), after the other end's eof.
+	eof, shut bool
+}
+
+// tcpDirection is one way a connection's bytes go, from one end to the
+// other, and what the receiving end could not take yet.
+type tcpDirection struct {
+	from, to  *tcpEnd
+	toBackend bool
+	// pend: bytes copied, waiting for the receiving end.
+	pend []byte
+	// pipe: the direction streams through this pipe (splice); nil
+	// while it copies.
+	pipe *reactor.Pipe
+	// inFlight: a write waits in the loop's ring; the direction moves
+	// nothing more until it is done.
+	inFlight bool
+}
+
+// more: the direction has data to read and room to write it, so epoll,
+// edge-triggered, will not say so again.
+func (d *tcpDirection) more() bool { return d.from.R && d.to.W && !d.from.eof }
+
+// tcpConn is one proxied connection: its two ends and its two directions,
+// up (client to backend) and down.
 type tcpConn struct {
-	r        *reactor.Loop
-	b        *Balancer
-	home     connHome
-	lb       *loadBalancer
-	be       *backend
-	cfd, sfd int
-	client   netip.AddrPort
-	// The client's and the backend's readiness, cleared on EAGAIN or a
-	// short read (the socket was drained: edge-triggered epoll reports
-	// data arriving after that).
-	cl, sv           reactor.Readiness
-	cEOF, sEOF       bool
-	cShut, sShut     bool
-	connecting, done bool
-	queued           bool // a later call is asked for
-	// upFlight, downFlight: a direction's write waits in the loop's
-	// ring; the direction moves nothing more until it is done. resume:
-	// a direction stopped for it with more to do.
-	upFlight, downFlight, resume bool
-	toServer, toClient           []byte
-	// up and down are the pipes of the directions that stream (to the
-	// backend, to the client); nil while a direction copies.
-	up, down *reactor.Pipe
+	r      *reactor.Loop
+	b      *Balancer
+	home   connHome
+	lb     *loadBalancer
+	be     *backend
+	client netip.AddrPort
+	// clientEnd and backendEnd are the connection's ends, up and down
+	// its directions between them (see wire).
+	clientEnd, backendEnd tcpEnd
+	up, down              tcpDirection
+	connecting, done      bool
+	queued                bool // a later call is asked for
+	// resume: a direction stopped for a write in the ring with more to
+	// do.
+	resume bool
 	// noSplice: splice failed on these sockets; directions without a
 	// pipe copy.
 	noSplice               bool
 	tried                  triedSet
 	deadline, last         time.Time
 	counted, backendActive bool
+}
+
+// wire points the directions at the ends they join.
+func (c *tcpConn) wire() *tcpConn {
+	c.up.from, c.up.to, c.up.toBackend = &c.clientEnd, &c.backendEnd, true
+	c.down.from, c.down.to, c.down.toBackend = &c.backendEnd, &c.clientEnd, false
+	return c
 }
 
 func (l *tcpLoop) open(fd int, sa unix.Sockaddr) {
@@ -181,7 +212,10 @@ func (l *tcpLoop) open(fd int, sa unix.Sockaddr) {
 		return
 	}
 	lb := s.lb.Load()
-	c := &tcpConn{r: l.r, b: s.b, home: l, lb: lb, cfd: fd, sfd: -1, client: sockaddrAddrPort(sa), cl: reactor.Readiness{W: true}, last: l.r.Now}
+	c := (&tcpConn{r: l.r, b: s.b, home: l, lb: lb, client: sockaddrAddrPort(sa), last: l.r.Now,
+		clientEnd:  tcpEnd{fd: fd, Readiness: reactor.Readiness{W: true}},
+		backendEnd: tcpEnd{fd: -1},
+	}).wire()
 	if err := l.r.Add(fd, c, reactor.EvConn); err != nil {
 		unix.Close(fd)
 		return
@@ -214,7 +248,7 @@ func (c *tcpConn) connectNext() {
 			}
 		}
 		if err == nil {
-			c.sfd, c.connecting, c.sv.W, c.sv.R = fd, true, false, false
+			c.backendEnd.fd, c.connecting, c.backendEnd.W, c.backendEnd.R = fd, true, false, false
 			c.deadline = c.r.Now.Add(lb.connectTimeout)
 			return
 		}
@@ -256,8 +290,8 @@ func connectSocket(ap netip.AddrPort, typ int) (int, error) {
 }
 
 func (c *tcpConn) connectFailed(err error) {
-	c.r.CloseFD(c.sfd)
-	c.sfd, c.connecting = -1, false
+	c.r.CloseFD(c.backendEnd.fd)
+	c.backendEnd.fd, c.connecting = -1, false
 	if c.home.cutting() {
 		c.close()
 		return
@@ -282,13 +316,13 @@ func (c *tcpConn) connected() {
 	c.backendActive = true
 	if c.lb.proxyProtocol > 0 {
 		var buf headerBuffer
-		local, _ := unix.Getsockname(c.cfd)
+		local, _ := unix.Getsockname(c.clientEnd.fd)
 		dst := sockaddrAddrPort(local)
 		if err := writeProxyHeader(&buf, c.lb.proxyProtocol, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(dst)); err != nil {
 			c.close()
 			return
 		}
-		c.toServer = buf.b
+		c.up.pend = buf.b
 	}
 	if e := b.log.Debug(); e.Enabled() {
 		e.Str("balancer", c.lb.name).Str("client", c.client.String()).Str("backend", be.name).Msg("connection proxied")
@@ -312,10 +346,10 @@ func (c *tcpConn) Event(fd int, ev uint32) {
 	if c.done {
 		return
 	}
-	if fd == c.cfd {
-		c.cl.Note(ev)
+	if fd == c.clientEnd.fd {
+		c.clientEnd.Note(ev)
 	} else {
-		c.sv.Note(ev)
+		c.backendEnd.Note(ev)
 	}
 	if ev != 0 && deferIO {
 		// The I/O waits until the loop has polled once more (see
@@ -324,16 +358,16 @@ func (c *tcpConn) Event(fd int, ev uint32) {
 		// read and passed on in one go, one segment instead of two.
 		if !c.queued {
 			c.queued = true
-			c.r.Later(c.cfd, c)
+			c.r.Later(c.clientEnd.fd, c)
 		}
 		return
 	}
 	c.queued = false
 	if c.connecting {
-		if !c.sv.W {
+		if !c.backendEnd.W {
 			return
 		}
-		if errno, err := unix.GetsockoptInt(c.sfd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
+		if errno, err := unix.GetsockoptInt(c.backendEnd.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
 			if err == nil {
 				err = unix.Errno(errno)
 			}
@@ -346,103 +380,101 @@ func (c *tcpConn) Event(fd int, ev uint32) {
 		}
 	}
 	budget := tcpBudget
-	ok := c.flow(c.cfd, &c.cl.R, c.cl.Rdhup, &c.cEOF, c.sfd, &c.sv.W, &c.sShut, &c.toServer, &c.up, true, &budget)
+	ok := c.flow(&c.up, &budget)
 	if ok {
 		budget = tcpBudget
-		ok = c.flow(c.sfd, &c.sv.R, c.sv.Rdhup, &c.sEOF, c.cfd, &c.cl.W, &c.cShut, &c.toClient, &c.down, false, &budget)
+		ok = c.flow(&c.down, &budget)
 	}
 	switch {
 	case !ok:
 		c.close()
-	case c.cEOF && c.sEOF && c.cShut && c.sShut:
+	case c.clientEnd.eof && c.backendEnd.eof && c.clientEnd.shut && c.backendEnd.shut:
 		c.close()
-	case (c.cl.R && c.sv.W && !c.cEOF) || (c.sv.R && c.cl.W && !c.sEOF):
+	case c.up.more() || c.down.more():
 		// Out of budget with data left: epoll will not say so again.
-		c.r.Later(c.cfd, c)
+		c.r.Later(c.clientEnd.fd, c)
 	}
 }
 
-// flow moves what src has to dst, until src is drained, dst is full or the
-// budget is spent; at src's end it half-closes dst. What dst could not take
-// waits in pend (copied) or in the direction's pipe (spliced), and goes
-// first. It returns false when a socket failed: the connection is then cut
-// both ways.
-func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, dstW, dstShut *bool, pend *[]byte, pipe **reactor.Pipe, toBackend bool, budget *int) bool {
+// flow moves what d's sending end has to its receiving end, until the
+// sender is drained, the receiver is full or the budget is spent; at the
+// sender's end it half-closes the receiver. What the receiver could not
+// take waits in d.pend (copied) or in d.pipe (spliced), and goes first.
+// It returns false when a socket failed: the connection is then cut both
+// ways.
+func (c *tcpConn) flow(d *tcpDirection, budget *int) bool {
 	scratch := c.r.Scratch
-	if (toBackend && c.upFlight) || (!toBackend && c.downFlight) {
+	src, dst := d.from, d.to
+	if d.inFlight {
 		c.resume = true
 		return true
 	}
 	for {
-		if len(*pend) > 0 || (*pipe != nil && (*pipe).N > 0) {
-			if all, ok := passPending(dst, dstW, pend, *pipe); !ok || !all {
+		if len(d.pend) > 0 || (d.pipe != nil && d.pipe.N > 0) {
+			if all, ok := d.passPending(); !ok || !all {
 				return ok
 			}
 		}
-		if *srcEOF {
-			if !*dstShut {
-				unix.Shutdown(dst, unix.SHUT_WR)
-				*dstShut = true
+		if src.eof {
+			if !dst.shut {
+				unix.Shutdown(dst.fd, unix.SHUT_WR)
+				dst.shut = true
 			}
 			return true
 		}
-		if !*srcR || !*dstW || *budget <= 0 {
+		if !src.R || !dst.W || *budget <= 0 {
 			return true
 		}
 		*budget--
 		var n int
 		var err error
-		if *pipe != nil {
-			n, err = (*pipe).In(src)
+		if d.pipe != nil {
+			n, err = d.pipe.In(src.fd)
 		} else {
-			n, err = reactor.SysRead(src, scratch)
+			n, err = reactor.SysRead(src.fd, scratch)
 		}
 		switch {
 		case err == unix.EAGAIN:
-			*srcR = false
+			src.R = false
 			return true
 		case err == unix.EINTR:
 			continue
-		case *pipe != nil && (err == unix.EINVAL || err == unix.ENOSYS):
+		case d.pipe != nil && (err == unix.EINVAL || err == unix.ENOSYS):
 			// Sockets splice cannot read: this direction copies from
 			// now on (its pipe is empty, nothing was moved), and no
 			// other starts splicing.
 			c.noSplice = true
-			c.r.ClosePipe(*pipe)
-			*pipe = nil
+			c.r.ClosePipe(d.pipe)
+			d.pipe = nil
 			continue
 		case err != nil:
 			return false
 		case n == 0:
-			*srcEOF = true
+			src.eof = true
 			continue
 		}
-		c.moved(n, toBackend)
-		if *pipe != nil {
+		c.moved(n, d.toBackend)
+		if d.pipe != nil {
 			// A short splice does not mean src is drained (see
-			// splicePipe.in): the next one says so.
+			// reactor.Pipe.In): the next one says so.
 			continue
 		}
-		if n < len(scratch) && !rdhup {
-			*srcR = false
+		if n < len(scratch) && !src.Rdhup {
+			src.R = false
 		}
 		if c.r.Ring != nil && n <= reactor.SendRingMax {
-			c.r.Ring.Queue(dst, scratch[:n], c, toBackend)
-			if toBackend {
-				c.upFlight = true
-			} else {
-				c.downFlight = true
-			}
-			if *srcR {
+			c.r.Ring.Queue(dst.fd, scratch[:n], c, d.toBackend)
+			d.inFlight = true
+			if src.R {
 				c.resume = true
 			}
 			return true
 		}
 		if n == len(scratch) && c.lb.splice && !c.noSplice {
 			// A full buffer: src streams. The rest goes by splice.
-			*pipe = c.r.NewPipe()
+			d.pipe = c.r.NewPipe()
 		}
-		w, err := reactor.SysWrite(dst, scratch[:n])
+		w, err := reactor.SysWrite(dst.fd, scratch[:n])
 		switch {
 		case err == unix.EAGAIN || err == unix.EINTR:
 			w = 0
@@ -450,59 +482,61 @@ func (c *tcpConn) flow(src int, srcR *bool, rdhup bool, srcEOF *bool, dst int, d
 			return false
 		}
 		if w < n {
-			*pend = append([]byte(nil), scratch[w:n]...)
-			*dstW = false
+			d.pend = append([]byte(nil), scratch[w:n]...)
+			dst.W = false
 			return true
 		}
 	}
 }
 
-// passPending writes to dst what waits for it: the copied bytes, then
-// the pipe's. all reports that nothing waits any more; ok is false when
-// dst failed.
-func passPending(dst int, dstW *bool, pend *[]byte, p *reactor.Pipe) (all, ok bool) {
-	for len(*pend) > 0 || (p != nil && p.N > 0) {
-		if !*dstW {
+// passPending writes to the receiving end what waits for it: the copied
+// bytes, then the pipe's. all reports that nothing waits any more; ok is
+// false when the receiver failed.
+func (d *tcpDirection) passPending() (all, ok bool) {
+	dst, p := d.to, d.pipe
+	for len(d.pend) > 0 || (p != nil && p.N > 0) {
+		if !dst.W {
 			return false, true
 		}
 		var err error
 		var left bool
-		if len(*pend) > 0 {
+		if len(d.pend) > 0 {
 			var n int
-			if n, err = reactor.SysWrite(dst, *pend); err == nil {
-				*pend = (*pend)[n:]
-				if left = len(*pend) > 0; !left {
-					*pend = nil
+			if n, err = reactor.SysWrite(dst.fd, d.pend); err == nil {
+				d.pend = d.pend[n:]
+				if left = len(d.pend) > 0; !left {
+					d.pend = nil
 				}
 			}
 		} else {
-			err = p.Out(dst)
+			err = p.Out(dst.fd)
 			left = p.N > 0
 		}
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
-			*dstW = false
+			dst.W = false
 			return false, true
 		case err != nil:
 			return false, false
 		case left:
 			// A short write: dst is full.
-			*dstW = false
+			dst.W = false
 			return false, true
 		}
 	}
 	return true, true
 }
 
-// written hears how a write through the loop's ring went.
+// Written hears how a write through the loop's ring went; up: the up
+// direction's.
 func (c *tcpConn) Written(up bool, data []byte, n int, err error) {
+	d := &c.down
 	if up {
-		c.upFlight = false
-	} else {
-		c.downFlight = false
+		d = &c.up
 	}
+	d.inFlight = false
 	if c.done {
 		return
 	}
@@ -514,17 +548,12 @@ func (c *tcpConn) Written(up bool, data []byte, n int, err error) {
 		return
 	}
 	if n < len(data) {
-		if up {
-			c.toServer = append([]byte(nil), data[n:]...)
-			c.sv.W = false
-		} else {
-			c.toClient = append([]byte(nil), data[n:]...)
-			c.cl.W = false
-		}
+		d.pend = append([]byte(nil), data[n:]...)
+		d.to.W = false
 	}
 	if c.resume {
 		c.resume = false
-		c.r.Later(c.cfd, c)
+		c.r.Later(c.clientEnd.fd, c)
 	}
 }
 
@@ -543,17 +572,17 @@ func (c *tcpConn) close() {
 	if c.done {
 		return
 	}
-	if (c.upFlight || c.downFlight) && c.r.Ring != nil {
+	if (c.up.inFlight || c.down.inFlight) && c.r.Ring != nil {
 		// Its writes go first: their descriptors are about to close.
 		c.r.Ring.Flush()
 	}
 	c.done = true
-	c.r.CloseFD(c.cfd)
-	c.r.CloseFD(c.sfd)
-	c.cfd, c.sfd = -1, -1
-	c.r.ClosePipe(c.up)
-	c.r.ClosePipe(c.down)
-	c.up, c.down = nil, nil
+	c.r.CloseFD(c.clientEnd.fd)
+	c.r.CloseFD(c.backendEnd.fd)
+	c.clientEnd.fd, c.backendEnd.fd = -1, -1
+	c.r.ClosePipe(c.up.pipe)
+	c.r.ClosePipe(c.down.pipe)
+	c.up.pipe, c.down.pipe = nil, nil
 	if c.backendActive {
 		c.be.st.active.Add(-1)
 		c.be.m.active.Dec()
