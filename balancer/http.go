@@ -291,7 +291,9 @@ const (
 // than a request).
 const httpLinger = 2 * time.Second
 
-// httpConn is one client connection and the request it carries.
+// httpConn is one client connection and the request it carries: the
+// client's side here, and the request, the backend and the response each
+// in its own part.
 type httpConn struct {
 	l      *httpLoop
 	lb     *loadBalancer // the config that accepted it, for its gauge
@@ -310,8 +312,17 @@ type httpConn struct {
 	lingerUntil time.Time
 	// skippedEmpty: the empty line a request may follow was skipped.
 	skippedEmpty bool
+	// queued: a later call is asked for.
+	queued bool
 
-	// The request.
+	httpRequest
+	httpBackendSide
+	httpResponse
+}
+
+// httpRequest is the request an httpConn carries now, as parsed and
+// passed on.
+type httpRequest struct {
 	rlb       *loadBalancer // the config the request runs under
 	isHead    bool
 	upgrade   bool
@@ -326,8 +337,11 @@ type httpConn struct {
 	attempted bool
 	timedOut  bool
 	fresh     bool // the next backend connection must be a new one
+}
 
-	// The backend side.
+// httpBackendSide is the backend an httpConn's request went to, and its
+// connection.
+type httpBackendSide struct {
 	be       *backend
 	u        *upstream
 	pp       *upstream // with the PROXY protocol: this client's idle one
@@ -336,15 +350,18 @@ type httpConn struct {
 	deadline time.Time
 	// accounted: the answer is in the metrics.
 	accounted bool
-	resp      httpwire.ResponseHead
-	respBody  httpwire.BodyReader
-	clientKA  bool // the client connection stays open after the response
+}
+
+// httpResponse is the backend's answer to an httpConn's request, on its
+// way to the client.
+type httpResponse struct {
+	resp     httpwire.ResponseHead
+	respBody httpwire.BodyReader
+	clientKA bool // the client connection stays open after the response
 	// hold: a response head waits for its body (see httpHoldHead).
 	hold bool
 	// heldFrom is where the held head starts in out.
 	heldFrom int
-	// queued: a later call is asked for.
-	queued bool
 }
 
 func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
