@@ -385,7 +385,7 @@ func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
 func (c *httpConn) Event(fd int, ev uint32) {
 	switch ev {
 	case 0:
-		// The I/O the events asked for (see tcpConn.event).
+		// The I/O the events asked for (see tcpConn.Event).
 		c.queued = false
 		c.run()
 	case reactor.EvHeld:

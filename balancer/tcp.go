@@ -334,7 +334,7 @@ type headerBuffer struct{ b []byte }
 func (h *headerBuffer) Write(p []byte) (int, error) { h.b = append(h.b, p...); return len(p), nil }
 
 // deferIO: events only mark readiness; the I/O runs once the loop has
-// polled again (see tcpConn.event). Measured: about 3% more requests per second
+// polled again (see tcpConn.Event). Measured: about 3% more requests per second
 // on the bench, fewer segments.
 const deferIO = true
 

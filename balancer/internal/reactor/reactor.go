@@ -54,7 +54,7 @@ type Loop struct {
 	// now is the time of the current batch: handlers stamp activity with it
 	// instead of reading the clock per socket.
 	Now time.Time
-	// pipes are the splice pipes open on the loop (see splice.go);
+	// Pipes are the splice pipes open on the loop (see splice.go);
 	// pipesOpened counts every one opened, for tests.
 	Pipes       int
 	PipesOpened atomic.Int64

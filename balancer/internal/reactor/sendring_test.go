@@ -137,11 +137,11 @@ func TestSendRingFullSocket(t *testing.T) {
 	r.Queue(w, make([]byte, 4096), rec, true)
 	done := make(chan struct{})
 	go func() {
-		// Bounded: flush must not wait for the reader.
+		// Bounded: Flush must not wait for the reader.
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
-			panic("sendRing.flush waited on a full socket")
+			panic("SendRing.Flush waited on a full socket")
 		}
 	}()
 	r.Flush()
