@@ -8,13 +8,15 @@
 // epoll event loops with raw non-blocking syscalls, as HAProxy and nginx
 // do.
 //
-// One file per concern: balancer.go (the set of load balancers and its
-// reconfiguration), loadbalancer.go (validated config), reactor.go and
-// reactorlisten.go (the event loops, their listening sockets), socket.go
-// (frontends' sockets, a udp frontend's group of them), tcp.go,
-// udp.go, http.go (the three data paths), httpwire.go (HTTP/1.x heads and
-// body framing), pick.go (algorithms), health.go (active checks and
-// passive ejection), proxyproto.go and metrics.go.
+// By layer, each knowing nothing of those above it:
+//   - internal/reactor: the I/O engine (epoll loops, listeners, frontends'
+//     sockets, the io_uring send ring, splice pipes);
+//   - internal/httpwire: HTTP/1.x heads and body framing, pure;
+//   - this package: the tcp, udp and http data paths (tcp.go, udp.go,
+//     http.go), the balancing policy (pick.go: algorithms; health.go:
+//     active checks and passive ejection), and the public API: the set
+//     of load balancers and its reconfiguration (balancer.go),
+//     validated config (loadbalancer.go), proxyproto.go and metrics.go.
 package balancer
 
 import (
@@ -31,6 +33,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -67,7 +70,7 @@ type Balancer struct {
 	wg sync.WaitGroup
 	// loops are the event loops tcp and http servers run on, started by
 	// the first Configure: nLoops of them, or one per CPU Go may use.
-	loops  *reactors
+	loops  *reactor.Group
 	nLoops int
 
 	// mu serializes Configure, Status and Close.
@@ -83,7 +86,7 @@ type Balancer struct {
 // replaced when the type changes (tcp and http hand the socket over), and
 // its load balancer is swapped in place otherwise.
 type frontend struct {
-	sock *socket
+	sock *reactor.Socket
 	srv  server
 }
 
@@ -105,7 +108,7 @@ type server interface {
 	clients() int
 }
 
-func (fe *frontend) addr() net.Addr { return fe.sock.addr }
+func (fe *frontend) addr() net.Addr { return fe.sock.Addr }
 
 // New returns a Balancer that serves nothing until Configure.
 func New(log zerolog.Logger) *Balancer {
@@ -152,10 +155,10 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 		return ErrClosed
 	}
 	if b.loops == nil {
-		if b.loops, err = newReactors(b.nLoops); err != nil {
+		if b.loops, err = reactor.NewGroup(b.nLoops); err != nil {
 			return fmt.Errorf("configure balancer: start event loops: %w", err)
 		}
-		if err := b.loops.loops[0].ringErr; err != nil {
+		if err := b.loops.Loops[0].RingErr; err != nil {
 			b.log.Warn().Err(err).Msg("io_uring unavailable: each small write is a sendto of its own (slower tcp forwarding, nothing else changes)")
 		}
 	}
@@ -168,7 +171,7 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 			next[key] = fe
 			continue
 		}
-		fe, err := listen(ctx, lb, len(b.loops.loops))
+		fe, err := listen(ctx, lb, len(b.loops.Loops))
 		if err != nil {
 			for _, fe := range opened {
 				fe.close()
@@ -234,12 +237,12 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 // "::" or none) listens on IPv4 and IPv6 alike, so a load balancer serves
 // IPv4 and IPv6 VIPs. A udp load balancer gets a socket per event loop.
 func listen(ctx context.Context, lb *loadBalancer, loops int) (*frontend, error) {
-	var sock *socket
+	var sock *reactor.Socket
 	var err error
 	if lb.typ == TypeUDP {
-		sock, err = openUDPGroup(ctx, lb.bind, loops)
+		sock, err = reactor.OpenUDPGroup(ctx, lb.bind, loops)
 	} else {
-		sock, err = openSocket(ctx, "tcp", lb.bind)
+		sock, err = reactor.OpenSocket(ctx, "tcp", lb.bind)
 	}
 	if err != nil {
 		return nil, err
@@ -248,7 +251,7 @@ func listen(ctx context.Context, lb *loadBalancer, loops int) (*frontend, error)
 }
 
 // close closes the socket of a frontend that never served.
-func (fe *frontend) close() { fe.sock.close() }
+func (fe *frontend) close() { fe.sock.Close() }
 
 func (b *Balancer) newServer(fe *frontend, lb *loadBalancer) server {
 	b.wg.Add(1)
@@ -269,7 +272,7 @@ func (b *Balancer) newServer(fe *frontend, lb *loadBalancer) server {
 func (b *Balancer) retire(srv server, fe *frontend) {
 	srv.stop()
 	if _, udp := srv.(*udpServer); fe != nil && !udp {
-		fe.sock.close()
+		fe.sock.Close()
 	}
 	deadline := time.Now().Add(b.drainTimeout)
 	b.draining[srv] = true
@@ -400,7 +403,7 @@ func (b *Balancer) Close() error {
 	b.wg.Wait()
 	b.cancel()
 	if b.loops != nil {
-		b.loops.stop()
+		b.loops.Stop()
 	}
 	return nil
 }

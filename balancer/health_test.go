@@ -1,10 +1,11 @@
 package balancer
 
 import (
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/httpwire"
+	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	"golang.org/x/sys/unix"
 )
 
@@ -15,13 +17,13 @@ import (
 // each request goes to one backend over a keep-alive connection from that
 // backend's pool, with the client's Host header kept and X-Forwarded-For
 // and X-Forwarded-Proto set; WebSocket and other upgrades become tunnels.
-// Heads are parsed and re-emitted (httpwire.go), bodies pass through as
+// Heads are parsed and re-emitted (internal/httpwire), bodies pass through as
 // they come.
 type httpServer struct {
 	b     *Balancer
 	lb    atomic.Pointer[loadBalancer]
 	loops []*httpLoop
-	count connCount
+	count reactor.ConnCount
 	// What the server was built with: another value needs another
 	// server (see compatible).
 	pp int
@@ -34,8 +36,8 @@ type httpServer struct {
 // connections, upgraded tunnels and keep-alive pools.
 type httpLoop struct {
 	s       *httpServer
-	r       *reactor
-	ln      *loopListener
+	r       *reactor.Loop
+	ln      *reactor.Listener
 	conns   map[*httpConn]struct{}
 	tunnels map[*tcpConn]struct{}
 	pools   map[*backendState]*upstreamPool
@@ -56,10 +58,10 @@ const httpMaxIdlePerBackend = 256
 // close that raced with the reuse. A variable for tests.
 var idleCheckAfter = time.Second
 
-func (b *Balancer) serveHTTP(sock *socket, lb *loadBalancer) *httpServer {
+func (b *Balancer) serveHTTP(sock *reactor.Socket, lb *loadBalancer) *httpServer {
 	s := &httpServer{b: b, pp: lb.proxyProtocol}
 	s.lb.Store(lb)
-	for _, r := range b.loops.loops {
+	for _, r := range b.loops.Loops {
 		l := &httpLoop{s: s, r: r, conns: map[*httpConn]struct{}{}, tunnels: map[*tcpConn]struct{}{}, pools: map[*backendState]*upstreamPool{}}
 		if l.ln, l.stopT = b.startLoop(r, sock, l, &s.lb); l.ln != nil {
 			s.loops = append(s.loops, l)
@@ -73,15 +75,15 @@ func (s *httpServer) compatible(lb *loadBalancer) bool {
 	return lb.typ == TypeHTTP && lb.proxyProtocol == s.pp
 }
 func (s *httpServer) update(lb *loadBalancer) { s.lb.Store(lb) }
-func (s *httpServer) clients() int            { return int(s.count.n.Load()) }
+func (s *httpServer) clients() int            { return int(s.count.N.Load()) }
 
 // stop ends accepting; idle keep-alive connections close now, busy ones
 // after their response.
 func (s *httpServer) stop() {
 	s.stopping.Store(true)
 	for _, l := range s.loops {
-		l.ln.stop()
-		l.r.do(func() {
+		l.ln.Stop()
+		l.r.Do(func() {
 			for c := range l.conns {
 				if c.state == hsIdle && len(c.in) == 0 {
 					c.close()
@@ -94,10 +96,10 @@ func (s *httpServer) stop() {
 // drain lets requests in flight finish until deadline, then cuts what is
 // left, tunnels included, and closes the pools.
 func (s *httpServer) drain(deadline time.Time) {
-	if !s.count.waitEmpty(time.Until(deadline)) {
+	if !s.count.WaitEmpty(time.Until(deadline)) {
 		s.cut.Store(true)
 		for _, l := range s.loops {
-			l.r.do(func() {
+			l.r.Do(func() {
 				for c := range l.conns {
 					c.close()
 				}
@@ -108,7 +110,7 @@ func (s *httpServer) drain(deadline time.Time) {
 		}
 	}
 	for _, l := range s.loops {
-		l.r.do(func() {
+		l.r.Do(func() {
 			for st, p := range l.pools {
 				p.closeAll()
 				delete(l.pools, st)
@@ -124,7 +126,7 @@ func (l *httpLoop) cutting() bool { return l.s.cut.Load() }
 func (l *httpLoop) forget(t *tcpConn) {
 	delete(l.tunnels, t)
 	t.lb.mActive.Dec()
-	l.s.count.closed()
+	l.s.count.Closed()
 }
 
 // check runs every checkEvery: timeouts of clients and backends, and the
@@ -159,13 +161,13 @@ type upstream struct {
 	l  *httpLoop
 	fd int
 	be *backend
-	readiness
+	reactor.Readiness
 	reused    bool
 	owner     *httpConn
 	idleSince time.Time
 }
 
-func (u *upstream) event(fd int, ev uint32) {
+func (u *upstream) Event(fd int, ev uint32) {
 	if u.owner == nil {
 		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 			// Idle, and the backend closed it or sent something
@@ -175,13 +177,13 @@ func (u *upstream) event(fd int, ev uint32) {
 		}
 		return
 	}
-	u.note(ev)
+	u.Note(ev)
 	u.owner.wake()
 }
 
 func (u *upstream) close() {
 	if u.fd >= 0 {
-		u.l.r.closeFD(u.fd)
+		u.l.r.CloseFD(u.fd)
 		u.fd = -1
 	}
 }
@@ -245,7 +247,7 @@ func (p *upstreamPool) put(u *upstream, now time.Time) bool {
 	if len(p.idle) >= httpMaxIdlePerBackend {
 		return false
 	}
-	u.owner, u.idleSince, u.reused, u.r = nil, now, true, false
+	u.owner, u.idleSince, u.reused, u.R = nil, now, true, false
 	p.idle = append(p.idle, u)
 	return true
 }
@@ -289,14 +291,16 @@ const (
 // than a request).
 const httpLinger = 2 * time.Second
 
-// httpConn is one client connection and the request it carries.
+// httpConn is one client connection and the request it carries: the
+// client's side here, and the request, the backend and the response each
+// in its own part.
 type httpConn struct {
 	l      *httpLoop
 	lb     *loadBalancer // the config that accepted it, for its gauge
 	fd     int
 	client netip.AddrPort
 	ip     []byte // the client's address for X-Forwarded-For
-	readiness
+	reactor.Readiness
 	eof     bool
 	state   httpState
 	done    bool
@@ -308,8 +312,17 @@ type httpConn struct {
 	lingerUntil time.Time
 	// skippedEmpty: the empty line a request may follow was skipped.
 	skippedEmpty bool
+	// queued: a later call is asked for.
+	queued bool
 
-	// The request.
+	httpRequest
+	httpBackendSide
+	httpResponse
+}
+
+// httpRequest is the request an httpConn carries now, as parsed and
+// passed on.
+type httpRequest struct {
 	rlb       *loadBalancer // the config the request runs under
 	isHead    bool
 	upgrade   bool
@@ -317,15 +330,18 @@ type httpConn struct {
 	keepAlive bool
 	retryable bool
 	fwd       []byte // the head as the backend gets it
-	reqBody   bodyReader
+	reqBody   httpwire.BodyReader
 	bodySent  bool
 	start     time.Time
 	tried     triedSet
 	attempted bool
 	timedOut  bool
 	fresh     bool // the next backend connection must be a new one
+}
 
-	// The backend side.
+// httpBackendSide is the backend an httpConn's request went to, and its
+// connection.
+type httpBackendSide struct {
 	be       *backend
 	u        *upstream
 	pp       *upstream // with the PROXY protocol: this client's idle one
@@ -334,15 +350,18 @@ type httpConn struct {
 	deadline time.Time
 	// accounted: the answer is in the metrics.
 	accounted bool
-	resp      respHead
-	respBody  bodyReader
-	clientKA  bool // the client connection stays open after the response
+}
+
+// httpResponse is the backend's answer to an httpConn's request, on its
+// way to the client.
+type httpResponse struct {
+	resp     httpwire.ResponseHead
+	respBody httpwire.BodyReader
+	clientKA bool // the client connection stays open after the response
 	// hold: a response head waits for its body (see httpHoldHead).
 	hold bool
 	// heldFrom is where the held head starts in out.
 	heldFrom int
-	// queued: a later call is asked for.
-	queued bool
 }
 
 func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
@@ -352,29 +371,29 @@ func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
 		return
 	}
 	lb := s.lb.Load()
-	c := &httpConn{l: l, lb: lb, fd: fd, client: sockaddrAddrPort(sa), readiness: readiness{w: true}, last: l.r.now, in: make([]byte, 0, 4096)}
+	c := &httpConn{l: l, lb: lb, fd: fd, client: sockaddrAddrPort(sa), Readiness: reactor.Readiness{W: true}, last: l.r.Now, in: make([]byte, 0, 4096)}
 	c.ip = c.client.Addr().Unmap().AppendTo(nil)
-	if err := l.r.add(fd, c, evConn); err != nil {
+	if err := l.r.Add(fd, c, reactor.EvConn); err != nil {
 		unix.Close(fd)
 		return
 	}
 	l.conns[c] = struct{}{}
-	s.count.opened()
+	s.count.Opened()
 	lb.mActive.Inc()
 }
 
-func (c *httpConn) event(fd int, ev uint32) {
+func (c *httpConn) Event(fd int, ev uint32) {
 	switch ev {
 	case 0:
-		// The I/O the events asked for (see tcpConn.event).
+		// The I/O the events asked for (see tcpConn.Event).
 		c.queued = false
 		c.run()
-	case evHeld:
+	case reactor.EvHeld:
 		// A response head waited long enough for its body.
 		c.hold = false
 		c.run()
 	default:
-		c.note(ev)
+		c.Note(ev)
 		c.wake()
 	}
 }
@@ -388,7 +407,7 @@ func (c *httpConn) wake() {
 	}
 	if !c.queued {
 		c.queued = true
-		c.l.r.later(c.fd, c)
+		c.l.r.Later(c.fd, c)
 	}
 }
 
@@ -405,7 +424,7 @@ func (c *httpConn) run() {
 	}
 	if !c.done && !c.queued {
 		c.queued = true
-		c.l.r.later(c.fd, c)
+		c.l.r.Later(c.fd, c)
 	}
 }
 
@@ -437,14 +456,14 @@ func (c *httpConn) step() bool {
 		// the write side closes, and what comes is read and dropped
 		// until the client closes too, or httpLinger passes.
 		unix.Shutdown(c.fd, unix.SHUT_WR)
-		c.state, c.lingerUntil = hsLinger, c.l.r.now.Add(httpLinger)
+		c.state, c.lingerUntil = hsLinger, c.l.r.Now.Add(httpLinger)
 		return true
 	case hsLinger:
-		for c.r {
-			n, err := sysRead(c.fd, c.l.r.scratch)
+		for c.R {
+			n, err := reactor.SysRead(c.fd, c.l.r.Scratch)
 			switch {
 			case err == unix.EAGAIN:
-				c.r = false
+				c.R = false
 			case err == unix.EINTR:
 			case err != nil || n == 0:
 				c.close()
@@ -458,7 +477,7 @@ func (c *httpConn) step() bool {
 // flushOut writes what the client is owed; false when the connection
 // failed and was closed.
 func (c *httpConn) flushOut() bool {
-	for len(c.out) > 0 && c.w {
+	for len(c.out) > 0 && c.W {
 		n, ok := c.writeClient(c.out)
 		if !ok {
 			return false
@@ -471,11 +490,11 @@ func (c *httpConn) flushOut() bool {
 // writeClient writes what of p the client's socket takes now; false when
 // the connection failed and was closed.
 func (c *httpConn) writeClient(p []byte) (int, bool) {
-	for c.w {
-		n, err := sysWrite(c.fd, p)
+	for c.W {
+		n, err := reactor.SysWrite(c.fd, p)
 		switch {
 		case err == unix.EAGAIN:
-			c.w = false
+			c.W = false
 			return 0, true
 		case err == unix.EINTR:
 			continue
@@ -484,7 +503,7 @@ func (c *httpConn) writeClient(p []byte) (int, bool) {
 			return 0, false
 		}
 		if n < len(p) {
-			c.w = false
+			c.W = false
 		}
 		return n, true
 	}
@@ -494,17 +513,17 @@ func (c *httpConn) writeClient(p []byte) (int, bool) {
 // readClient reads from the client into c.in; false when there was
 // nothing to read (or the client is gone: c.eof).
 func (c *httpConn) readClient() bool {
-	if !c.r || c.eof {
+	if !c.R || c.eof {
 		return false
 	}
 	if cap(c.in)-len(c.in) < 1024 {
 		c.in = append(c.in, make([]byte, cap(c.in))...)[:len(c.in)]
 	}
 	buf := c.in[len(c.in):cap(c.in)]
-	n, err := sysRead(c.fd, buf)
+	n, err := reactor.SysRead(c.fd, buf)
 	switch {
 	case err == unix.EAGAIN:
-		c.r = false
+		c.R = false
 		return false
 	case err == unix.EINTR:
 		return true
@@ -512,11 +531,11 @@ func (c *httpConn) readClient() bool {
 		c.eof = true
 		return true
 	}
-	if n < len(buf) && !c.rdhup {
-		c.r = false
+	if n < len(buf) && !c.Rdhup {
+		c.R = false
 	}
 	c.in = c.in[:len(c.in)+n]
-	c.last = c.l.r.now
+	c.last = c.l.r.Now
 	return true
 }
 
@@ -526,20 +545,20 @@ func (c *httpConn) readRequest() bool {
 		// One empty line before a request line is ignored (RFC 9112
 		// 2.2): some clients end a body with one more CRLF. One only,
 		// so that a trickle of them still meets the head's timeout.
-		if n := emptyLine(c.in); n > 0 {
+		if n := httpwire.EmptyLine(c.in); n > 0 {
 			c.in = c.in[:copy(c.in, c.in[n:])]
 			c.skippedEmpty = true
 		}
 	}
-	end := headEnd(c.in)
-	if end > httpMaxHead {
-		c.refuse(&httpError{431, "request head too large"})
+	end := httpwire.HeadEnd(c.in)
+	if end > httpwire.MaxHead {
+		c.refuse(&httpwire.Error{Code: 431, Msg: "request head too large"})
 		return true
 	}
 	if end < 0 {
 		switch {
-		case len(c.in) >= httpMaxHead:
-			c.refuse(&httpError{431, "request head too large"})
+		case len(c.in) >= httpwire.MaxHead:
+			c.refuse(&httpwire.Error{Code: 431, Msg: "request head too large"})
 			return true
 		case c.eof:
 			c.close()
@@ -548,39 +567,39 @@ func (c *httpConn) readRequest() bool {
 		empty := len(c.in) == 0
 		more := c.readClient()
 		if empty && len(c.in) > 0 {
-			c.headStart = c.l.r.now
+			c.headStart = c.l.r.Now
 		}
 		return more
 	}
-	var h reqHead
-	if err := parseRequest(c.in[:end], &h); err != nil {
-		var he *httpError
+	var h httpwire.RequestHead
+	if err := httpwire.ParseRequest(c.in[:end], &h); err != nil {
+		var he *httpwire.Error
 		if !errors.As(err, &he) {
-			he = &httpError{400, err.Error()}
+			he = &httpwire.Error{Code: 400, Msg: err.Error()}
 		}
 		c.refuse(he)
 		return true
 	}
 	c.rlb, c.skippedEmpty = c.l.s.lb.Load(), false
-	c.isHead, c.upgrade, c.http10 = h.isHead(), h.wantsUpgrade(), h.minor == 0
-	c.keepAlive = h.keepAlive && h.minor == 1
-	m := string(h.method)
-	c.retryable = (h.body.length <= 0 && !h.body.chunked) &&
+	c.isHead, c.upgrade, c.http10 = h.IsHead(), h.WantsUpgrade(), h.Minor == 0
+	c.keepAlive = h.KeepAlive && h.Minor == 1
+	m := string(h.Method)
+	c.retryable = (h.Body.Length <= 0 && !h.Body.Chunked) &&
 		(m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "TRACE" || m == "PUT" || m == "DELETE")
-	c.fwd = appendRequest(c.fwd[:0], c.in[:end], &h, c.ip, c.localAddr)
-	if !h.body.chunked && h.body.length < 0 {
-		h.body.length = 0
+	c.fwd = httpwire.AppendRequest(c.fwd[:0], c.in[:end], &h, c.ip, c.localAddr)
+	if !h.Body.Chunked && h.Body.Length < 0 {
+		h.Body.Length = 0
 	}
-	c.reqBody = newBodyReader(h.body, false)
-	if !c.reqBody.valid(c.in[end:]) {
+	c.reqBody = httpwire.NewBodyReader(h.Body, false)
+	if !c.reqBody.Valid(c.in[end:]) {
 		// Chunks already here that no backend may see: refused before
 		// one is chosen.
-		c.refuse(&httpError{400, errChunked.Error()})
+		c.refuse(&httpwire.Error{Code: 400, Msg: httpwire.ErrChunked.Error()})
 		return true
 	}
 	c.bodySent = false
 	c.in = c.in[:copy(c.in, c.in[end:])]
-	c.start = c.l.r.now
+	c.start = c.l.r.Now
 	c.tried, c.attempted, c.timedOut, c.fresh = triedSet{}, false, false, false
 	c.connect()
 	return true
@@ -596,11 +615,11 @@ func (c *httpConn) localAddr() string {
 }
 
 // refuse answers a request the proxy will not pass on, and closes.
-func (c *httpConn) refuse(he *httpError) {
-	c.l.s.lb.Load().mNone.request(he.code)
+func (c *httpConn) refuse(he *httpwire.Error) {
+	c.l.s.lb.Load().mNone.request(he.Code)
 	// The request did not parse, so its method is unknown: the answer
 	// has its body, and the connection ends after it.
-	c.out = appendError(c.out, he.code, statusText(he.code)+": "+he.msg, false, false)
+	c.out = appendError(c.out, he.Code, statusText(he.Code)+": "+he.Msg, false, false)
 	c.state = hsClosing
 }
 
@@ -633,7 +652,7 @@ func (c *httpConn) connect() {
 		c.uout = append(c.uout[:0], c.fwd...)
 		if connecting {
 			c.state = hsConnect
-			c.deadline = c.l.r.now.Add(lb.connectTimeout)
+			c.deadline = c.l.r.Now.Add(lb.connectTimeout)
 			if lb.proxyProtocol > 0 {
 				local, _ := unix.Getsockname(c.fd)
 				var hb headerBuffer
@@ -643,7 +662,7 @@ func (c *httpConn) connect() {
 			}
 		} else {
 			c.state = hsAwaitHead
-			c.deadline = c.l.r.now.Add(lb.idleTimeout)
+			c.deadline = c.l.r.Now.Add(lb.idleTimeout)
 		}
 		c.uin, c.accounted = c.uin[:0], false
 		return
@@ -653,7 +672,7 @@ func (c *httpConn) connect() {
 // upstreamFor is a connection to be: the client's own with the PROXY
 // protocol, else a pooled one, else a new one: connecting.
 func (c *httpConn) upstreamFor(be *backend) (u *upstream, connecting bool, err error) {
-	now := c.l.r.now
+	now := c.l.r.Now
 	if c.rlb.proxyProtocol > 0 {
 		if u := c.pp; u != nil {
 			c.pp = nil
@@ -673,7 +692,7 @@ func (c *httpConn) upstreamFor(be *backend) (u *upstream, connecting bool, err e
 		return nil, false, err
 	}
 	u = &upstream{l: c.l, fd: fd, be: be}
-	if err := c.l.r.add(fd, u, evConn); err != nil {
+	if err := c.l.r.Add(fd, u, reactor.EvConn); err != nil {
 		unix.Close(fd)
 		return nil, false, err
 	}
@@ -705,13 +724,13 @@ func (c *httpConn) outOfResources() {
 func (c *httpConn) answerNone(code int, msg string) {
 	lb := c.rlb
 	lb.mNone.request(code)
-	c.l.s.b.m.duration.WithLabelValues(lb.name, backendNone).Observe(c.l.r.now.Sub(c.start).Seconds())
+	c.l.s.b.m.duration.WithLabelValues(lb.name, backendNone).Observe(c.l.r.Now.Sub(c.start).Seconds())
 	c.answerError(code, msg)
 }
 
 // answerError ends the request with an error of the proxy's own.
 func (c *httpConn) answerError(code int, msg string) {
-	c.clientKA = c.keepAlive && c.reqBody.done && !c.l.s.stopping.Load()
+	c.clientKA = c.keepAlive && c.reqBody.Done && !c.l.s.stopping.Load()
 	c.out = appendError(c.out, code, msg, c.clientKA, c.isHead)
 	c.endRequest()
 }
@@ -722,7 +741,7 @@ func (c *httpConn) endRequest() {
 	if c.clientKA {
 		c.state = hsIdle
 		// A pipelined request's head began now, for its timeout.
-		c.headStart = c.l.r.now
+		c.headStart = c.l.r.Now
 		return
 	}
 	c.state = hsClosing
@@ -734,12 +753,12 @@ func (c *httpConn) exchange() bool {
 	if u == nil {
 		return false
 	}
-	if c.reqBody.done && c.r && !c.eof && len(c.in) < httpMaxHead {
+	if c.reqBody.Done && c.R && !c.eof && len(c.in) < httpwire.MaxHead {
 		// What the client sends meanwhile is its next request; reading
 		// it is also how its end is seen.
 		c.readClient()
 	}
-	if c.eof && c.reqBody.done {
+	if c.eof && c.reqBody.Done {
 		// The client is gone: its request's backend work is abandoned
 		// (nginx's 499), rather than its socket left in CLOSE-WAIT until
 		// the answer.
@@ -747,7 +766,7 @@ func (c *httpConn) exchange() bool {
 		return false
 	}
 	if c.state == hsConnect {
-		if !u.w {
+		if !u.W {
 			return false
 		}
 		if errno, err := unix.GetsockoptInt(u.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
@@ -760,15 +779,15 @@ func (c *httpConn) exchange() bool {
 		c.state = hsAwaitHead
 		c.l.s.b.connectOK(c.be)
 		c.be.m.conns.Inc()
-		c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
+		c.deadline = c.l.r.Now.Add(c.rlb.idleTimeout)
 	}
 	progress := false
 	// The request, head then body, to the backend.
-	for len(c.uout) > 0 && u.w {
-		n, err := sysWrite(u.fd, c.uout)
+	for len(c.uout) > 0 && u.W {
+		n, err := reactor.SysWrite(u.fd, c.uout)
 		switch {
 		case err == unix.EAGAIN:
-			u.w = false
+			u.W = false
 			continue
 		case err == unix.EINTR:
 			continue
@@ -780,17 +799,17 @@ func (c *httpConn) exchange() bool {
 		if c.state == hsAwaitHead {
 			// The backend has the idle timeout to answer from the
 			// last byte of the request.
-			c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
+			c.deadline = c.l.r.Now.Add(c.rlb.idleTimeout)
 		}
 		c.uout = c.uout[:copy(c.uout, c.uout[n:])]
 		if len(c.uout) > 0 {
-			u.w = false
+			u.W = false
 		}
 		progress = true
 	}
-	if len(c.uout) == 0 && !c.reqBody.done {
+	if len(c.uout) == 0 && !c.reqBody.Done {
 		if len(c.in) > 0 {
-			n, err := c.reqBody.take(c.in)
+			n, err := c.reqBody.Take(c.in)
 			if err != nil {
 				c.badBody()
 				return false
@@ -803,7 +822,7 @@ func (c *httpConn) exchange() bool {
 			// The client left in the middle of its body.
 			c.abort(499)
 			return false
-		} else if c.r && u.w {
+		} else if c.R && u.W {
 			if ended, more := c.forwardBody(); ended {
 				return more
 			}
@@ -822,11 +841,11 @@ func (c *httpConn) exchange() bool {
 // at once. ended: the request ended (given up, or answered with an error),
 // and more is what exchange returns then.
 func (c *httpConn) forwardBody() (ended, more bool) {
-	scratch := c.l.r.scratch
-	n, err := sysRead(c.fd, scratch)
+	scratch := c.l.r.Scratch
+	n, err := reactor.SysRead(c.fd, scratch)
 	switch {
 	case err == unix.EAGAIN:
-		c.r = false
+		c.R = false
 		return false, false
 	case err == unix.EINTR:
 		return false, false
@@ -834,11 +853,11 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 		c.eof = true
 		return false, false
 	}
-	if n < len(scratch) && !c.rdhup {
-		c.r = false
+	if n < len(scratch) && !c.Rdhup {
+		c.R = false
 	}
-	c.last = c.l.r.now
-	k, err := c.reqBody.take(scratch[:n])
+	c.last = c.l.r.Now
+	k, err := c.reqBody.Take(scratch[:n])
 	if err != nil {
 		c.badBody()
 		return true, false
@@ -847,10 +866,10 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 	c.in = append(c.in, scratch[k:n]...)
 	c.bodySent = true
 	data := scratch[:k]
-	w, err := sysWrite(c.u.fd, data)
+	w, err := reactor.SysWrite(c.u.fd, data)
 	switch {
 	case err == unix.EAGAIN:
-		c.u.w, w = false, 0
+		c.u.W, w = false, 0
 	case err == unix.EINTR:
 		w = 0
 	case err != nil:
@@ -859,7 +878,7 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 	default:
 		c.be.m.toBackend.Add(float64(w))
 		if c.state == hsAwaitHead {
-			c.deadline = c.l.r.now.Add(c.rlb.idleTimeout)
+			c.deadline = c.l.r.Now.Add(c.rlb.idleTimeout)
 		}
 	}
 	c.uout = append(c.uout, data[w:]...)
@@ -879,34 +898,34 @@ func (c *httpConn) readUpstream() (n int, err error) {
 // readUpstreamInto reads from the backend into buf.
 func (c *httpConn) readUpstreamInto(buf []byte) (n int, err error) {
 	u := c.u
-	if !u.r {
+	if !u.R {
 		return 0, unix.EAGAIN
 	}
-	n, err = sysRead(u.fd, buf)
+	n, err = reactor.SysRead(u.fd, buf)
 	switch {
 	case err == unix.EAGAIN:
-		u.r = false
+		u.R = false
 		return 0, err
 	case err != nil:
 		return 0, err
 	}
-	if n < len(buf) && !u.rdhup {
-		u.r = false
+	if n < len(buf) && !u.Rdhup {
+		u.R = false
 	}
 	if n > 0 {
 		c.be.m.toClient.Add(float64(n))
-		c.last = c.l.r.now
+		c.last = c.l.r.Now
 	}
 	return n, nil
 }
 
 func (c *httpConn) readResponseHead() bool {
 	for {
-		end := headEnd(c.uin)
-		if end > 0 && end <= httpMaxHead {
+		end := httpwire.HeadEnd(c.uin)
+		if end > 0 && end <= httpwire.MaxHead {
 			return c.startResponse(end)
 		}
-		if end > 0 || len(c.uin) >= httpMaxHead {
+		if end > 0 || len(c.uin) >= httpwire.MaxHead {
 			c.backendFailed(errors.New("response head too large"))
 			return true
 		}
@@ -928,21 +947,21 @@ func (c *httpConn) readResponseHead() bool {
 
 // startResponse passes on the response head in c.uin[:end].
 func (c *httpConn) startResponse(end int) bool {
-	if err := parseResponse(c.uin[:end], c.isHead, &c.resp); err != nil {
+	if err := httpwire.ParseResponse(c.uin[:end], c.isHead, &c.resp); err != nil {
 		c.backendFailed(err)
 		return true
 	}
-	code := c.resp.code
+	code := c.resp.Code
 	if code < 200 && code != 101 {
 		// Interim (100 Continue, 103): passed on, but never to an
 		// HTTP/1.0 client (RFC 9110 15.2); the final answer follows.
 		if !c.http10 {
-			c.out = appendResponse(c.out, c.uin[:end], &c.resp, true, false)
+			c.out = httpwire.AppendResponse(c.out, c.uin[:end], &c.resp, true, false)
 		}
 		c.uin = c.uin[:copy(c.uin, c.uin[end:])]
 		return true
 	}
-	if c.http10 && c.resp.body.chunked {
+	if c.http10 && c.resp.Body.Chunked {
 		// The request went as HTTP/1.0: chunks are the backend's fault,
 		// and the client could not read them.
 		c.backendFailed(errors.New("chunked answer to an HTTP/1.0 request"))
@@ -954,30 +973,30 @@ func (c *httpConn) startResponse(end int) bool {
 			c.backendFailed(errors.New("unasked protocol switch"))
 			return true
 		}
-		c.out = appendResponse(c.out, c.uin[:end], &c.resp, false, true)
+		c.out = httpwire.AppendResponse(c.out, c.uin[:end], &c.resp, false, true)
 		c.uin = c.uin[:copy(c.uin, c.uin[end:])]
 		c.tunnel()
 		return false
 	}
-	if br := newBodyReader(c.resp.body, c.resp.closeDelimited); !br.valid(c.uin[end:]) {
+	if br := httpwire.NewBodyReader(c.resp.Body, c.resp.CloseDelimited); !br.Valid(c.uin[end:]) {
 		// Broken chunks already here: a 502 rather than half an answer.
-		c.backendFailed(errChunked)
+		c.backendFailed(httpwire.ErrChunked)
 		return true
 	}
-	c.clientKA = c.keepAlive && !c.resp.closeDelimited && !c.l.s.stopping.Load()
+	c.clientKA = c.keepAlive && !c.resp.CloseDelimited && !c.l.s.stopping.Load()
 	c.heldFrom = len(c.out)
-	c.out = appendResponse(c.out, c.uin[:end], &c.resp, c.clientKA, false)
+	c.out = httpwire.AppendResponse(c.out, c.uin[:end], &c.resp, c.clientKA, false)
 	c.uin = c.uin[:copy(c.uin, c.uin[end:])]
-	c.respBody = newBodyReader(c.resp.body, c.resp.closeDelimited)
+	c.respBody = httpwire.NewBodyReader(c.resp.Body, c.resp.CloseDelimited)
 	// On with the body at once: head and body leave in one write, one
 	// segment for a small response, as nginx's writev sends them. A
 	// backend that wrote its head and body apart (nginx does: writev,
 	// then sendfile) sends the body microseconds later: the head waits
 	// for it up to httpHoldHead (nginx's postpone_output waits for 1460
 	// bytes or the end, however long).
-	if len(c.uin) == 0 && !c.respBody.done {
+	if len(c.uin) == 0 && !c.respBody.Done {
 		c.hold = true
-		c.l.r.holdUntil(c.fd, c, c.l.r.now.Add(httpHoldHead))
+		c.l.r.HoldUntil(c.fd, c, c.l.r.Now.Add(httpHoldHead))
 	}
 	c.relayResponse()
 	return true
@@ -994,7 +1013,7 @@ func (c *httpConn) relayResponse() bool {
 			}
 			c.uin = c.uin[:copy(c.uin, c.uin[k:])]
 		}
-		if c.respBody.done {
+		if c.respBody.Done {
 			c.finish()
 			return true
 		}
@@ -1003,7 +1022,7 @@ func (c *httpConn) relayResponse() bool {
 		}
 		// The body is read into the loop's buffer and written on from
 		// there: only what the client cannot take at once is copied.
-		scratch := c.l.r.scratch
+		scratch := c.l.r.Scratch
 		n, err := c.readUpstreamInto(scratch)
 		switch {
 		case err == unix.EAGAIN:
@@ -1011,8 +1030,8 @@ func (c *httpConn) relayResponse() bool {
 		case err == unix.EINTR:
 			continue
 		case err != nil || n == 0:
-			if c.resp.closeDelimited && err == nil {
-				c.respBody.done = true
+			if c.resp.CloseDelimited && err == nil {
+				c.respBody.Done = true
 				continue
 			}
 			c.responseBroke(errors.New("the backend broke off the body"))
@@ -1032,14 +1051,14 @@ func (c *httpConn) relayResponse() bool {
 // much that was, and false when the connection was given up. A held head
 // leaves with it.
 func (c *httpConn) passBody(p []byte) (int, bool) {
-	k, err := c.respBody.take(p)
+	k, err := c.respBody.Take(p)
 	if err != nil {
 		c.responseBroke(err)
 		return 0, false
 	}
-	if c.respBody.done {
+	if c.respBody.Done {
 		// Counted before the client can see the end.
-		c.account(c.resp.code)
+		c.account(c.resp.Code)
 	}
 	if k == 0 {
 		return 0, true
@@ -1073,19 +1092,19 @@ func (c *httpConn) finish() {
 	// A head held for its body leaves now, whatever the body was (a
 	// close-delimited one may be empty).
 	c.hold = false
-	c.account(c.resp.code)
+	c.account(c.resp.Code)
 	c.releaseBackend()
-	if c.resp.reusable && c.reqBody.done && len(c.uin) == 0 && len(c.uout) == 0 && !c.l.s.stopping.Load() {
+	if c.resp.Reusable && c.reqBody.Done && len(c.uin) == 0 && len(c.uout) == 0 && !c.l.s.stopping.Load() {
 		if c.rlb.proxyProtocol > 0 {
-			u.owner, u.idleSince, u.reused, u.r = nil, c.l.r.now, true, false
+			u.owner, u.idleSince, u.reused, u.R = nil, c.l.r.Now, true, false
 			c.pp = u
-		} else if !c.l.pool(be.st).put(u, c.l.r.now) {
+		} else if !c.l.pool(be.st).put(u, c.l.r.Now) {
 			u.close()
 		}
 	} else {
 		u.close()
 	}
-	if !c.reqBody.done {
+	if !c.reqBody.Done {
 		c.clientKA = false
 	}
 	c.endRequest()
@@ -1174,7 +1193,7 @@ func (c *httpConn) badBody() {
 	}
 	c.releaseBackendClosing()
 	c.keepAlive = false
-	c.answerNone(400, statusText(400)+": "+errChunked.Error())
+	c.answerNone(400, statusText(400)+": "+httpwire.ErrChunked.Error())
 }
 
 // abort ends a request that cannot be answered properly any more: both
@@ -1192,18 +1211,20 @@ func (c *httpConn) abort(code int) {
 func (c *httpConn) tunnel() {
 	u, be := c.u, c.be
 	c.account(101)
-	t := &tcpConn{
-		r: c.l.r, b: c.l.s.b, home: c.l, lb: c.lb, be: be, cfd: c.fd, sfd: u.fd, client: c.client,
-		cl: c.readiness, sv: u.readiness,
-		toServer: append([]byte(nil), c.in...), toClient: append(append([]byte(nil), c.out...), c.uin...),
-		last: c.l.r.now, counted: true, backendActive: true,
-	}
+	t := (&tcpConn{
+		r: c.l.r, b: c.l.s.b, home: c.l, lb: c.lb, be: be, client: c.client,
+		clientEnd:  tcpEnd{fd: c.fd, Readiness: c.Readiness},
+		backendEnd: tcpEnd{fd: u.fd, Readiness: u.Readiness},
+		up:         tcpDirection{pend: append([]byte(nil), c.in...)},
+		down:       tcpDirection{pend: append(append([]byte(nil), c.out...), c.uin...)},
+		last:       c.l.r.Now, counted: true, backendActive: true,
+	}).wire()
 	// The relay owns the sockets and the accounting now.
-	c.l.r.entries[c.fd].h, c.l.r.entries[u.fd].h = t, t
+	c.l.r.Entries[c.fd].H, c.l.r.Entries[u.fd].H = t, t
 	u.owner, u.fd, c.u, c.done = nil, -1, nil, true
 	delete(c.l.conns, c)
 	c.l.tunnels[t] = struct{}{}
-	t.event(t.cfd, unix.EPOLLIN|unix.EPOLLOUT)
+	t.Event(t.clientEnd.fd, unix.EPOLLIN|unix.EPOLLOUT)
 }
 
 // checkTimeouts: a client that idles out, a connect past its deadline, a
@@ -1219,7 +1240,7 @@ func (c *httpConn) checkTimeouts(now time.Time) {
 	case c.state == hsConnect && now.After(c.deadline):
 		c.connectFailed(errConnectTimeout)
 		c.run()
-	case c.state == hsAwaitHead && now.After(c.deadline) && !c.reqBody.done && len(c.uout) == 0:
+	case c.state == hsAwaitHead && now.After(c.deadline) && !c.reqBody.Done && len(c.uout) == 0:
 		// The client stopped sending its body (nginx answers 408 to
 		// that; half a request cannot be answered): cut.
 		c.abort(408)
@@ -1246,10 +1267,10 @@ func (c *httpConn) close() {
 		c.pp.close()
 		c.pp = nil
 	}
-	c.l.r.closeFD(c.fd)
+	c.l.r.CloseFD(c.fd)
 	delete(c.l.conns, c)
 	c.lb.mActive.Dec()
-	c.l.s.count.closed()
+	c.l.s.count.Closed()
 }
 
 // appendError is a short plain-text answer, as nginx gives.

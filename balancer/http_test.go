@@ -6,14 +6,16 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
@@ -420,4 +422,125 @@ func TestHTTPLargeRequestBody(t *testing.T) {
 			t.Errorf("chunked=%v: backend saw %q, want %q", chunked, got, want)
 		}
 	}
+}
+
+// Pipelined requests on one connection are answered in order, and an
+// HTTP/1.0 request without keep-alive gets its answer, then the end.
+func TestHTTPPipelinedAndHTTP10(t *testing.T) {
+	_, _, c := rawHTTPFront(t, 0)
+	io.WriteString(c, "GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /three HTTP/1.0\r\n\r\n")
+	r := bufio.NewReader(c)
+	for _, want := range []string{"h1 /one", "h1 /two", "h1 /three"} {
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", want, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if string(body) != want {
+			t.Errorf("got %q, want %q", body, want)
+		}
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		t.Errorf("after the HTTP/1.0 answer: %v, want EOF", err)
+	}
+}
+
+// A request the proxy refuses gets a short answer and the connection ends;
+// nothing reaches the backend.
+func TestHTTPRefusesSmuggling(t *testing.T) {
+	_, conns, c := rawHTTPFront(t, 0)
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 400 || !strings.Contains(string(body), "Content-Length and Transfer-Encoding") {
+		t.Errorf("got %s %q", resp.Status, body)
+	}
+	if n := conns.Load(); n != 0 {
+		t.Errorf("backend got %d connections", n)
+	}
+}
+
+// A client that stops in the middle of its body is cut after the idle
+// timeout, and the request counted as 408.
+func TestHTTPStalledBodyCut(t *testing.T) {
+	b, _, c := rawHTTPFront(t, 200)
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+	c.SetReadDeadline(time.Now().Add(waitFor))
+	start := time.Now()
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("got an answer to half a request")
+	}
+	if took := time.Since(start); took < 200*time.Millisecond || took > waitFor/2 {
+		t.Errorf("cut after %s, want just over the 200ms idle timeout", took)
+	}
+	eventually(t, "408 counted", func() bool { return testutil.ToFloat64(b.m.requests.WithLabelValues("web", "h1", "408")) == 1 })
+}
+
+// A request head that trickles in byte by byte is cut after the idle
+// timeout in all, however often its bytes come.
+func TestHTTPSlowHeadCut(t *testing.T) {
+	_, _, c := rawHTTPFront(t, 300)
+	start := time.Now()
+	head := "GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + strings.Repeat("x", 100)
+	var werr error
+	for i := 0; i < len(head) && werr == nil && time.Since(start) < waitFor; i++ {
+		_, werr = c.Write([]byte{head[i]})
+		time.Sleep(20 * time.Millisecond)
+	}
+	if werr == nil {
+		t.Fatal("the trickling head was never cut")
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("cut after %s, want about the 300ms idle timeout", took)
+	}
+}
+
+// After a refusal the proxy closes its write side and drains what the
+// client still sends, rather than close at once: a close with unread bytes
+// sends a reset, which can destroy an answer not yet read.
+func TestHTTPRefusalLingers(t *testing.T) {
+	_, _, c := rawHTTPFront(t, 0)
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(waitFor))
+	r := bufio.NewReader(c)
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 400 {
+		t.Errorf("got %s, want 400", resp.Status)
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		t.Errorf("after the answer: %v, want EOF", err)
+	}
+	// The client's late body is taken, not reset: every write succeeds.
+	chunk := []byte(strings.Repeat("x", 4<<10))
+	for i := range 20 {
+		time.Sleep(5 * time.Millisecond)
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatalf("write %d after the answer: %v", i, err)
+		}
+	}
+}
+
+// rawHTTPFront is an http load balancer named web in front of one backend
+// (h1; idleMs its idle timeout, 0 for the default), the backend's count of
+// connections, and a raw client connection to the balancer.
+func rawHTTPFront(t *testing.T, idleMs int64) (*Balancer, *atomic.Int64, net.Conn) {
+	t.Helper()
+	b := newBalancer(t)
+	h1, conns := startHTTPBackend(t, "h1")
+	l := named(httpLB("web", hostOf(h1)), "h1")
+	l.IdleTimeoutMs = idleMs
+	configure(t, b, l)
+	c, err := net.Dial("tcp", addr(t, b, "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return b, conns, c
 }

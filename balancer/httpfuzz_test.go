@@ -18,6 +18,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/httpwire"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
@@ -156,7 +157,7 @@ func FuzzHTTPProxy(f *testing.F) {
 	})
 }
 
-// refusal: a status line of the proxy's refusals (httpError codes).
+// refusal: a status line of the proxy's refusals (httpwire.Error codes).
 func refusal(statusLine []byte) bool {
 	switch string(statusLine) {
 	case "HTTP/1.1 400", "HTTP/1.1 431", "HTTP/1.1 501", "HTTP/1.1 505":
@@ -176,8 +177,8 @@ func referenceRequests(stream []byte) []refRequest {
 	for {
 		// One empty line before a request is ignored (RFC 9112 2.2),
 		// as the proxy does; net/http does not.
-		if p, _ := br.Peek(2); emptyLine(p) > 0 {
-			br.Discard(emptyLine(p))
+		if p, _ := br.Peek(2); httpwire.EmptyLine(p) > 0 {
+			br.Discard(httpwire.EmptyLine(p))
 		}
 		req, err := http.ReadRequest(br)
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/httpwire"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
@@ -186,7 +187,7 @@ func TestHTTPHeadLimit(t *testing.T) {
 	for _, tc := range []struct {
 		size int
 		code int
-	}{{httpMaxHead, 200}, {httpMaxHead + 1, 431}} {
+	}{{httpwire.MaxHead, 200}, {httpwire.MaxHead + 1, 431}} {
 		c := dialFront(t, front)
 		head := "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: "
 		head += strings.Repeat("p", tc.size-len(head)-4) + "\r\n\r\n"

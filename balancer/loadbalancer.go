@@ -68,7 +68,7 @@ type loadBalancer struct {
 	typ           string
 	algorithm     string
 	proxyProtocol int
-	// splice: streaming tcp directions move through pipes (splice.go).
+	// splice: streaming tcp directions move through pipes (reactor.Pipe).
 	splice         bool
 	connectTimeout time.Duration
 	idleTimeout    time.Duration

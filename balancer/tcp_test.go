@@ -2,9 +2,11 @@ package balancer
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand"
 	"net"
@@ -16,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
@@ -236,9 +239,9 @@ func TestTCPBackendClosesFirst(t *testing.T) {
 // pipeCounts are how many splice pipes b's loops have opened in all, and
 // how many are open now.
 func pipeCounts(b *Balancer) (opened, open int) {
-	for _, r := range b.loops.loops {
-		opened += int(r.pipesOpened.Load())
-		r.do(func() { open += r.pipes })
+	for _, r := range b.loops.Loops {
+		opened += int(r.PipesOpened.Load())
+		r.Do(func() { open += r.Pipes })
 	}
 	return opened, open
 }
@@ -352,6 +355,107 @@ func BenchmarkTCPStream(b *testing.B) {
 					b.Fatalf("got %d bytes", n)
 				}
 			}
+		})
+	}
+}
+
+// withSendRing runs f with the loops of balancers made meanwhile sending
+// through a ring or with sendto.
+func withSendRing(t *testing.T, on bool, f func(t *testing.T)) {
+	t.Helper()
+	if on {
+		if _, err := reactor.NewSendRing(); err != nil {
+			t.Skipf("no io_uring here: %v", err)
+		}
+	}
+	old := reactor.SendRingOn
+	reactor.SendRingOn = on
+	t.Cleanup(func() { reactor.SendRingOn = old })
+	f(t)
+}
+
+// Small writes through the proxy, the ring's kind, whether the loop sends
+// them through its ring or one sendto each: many short exchanges, then a
+// flood of small writes towards a backend that stops reading for a while
+// (the writes meet a full socket and wait), then a half-close that must
+// reach the backend after the last byte.
+func TestTCPSmallWritesRingAndSendto(t *testing.T) {
+	for _, ring := range []bool{true, false} {
+		t.Run(fmt.Sprintf("ring=%v", ring), func(t *testing.T) {
+			withSendRing(t, ring, func(t *testing.T) {
+				b := newBalancer(t)
+				type result struct {
+					sum [32]byte
+					n   int
+					err error
+				}
+				got := make(chan result, 1)
+				backend := serveTCP(t, func(c net.Conn) {
+					// An echo for the exchanges; "flood" turns it
+					// into a sink that reads nothing for a while.
+					buf := make([]byte, 4096)
+					for {
+						n, err := c.Read(buf)
+						if err != nil {
+							return
+						}
+						if bytes.Equal(buf[:n], []byte("flood\n")) {
+							break
+						}
+						c.Write(buf[:n])
+					}
+					time.Sleep(300 * time.Millisecond)
+					h := sha256.New()
+					n, err := io.Copy(h, c)
+					var r result
+					copy(r.sum[:], h.Sum(nil))
+					r.n, r.err = int(n), err
+					got <- r
+					c.Write([]byte("done"))
+				})
+				configure(t, b, lb("web", "127.0.0.1:0", backend))
+				c, err := net.Dial("tcp", addr(t, b, "web"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				if b.loops.Loops[0].Ring != nil != ring {
+					t.Fatalf("loop ring set up = %v, want %v", b.loops.Loops[0].Ring != nil, ring)
+				}
+				buf := make([]byte, 4096)
+				for i := range 200 {
+					msg := bytes.Repeat([]byte{byte('a' + i%26)}, 1+i*7)
+					if _, err := c.Write(msg); err != nil {
+						t.Fatal(err)
+					}
+					if _, err := io.ReadFull(c, buf[:len(msg)]); err != nil || !bytes.Equal(buf[:len(msg)], msg) {
+						t.Fatalf("exchange %d: %v, echo differs", i, err)
+					}
+				}
+				if _, err := c.Write([]byte("flood\n")); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(50 * time.Millisecond)
+				h := sha256.New()
+				sent := 0
+				for i := range 16000 {
+					msg := bytes.Repeat([]byte{byte('A' + i%26)}, 512)
+					if _, err := c.Write(msg); err != nil {
+						t.Fatal(err)
+					}
+					h.Write(msg)
+					sent += len(msg)
+				}
+				c.(*net.TCPConn).CloseWrite()
+				r := <-got
+				if r.err != nil || r.n != sent || r.sum != [32]byte(h.Sum(nil)) {
+					t.Errorf("backend got %d bytes (%v), want the %d sent, in order", r.n, r.err, sent)
+				}
+				if reply, _ := io.ReadAll(c); string(reply) != "done" {
+					t.Errorf("after the half-close: %q, want the backend's %q", reply, "done")
+				}
+			})
 		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,14 +38,14 @@ const (
 // move without an allocation once the session exists.
 type udpServer struct {
 	b    *Balancer
-	sock *socket
+	sock *reactor.Socket
 	lb   atomic.Pointer[loadBalancer]
 	// pktinfo is the IP version of the destination-address control
 	// messages on a wildcard-bound socket, 0 otherwise.
 	pktinfo int
 	// stopped: datagrams of clients without a session are dropped.
 	stopped atomic.Bool
-	count   connCount
+	count   reactor.ConnCount
 	shards  []*udpShard
 }
 
@@ -52,7 +53,7 @@ type udpServer struct {
 // loop's.
 type udpShard struct {
 	s        *udpServer
-	r        *reactor
+	r        *reactor.Loop
 	fd       int // the loop's duplicate of its socket of the group
 	sessions map[netip.AddrPort]*udpSession
 	in       *mmsgBatch
@@ -77,17 +78,17 @@ type udpSession struct {
 	closed   bool
 }
 
-func (b *Balancer) serveUDP(sock *socket, lb *loadBalancer) *udpServer {
+func (b *Balancer) serveUDP(sock *reactor.Socket, lb *loadBalancer) *udpServer {
 	s := &udpServer{b: b, sock: sock}
 	s.lb.Store(lb)
-	fds := sock.fds()
+	fds := sock.Fds()
 	// Every socket is set up before any loop reads one.
 	for _, fd := range fds {
 		// Best effort: a burst larger than the default buffer is
 		// dropped by the kernel before we read it.
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, udpSocketBuffer)
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, udpSocketBuffer)
-		v, err := enablePktinfo(fd, sock.addr)
+		v, err := reactor.EnablePktinfo(fd, sock.Addr)
 		if err != nil {
 			b.log.Warn().Err(err).Str("balancer", lb.name).Msg("udp: cannot learn datagrams' destination; replies leave from the route's preferred address")
 		} else if v != 0 {
@@ -95,16 +96,16 @@ func (b *Balancer) serveUDP(sock *socket, lb *loadBalancer) *udpServer {
 		}
 	}
 	for i, fd := range fds {
-		sh := &udpShard{s: s, r: b.loops.loops[i%len(b.loops.loops)], fd: -1, sessions: map[netip.AddrPort]*udpSession{},
+		sh := &udpShard{s: s, r: b.loops.Loops[i%len(b.loops.Loops)], fd: -1, sessions: map[netip.AddrPort]*udpSession{},
 			in: newMmsgBatch(udpBatch, udpReadBuffer, udpOOBBuffer)}
 		var err error
-		if sh.fd, err = dupFD(fd); err == nil {
-			sh.r.do(func() { err = sh.r.add(sh.fd, sh, unix.EPOLLIN) })
+		if sh.fd, err = reactor.DupFD(fd); err == nil {
+			sh.r.Do(func() { err = sh.r.Add(sh.fd, sh, unix.EPOLLIN) })
 		}
 		if err != nil {
 			b.log.Error().Err(err).Str("balancer", lb.name).Msg("udp load balancer cannot read its socket")
 		}
-		sh.stopT = sh.r.every(max(lb.idleTimeout/4, reactorTick), sh.sweep)
+		sh.stopT = sh.r.Every(max(lb.idleTimeout/4, reactor.Tick), sh.sweep)
 		s.shards = append(s.shards, sh)
 	}
 	return s
@@ -112,7 +113,7 @@ func (b *Balancer) serveUDP(sock *socket, lb *loadBalancer) *udpServer {
 
 func (s *udpServer) current() *loadBalancer           { return s.lb.Load() }
 func (s *udpServer) compatible(lb *loadBalancer) bool { return lb.typ == TypeUDP }
-func (s *udpServer) clients() int                     { return int(s.count.n.Load()) }
+func (s *udpServer) clients() int                     { return int(s.count.N.Load()) }
 
 // update swaps the config; the idle timeout applies to sessions at once,
 // backends to new sessions.
@@ -123,25 +124,25 @@ func (s *udpServer) update(lb *loadBalancer) { s.lb.Store(lb) }
 func (s *udpServer) stop() { s.stopped.Store(true) }
 
 func (s *udpServer) drain(deadline time.Time) {
-	s.count.waitEmpty(time.Until(deadline))
+	s.count.WaitEmpty(time.Until(deadline))
 	for _, sh := range s.shards {
-		sh.r.do(func() {
+		sh.r.Do(func() {
 			for _, sess := range sh.sessions {
 				sess.close()
 			}
 			if sh.fd >= 0 {
-				sh.r.closeFD(sh.fd)
+				sh.r.CloseFD(sh.fd)
 				sh.fd = -1
 			}
 		})
 		sh.stopT()
 	}
-	s.sock.close()
+	s.sock.Close()
 }
 
 // event reads a batch of the clients' datagrams; level-triggered epoll
 // reports the socket again while more wait.
-func (sh *udpShard) event(fd int, _ uint32) {
+func (sh *udpShard) Event(fd int, _ uint32) {
 	if fd < 0 || sh.fd < 0 {
 		return
 	}
@@ -172,8 +173,8 @@ func (sh *udpShard) forward(p, oob []byte, from netip.AddrPort) {
 				return
 			}
 		}
-		sess.last = sh.r.now
-		if _, err := sysWrite(sess.fd, p); err != nil {
+		sess.last = sh.r.Now
+		if _, err := reactor.SysWrite(sess.fd, p); err != nil {
 			if err == unix.EAGAIN || sh.s.b.noteLocal(sess.lb.name, opConnect, err) {
 				// The socket is full, or the balancer short of
 				// buffers: dropped, as the kernel would.
@@ -204,9 +205,9 @@ func (sh *udpShard) open(from netip.AddrPort, oob []byte) *udpSession {
 		return nil
 	}
 	fd, err := connectSocket(be.ap, unix.SOCK_DGRAM)
-	sess := &udpSession{sh: sh, fd: fd, client: from, lb: lb, be: be, last: sh.r.now}
+	sess := &udpSession{sh: sh, fd: fd, client: from, lb: lb, be: be, last: sh.r.Now}
 	if err == nil {
-		if err = sh.r.add(fd, sess, unix.EPOLLIN); err != nil {
+		if err = sh.r.Add(fd, sess, unix.EPOLLIN); err != nil {
 			unix.Close(fd)
 		}
 	}
@@ -216,8 +217,8 @@ func (sh *udpShard) open(from netip.AddrPort, oob []byte) *udpSession {
 		return nil
 	}
 	if s.pktinfo != 0 {
-		if dst, ok := pktinfoDst(oob); ok {
-			sess.oob = pktinfoSrc(s.pktinfo, dst)
+		if dst, ok := reactor.PktinfoDst(oob); ok {
+			sess.oob = reactor.PktinfoSrc(s.pktinfo, dst)
 		}
 	}
 	sess.reply.Name = (*byte)(unsafe.Pointer(&sess.name))
@@ -229,7 +230,7 @@ func (sh *udpShard) open(from netip.AddrPort, oob []byte) *udpSession {
 		sess.reply.SetControllen(len(sess.oob))
 	}
 	sh.sessions[from] = sess
-	s.count.opened()
+	s.count.Opened()
 	lb.mActive.Inc()
 	be.st.active.Add(1)
 	be.m.active.Inc()
@@ -243,12 +244,12 @@ func (sh *udpShard) open(from netip.AddrPort, oob []byte) *udpSession {
 // reports it again while more replies wait, so the loop needs no read that
 // finds the socket empty (a sixth of the syscalls of a datagram's round
 // trip).
-func (sess *udpSession) event(fd int, _ uint32) {
+func (sess *udpSession) Event(fd int, _ uint32) {
 	if sess.closed {
 		return
 	}
 	sh, b := sess.sh, sess.sh.s.b
-	buf := sh.r.scratch[:udpReplyBuffer]
+	buf := sh.r.Scratch[:udpReplyBuffer]
 	n, flags, err := recvOne(fd, buf)
 	for err == unix.EINTR {
 		n, flags, err = recvOne(fd, buf)
@@ -272,7 +273,7 @@ func (sess *udpSession) event(fd int, _ uint32) {
 	if flags&unix.MSG_TRUNC != 0 {
 		return
 	}
-	sess.last = sh.r.now
+	sess.last = sh.r.Now
 	sess.iov.Base = unsafe.SliceData(buf)
 	sess.iov.SetLen(n)
 	if _, _, e := syscall.RawSyscall(syscall.SYS_SENDMSG, uintptr(sh.fd), uintptr(unsafe.Pointer(&sess.reply)), 0); e == 0 {
@@ -291,11 +292,11 @@ func (sess *udpSession) close() {
 	if sh.sessions[sess.client] == sess {
 		delete(sh.sessions, sess.client)
 	}
-	sh.r.closeFD(sess.fd)
+	sh.r.CloseFD(sess.fd)
 	sess.lb.mActive.Dec()
 	sess.be.st.active.Add(-1)
 	sess.be.m.active.Dec()
-	sh.s.count.closed()
+	sh.s.count.Closed()
 }
 
 // sweep closes the shard's sessions idle for the load balancer's idle

@@ -143,7 +143,7 @@ func TestUDPClientsSpreadOverLoops(t *testing.T) {
 	busy, sessions := 0, 0
 	for _, sh := range srv.shards {
 		var n int
-		sh.r.do(func() { n = len(sh.sessions) })
+		sh.r.Do(func() { n = len(sh.sessions) })
 		sessions += n
 		if n > 0 {
 			busy++

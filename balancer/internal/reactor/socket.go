@@ -1,4 +1,4 @@
-package balancer
+package reactor
 
 import (
 	"context"
@@ -17,21 +17,21 @@ import (
 // an idle runtime thread for every datagram or connection that arrives,
 // to find no goroutine waiting (measured: 38k wakeups a second, a quarter
 // of the udp load balancer's throughput).
-type socket struct {
+type Socket struct {
 	fd   int
-	addr net.Addr
+	Addr net.Addr
 	// group are the other sockets of a udp frontend served by several
 	// loops (see openUDPGroup), bound to the same address.
 	group []int
 	once  sync.Once
 }
 
-// openSocket listens on bind: network is "tcp" or "udp".
-func openSocket(ctx context.Context, network, bind string) (*socket, error) {
+// OpenSocket listens on bind: network is "tcp" or "udp".
+func OpenSocket(ctx context.Context, network, bind string) (*Socket, error) {
 	return openSocketWith(ctx, net.ListenConfig{}, network, bind)
 }
 
-func openSocketWith(ctx context.Context, lc net.ListenConfig, network, bind string) (*socket, error) {
+func openSocketWith(ctx context.Context, lc net.ListenConfig, network, bind string) (*Socket, error) {
 	var c syscallConn
 	var addr net.Addr
 	if network == "udp" {
@@ -52,10 +52,10 @@ func openSocketWith(ctx context.Context, lc net.ListenConfig, network, bind stri
 	if err != nil {
 		return nil, fmt.Errorf("take socket %s from Go's netpoller: %w", addr, err)
 	}
-	return &socket{fd: fd, addr: addr}, nil
+	return &Socket{fd: fd, Addr: addr}, nil
 }
 
-// openUDPGroup opens n udp sockets bound to the same address with
+// OpenUDPGroup opens n udp sockets bound to the same address with
 // SO_REUSEPORT, one per event loop: the kernel hashes each client's
 // address to one of them, so a client's datagrams all reach the same loop
 // and its session, while the clients spread over every loop (as nginx's
@@ -63,20 +63,20 @@ func openSocketWith(ctx context.Context, lc net.ListenConfig, network, bind stri
 // first with a plain bind, as a single socket would be: the group does
 // not quietly share a port with another process that also asked for
 // SO_REUSEPORT.
-func openUDPGroup(ctx context.Context, bind string, n int) (*socket, error) {
+func OpenUDPGroup(ctx context.Context, bind string, n int) (*Socket, error) {
 	if n <= 1 {
-		return openSocket(ctx, "udp", bind)
+		return OpenSocket(ctx, "udp", bind)
 	}
 	host, port, err := net.SplitHostPort(bind)
 	if err != nil {
 		return nil, err
 	}
 	if port != "0" && port != "" {
-		probe, err := openSocket(ctx, "udp", bind)
+		probe, err := OpenSocket(ctx, "udp", bind)
 		if err != nil {
 			return nil, err
 		}
-		probe.close()
+		probe.Close()
 	}
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
@@ -85,19 +85,19 @@ func openUDPGroup(ctx context.Context, bind string, n int) (*socket, error) {
 		}
 		return serr
 	}}
-	var group *socket
+	var group *Socket
 	for range n {
 		sock, err := openSocketWith(ctx, lc, "udp", bind)
 		if err != nil {
 			if group != nil {
-				group.close()
+				group.Close()
 			}
 			return nil, err
 		}
 		if group == nil {
 			group = sock
 			// The others bind the port the first was given.
-			bind = net.JoinHostPort(host, fmt.Sprint(sock.addr.(*net.UDPAddr).Port))
+			bind = net.JoinHostPort(host, fmt.Sprint(sock.Addr.(*net.UDPAddr).Port))
 			continue
 		}
 		group.group = append(group.group, sock.fd)
@@ -106,19 +106,19 @@ func openUDPGroup(ctx context.Context, bind string, n int) (*socket, error) {
 }
 
 // fds are the socket's descriptors: its own, then its group's.
-func (s *socket) fds() []int { return append([]int{s.fd}, s.group...) }
+func (s *Socket) Fds() []int { return append([]int{s.fd}, s.group...) }
 
-// dupFD is another descriptor of one of a frontend's sockets, for an event
+// DupFD is another descriptor of one of a frontend's sockets, for an event
 // loop to own.
-func dupFD(fd int) (int, error) {
+func DupFD(fd int) (int, error) {
 	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 }
 
 // close closes the frontend's descriptor; the socket stays open while a
 // loop's duplicate does. Safe to call twice.
-func (s *socket) close() {
+func (s *Socket) Close() {
 	s.once.Do(func() {
-		for _, fd := range s.fds() {
+		for _, fd := range s.Fds() {
 			unix.Close(fd)
 		}
 	})
@@ -137,7 +137,7 @@ func dupSocket(c syscallConn) (int, error) {
 	}
 	fd := -1
 	var derr error
-	if err := raw.Control(func(s uintptr) { fd, derr = dupFD(int(s)) }); err != nil {
+	if err := raw.Control(func(s uintptr) { fd, derr = DupFD(int(s)) }); err != nil {
 		return -1, err
 	}
 	return fd, derr

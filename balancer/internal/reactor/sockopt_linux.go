@@ -1,4 +1,4 @@
-package balancer
+package reactor
 
 import (
 	"net"
@@ -7,12 +7,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// enablePktinfo asks a udp socket bound to a wildcard address to report
+// EnablePktinfo asks a udp socket bound to a wildcard address to report
 // each datagram's destination address, so replies can leave from the
 // address the client wrote to (the VIP) rather than whichever address the
 // route prefers. It returns the IP version of the control messages, or 0
 // for a socket bound to one address, which needs none.
-func enablePktinfo(fd int, addr net.Addr) (int, error) {
+func EnablePktinfo(fd int, addr net.Addr) (int, error) {
 	la, ok := addr.(*net.UDPAddr)
 	if !ok || !la.IP.IsUnspecified() {
 		return 0, nil
@@ -29,9 +29,9 @@ func enablePktinfo(fd int, addr net.Addr) (int, error) {
 	return v, nil
 }
 
-// pktinfoDst finds the destination address in a datagram's control
+// PktinfoDst finds the destination address in a datagram's control
 // messages. It runs once per udp session, not per datagram.
-func pktinfoDst(oob []byte) (netip.Addr, bool) {
+func PktinfoDst(oob []byte) (netip.Addr, bool) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
 		return netip.Addr{}, false
@@ -49,8 +49,8 @@ func pktinfoDst(oob []byte) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// pktinfoSrc builds the control message that sends a reply from src.
-func pktinfoSrc(v int, src netip.Addr) []byte {
+// PktinfoSrc builds the control message that sends a reply from src.
+func PktinfoSrc(v int, src netip.Addr) []byte {
 	if v == 4 {
 		return unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: src.Unmap().As4()})
 	}

@@ -1,4 +1,9 @@
-package balancer
+// Package reactor is the load balancer's I/O engine: epoll event loops
+// (Loop, a Group of them), the listening sockets they accept on, the
+// frontends' sockets, the io_uring ring that sends a turn's small writes
+// together, and splice pipes. It knows nothing of tcp, http or udp load
+// balancing: a socket's owner is a Handler, called with epoll's events.
+package reactor
 
 import (
 	"fmt"
@@ -12,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// reactor is an epoll event loop, the way HAProxy and nginx work: one
+// Loop is an epoll event loop, the way HAProxy and nginx work: one
 // goroutine owns a set of non-blocking sockets and reads each only when
 // epoll says it has data. Go's own netpoller reads first and parks on
 // EAGAIN, one wasted syscall per wakeup, and parks a goroutine per socket
@@ -30,15 +35,15 @@ import (
 //
 // Everything a socket handler touches is the loop's: other goroutines hand
 // work over with post.
-type reactor struct {
+type Loop struct {
 	epfd    int
 	efd     int // eventfd: post wakes the loop through it
 	events  []unix.EpollEvent
-	entries []reactorEntry // by fd
+	Entries []reactorEntry // by fd
 	// scratch is where sockets are read into: data is written on in the
 	// same turn (small writes through ring, copied into its arena) and
 	// kept only when the other side cannot take it all.
-	scratch []byte
+	Scratch []byte
 	// again are handlers to call after the batch (see later): those
 	// whose I/O waits for the batch's end, and those that stopped before
 	// their socket was drained (a bound on the work per event keeps the
@@ -48,15 +53,15 @@ type reactor struct {
 	held []heldEntry
 	// now is the time of the current batch: handlers stamp activity with it
 	// instead of reading the clock per socket.
-	now time.Time
-	// pipes are the splice pipes open on the loop (see splice.go);
+	Now time.Time
+	// Pipes are the splice pipes open on the loop (see splice.go);
 	// pipesOpened counts every one opened, for tests.
-	pipes       int
-	pipesOpened atomic.Int64
+	Pipes       int
+	PipesOpened atomic.Int64
 	// ring sends a turn's small writes together; nil: sendto each, and
 	// ringErr says why.
-	ring    *sendRing
-	ringErr error
+	Ring    *SendRing
+	RingErr error
 
 	mu      sync.Mutex
 	tasks   []func()
@@ -73,15 +78,15 @@ type reactor struct {
 	tickFn func()
 }
 
-// reactorHandler owns one or more of the loop's sockets.
-type reactorHandler interface {
-	// event reports epoll events on fd, one of the handler's sockets; 0
+// Handler owns one or more of the loop's sockets.
+type Handler interface {
+	// Event reports epoll events on fd, one of the handler's sockets; 0
 	// is the call later asked for, evHeld the one holdUntil asked for.
-	event(fd int, ev uint32)
+	Event(fd int, ev uint32)
 }
 
 type reactorEntry struct {
-	h  reactorHandler
+	H  Handler
 	fd int
 }
 
@@ -90,9 +95,9 @@ type heldEntry struct {
 	until time.Time
 }
 
-// evHeld is the event a handler gets when a holdUntil time comes; no
+// EvHeld is the event a handler gets when a holdUntil time comes; no
 // epoll event has the bit.
-const evHeld = 1 << 27
+const EvHeld = 1 << 27
 
 // reactorTicker runs a function on the loop every interval (see tick).
 type reactorTicker struct {
@@ -102,9 +107,9 @@ type reactorTicker struct {
 }
 
 const (
-	// reactorTick is the shortest ticker interval: connect deadlines
+	// Tick is the shortest ticker interval: connect deadlines
 	// and idle timeouts are checked at this resolution at best.
-	reactorTick = 10 * time.Millisecond
+	Tick = 10 * time.Millisecond
 	// reactorYield is how often a busy loop hands its processor back to
 	// the scheduler: under the runtime's 10ms preemption deadline.
 	reactorYield = 5 * time.Millisecond
@@ -113,12 +118,12 @@ const (
 	// reactorScratch is the read buffer, as large as a socket usually
 	// delivers in one read.
 	reactorScratch = 64 << 10
-	// evConn is what a connection's socket is registered for, once,
+	// EvConn is what a connection's socket is registered for, once,
 	// edge-triggered.
-	evConn = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+	EvConn = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 )
 
-func newReactor() (*reactor, error) {
+func newReactor() (*Loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -132,18 +137,18 @@ func newReactor() (*reactor, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	r := &reactor{
+	r := &Loop{
 		epfd: epfd, efd: efd, events: make([]unix.EpollEvent, reactorBatch),
-		scratch: make([]byte, reactorScratch), tickers: map[*reactorTicker]struct{}{},
-		done: make(chan struct{}), now: time.Now(), tickChanged: make(chan struct{}, 1),
+		Scratch: make([]byte, reactorScratch), tickers: map[*reactorTicker]struct{}{},
+		done: make(chan struct{}), Now: time.Now(), tickChanged: make(chan struct{}, 1),
 	}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(efd)}); err != nil {
 		unix.Close(efd)
 		unix.Close(epfd)
 		return nil, fmt.Errorf("epoll add eventfd: %w", err)
 	}
-	if sendRingOn {
-		r.ring, r.ringErr = newSendRing()
+	if SendRingOn {
+		r.Ring, r.RingErr = NewSendRing()
 	}
 	r.tickFn = r.tick
 	go r.run()
@@ -151,28 +156,28 @@ func newReactor() (*reactor, error) {
 	return r, nil
 }
 
-// add registers fd for h; the events come edge-triggered.
-func (r *reactor) add(fd int, h reactorHandler, events uint32) error {
+// Add registers fd for h; the events come edge-triggered.
+func (r *Loop) Add(fd int, h Handler, events uint32) error {
 	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: events, Fd: int32(fd)}); err != nil {
 		return err
 	}
-	for fd >= len(r.entries) {
-		r.entries = append(r.entries, make([]reactorEntry, len(r.entries)+64)...)
+	for fd >= len(r.Entries) {
+		r.Entries = append(r.Entries, make([]reactorEntry, len(r.Entries)+64)...)
 	}
-	r.entries[fd] = reactorEntry{h: h, fd: fd}
+	r.Entries[fd] = reactorEntry{H: h, fd: fd}
 	return nil
 }
 
 // remove forgets fd; the caller closes it.
-func (r *reactor) remove(fd int) {
+func (r *Loop) remove(fd int) {
 	unix.EpollCtl(r.epfd, unix.EPOLL_CTL_DEL, fd, nil)
-	if fd < len(r.entries) {
-		r.entries[fd] = reactorEntry{}
+	if fd < len(r.Entries) {
+		r.Entries[fd] = reactorEntry{}
 	}
 }
 
-// closeFD removes fd and closes it.
-func (r *reactor) closeFD(fd int) {
+// CloseFD removes fd and closes it.
+func (r *Loop) CloseFD(fd int) {
 	if fd < 0 {
 		return
 	}
@@ -180,28 +185,28 @@ func (r *reactor) closeFD(fd int) {
 	unix.Close(fd)
 }
 
-// later calls h for fd with no events (0) once the loop has polled again
+// Later calls h for fd with no events (0) once the loop has polled again
 // (without waiting) and handled what that poll brought: the handler goes
 // on with the readiness it recorded, and with whatever arrived meanwhile.
-func (r *reactor) later(fd int, h reactorHandler) {
-	r.again = append(r.again, reactorEntry{h: h, fd: fd})
+func (r *Loop) Later(fd int, h Handler) {
+	r.again = append(r.again, reactorEntry{H: h, fd: fd})
 }
 
-// holdUntil calls h for fd with evHeld at until, or soon after: how a
+// HoldUntil calls h for fd with evHeld at until, or soon after: how a
 // handler waits a moment for more data without a timer of its own.
-func (r *reactor) holdUntil(fd int, h reactorHandler, until time.Time) {
-	r.held = append(r.held, heldEntry{reactorEntry{h: h, fd: fd}, until})
+func (r *Loop) HoldUntil(fd int, h Handler, until time.Time) {
+	r.held = append(r.held, heldEntry{reactorEntry{H: h, fd: fd}, until})
 }
 
 // releaseHeld calls the held handlers whose time has come.
-func (r *reactor) releaseHeld() {
+func (r *Loop) releaseHeld() {
 	keep := r.held[:0]
 	for _, e := range r.held {
 		switch {
-		case r.now.Before(e.until):
+		case r.Now.Before(e.until):
 			keep = append(keep, e)
-		case e.fd < len(r.entries) && r.entries[e.fd].h == e.h:
-			e.h.event(e.fd, evHeld)
+		case e.fd < len(r.Entries) && r.Entries[e.fd].H == e.H:
+			e.H.Event(e.fd, EvHeld)
 		}
 	}
 	clear(r.held[len(keep):])
@@ -211,7 +216,7 @@ func (r *reactor) releaseHeld() {
 // heldTimeout is how long the wait for events may block, in epoll's
 // milliseconds (rounded up): until the earliest held handler is due, or
 // for ever (-1).
-func (r *reactor) heldTimeout(now time.Time) int {
+func (r *Loop) heldTimeout(now time.Time) int {
 	if len(r.held) == 0 {
 		return -1
 	}
@@ -230,7 +235,7 @@ func (r *reactor) heldTimeout(now time.Time) int {
 
 // post runs f on the loop, soon. It is how other goroutines reach the
 // loop's sockets.
-func (r *reactor) post(f func()) {
+func (r *Loop) post(f func()) {
 	r.mu.Lock()
 	r.tasks = append(r.tasks, f)
 	r.mu.Unlock()
@@ -240,8 +245,8 @@ func (r *reactor) post(f func()) {
 	}
 }
 
-// do runs f on the loop and waits for it.
-func (r *reactor) do(f func()) {
+// Do runs f on the loop and waits for it.
+func (r *Loop) Do(f func()) {
 	if r.closed() {
 		return
 	}
@@ -253,7 +258,7 @@ func (r *reactor) do(f func()) {
 	}
 }
 
-func (r *reactor) closed() bool {
+func (r *Loop) closed() bool {
 	select {
 	case <-r.done:
 		return true
@@ -262,12 +267,12 @@ func (r *reactor) closed() bool {
 	}
 }
 
-// every runs f on the loop every interval (rounded up to the tick) until
+// Every runs f on the loop every interval (rounded up to the tick) until
 // the returned function is called.
-func (r *reactor) every(interval time.Duration, f func(now time.Time)) (stop func()) {
-	t := &reactorTicker{every: max(interval, reactorTick), f: f}
+func (r *Loop) Every(interval time.Duration, f func(now time.Time)) (stop func()) {
+	t := &reactorTicker{every: max(interval, Tick), f: f}
 	r.post(func() {
-		t.next = r.now.Add(t.every)
+		t.next = r.Now.Add(t.every)
 		r.tickers[t] = struct{}{}
 		r.setNextTick()
 	})
@@ -281,7 +286,7 @@ func (r *reactor) every(interval time.Duration, f func(now time.Time)) (stop fun
 
 // tickLoop wakes the loop when its earliest ticker is due, and sleeps
 // otherwise: an idle balancer costs no wakeups but its tickers'.
-func (r *reactor) tickLoop() {
+func (r *Loop) tickLoop() {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {
@@ -305,18 +310,18 @@ func (r *reactor) tickLoop() {
 	}
 }
 
-func (r *reactor) tick() {
+func (r *Loop) tick() {
 	for t := range r.tickers {
-		if !r.now.Before(t.next) {
-			t.next = r.now.Add(t.every)
-			t.f(r.now)
+		if !r.Now.Before(t.next) {
+			t.next = r.Now.Add(t.every)
+			t.f(r.Now)
 		}
 	}
 	r.setNextTick()
 }
 
 // setNextTick publishes when the earliest ticker is due; 0 for none.
-func (r *reactor) setNextTick() {
+func (r *Loop) setNextTick() {
 	var next time.Time
 	for t := range r.tickers {
 		if next.IsZero() || t.next.Before(next) {
@@ -335,9 +340,9 @@ func (r *reactor) setNextTick() {
 	}
 }
 
-// stop ends the loop once the posted work is done; the sockets still
+// Stop ends the loop once the posted work is done; the sockets still
 // registered are the callers' to have closed.
-func (r *reactor) stop() {
+func (r *Loop) stop() {
 	r.post(func() { r.quit = true })
 	<-r.done
 }
@@ -345,8 +350,8 @@ func (r *reactor) stop() {
 // turn hands a poll's n events to their handlers, then runs the handlers
 // whose I/O waited for this poll, the held ones that are due and the
 // posted tasks.
-func (r *reactor) turn(n int) {
-	r.now = time.Now()
+func (r *Loop) turn(n int) {
+	r.Now = time.Now()
 	again := r.again
 	r.again = r.spareAgain[:0]
 	for i := range n {
@@ -357,20 +362,20 @@ func (r *reactor) turn(n int) {
 			unix.Read(r.efd, b[:])
 			continue
 		}
-		if fd < len(r.entries) && r.entries[fd].h != nil {
-			r.entries[fd].h.event(fd, ev.Events)
+		if fd < len(r.Entries) && r.Entries[fd].H != nil {
+			r.Entries[fd].H.Event(fd, ev.Events)
 		}
 	}
 	for _, e := range again {
 		// A handler may have closed the socket meanwhile.
-		if e.fd < len(r.entries) && r.entries[e.fd].h == e.h {
-			e.h.event(e.fd, 0)
+		if e.fd < len(r.Entries) && r.Entries[e.fd].H == e.H {
+			e.H.Event(e.fd, 0)
 		}
 	}
 	clear(again)
 	r.spareAgain = again[:0]
-	if r.ring != nil {
-		r.ring.flush()
+	if r.Ring != nil {
+		r.Ring.Flush()
 	}
 	if len(r.held) > 0 {
 		r.releaseHeld()
@@ -378,12 +383,12 @@ func (r *reactor) turn(n int) {
 	if r.woken.Load() {
 		r.runTasks()
 	}
-	if r.ring != nil {
-		r.ring.flush()
+	if r.Ring != nil {
+		r.Ring.Flush()
 	}
 }
 
-func (r *reactor) run() {
+func (r *Loop) run() {
 	// The loop keeps its thread: otherwise, each time its wait returned
 	// to find the processor handed on, the goroutine moved to another
 	// thread (measured: the loop's work spread over three threads, with
@@ -391,16 +396,16 @@ func (r *reactor) run() {
 	runtime.LockOSThread()
 	yielded := time.Now()
 	defer func() {
-		if r.ring != nil {
-			r.ring.flush()
-			r.ring.close()
+		if r.Ring != nil {
+			r.Ring.Flush()
+			r.Ring.close()
 		}
 		close(r.done)
 		unix.Close(r.epfd)
 		unix.Close(r.efd)
 	}()
 	for !r.quit {
-		if r.now.Sub(yielded) >= reactorYield {
+		if r.Now.Sub(yielded) >= reactorYield {
 			// A goroutine that never yields is preempted by the
 			// runtime after 10ms: a signal, and the processor taken
 			// if the loop is waiting, which sends the runtime's
@@ -409,7 +414,7 @@ func (r *reactor) run() {
 			// second on a busy loop). Yielding first costs neither,
 			// only a hand-over of the processor and back (the loop
 			// keeps its thread), 200 times a second at most.
-			yielded = r.now
+			yielded = r.Now
 			runtime.Gosched()
 		}
 		timeout := 0
@@ -420,7 +425,7 @@ func (r *reactor) run() {
 		if err != nil {
 			if err != unix.EINTR {
 				// Nothing else can fail here; do not spin if it does.
-				time.Sleep(reactorTick)
+				time.Sleep(Tick)
 			}
 			n = 0
 		}
@@ -429,7 +434,7 @@ func (r *reactor) run() {
 	r.runTasks()
 }
 
-func (r *reactor) runTasks() {
+func (r *Loop) runTasks() {
 	r.woken.Store(false)
 	r.mu.Lock()
 	tasks := r.tasks
@@ -444,36 +449,36 @@ func (r *reactor) runTasks() {
 	r.mu.Unlock()
 }
 
-// reactors are a balancer's loops, one per CPU Go may use; sockets are
+// Group is a balancer's loops, one per CPU Go may use; sockets are
 // spread over them.
-type reactors struct {
-	loops []*reactor
+type Group struct {
+	Loops []*Loop
 	next  atomic.Uint32
 }
 
-func newReactors(n int) (*reactors, error) {
+func NewGroup(n int) (*Group, error) {
 	if n <= 0 {
 		n = runtime.GOMAXPROCS(0)
 	}
-	rs := &reactors{}
+	rs := &Group{}
 	for range n {
 		r, err := newReactor()
 		if err != nil {
-			rs.stop()
+			rs.Stop()
 			return nil, err
 		}
-		rs.loops = append(rs.loops, r)
+		rs.Loops = append(rs.Loops, r)
 	}
 	return rs, nil
 }
 
 // pick is the loop the next socket goes to, in turn.
-func (rs *reactors) pick() *reactor {
-	return rs.loops[int(rs.next.Add(1))%len(rs.loops)]
+func (rs *Group) pick() *Loop {
+	return rs.Loops[int(rs.next.Add(1))%len(rs.Loops)]
 }
 
-func (rs *reactors) stop() {
-	for _, r := range rs.loops {
+func (rs *Group) Stop() {
+	for _, r := range rs.Loops {
 		r.stop()
 	}
 }
@@ -488,7 +493,7 @@ func (rs *reactors) stop() {
 // file notifications), about 2% of the proxy's CPU per request measured
 // with perf; and a write to a reset peer fails with EPIPE without raising
 // SIGPIPE first.
-func sysRead(fd int, p []byte) (int, error) {
+func SysRead(fd int, p []byte) (int, error) {
 	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), 0, 0, 0)
 	if e != 0 {
 		return 0, e
@@ -496,7 +501,7 @@ func sysRead(fd int, p []byte) (int, error) {
 	return int(n), nil
 }
 
-func sysWrite(fd int, p []byte) (int, error) {
+func SysWrite(fd int, p []byte) (int, error) {
 	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
 	if e != 0 {
 		return 0, e
@@ -522,24 +527,24 @@ func sysWait(epfd int, events []unix.EpollEvent, timeout int) (int, error) {
 	return int(n), nil
 }
 
-// readiness is what edge-triggered epoll last reported of a socket, kept
+// Readiness is what edge-triggered epoll last reported of a socket, kept
 // until a read or write finds otherwise.
-type readiness struct {
-	r, w bool
+type Readiness struct {
+	R, W bool
 	// rdhup: the peer's FIN (or an error) is queued, so a short read
 	// does not mean there is nothing more to read.
-	rdhup bool
+	Rdhup bool
 }
 
-// note adds the events ev reports.
-func (rd *readiness) note(ev uint32) {
+// Note adds the events ev reports.
+func (rd *Readiness) Note(ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		rd.r = true
+		rd.R = true
 	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		rd.w = true
+		rd.W = true
 	}
 	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		rd.rdhup = true
+		rd.Rdhup = true
 	}
 }

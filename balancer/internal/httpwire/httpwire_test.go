@@ -1,17 +1,11 @@
-package balancer
+package httpwire
 
 import (
 	"bufio"
 	"errors"
-	"io"
-	"net"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestParseRequestRefusesAmbiguousFraming(t *testing.T) {
@@ -88,17 +82,17 @@ func TestParseRequestRefusesAmbiguousFraming(t *testing.T) {
 		{"two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			end := headEnd([]byte(tc.head))
+			end := HeadEnd([]byte(tc.head))
 			if end != len(tc.head) {
 				t.Fatalf("headEnd = %d, want %d", end, len(tc.head))
 			}
-			var h reqHead
-			err := parseRequest([]byte(tc.head), &h)
-			var he *httpError
+			var h RequestHead
+			err := ParseRequest([]byte(tc.head), &h)
+			var he *Error
 			switch {
 			case tc.code == 0 && err != nil:
 				t.Errorf("refused: %v", err)
-			case tc.code != 0 && (!errors.As(err, &he) || he.code != tc.code):
+			case tc.code != 0 && (!errors.As(err, &he) || he.Code != tc.code):
 				t.Errorf("got %v, want a %d", err, tc.code)
 			}
 		})
@@ -110,16 +104,16 @@ func TestParseRequestRefusesAmbiguousFraming(t *testing.T) {
 func TestAppendRequest(t *testing.T) {
 	head := "GET /x HTTP/1.0\r\nHost: shop\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\n" +
 		"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n"
-	var h reqHead
-	if err := parseRequest([]byte(head), &h); err != nil {
+	var h RequestHead
+	if err := ParseRequest([]byte(head), &h); err != nil {
 		t.Fatal(err)
 	}
-	got := string(appendRequest(nil, []byte(head), &h, []byte("198.18.0.9"), func() string { return "198.18.0.1:80" }))
+	got := string(AppendRequest(nil, []byte(head), &h, []byte("198.18.0.9"), func() string { return "198.18.0.1:80" }))
 	want := "GET /x HTTP/1.0\r\nHost: shop\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.7, 198.18.0.9\r\nX-Forwarded-Proto: http\r\nConnection: keep-alive\r\n\r\n"
 	if got != want {
 		t.Errorf("got\n%q\nwant\n%q", got, want)
 	}
-	if !h.keepAlive {
+	if !h.KeepAlive {
 		t.Error("HTTP/1.0 with Connection: keep-alive not seen as keep-alive")
 	}
 }
@@ -180,45 +174,6 @@ func TestChunkScanner(t *testing.T) {
 	}
 }
 
-// Pipelined requests on one connection are answered in order, and an
-// HTTP/1.0 request without keep-alive gets its answer, then the end.
-func TestHTTPPipelinedAndHTTP10(t *testing.T) {
-	_, _, c := rawHTTPFront(t, 0)
-	io.WriteString(c, "GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /three HTTP/1.0\r\n\r\n")
-	r := bufio.NewReader(c)
-	for _, want := range []string{"h1 /one", "h1 /two", "h1 /three"} {
-		resp, err := http.ReadResponse(r, nil)
-		if err != nil {
-			t.Fatalf("%s: %v", want, err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		if string(body) != want {
-			t.Errorf("got %q, want %q", body, want)
-		}
-	}
-	if _, err := r.ReadByte(); err != io.EOF {
-		t.Errorf("after the HTTP/1.0 answer: %v, want EOF", err)
-	}
-}
-
-// A request the proxy refuses gets a short answer and the connection ends;
-// nothing reaches the backend.
-func TestHTTPRefusesSmuggling(t *testing.T) {
-	_, conns, c := rawHTTPFront(t, 0)
-	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\n\r\n")
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 400 || !strings.Contains(string(body), "Content-Length and Transfer-Encoding") {
-		t.Errorf("got %s %q", resp.Status, body)
-	}
-	if n := conns.Load(); n != 0 {
-		t.Errorf("backend got %d connections", n)
-	}
-}
-
 // What the proxy accepts and passes on, net/http reads the same way: the
 // same method, target and body framing, and no header the proxy dropped.
 // Go's reader stands in for the backend.
@@ -233,32 +188,32 @@ func FuzzRequestHead(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		end := headEnd(in)
-		if end < 0 || end > httpMaxHead {
+		end := HeadEnd(in)
+		if end < 0 || end > MaxHead {
 			return
 		}
-		var h reqHead
-		if parseRequest(in[:end], &h) != nil {
+		var h RequestHead
+		if ParseRequest(in[:end], &h) != nil {
 			return
 		}
-		out := appendRequest(nil, in[:end], &h, []byte("198.18.0.9"), func() string { return "198.18.0.1:80" })
+		out := AppendRequest(nil, in[:end], &h, []byte("198.18.0.9"), func() string { return "198.18.0.1:80" })
 		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(string(out))))
 		if err != nil {
 			// net/http is stricter about some bytes in targets and values; those
 			// are the backend's to refuse.
 			return
 		}
-		if req.Method != string(h.method) || req.RequestURI != string(h.target) {
-			t.Fatalf("backend reads %s %s, proxy parsed %s %s", req.Method, req.RequestURI, h.method, h.target)
+		if req.Method != string(h.Method) || req.RequestURI != string(h.target) {
+			t.Fatalf("backend reads %s %s, proxy parsed %s %s", req.Method, req.RequestURI, h.Method, h.target)
 		}
 		chunked := len(req.TransferEncoding) > 0
-		if chunked != h.body.chunked {
-			t.Fatalf("backend chunked %v, proxy %v\n%q", chunked, h.body.chunked, out)
+		if chunked != h.Body.Chunked {
+			t.Fatalf("backend chunked %v, proxy %v\n%q", chunked, h.Body.Chunked, out)
 		}
-		if !chunked && h.body.length >= 0 && req.ContentLength != h.body.length {
-			t.Fatalf("backend length %d, proxy %d", req.ContentLength, h.body.length)
+		if !chunked && h.Body.Length >= 0 && req.ContentLength != h.Body.Length {
+			t.Fatalf("backend length %d, proxy %d", req.ContentLength, h.Body.Length)
 		}
-		if !chunked && h.body.length < 0 && req.ContentLength > 0 {
+		if !chunked && h.Body.Length < 0 && req.ContentLength > 0 {
 			t.Fatalf("backend expects a body of %d the proxy does not send", req.ContentLength)
 		}
 		for _, hop := range []string{"Keep-Alive", "Proxy-Connection", "Te", "Trailer"} {
@@ -267,88 +222,6 @@ func FuzzRequestHead(f *testing.F) {
 			}
 		}
 	})
-}
-
-// A client that stops in the middle of its body is cut after the idle
-// timeout, and the request counted as 408.
-func TestHTTPStalledBodyCut(t *testing.T) {
-	b, _, c := rawHTTPFront(t, 200)
-	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
-	c.SetReadDeadline(time.Now().Add(waitFor))
-	start := time.Now()
-	if _, err := c.Read(make([]byte, 1)); err == nil {
-		t.Fatal("got an answer to half a request")
-	}
-	if took := time.Since(start); took < 200*time.Millisecond || took > waitFor/2 {
-		t.Errorf("cut after %s, want just over the 200ms idle timeout", took)
-	}
-	eventually(t, "408 counted", func() bool { return testutil.ToFloat64(b.m.requests.WithLabelValues("web", "h1", "408")) == 1 })
-}
-
-// A request head that trickles in byte by byte is cut after the idle
-// timeout in all, however often its bytes come.
-func TestHTTPSlowHeadCut(t *testing.T) {
-	_, _, c := rawHTTPFront(t, 300)
-	start := time.Now()
-	head := "GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + strings.Repeat("x", 100)
-	var werr error
-	for i := 0; i < len(head) && werr == nil && time.Since(start) < waitFor; i++ {
-		_, werr = c.Write([]byte{head[i]})
-		time.Sleep(20 * time.Millisecond)
-	}
-	if werr == nil {
-		t.Fatal("the trickling head was never cut")
-	}
-	if took := time.Since(start); took > 2*time.Second {
-		t.Errorf("cut after %s, want about the 300ms idle timeout", took)
-	}
-}
-
-// After a refusal the proxy closes its write side and drains what the
-// client still sends, rather than close at once: a close with unread bytes
-// sends a reset, which can destroy an answer not yet read.
-func TestHTTPRefusalLingers(t *testing.T) {
-	_, _, c := rawHTTPFront(t, 0)
-	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
-	c.SetReadDeadline(time.Now().Add(waitFor))
-	r := bufio.NewReader(c)
-	resp, err := http.ReadResponse(r, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	if resp.StatusCode != 400 {
-		t.Errorf("got %s, want 400", resp.Status)
-	}
-	if _, err := r.ReadByte(); err != io.EOF {
-		t.Errorf("after the answer: %v, want EOF", err)
-	}
-	// The client's late body is taken, not reset: every write succeeds.
-	chunk := []byte(strings.Repeat("x", 4<<10))
-	for i := range 20 {
-		time.Sleep(5 * time.Millisecond)
-		if _, err := c.Write(chunk); err != nil {
-			t.Fatalf("write %d after the answer: %v", i, err)
-		}
-	}
-}
-
-// rawHTTPFront is an http load balancer named web in front of one backend
-// (h1; idleMs its idle timeout, 0 for the default), the backend's count of
-// connections, and a raw client connection to the balancer.
-func rawHTTPFront(t *testing.T, idleMs int64) (*Balancer, *atomic.Int64, net.Conn) {
-	t.Helper()
-	b := newBalancer(t)
-	h1, conns := startHTTPBackend(t, "h1")
-	l := named(httpLB("web", hostOf(h1)), "h1")
-	l.IdleTimeoutMs = idleMs
-	configure(t, b, l)
-	c, err := net.Dial("tcp", addr(t, b, "web"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return b, conns, c
 }
 
 // The head the backend gets carries the framing the proxy decided, in one
@@ -377,11 +250,11 @@ func TestAppendRequestReframes(t *testing.T) {
 			"POST /p HTTP/1.0\r\nX-Forwarded-For: 198.18.0.9\r\nX-Forwarded-Proto: http\r\nHost: 198.18.0.1:80\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var h reqHead
-			if err := parseRequest([]byte(tc.head), &h); err != nil {
+			var h RequestHead
+			if err := ParseRequest([]byte(tc.head), &h); err != nil {
 				t.Fatal(err)
 			}
-			if got := string(appendRequest(nil, []byte(tc.head), &h, ip, host)); got != tc.want {
+			if got := string(AppendRequest(nil, []byte(tc.head), &h, ip, host)); got != tc.want {
 				t.Errorf("got\n%q\nwant\n%q", got, tc.want)
 			}
 		})
@@ -419,8 +292,8 @@ func TestResponseReframes(t *testing.T) {
 		{"status 600", "HTTP/1.1 600 X\r\nContent-Length: 0\r\n\r\n", false, "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var h respHead
-			err := parseResponse([]byte(tc.head), tc.isHead, &h)
+			var h ResponseHead
+			err := ParseResponse([]byte(tc.head), tc.isHead, &h)
 			if tc.want == "" {
 				if err == nil {
 					t.Fatal("accepted")
@@ -430,11 +303,11 @@ func TestResponseReframes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := string(appendResponse(nil, []byte(tc.head), &h, !h.closeDelimited, false)); got != tc.want {
+			if got := string(AppendResponse(nil, []byte(tc.head), &h, !h.CloseDelimited, false)); got != tc.want {
 				t.Errorf("got\n%q\nwant\n%q", got, tc.want)
 			}
-			if h.reusable != tc.reusable {
-				t.Errorf("reusable %v, want %v", h.reusable, tc.reusable)
+			if h.Reusable != tc.reusable {
+				t.Errorf("reusable %v, want %v", h.Reusable, tc.reusable)
 			}
 		})
 	}

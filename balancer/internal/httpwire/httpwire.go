@@ -1,4 +1,14 @@
-package balancer
+// Package httpwire is HTTP/1.x on the wire, as the http load balancer relays it: the request
+// and response heads are parsed and re-emitted with the hop-by-hop headers
+// replaced, bodies are passed through as they come, and only their framing
+// (a length, chunks, or the connection's end) is followed to know where a
+// message ends. Anything ambiguous about that framing is refused: a proxy
+// and its backend that disagree on where a request ends are how requests
+// get smuggled.
+//
+// It knows nothing of sockets or connections: it parses bytes and appends
+// bytes, so the fuzz targets and unit tests here run without a network.
+package httpwire
 
 import (
 	"bytes"
@@ -6,36 +16,28 @@ import (
 	"strconv"
 )
 
-// HTTP/1.x on the wire, as the http load balancer relays it: the request
-// and response heads are parsed and re-emitted with the hop-by-hop headers
-// replaced, bodies are passed through as they come, and only their framing
-// (a length, chunks, or the connection's end) is followed to know where a
-// message ends. Anything ambiguous about that framing is refused: a proxy
-// and its backend that disagree on where a request ends are how requests
-// get smuggled.
-
-// httpMaxHead bounds a request or response head (nginx's
+// MaxHead bounds a request or response head (nginx's
 // large_client_header_buffers is 4 × 8k; HAProxy's bufsize is 16k).
-const httpMaxHead = 32 << 10
+const MaxHead = 32 << 10
 
 var (
 	errHeadIncomplete = errors.New("head incomplete")
 	errHeadTooLarge   = errors.New("head too large")
 )
 
-// httpError is a request the proxy refuses, with the status it answers.
-type httpError struct {
-	code int
-	msg  string
+// Error is a request the proxy refuses, with the status it answers.
+type Error struct {
+	Code int
+	Msg  string
 }
 
-func (e *httpError) Error() string { return e.msg }
+func (e *Error) Error() string { return e.Msg }
 
-func badRequest(msg string) error { return &httpError{400, msg} }
+func badRequest(msg string) error { return &Error{400, msg} }
 
-// headEnd finds the end of a head: the empty line, CRLF or bare LF. It
+// HeadEnd finds the end of a head: the empty line, CRLF or bare LF. It
 // returns the length of the head with that line, or -1.
-func headEnd(b []byte) int {
+func HeadEnd(b []byte) int {
 	for i := 0; ; {
 		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {
@@ -51,9 +53,9 @@ func headEnd(b []byte) int {
 	}
 }
 
-// emptyLine is the length of the empty line b starts with (CRLF, or a
+// EmptyLine is the length of the empty line b starts with (CRLF, or a
 // bare LF), or 0.
-func emptyLine(b []byte) int {
+func EmptyLine(b []byte) int {
 	switch {
 	case len(b) > 0 && b[0] == '\n':
 		return 1
@@ -229,16 +231,16 @@ func (ct *connTokens) listed(name []byte) bool {
 	return false
 }
 
-// framing is how a message's body ends (RFC 9112 6). It is decided in one
+// Framing is how a message's body ends (RFC 9112 6). It is decided in one
 // place: header collects what Content-Length and Transfer-Encoding say,
 // request or response decides, and appendFraming re-emits the result. The
 // framing headers a sender wrote are never passed on as they came (see
 // dropped), so no later hop, and no Connection header, can make a backend
 // or a client read a body's end elsewhere than the proxy did.
-type framing struct {
+type Framing struct {
 	// length is the body's size, or -1: none was given.
-	length  int64
-	chunked bool
+	Length  int64
+	Chunked bool
 	// hasTE: a Transfer-Encoding header came; otherCoding: it named a
 	// coding other than chunked.
 	hasTE, otherCoding bool
@@ -247,11 +249,11 @@ type framing struct {
 	fault string
 }
 
-func newFraming() framing { return framing{length: -1} }
+func newFraming() Framing { return Framing{Length: -1} }
 
 // header takes the headers a request and a response share the meaning of:
 // the framing and Connection. It says whether name was one of those.
-func (f *framing) header(name, value []byte, conn *connTokens) bool {
+func (f *Framing) header(name, value []byte, conn *connTokens) bool {
 	switch {
 	case len(name) == len(hdrContentLength) && bytes.EqualFold(name, hdrContentLength):
 		f.addLength(value)
@@ -265,7 +267,7 @@ func (f *framing) header(name, value []byte, conn *connTokens) bool {
 	return true
 }
 
-func (f *framing) setFault(msg string) {
+func (f *Framing) setFault(msg string) {
 	if f.fault == "" {
 		f.fault = msg
 	}
@@ -273,15 +275,15 @@ func (f *framing) setFault(msg string) {
 
 // addLength takes a Content-Length header: 1*DIGIT and nothing else (no
 // sign, no list, no inner space), and several must agree.
-func (f *framing) addLength(v []byte) {
+func (f *Framing) addLength(v []byte) {
 	n, ok := parseLength(v)
 	switch {
 	case !ok:
 		f.setFault("invalid Content-Length")
-	case f.length >= 0 && f.length != n:
+	case f.Length >= 0 && f.Length != n:
 		f.setFault("conflicting Content-Length headers")
 	default:
-		f.length = n
+		f.Length = n
 	}
 }
 
@@ -302,7 +304,7 @@ func parseLength(v []byte) (int64, bool) {
 
 // addTransferEncoding takes a Transfer-Encoding header (several add up).
 // chunked must come once, last: after it nothing could be delimited.
-func (f *framing) addTransferEncoding(v []byte) {
+func (f *Framing) addTransferEncoding(v []byte) {
 	f.hasTE = true
 	for len(v) > 0 {
 		var c []byte
@@ -311,11 +313,11 @@ func (f *framing) addTransferEncoding(v []byte) {
 		if len(c) == 0 {
 			continue
 		}
-		if f.chunked {
+		if f.Chunked {
 			f.setFault("Transfer-Encoding does not end in chunked")
 		}
 		if bytes.EqualFold(c, []byte("chunked")) {
-			f.chunked = true
+			f.Chunked = true
 		} else {
 			f.otherCoding = true
 		}
@@ -324,20 +326,20 @@ func (f *framing) addTransferEncoding(v []byte) {
 
 // request decides a request's framing (RFC 9112 6.1, 6.3): anything a
 // backend could delimit otherwise is refused.
-func (f *framing) request(minor int) error {
+func (f *Framing) request(minor int) error {
 	switch {
 	case f.fault != "":
 		return badRequest(f.fault)
 	case !f.hasTE:
 		return nil
-	case f.length >= 0:
+	case f.Length >= 0:
 		return badRequest("both Content-Length and Transfer-Encoding")
 	case minor == 0:
 		return badRequest("Transfer-Encoding in an HTTP/1.0 request")
-	case !f.chunked:
+	case !f.Chunked:
 		return badRequest("Transfer-Encoding does not end in chunked")
 	case f.otherCoding:
-		return &httpError{501, "unsupported Transfer-Encoding"}
+		return &Error{501, "unsupported Transfer-Encoding"}
 	}
 	return nil
 }
@@ -346,7 +348,7 @@ func (f *framing) request(minor int) error {
 // Content-Length, which is dropped (RFC 9112 6.3); closeAfter: the
 // backend's connection must not carry another request after such a
 // response.
-func (f *framing) response(minor byte) (closeAfter bool, err error) {
+func (f *Framing) response(minor byte) (closeAfter bool, err error) {
 	switch {
 	case f.fault != "":
 		return false, errors.New(f.fault)
@@ -354,23 +356,23 @@ func (f *framing) response(minor byte) (closeAfter bool, err error) {
 		return false, nil
 	case minor == '0':
 		return false, errors.New("Transfer-Encoding in an HTTP/1.0 response")
-	case !f.chunked || f.otherCoding:
+	case !f.Chunked || f.otherCoding:
 		return false, errors.New("unsupported Transfer-Encoding")
-	case f.length >= 0:
-		f.length = -1
+	case f.Length >= 0:
+		f.Length = -1
 		return true, nil
 	}
 	return false, nil
 }
 
 // appendFraming emits the framing headers as decided.
-func appendFraming(out []byte, f *framing) []byte {
+func appendFraming(out []byte, f *Framing) []byte {
 	switch {
-	case f.chunked:
+	case f.Chunked:
 		out = append(out, "Transfer-Encoding: chunked\r\n"...)
-	case f.length >= 0:
+	case f.Length >= 0:
 		out = append(out, "Content-Length: "...)
-		out = strconv.AppendInt(out, f.length, 10)
+		out = strconv.AppendInt(out, f.Length, 10)
 		out = append(out, '\r', '\n')
 	}
 	return out
@@ -383,11 +385,11 @@ func dropped(name []byte, conn *connTokens) bool {
 	return hopByHop(name) || (len(name) == len(hdrContentLength) && bytes.EqualFold(name, hdrContentLength)) || conn.listed(name)
 }
 
-// reqHead is a parsed request head.
-type reqHead struct {
-	method, target []byte
-	minor          int // HTTP/1.minor
-	body           framing
+// RequestHead is a parsed request head.
+type RequestHead struct {
+	Method, target []byte
+	Minor          int // HTTP/1.minor
+	Body           Framing
 	conn           connTokens
 	upgrade        []byte
 	xff            [][]byte
@@ -399,17 +401,17 @@ type reqHead struct {
 	// 9110 10.1.1: the expectation is ignored).
 	expect bool
 	// keepAlive: the client may send another request on the connection.
-	keepAlive bool
+	KeepAlive bool
 }
 
-func (h *reqHead) isHead() bool { return string(h.method) == "HEAD" }
+func (h *RequestHead) IsHead() bool { return string(h.Method) == "HEAD" }
 
 // wantsUpgrade: a protocol switch (WebSocket) the backend may accept;
 // HTTP/1.1 only, and never to h2c: an HTTP/2 tunnel would carry requests
 // the proxy never reads (the published "h2c smuggling"), without its
 // X-Forwarded-For.
-func (h *reqHead) wantsUpgrade() bool {
-	return h.conn.upgrade && len(h.upgrade) > 0 && h.minor == 1 && !containsFold(h.upgrade, []byte("h2c"))
+func (h *RequestHead) WantsUpgrade() bool {
+	return h.conn.upgrade && len(h.upgrade) > 0 && h.Minor == 1 && !containsFold(h.upgrade, []byte("h2c"))
 }
 
 func containsFold(s, sub []byte) bool {
@@ -423,15 +425,15 @@ func containsFold(s, sub []byte) bool {
 
 var hdrExpect = []byte("Expect")
 
-// parseRequest parses the head in head (as found by headEnd).
-func parseRequest(head []byte, h *reqHead) error {
-	*h = reqHead{body: newFraming()}
+// ParseRequest parses the head in head (as found by HeadEnd).
+func ParseRequest(head []byte, h *RequestHead) error {
+	*h = RequestHead{Body: newFraming()}
 	first, err := headLines(head, func(line []byte) error {
 		name, value, err := splitHeader(line)
 		if err != nil {
 			return err
 		}
-		if h.body.header(name, value, &h.conn) {
+		if h.Body.header(name, value, &h.conn) {
 			return nil
 		}
 		switch {
@@ -461,34 +463,34 @@ func parseRequest(head []byte, h *reqHead) error {
 	if sp1 <= 0 || sp2 <= sp1+1 {
 		return badRequest("malformed request line")
 	}
-	h.method, h.target = first[:sp1], first[sp1+1:sp2]
-	for _, c := range h.method {
+	h.Method, h.target = first[:sp1], first[sp1+1:sp2]
+	for _, c := range h.Method {
 		if !tokenChars[c] {
 			return badRequest("invalid method")
 		}
 	}
 	switch v := first[sp2+1:]; {
 	case string(v) == "HTTP/1.1":
-		h.minor = 1
+		h.Minor = 1
 	case string(v) == "HTTP/1.0":
 	case len(v) == 8 && string(v[:5]) == "HTTP/" && isDigit(v[5]) && v[6] == '.' && isDigit(v[7]):
-		return &httpError{505, "unsupported HTTP version"}
+		return &Error{505, "unsupported HTTP version"}
 	default:
 		return badRequest("malformed request line")
 	}
-	if h.target, h.authority, err = requestTarget(h.method, h.target); err != nil {
+	if h.target, h.authority, err = requestTarget(h.Method, h.target); err != nil {
 		return err
 	}
-	if h.minor == 1 && !h.hasHost {
+	if h.Minor == 1 && !h.hasHost {
 		return badRequest("no Host header")
 	}
-	if err := h.body.request(h.minor); err != nil {
+	if err := h.Body.request(h.Minor); err != nil {
 		return err
 	}
-	if h.minor == 1 {
-		h.keepAlive = !h.conn.close
+	if h.Minor == 1 {
+		h.KeepAlive = !h.conn.close
 	} else {
-		h.keepAlive = h.conn.keepAlive && !h.conn.close
+		h.KeepAlive = h.conn.keepAlive && !h.conn.close
 	}
 	return nil
 }
@@ -508,7 +510,7 @@ func requestTarget(method, t []byte) (target, authority []byte, err error) {
 	}
 	switch {
 	case string(method) == "CONNECT":
-		return nil, nil, &httpError{501, "CONNECT is not supported"}
+		return nil, nil, &Error{501, "CONNECT is not supported"}
 	case t[0] == '/':
 		return t, nil, nil
 	case len(t) == 1 && t[0] == '*':
@@ -590,7 +592,7 @@ func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
 
-// appendRequest emits the head the backend gets: the request line with the
+// AppendRequest emits the head the backend gets: the request line with the
 // target in origin-form, the client's headers but those dropped,
 // X-Forwarded-For with the client's address appended, X-Forwarded-Proto,
 // the framing as decided, and the connection headers of a keep-alive (or
@@ -598,11 +600,11 @@ func isHex(c byte) bool {
 // backend must not answer it in chunks the client cannot read), asking
 // for keep-alive; without Host it gets host, the address the client
 // connected to.
-func appendRequest(out []byte, head []byte, h *reqHead, clientIP []byte, host func() string) []byte {
-	out = append(out, h.method...)
+func AppendRequest(out []byte, head []byte, h *RequestHead, clientIP []byte, host func() string) []byte {
+	out = append(out, h.Method...)
 	out = append(out, ' ')
 	out = append(out, h.target...)
-	if h.minor == 0 {
+	if h.Minor == 0 {
 		out = append(out, " HTTP/1.0\r\n"...)
 	} else {
 		out = append(out, " HTTP/1.1\r\n"...)
@@ -613,7 +615,7 @@ func appendRequest(out []byte, head []byte, h *reqHead, clientIP []byte, host fu
 		case dropped(name, &h.conn):
 		case len(name) >= len(hdrXFF) && (bytes.EqualFold(name, hdrXFF) || bytes.EqualFold(name, hdrXFP)):
 		case h.authority != nil && bytes.EqualFold(name, hdrHost):
-		case h.expect && h.minor == 0 && bytes.EqualFold(name, hdrExpect):
+		case h.expect && h.Minor == 0 && bytes.EqualFold(name, hdrExpect):
 		default:
 			out = append(out, line...)
 			out = append(out, '\r', '\n')
@@ -637,24 +639,24 @@ func appendRequest(out []byte, head []byte, h *reqHead, clientIP []byte, host fu
 		out = append(out, host()...)
 		out = append(out, '\r', '\n')
 	}
-	out = appendFraming(out, &h.body)
+	out = appendFraming(out, &h.Body)
 	switch {
-	case h.wantsUpgrade():
+	case h.WantsUpgrade():
 		out = append(out, "Connection: Upgrade\r\nUpgrade: "...)
 		out = append(out, h.upgrade...)
 		out = append(out, "\r\n"...)
-	case h.minor == 0:
+	case h.Minor == 0:
 		out = append(out, "Connection: keep-alive\r\n"...)
 	}
 	return append(out, '\r', '\n')
 }
 
-// respHead is a parsed response head.
-type respHead struct {
-	code int
+// ResponseHead is a parsed response head.
+type ResponseHead struct {
+	Code int
 	// reason is the status line's reason phrase, checked.
 	reason []byte
-	body   framing
+	Body   Framing
 	// noBody: the status or a HEAD request rules a body out; declared is
 	// the Content-Length such a response may carry as metadata (HEAD,
 	// 304), -1 for none.
@@ -663,21 +665,21 @@ type respHead struct {
 	conn     connTokens
 	// closeDelimited: no length and no chunks, the body ends with the
 	// connection.
-	closeDelimited bool
+	CloseDelimited bool
 	// reusable: the backend keeps the connection open after the body.
-	reusable bool
+	Reusable bool
 }
 
-// parseResponse parses a backend's response head; isHead: the request was
+// ParseResponse parses a backend's response head; isHead: the request was
 // a HEAD, whose response has no body whatever its headers say.
-func parseResponse(head []byte, isHead bool, h *respHead) error {
-	*h = respHead{body: newFraming(), declared: -1}
+func ParseResponse(head []byte, isHead bool, h *ResponseHead) error {
+	*h = ResponseHead{Body: newFraming(), declared: -1}
 	first, err := headLines(head, func(line []byte) error {
 		name, value, err := splitHeader(line)
 		if err != nil {
 			return err
 		}
-		h.body.header(name, value, &h.conn)
+		h.Body.header(name, value, &h.conn)
 		return nil
 	})
 	if err != nil {
@@ -691,7 +693,7 @@ func parseResponse(head []byte, isHead bool, h *respHead) error {
 	if err != nil || code < 100 || code > 599 || !isDigit(first[9]) {
 		return errors.New("malformed status code")
 	}
-	h.code = code
+	h.Code = code
 	if len(first) > 12 {
 		h.reason = first[13:]
 		for _, c := range h.reason {
@@ -703,42 +705,42 @@ func parseResponse(head []byte, isHead bool, h *respHead) error {
 	minor := first[7]
 	switch minor {
 	case '1':
-		h.reusable = !h.conn.close
+		h.Reusable = !h.conn.close
 	case '0':
-		h.reusable = h.conn.keepAlive && !h.conn.close
+		h.Reusable = h.conn.keepAlive && !h.conn.close
 	default:
 		return errors.New("unsupported HTTP version")
 	}
-	closeAfter, err := h.body.response(minor)
+	closeAfter, err := h.Body.response(minor)
 	if err != nil {
 		return err
 	}
 	if closeAfter {
-		h.reusable = false
+		h.Reusable = false
 	}
 	switch {
 	case code < 200, code == 204:
-		h.body, h.noBody = framing{length: 0}, true
+		h.Body, h.noBody = Framing{Length: 0}, true
 	case code == 304, isHead:
-		if !h.body.chunked {
-			h.declared = h.body.length
+		if !h.Body.Chunked {
+			h.declared = h.Body.Length
 		}
-		h.body, h.noBody = framing{length: 0}, true
-	case h.body.chunked, h.body.length >= 0:
+		h.Body, h.noBody = Framing{Length: 0}, true
+	case h.Body.Chunked, h.Body.Length >= 0:
 	default:
-		h.closeDelimited = true
-		h.reusable = false
+		h.CloseDelimited = true
+		h.Reusable = false
 	}
 	return nil
 }
 
-// appendResponse emits the head the client gets: HTTP/1.1 with the
+// AppendResponse emits the head the client gets: HTTP/1.1 with the
 // backend's status, its headers but those dropped, and the framing and
 // connection headers the proxy's side of the connection needs. An interim
 // (1xx) answer gets no framing and no connection headers.
-func appendResponse(out []byte, head []byte, h *respHead, keepAlive, upgrade bool) []byte {
+func AppendResponse(out []byte, head []byte, h *ResponseHead, keepAlive, upgrade bool) []byte {
 	out = append(out, "HTTP/1.1 "...)
-	out = strconv.AppendInt(out, int64(h.code), 10)
+	out = strconv.AppendInt(out, int64(h.Code), 10)
 	out = append(out, ' ')
 	out = append(out, h.reason...)
 	out = append(out, '\r', '\n')
@@ -754,7 +756,7 @@ func appendResponse(out []byte, head []byte, h *respHead, keepAlive, upgrade boo
 	switch {
 	case upgrade:
 		out = append(out, "Connection: Upgrade\r\n"...)
-	case h.code < 200:
+	case h.Code < 200:
 		return append(out, '\r', '\n')
 	case h.noBody:
 		if h.declared >= 0 {
@@ -763,7 +765,7 @@ func appendResponse(out []byte, head []byte, h *respHead, keepAlive, upgrade boo
 			out = append(out, '\r', '\n')
 		}
 	default:
-		out = appendFraming(out, &h.body)
+		out = appendFraming(out, &h.Body)
 	}
 	if !keepAlive && !upgrade {
 		out = append(out, "Connection: close\r\n"...)
@@ -771,29 +773,29 @@ func appendResponse(out []byte, head []byte, h *respHead, keepAlive, upgrade boo
 	return append(out, '\r', '\n')
 }
 
-// bodyReader follows a body's framing through the bytes that pass.
-type bodyReader struct {
+// BodyReader follows a body's framing through the bytes that pass.
+type BodyReader struct {
 	// left: bytes of a sized body still to come; -1 for chunked and
 	// close-delimited bodies.
 	left    int64
 	chunked bool
 	cs      chunkScanner
-	done    bool
+	Done    bool
 }
 
-func newBodyReader(f framing, closeDelimited bool) bodyReader {
+func NewBodyReader(f Framing, closeDelimited bool) BodyReader {
 	switch {
-	case f.chunked:
-		return bodyReader{left: -1, chunked: true}
+	case f.Chunked:
+		return BodyReader{left: -1, chunked: true}
 	case closeDelimited:
-		return bodyReader{left: -1}
+		return BodyReader{left: -1}
 	}
-	return bodyReader{left: f.length, done: f.length == 0}
+	return BodyReader{left: f.Length, Done: f.Length == 0}
 }
 
-// valid says whether p, the bytes of the body already at hand, frames
+// Valid says whether p, the bytes of the body already at hand, frames
 // well so far; the reader itself does not move.
-func (br *bodyReader) valid(p []byte) bool {
+func (br *BodyReader) Valid(p []byte) bool {
 	if !br.chunked || len(p) == 0 {
 		return true
 	}
@@ -802,22 +804,22 @@ func (br *bodyReader) valid(p []byte) bool {
 	return err == nil
 }
 
-// take says how much of p belongs to the body, and whether the body ended
+// Take says how much of p belongs to the body, and whether the body ended
 // there. A close-delimited body takes everything and ends at EOF.
-func (br *bodyReader) take(p []byte) (int, error) {
+func (br *BodyReader) Take(p []byte) (int, error) {
 	switch {
-	case br.done:
+	case br.Done:
 		return 0, nil
 	case br.chunked:
 		n, done, err := br.cs.scan(p)
-		br.done = done
+		br.Done = done
 		return n, err
 	case br.left < 0:
 		return len(p), nil
 	}
 	n := int(min(int64(len(p)), br.left))
 	br.left -= int64(n)
-	br.done = br.left == 0
+	br.Done = br.left == 0
 	return n, nil
 }
 
@@ -851,7 +853,7 @@ const (
 	csEndLF
 )
 
-var errChunked = errors.New("malformed chunked body")
+var ErrChunked = errors.New("malformed chunked body")
 
 // maxChunkLine bounds a chunk extension or trailer line.
 const maxChunkLine = 4096
@@ -874,7 +876,7 @@ func (cs *chunkScanner) scan(p []byte) (n int, done bool, err error) {
 			switch {
 			case isHex(c):
 				if cs.digits == 15 {
-					return n, false, errChunked
+					return n, false, ErrChunked
 				}
 				cs.size = cs.size<<4 | int64(unhex(c))
 				cs.digits++
@@ -883,32 +885,32 @@ func (cs *chunkScanner) scan(p []byte) (n int, done bool, err error) {
 			case c == '\r' && cs.digits > 0:
 				cs.state = csSizeLF
 			default:
-				return n, false, errChunked
+				return n, false, ErrChunked
 			}
 		case csExt:
 			switch {
 			case c == '\r':
 				cs.state = csSizeLF
 			case c < ' ' && c != '\t' || c == 0x7f:
-				return n, false, errChunked
+				return n, false, ErrChunked
 			default:
 				if cs.line++; cs.line > maxChunkLine {
-					return n, false, errChunked
+					return n, false, ErrChunked
 				}
 			}
 		case csSizeLF:
 			if c != '\n' {
-				return n, false, errChunked
+				return n, false, ErrChunked
 			}
 			cs.endSize()
 		case csDataCR:
 			if c != '\r' {
-				return n, false, errChunked
+				return n, false, ErrChunked
 			}
 			cs.state = csDataLF
 		case csDataLF:
 			if c != '\n' {
-				return n, false, errChunked
+				return n, false, ErrChunked
 			}
 			cs.state = csSize
 		case csTrailerStart:
@@ -918,30 +920,30 @@ func (cs *chunkScanner) scan(p []byte) (n int, done bool, err error) {
 			case tokenChars[c]:
 				cs.state, cs.line = csTrailerName, 1
 			default:
-				return n, false, errChunked
+				return n, false, ErrChunked
 			}
 		case csTrailerName, csTrailer:
 			switch {
 			case cs.state == csTrailerName && c == ':':
 				cs.state = csTrailer
 			case cs.state == csTrailerName && !tokenChars[c]:
-				return n, false, errChunked
+				return n, false, ErrChunked
 			case cs.state == csTrailer && c == '\r':
 				cs.state = csTrailerLF
 			case c < ' ' && c != '\t' || c == 0x7f:
-				return n, false, errChunked
+				return n, false, ErrChunked
 			}
 			if cs.line++; cs.line > maxChunkLine {
-				return n, false, errChunked
+				return n, false, ErrChunked
 			}
 		case csTrailerLF:
 			if c != '\n' {
-				return n, false, errChunked
+				return n, false, ErrChunked
 			}
 			cs.state = csTrailerStart
 		case csEndLF:
 			if c != '\n' {
-				return n, false, errChunked
+				return n, false, ErrChunked
 			}
 			return n, true, nil
 		}

@@ -1,4 +1,4 @@
-package balancer
+package reactor
 
 import (
 	"sync"
@@ -8,11 +8,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// loopListener is a listening socket on one reactor: a duplicate of the
+// Listener is a listening socket on one reactor: a duplicate of the
 // frontend's socket, so that closing it stops only this server's
 // accepting, and a tcp and an http server can hand the socket over.
-type loopListener struct {
-	r       *reactor
+type Listener struct {
+	r       *Loop
 	fd      int // -1 once stopped
 	open    func(fd int, sa unix.Sockaddr)
 	onError func(err error, retryIn time.Duration)
@@ -24,17 +24,17 @@ type loopListener struct {
 // acceptBackoffMax bounds the pause in accepting after a failed accept.
 const acceptBackoffMax = 100 * time.Millisecond
 
-// listenOn registers a duplicate of sock with r; open gets each
+// ListenOn registers a duplicate of sock with r; open gets each
 // accepted connection, on the loop.
-func listenOn(r *reactor, sock *socket, open func(fd int, sa unix.Sockaddr), onError func(error, time.Duration)) (*loopListener, error) {
-	l := &loopListener{r: r, fd: -1, open: open, onError: onError}
-	fd, err := dupFD(sock.fd)
+func ListenOn(r *Loop, sock *Socket, open func(fd int, sa unix.Sockaddr), onError func(error, time.Duration)) (*Listener, error) {
+	l := &Listener{r: r, fd: -1, open: open, onError: onError}
+	fd, err := DupFD(sock.fd)
 	if err != nil {
 		return nil, err
 	}
 	var derr error
-	r.do(func() {
-		if derr = r.add(fd, l, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); derr == nil {
+	r.Do(func() {
+		if derr = r.Add(fd, l, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); derr == nil {
 			l.fd = fd
 		}
 	})
@@ -45,19 +45,19 @@ func listenOn(r *reactor, sock *socket, open func(fd int, sa unix.Sockaddr), onE
 	return l, nil
 }
 
-// stop closes the duplicate; connections accepted go on.
-func (l *loopListener) stop() {
-	l.r.do(func() {
+// Stop closes the duplicate; connections accepted go on.
+func (l *Listener) Stop() {
+	l.r.Do(func() {
 		if l.fd >= 0 {
-			l.r.closeFD(l.fd)
+			l.r.CloseFD(l.fd)
 			l.fd = -1
 		}
 	})
 }
 
-// event accepts what is pending, a batch at a time: the listening socket
+// Event accepts what is pending, a batch at a time: the listening socket
 // is level-triggered, so epoll reports the rest.
-func (l *loopListener) event(fd int, _ uint32) {
+func (l *Listener) Event(fd int, _ uint32) {
 	for range 64 {
 		nfd, sa, err := unix.Accept4(fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		switch {
@@ -81,7 +81,7 @@ func (l *loopListener) event(fd int, _ uint32) {
 		time.AfterFunc(l.backoff, func() {
 			l.r.post(func() {
 				if l.fd == fd {
-					l.r.add(fd, l, unix.EPOLLIN|unix.EPOLLEXCLUSIVE)
+					l.r.Add(fd, l, unix.EPOLLIN|unix.EPOLLEXCLUSIVE)
 				}
 			})
 		})
@@ -89,17 +89,17 @@ func (l *loopListener) event(fd int, _ uint32) {
 	}
 }
 
-// connCount counts a server's client connections, for drain to wait on.
-type connCount struct {
-	n       atomic.Int64
+// ConnCount counts a server's client connections, for drain to wait on.
+type ConnCount struct {
+	N       atomic.Int64
 	mu      sync.Mutex
 	waiters []chan struct{}
 }
 
-func (cc *connCount) opened() { cc.n.Add(1) }
+func (cc *ConnCount) Opened() { cc.N.Add(1) }
 
-func (cc *connCount) closed() {
-	if cc.n.Add(-1) != 0 {
+func (cc *ConnCount) Closed() {
+	if cc.N.Add(-1) != 0 {
 		return
 	}
 	cc.mu.Lock()
@@ -110,10 +110,10 @@ func (cc *connCount) closed() {
 	cc.mu.Unlock()
 }
 
-// waitEmpty waits up to d for the last connection to end.
-func (cc *connCount) waitEmpty(d time.Duration) bool {
+// WaitEmpty waits up to d for the last connection to end.
+func (cc *ConnCount) WaitEmpty(d time.Duration) bool {
 	cc.mu.Lock()
-	if cc.n.Load() == 0 {
+	if cc.N.Load() == 0 {
 		cc.mu.Unlock()
 		return true
 	}

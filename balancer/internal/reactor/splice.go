@@ -1,4 +1,4 @@
-package balancer
+package reactor
 
 import (
 	"syscall"
@@ -18,35 +18,35 @@ import (
 // directions past it go on copying, as they do when pipe2 fails.
 const maxPipes = 1024
 
-// splicePipe is one direction's pipe and what it holds.
-type splicePipe struct {
+// Pipe is one direction's pipe and what it holds.
+type Pipe struct {
 	r, w int
-	n    int // bytes in the pipe, not yet passed on
+	N    int // bytes in the pipe, not yet passed on
 }
 
-// newSplicePipe opens a pipe for one of r's connections; nil when the
+// NewPipe opens a pipe for one of r's connections; nil when the
 // loop has its share of pipes or the system refuses one.
-func (r *reactor) newSplicePipe() *splicePipe {
-	if r.pipes >= maxPipes {
+func (r *Loop) NewPipe() *Pipe {
+	if r.Pipes >= maxPipes {
 		return nil
 	}
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
 		return nil
 	}
-	r.pipes++
-	r.pipesOpened.Add(1)
-	return &splicePipe{r: fds[0], w: fds[1]}
+	r.Pipes++
+	r.PipesOpened.Add(1)
+	return &Pipe{r: fds[0], w: fds[1]}
 }
 
-// closePipe releases p; safe with nil.
-func (r *reactor) closePipe(p *splicePipe) {
+// ClosePipe releases p; safe with nil.
+func (r *Loop) ClosePipe(p *Pipe) {
 	if p == nil {
 		return
 	}
 	unix.Close(p.r)
 	unix.Close(p.w)
-	r.pipes--
+	r.Pipes--
 }
 
 // spliceChunk is how much one splice takes from a socket: what a pipe
@@ -56,19 +56,19 @@ const spliceChunk = 64 << 10
 // in moves what src has, up to a pipe's worth, into the empty pipe; 0 at
 // src's end. A short count does not mean src is drained (the pipe may
 // have run out of slots for the socket's pieces): the next call says so.
-func (p *splicePipe) in(src int) (int, error) {
+func (p *Pipe) In(src int) (int, error) {
 	n, err := sysSplice(src, p.w, spliceChunk)
 	if err == nil {
-		p.n += n
+		p.N += n
 	}
 	return n, err
 }
 
 // out passes what the pipe holds on to dst, as much as dst takes.
-func (p *splicePipe) out(dst int) error {
-	n, err := sysSplice(p.r, dst, p.n)
+func (p *Pipe) Out(dst int) error {
+	n, err := sysSplice(p.r, dst, p.N)
 	if err == nil {
-		p.n -= n
+		p.N -= n
 	}
 	return err
 }

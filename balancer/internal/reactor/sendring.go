@@ -1,4 +1,4 @@
-package balancer
+package reactor
 
 import (
 	"fmt"
@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A sendRing sends a loop turn's small socket writes with one io_uring_enter
+// A SendRing sends a loop turn's small socket writes with one io_uring_enter
 // instead of one sendto each.
 //
 // Why: with the kernel's default preemption model a task is switched out
@@ -24,7 +24,7 @@ import (
 // and the writes carry MSG_DONTWAIT, so none waits in the kernel), which
 // keeps the data and the descriptors alive for exactly as long as the
 // kernel uses them.
-type sendRing struct {
+type SendRing struct {
 	fd      int
 	entries uint32
 	sqRing  []byte
@@ -51,20 +51,20 @@ type sendRing struct {
 type ringWrite struct {
 	fd   int
 	data []byte
-	to   ringWriter
+	to   RingWriter
 	up   bool
 	res  int32
 	done bool
 }
 
-// A ringWriter learns how its queued writes went: n bytes of data were
+// A RingWriter learns how its queued writes went: n bytes of data were
 // written, or err (EAGAIN: none, the socket is full).
-type ringWriter interface {
-	written(up bool, data []byte, n int, err error)
+type RingWriter interface {
+	Written(up bool, data []byte, n int, err error)
 }
 
-// sendRingOn: loops set up a ring (tests turn it off to cover sendto).
-var sendRingOn = true
+// SendRingOn: loops set up a ring (tests turn it off to cover sendto).
+var SendRingOn = true
 
 const (
 	sysIOURingSetup = 425
@@ -85,7 +85,7 @@ const (
 	// write that is queued rather than sent at once (a request or a
 	// response, not a stream: a full read buffer goes by sendto).
 	sendRingArena = 256 << 10
-	sendRingMax   = 16 << 10
+	SendRingMax   = 16 << 10
 )
 
 // uringParams is struct io_uring_params.
@@ -127,16 +127,16 @@ type uringCQE struct {
 	flags    uint32
 }
 
-// newSendRing sets up a ring; an error means the loop sends with sendto
+// NewSendRing sets up a ring; an error means the loop sends with sendto
 // (io_uring disabled by sysctl or seccomp, or an old kernel).
-func newSendRing() (*sendRing, error) {
+func NewSendRing() (*SendRing, error) {
 	var p uringParams
 	fd, _, e := syscall.RawSyscall(sysIOURingSetup, sendRingEntries, uintptr(unsafe.Pointer(&p)), 0)
 	if e != 0 {
 		return nil, fmt.Errorf("io_uring_setup: %w", e)
 	}
-	r := &sendRing{fd: int(fd), entries: p.sqEntries}
-	fail := func(what string, err error) (*sendRing, error) {
+	r := &SendRing{fd: int(fd), entries: p.sqEntries}
+	fail := func(what string, err error) (*SendRing, error) {
 		r.close()
 		return nil, fmt.Errorf("io_uring %s: %w", what, err)
 	}
@@ -178,7 +178,7 @@ func newSendRing() (*sendRing, error) {
 // (5.6 and later) and answers a write to a full socket at once with EAGAIN
 // rather than holding it until there is room: a held write would stall
 // the loop's flush.
-func (r *sendRing) probe() error {
+func (r *SendRing) probe() error {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -223,7 +223,7 @@ func (r *sendRing) probe() error {
 	return nil
 }
 
-func (r *sendRing) close() {
+func (r *SendRing) close() {
 	if r.sqeMem != nil {
 		unix.Munmap(r.sqeMem)
 	}
@@ -233,11 +233,11 @@ func (r *sendRing) close() {
 	unix.Close(r.fd)
 }
 
-// queue copies p and writes it to fd at the next flush; to.written is
+// Queue copies p and writes it to fd at the next flush; to.written is
 // called then, from the loop, with what was written or the error.
-func (r *sendRing) queue(fd int, p []byte, to ringWriter, up bool) {
+func (r *SendRing) Queue(fd int, p []byte, to RingWriter, up bool) {
 	if len(r.queued) == int(r.entries) || r.used+len(p) > len(r.arena) {
-		r.flush()
+		r.Flush()
 	}
 	data := r.arena[r.used : r.used+len(p) : r.used+len(p)]
 	copy(data, p)
@@ -247,7 +247,7 @@ func (r *sendRing) queue(fd int, p []byte, to ringWriter, up bool) {
 
 // putSend fills submission slot with a non-blocking send of p to fd;
 // MSG_DONTWAIT makes a full socket answer EAGAIN instead of holding it.
-func (r *sendRing) putSend(slot uint32, fd int, p []byte, userData uint64) {
+func (r *SendRing) putSend(slot uint32, fd int, p []byte, userData uint64) {
 	r.sqes[slot&r.sqMask] = uringSQE{
 		opcode:   uringOpSend,
 		fd:       int32(fd),
@@ -258,8 +258,8 @@ func (r *sendRing) putSend(slot uint32, fd int, p []byte, userData uint64) {
 	}
 }
 
-// flush submits the queued writes, waits for all of them and reports each.
-func (r *sendRing) flush() {
+// Flush submits the queued writes, waits for all of them and reports each.
+func (r *SendRing) Flush() {
 	if len(r.queued) == 0 || r.flushing {
 		return
 	}
@@ -291,11 +291,11 @@ func (r *sendRing) flush() {
 		case !w.done:
 			// The kernel refused the ring (cannot happen with one
 			// that works): the connection fails rather than hangs.
-			w.to.written(w.up, w.data, 0, unix.EIO)
+			w.to.Written(w.up, w.data, 0, unix.EIO)
 		case w.res < 0:
-			w.to.written(w.up, w.data, 0, unix.Errno(-w.res))
+			w.to.Written(w.up, w.data, 0, unix.Errno(-w.res))
 		default:
-			w.to.written(w.up, w.data, int(w.res), nil)
+			w.to.Written(w.up, w.data, int(w.res), nil)
 		}
 	}
 	clear(r.queued)
@@ -304,7 +304,7 @@ func (r *sendRing) flush() {
 }
 
 // reap notes the completed writes' results and returns how many there were.
-func (r *sendRing) reap() uint32 {
+func (r *SendRing) reap() uint32 {
 	head := *r.cqHead
 	tail := atomic.LoadUint32(r.cqTail)
 	var n uint32
