@@ -306,6 +306,10 @@ func FormatStatus(w io.Writer, st *Status) {
 	if len(why) == 0 && !st.InterfaceOK {
 		why = append(why, "interface unusable")
 	}
+	// Maintenance counts as unhealthy (the JSON's healthy is false).
+	if len(why) == 0 && !st.Healthy && st.Maintenance.On {
+		why = append(why, "maintenance")
+	}
 	health := "healthy"
 	if len(why) > 0 {
 		health = "unhealthy: " + strings.Join(why, "; ")

@@ -59,3 +59,25 @@ func TestFormatRaft(t *testing.T) {
 		})
 	}
 }
+
+// TestFormatStatusHealth: the text says what the JSON says, maintenance
+// included.
+func TestFormatStatusHealth(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		st   Status
+		want string
+	}{
+		{"healthy", Status{Healthy: true, ChecksOK: true, InterfaceOK: true}, "health       healthy\n"},
+		{"maintenance", Status{ChecksOK: true, InterfaceOK: true, Maintenance: Maintenance{On: true}}, "health       unhealthy: maintenance\n"},
+		{"checks", Status{InterfaceOK: true}, "health       unhealthy: checks failing\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b strings.Builder
+			FormatStatus(&b, &tc.st)
+			if !strings.Contains(b.String(), tc.want) {
+				t.Errorf("status text lacks %q:\n%s", tc.want, b.String())
+			}
+		})
+	}
+}
