@@ -5,6 +5,7 @@ import (
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -48,6 +49,10 @@ type announcerServer struct {
 	impl Announcer
 }
 
+func (s *announcerServer) Validate(ctx context.Context, cfg *pb.AnnouncerConfig) (*pb.Empty, error) {
+	return validateOn(ctx, s.impl, cfg)
+}
+
 func (s *announcerServer) Configure(ctx context.Context, cfg *pb.AnnouncerConfig) (*pb.Empty, error) {
 	return &pb.Empty{}, s.impl.Configure(ctx, cfg)
 }
@@ -67,6 +72,22 @@ func (s *announcerServer) Watch(_ *pb.Empty, st pb.Announcer_WatchServer) error 
 type announcerClient struct {
 	reporterClient
 	c pb.AnnouncerClient
+}
+
+// Validate asks the plugin to check cfg without applying it; ErrNoValidate
+// when the plugin binary predates the RPC.
+func (c *announcerClient) Validate(ctx context.Context, cfg *pb.AnnouncerConfig) error {
+	_, err := c.c.Validate(ctx, cfg)
+	return validateResult(err)
+}
+
+// ValidateConfig is Validate for a AnnouncerConfig.
+func (c *announcerClient) ValidateConfig(ctx context.Context, cfg proto.Message) error {
+	m, ok := cfg.(*pb.AnnouncerConfig)
+	if !ok {
+		return wrongConfig(KindAnnouncer, cfg)
+	}
+	return c.Validate(ctx, m)
 }
 
 func (c *announcerClient) Configure(ctx context.Context, cfg *pb.AnnouncerConfig) error {

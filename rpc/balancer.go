@@ -5,6 +5,7 @@ import (
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -40,6 +41,10 @@ type balancerServer struct {
 	impl Balancer
 }
 
+func (s *balancerServer) Validate(ctx context.Context, cfg *pb.BalancerConfig) (*pb.Empty, error) {
+	return validateOn(ctx, s.impl, cfg)
+}
+
 func (s *balancerServer) Configure(ctx context.Context, cfg *pb.BalancerConfig) (*pb.Empty, error) {
 	return &pb.Empty{}, s.impl.Configure(ctx, cfg)
 }
@@ -47,6 +52,22 @@ func (s *balancerServer) Configure(ctx context.Context, cfg *pb.BalancerConfig) 
 type balancerClient struct {
 	reporterClient
 	c pb.BalancerClient
+}
+
+// Validate asks the plugin to check cfg without applying it; ErrNoValidate
+// when the plugin binary predates the RPC.
+func (c *balancerClient) Validate(ctx context.Context, cfg *pb.BalancerConfig) error {
+	_, err := c.c.Validate(ctx, cfg)
+	return validateResult(err)
+}
+
+// ValidateConfig is Validate for a BalancerConfig.
+func (c *balancerClient) ValidateConfig(ctx context.Context, cfg proto.Message) error {
+	m, ok := cfg.(*pb.BalancerConfig)
+	if !ok {
+		return wrongConfig(KindBalancer, cfg)
+	}
+	return c.Validate(ctx, m)
 }
 
 func (c *balancerClient) Configure(ctx context.Context, cfg *pb.BalancerConfig) error {

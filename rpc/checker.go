@@ -5,6 +5,7 @@ import (
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -45,6 +46,10 @@ type checkerServer struct {
 	impl Checker
 }
 
+func (s *checkerServer) Validate(ctx context.Context, cfg *pb.CheckerConfig) (*pb.Empty, error) {
+	return validateOn(ctx, s.impl, cfg)
+}
+
 func (s *checkerServer) Configure(ctx context.Context, cfg *pb.CheckerConfig) (*pb.Empty, error) {
 	return &pb.Empty{}, s.impl.Configure(ctx, cfg)
 }
@@ -56,6 +61,22 @@ func (s *checkerServer) Watch(_ *pb.Empty, st pb.Checker_WatchServer) error {
 type checkerClient struct {
 	reporterClient
 	c pb.CheckerClient
+}
+
+// Validate asks the plugin to check cfg without applying it; ErrNoValidate
+// when the plugin binary predates the RPC.
+func (c *checkerClient) Validate(ctx context.Context, cfg *pb.CheckerConfig) error {
+	_, err := c.c.Validate(ctx, cfg)
+	return validateResult(err)
+}
+
+// ValidateConfig is Validate for a CheckerConfig.
+func (c *checkerClient) ValidateConfig(ctx context.Context, cfg proto.Message) error {
+	m, ok := cfg.(*pb.CheckerConfig)
+	if !ok {
+		return wrongConfig(KindChecker, cfg)
+	}
+	return c.Validate(ctx, m)
 }
 
 func (c *checkerClient) Configure(ctx context.Context, cfg *pb.CheckerConfig) error {

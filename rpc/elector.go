@@ -5,6 +5,7 @@ import (
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -46,6 +47,10 @@ type electorServer struct {
 	impl Elector
 }
 
+func (s *electorServer) Validate(ctx context.Context, cfg *pb.ElectorConfig) (*pb.Empty, error) {
+	return validateOn(ctx, s.impl, cfg)
+}
+
 func (s *electorServer) Configure(ctx context.Context, cfg *pb.ElectorConfig) (*pb.Empty, error) {
 	return &pb.Empty{}, s.impl.Configure(ctx, cfg)
 }
@@ -61,6 +66,22 @@ func (s *electorServer) TransferLeadership(ctx context.Context, req *pb.Transfer
 type electorClient struct {
 	reporterClient
 	c pb.ElectorClient
+}
+
+// Validate asks the plugin to check cfg without applying it; ErrNoValidate
+// when the plugin binary predates the RPC.
+func (c *electorClient) Validate(ctx context.Context, cfg *pb.ElectorConfig) error {
+	_, err := c.c.Validate(ctx, cfg)
+	return validateResult(err)
+}
+
+// ValidateConfig is Validate for a ElectorConfig.
+func (c *electorClient) ValidateConfig(ctx context.Context, cfg proto.Message) error {
+	m, ok := cfg.(*pb.ElectorConfig)
+	if !ok {
+		return wrongConfig(KindElector, cfg)
+	}
+	return c.Validate(ctx, m)
 }
 
 func (c *electorClient) Configure(ctx context.Context, cfg *pb.ElectorConfig) error {
