@@ -27,9 +27,6 @@ var pluginLibraries = []string{
 var knownLeaks = map[string][]string{
 	// Checks for the built-in checker are checked with its Validate.
 	"github.com/keep-vip/keep-vip/supervisor/config": {"github.com/keep-vip/keep-vip/checker"},
-	// scrubVIPs and vipsOnInterface read and clean the interface itself
-	// when the announcer died.
-	"github.com/keep-vip/keep-vip/supervisor": {"github.com/vishvananda/netlink"},
 }
 
 func TestNoPluginLibraryImports(t *testing.T) {
