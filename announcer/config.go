@@ -97,5 +97,3 @@ func parseConfig(c *pb.AnnouncerConfig) (config, error) {
 	}
 	return out, nil
 }
-
-
