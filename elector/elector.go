@@ -205,20 +205,14 @@ func validate(cfg *pb.ElectorConfig) (map[string]string, timings, error) {
 		return nil, t, err
 	}
 	// The rules the supervisor checks the file with (timing.go says why).
-	if err := limits.CheckRaftTimings(t.heartbeat, t.election, t.lease, timingField); err != nil {
+	if err := limits.CheckRaftTimings(t.heartbeat, t.election, t.lease, timingFields); err != nil {
 		return nil, t, err
 	}
 	return addrs, t, nil
 }
 
-// timingField is a Raft timeout's ElectorConfig field.
-func timingField(t limits.RaftTiming) string {
-	return map[limits.RaftTiming]string{
-		limits.HeartbeatTimeout:   "heartbeat_timeout_ms",
-		limits.ElectionTimeout:    "election_timeout_ms",
-		limits.LeaderLeaseTimeout: "leader_lease_timeout_ms",
-	}[t]
-}
+// timingFields are the Raft timeouts' ElectorConfig fields.
+var timingFields = limits.RaftTimingKeys{Heartbeat: "heartbeat_timeout_ms", Election: "election_timeout_ms", Lease: "leader_lease_timeout_ms"}
 
 // Validate is the Validate RPC: cfg checked as Configure would (TLS
 // contents included), with no Raft node or store touched.

@@ -5,7 +5,6 @@ import (
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -36,7 +35,7 @@ func (p *AnnouncerPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error
 
 func (p *AnnouncerPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
 	cl := pb.NewAnnouncerClient(c)
-	return &announcerClient{reporterClient: reporterClient{cl}, c: cl}, nil
+	return &announcerClient{reporterClient: reporterClient{cl}, validatorClient: validatorClient[*pb.AnnouncerConfig]{KindAnnouncer, cl.Validate}, c: cl}, nil
 }
 
 type unimplementedAnnouncer struct {
@@ -71,23 +70,8 @@ func (s *announcerServer) Watch(_ *pb.Empty, st pb.Announcer_WatchServer) error 
 
 type announcerClient struct {
 	reporterClient
+	validatorClient[*pb.AnnouncerConfig]
 	c pb.AnnouncerClient
-}
-
-// Validate asks the plugin to check cfg without applying it; ErrNoValidate
-// when the plugin binary predates the RPC.
-func (c *announcerClient) Validate(ctx context.Context, cfg *pb.AnnouncerConfig) error {
-	_, err := c.c.Validate(ctx, cfg)
-	return validateResult(err)
-}
-
-// ValidateConfig is Validate for a AnnouncerConfig.
-func (c *announcerClient) ValidateConfig(ctx context.Context, cfg proto.Message) error {
-	m, ok := cfg.(*pb.AnnouncerConfig)
-	if !ok {
-		return wrongConfig(KindAnnouncer, cfg)
-	}
-	return c.Validate(ctx, m)
 }
 
 func (c *announcerClient) Configure(ctx context.Context, cfg *pb.AnnouncerConfig) error {

@@ -5,7 +5,6 @@ import (
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -30,7 +29,7 @@ func (p *BalancerPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error 
 
 func (p *BalancerPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
 	cl := pb.NewBalancerClient(c)
-	return &balancerClient{reporterClient: reporterClient{cl}, c: cl}, nil
+	return &balancerClient{reporterClient: reporterClient{cl}, validatorClient: validatorClient[*pb.BalancerConfig]{KindBalancer, cl.Validate}, c: cl}, nil
 }
 
 type unimplementedBalancer struct{ pb.UnimplementedBalancerServer }
@@ -51,23 +50,8 @@ func (s *balancerServer) Configure(ctx context.Context, cfg *pb.BalancerConfig) 
 
 type balancerClient struct {
 	reporterClient
+	validatorClient[*pb.BalancerConfig]
 	c pb.BalancerClient
-}
-
-// Validate asks the plugin to check cfg without applying it; ErrNoValidate
-// when the plugin binary predates the RPC.
-func (c *balancerClient) Validate(ctx context.Context, cfg *pb.BalancerConfig) error {
-	_, err := c.c.Validate(ctx, cfg)
-	return validateResult(err)
-}
-
-// ValidateConfig is Validate for a BalancerConfig.
-func (c *balancerClient) ValidateConfig(ctx context.Context, cfg proto.Message) error {
-	m, ok := cfg.(*pb.BalancerConfig)
-	if !ok {
-		return wrongConfig(KindBalancer, cfg)
-	}
-	return c.Validate(ctx, m)
 }
 
 func (c *balancerClient) Configure(ctx context.Context, cfg *pb.BalancerConfig) error {

@@ -5,7 +5,6 @@ import (
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -35,7 +34,7 @@ func (p *CheckerPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 
 func (p *CheckerPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
 	cl := pb.NewCheckerClient(c)
-	return &checkerClient{reporterClient: reporterClient{cl}, c: cl}, nil
+	return &checkerClient{reporterClient: reporterClient{cl}, validatorClient: validatorClient[*pb.CheckerConfig]{KindChecker, cl.Validate}, c: cl}, nil
 }
 
 type unimplementedChecker struct{ pb.UnimplementedCheckerServer }
@@ -60,23 +59,8 @@ func (s *checkerServer) Watch(_ *pb.Empty, st pb.Checker_WatchServer) error {
 
 type checkerClient struct {
 	reporterClient
+	validatorClient[*pb.CheckerConfig]
 	c pb.CheckerClient
-}
-
-// Validate asks the plugin to check cfg without applying it; ErrNoValidate
-// when the plugin binary predates the RPC.
-func (c *checkerClient) Validate(ctx context.Context, cfg *pb.CheckerConfig) error {
-	_, err := c.c.Validate(ctx, cfg)
-	return validateResult(err)
-}
-
-// ValidateConfig is Validate for a CheckerConfig.
-func (c *checkerClient) ValidateConfig(ctx context.Context, cfg proto.Message) error {
-	m, ok := cfg.(*pb.CheckerConfig)
-	if !ok {
-		return wrongConfig(KindChecker, cfg)
-	}
-	return c.Validate(ctx, m)
 }
 
 func (c *checkerClient) Configure(ctx context.Context, cfg *pb.CheckerConfig) error {

@@ -5,7 +5,6 @@ import (
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -36,7 +35,7 @@ func (p *ElectorPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 
 func (p *ElectorPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
 	cl := pb.NewElectorClient(c)
-	return &electorClient{reporterClient: reporterClient{cl}, c: cl}, nil
+	return &electorClient{reporterClient: reporterClient{cl}, validatorClient: validatorClient[*pb.ElectorConfig]{KindElector, cl.Validate}, c: cl}, nil
 }
 
 type unimplementedElector struct{ pb.UnimplementedElectorServer }
@@ -65,23 +64,8 @@ func (s *electorServer) TransferLeadership(ctx context.Context, req *pb.Transfer
 
 type electorClient struct {
 	reporterClient
+	validatorClient[*pb.ElectorConfig]
 	c pb.ElectorClient
-}
-
-// Validate asks the plugin to check cfg without applying it; ErrNoValidate
-// when the plugin binary predates the RPC.
-func (c *electorClient) Validate(ctx context.Context, cfg *pb.ElectorConfig) error {
-	_, err := c.c.Validate(ctx, cfg)
-	return validateResult(err)
-}
-
-// ValidateConfig is Validate for a ElectorConfig.
-func (c *electorClient) ValidateConfig(ctx context.Context, cfg proto.Message) error {
-	m, ok := cfg.(*pb.ElectorConfig)
-	if !ok {
-		return wrongConfig(KindElector, cfg)
-	}
-	return c.Validate(ctx, m)
 }
 
 func (c *electorClient) Configure(ctx context.Context, cfg *pb.ElectorConfig) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -60,7 +61,25 @@ func validateResult(err error) error {
 	return err
 }
 
-// wrongConfig is ValidateConfig's answer to a message of another kind.
-func wrongConfig(kind string, cfg proto.Message) error {
-	return errors.New(kind + " cannot validate a " + string(proto.MessageName(cfg)))
+// validatorClient is the Validate part of every client: C is the kind's
+// config message, call the generated client's Validate.
+type validatorClient[C proto.Message] struct {
+	kind string
+	call func(context.Context, C, ...grpc.CallOption) (*pb.Empty, error)
+}
+
+// Validate asks the plugin to check cfg without applying it; ErrNoValidate
+// when the plugin binary predates the RPC.
+func (v validatorClient[C]) Validate(ctx context.Context, cfg C) error {
+	_, err := v.call(ctx, cfg)
+	return validateResult(err)
+}
+
+// ValidateConfig is Validate for the kind's config message (ConfigValidator).
+func (v validatorClient[C]) ValidateConfig(ctx context.Context, cfg proto.Message) error {
+	m, ok := cfg.(C)
+	if !ok {
+		return errors.New(v.kind + " cannot validate a " + string(proto.MessageName(cfg)))
+	}
+	return v.Validate(ctx, m)
 }

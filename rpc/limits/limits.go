@@ -127,28 +127,23 @@ func ParseVIP(s string) (netip.Addr, error) {
 	return a, nil
 }
 
-// RaftTiming names one of the three Raft timeouts, for CheckRaftTimings.
-type RaftTiming int
-
-const (
-	HeartbeatTimeout RaftTiming = iota
-	ElectionTimeout
-	LeaderLeaseTimeout
-)
+// RaftTimingKeys are the names each side gives the three Raft timeouts:
+// the supervisor's config keys, the elector's pb fields.
+type RaftTimingKeys struct{ Heartbeat, Election, Lease string }
 
 // MinRaftTimeout is the shortest of each Raft timeout.
 const MinRaftTimeout = 10 * time.Millisecond
 
 // CheckRaftTimings checks the three timeouts (after defaults), naming each
-// by key (the supervisor's config key or the elector's pb field): the rules
+// by its key (the supervisor's config key or the elector's pb field): the rules
 // live here once, each side words the key. The first problem is returned.
-func CheckRaftTimings(heartbeat, election, lease time.Duration, key func(RaftTiming) string) error {
+func CheckRaftTimings(heartbeat, election, lease time.Duration, key RaftTimingKeys) error {
 	for _, d := range []struct {
-		t RaftTiming
-		v time.Duration
-	}{{HeartbeatTimeout, heartbeat}, {ElectionTimeout, election}, {LeaderLeaseTimeout, lease}} {
+		key string
+		v   time.Duration
+	}{{key.Heartbeat, heartbeat}, {key.Election, election}, {key.Lease, lease}} {
 		if d.v < MinRaftTimeout {
-			return fmt.Errorf("%s: %s must be at least %s", key(d.t), d.v, MinRaftTimeout)
+			return fmt.Errorf("%s: %s must be at least %s", d.key, d.v, MinRaftTimeout)
 		}
 	}
 	// Why half (elector/timing.go): the leader steps down within one lease
@@ -158,10 +153,10 @@ func CheckRaftTimings(heartbeat, election, lease time.Duration, key func(RaftTim
 	// the leader.
 	if lease > MaxLeaderLeaseTimeout(heartbeat) {
 		return fmt.Errorf("%s: %s must be at most half of %s (%s), so a leader cut off from its quorum steps down before another can be elected",
-			key(LeaderLeaseTimeout), lease, key(HeartbeatTimeout), heartbeat)
+			key.Lease, lease, key.Heartbeat, heartbeat)
 	}
 	if election < heartbeat {
-		return fmt.Errorf("%s: %s must be at least %s (%s)", key(ElectionTimeout), election, key(HeartbeatTimeout), heartbeat)
+		return fmt.Errorf("%s: %s must be at least %s (%s)", key.Election, election, key.Heartbeat, heartbeat)
 	}
 	return nil
 }

@@ -39,14 +39,8 @@ type RaftTLS struct {
 // Enabled tells whether any TLS file is configured.
 func (t RaftTLS) Enabled() bool { return t.CA != "" || t.Cert != "" || t.Key != "" }
 
-// raftKey is a Raft timeout's key in the file.
-func raftKey(t limits.RaftTiming) string {
-	return map[limits.RaftTiming]string{
-		limits.HeartbeatTimeout:   "raft.heartbeatTimeout",
-		limits.ElectionTimeout:    "raft.electionTimeout",
-		limits.LeaderLeaseTimeout: "raft.leaderLeaseTimeout",
-	}[t]
-}
+// raftKeys are the Raft timeouts' keys in the file.
+var raftKeys = limits.RaftTimingKeys{Heartbeat: "raft.heartbeatTimeout", Election: "raft.electionTimeout", Lease: "raft.leaderLeaseTimeout"}
 
 // Bounds of the raft settings.
 var (
@@ -70,7 +64,7 @@ func (c *Config) fillRaft() {
 
 func (c *Config) validateRaft(bad func(string, ...any)) {
 	r := c.Raft
-	if err := limits.CheckRaftTimings(r.HeartbeatTimeout, r.ElectionTimeout, r.LeaderLeaseTimeout, raftKey); err != nil {
+	if err := limits.CheckRaftTimings(r.HeartbeatTimeout, r.ElectionTimeout, r.LeaderLeaseTimeout, raftKeys); err != nil {
 		bad("%v", err)
 	}
 	if r.PreemptDelay < 0 || r.PreemptDelay > maxPreemptDelay {
