@@ -142,15 +142,17 @@ func start(path string) error {
 		return err
 	}
 	log = s.Log()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	// SIGHUP is caught before anything slow runs: its default would kill
+	// the process (a reload asked for while it starts waits for the loop).
+	defer watchHUP(ctx, path, s, log)()
 	// Every plugin validates its part first, so a config a plugin refuses
 	// stops the start here, with its line, instead of a plugin that keeps
 	// failing to start.
-	if err := s.ValidatePlugins(context.Background(), cfg); err != nil {
+	if err := s.ValidatePlugins(ctx, cfg); err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	defer watchHUP(ctx, path, s, log)()
 	log.Info().Str("version", version).Str("config", path).Msg("starting")
 	if err := s.Run(ctx); err != nil {
 		return err
