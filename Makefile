@@ -7,6 +7,9 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 PLUGINS := elector announcer checker balancer
 BIN     := $(CURDIR)/bin
+# Modules of their own in this tree: the plugin SDK and the example checker
+# built against it alone. `go test ./...` at the root does not reach them.
+SUBMODULES := rpc plugins/example-checker
 DIST    := $(CURDIR)/dist
 # Package version: a v1.2.3 tag gives 1.2.3; untagged commits sort below any
 # release as 0.0.0~git<date>.<commit>; a dirty tree adds +dirty.
@@ -33,9 +36,12 @@ deps:
 # multi-node e2e suite on the binaries just built.
 test: deps build package
 	$(GO) vet ./...
+	@for m in $(SUBMODULES); do echo "cd $$m && $(GO) vet ./..."; (cd $$m && $(GO) vet ./...) || exit 1; done
+	@for m in $(SUBMODULES); do echo "cd $$m && $(GO) test ./..."; (cd $$m && $(GO) test -count=1 ./...) || exit 1; done
 	KEEPVIP_BIN_DIR=$(BIN) KEEPVIP_DIST_DIR=$(DIST) $(GO) test -count=1 -timeout 20m ./...
 
 unit:
+	@for m in $(SUBMODULES); do echo "cd $$m && $(GO) test ./..."; (cd $$m && $(GO) test -count=1 ./...) || exit 1; done
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
 
 e2e: deps build

@@ -520,8 +520,16 @@ func (a *Announcer) Status(context.Context) (*pb.PluginStatus, error) {
 			"usable":    strconv.FormatBool(a.usable),
 		},
 	}
+	st.Announcer = &pb.AnnouncerStatus{Held: a.held}
 	if a.held {
 		st.State = StateHolding
+	}
+	if a.cfg != nil {
+		missing, err := a.missingLocked()
+		if err != nil {
+			return nil, err
+		}
+		st.Announcer.MissingVips = missing
 	}
 	if a.reason != "" {
 		st.Details["reason"] = a.reason
@@ -531,6 +539,29 @@ func (a *Announcer) Status(context.Context) (*pb.PluginStatus, error) {
 		st.Details["vips"] = joinVIPs(a.cfg.vips)
 	}
 	return st, nil
+}
+
+// missingLocked lists the configured VIPs not on the interface as host
+// addresses, read from the kernel now: the supervisor's check that a held
+// VIP is really there.
+func (a *Announcer) missingLocked() ([]string, error) {
+	var out []string
+	for _, vip := range a.cfg.vips {
+		present, err := a.addrs.has(vip)
+		if err != nil && !errors.Is(err, ErrInterfaceNotFound) {
+			return nil, fmt.Errorf("status: %w", err)
+		}
+		if !present { // a missing interface took its addresses with it
+			out = append(out, vip.String())
+		}
+	}
+	return out, nil
+}
+
+// Validate checks c as Configure would, touching nothing: the Validate RPC.
+func (a *Announcer) Validate(_ context.Context, c *pb.AnnouncerConfig) error {
+	_, err := parseConfig(c)
+	return err
 }
 
 // Gather implements prometheus.Gatherer with the announcer's own registry.

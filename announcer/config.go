@@ -61,9 +61,9 @@ func parseConfig(c *pb.AnnouncerConfig) (config, error) {
 	}
 	seen := make(map[netip.Addr]bool, len(c.GetVips()))
 	for _, s := range c.GetVips() {
-		vip, err := parseVIP(s)
+		vip, err := limits.ParseVIP(s)
 		if err != nil {
-			return config{}, err
+			return config{}, fmt.Errorf("vip %w", err)
 		}
 		if seen[vip] {
 			return config{}, fmt.Errorf("vip %s: listed twice", vip)
@@ -96,25 +96,4 @@ func parseConfig(c *pb.AnnouncerConfig) (config, error) {
 		out.spacing = time.Duration(ms) * time.Millisecond
 	}
 	return out, nil
-}
-
-// parseVIP accepts a plain unicast IPv4 or IPv6 address. A VIP is a host
-// address we put on an interface and announce, so prefixes, zones and
-// addresses no one could reach through us are refused here rather than
-// half-working later.
-func parseVIP(s string) (netip.Addr, error) {
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("vip %q: not an IP address", s)
-	}
-	// An IPv4-mapped IPv6 address is the IPv4 address for our purposes.
-	a = a.Unmap()
-	switch {
-	case a.Zone() != "":
-		return netip.Addr{}, fmt.Errorf("vip %q: has a zone", s)
-	case a.IsUnspecified(), a.IsLoopback(), a.IsMulticast(), a.IsLinkLocalUnicast(),
-		a.Is4() && a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		return netip.Addr{}, fmt.Errorf("vip %q: not a unicast address", s)
-	}
-	return a, nil
 }

@@ -143,6 +143,13 @@ func (b *Balancer) SetLoops(n int) {
 // cfg's drain timeout; new ones start. Backends that keep their address keep
 // their health state. If cfg is invalid or any new socket cannot be bound,
 // nothing changes.
+// Validate is the Validate RPC: cfg checked as Configure would, with no
+// socket opened.
+func (b *Balancer) Validate(_ context.Context, cfg *pb.BalancerConfig) error {
+	_, err := validate(cfg)
+	return err
+}
+
 func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error {
 	lbs, err := validate(cfg)
 	if err != nil {

@@ -97,6 +97,13 @@ func Validate(cfg *pb.CheckerConfig) error {
 	return err
 }
 
+// Validate is the Validate RPC: cfg checked as Configure would, with no
+// check run.
+func (c *Checker) Validate(_ context.Context, cfg *pb.CheckerConfig) error {
+	_, _, err := build(c.probers, cfg)
+	return err
+}
+
 // Configure validates cfg and, if it is valid, replaces the running checks
 // with it; every check runs at once. An invalid cfg leaves the running
 // checks alone.

@@ -161,10 +161,11 @@ func buildExampleChecker(t *testing.T) string {
 	bin := filepath.Join(t.TempDir(), fileCheckerName)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goCommand(), "build", "-o", bin, "./plugins/example-checker")
-	cmd.Dir = root
+	// A module of its own, built against the SDK module alone.
+	cmd := exec.CommandContext(ctx, goCommand(), "build", "-o", bin, ".")
+	cmd.Dir = filepath.Join(root, "plugins", "example-checker")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./plugins/example-checker: %v\n%s", err, tail(string(out), 4000))
+		t.Fatalf("go build in plugins/example-checker: %v\n%s", err, tail(string(out), 4000))
 	}
 	// The supervisor needs an absolute path it can stat from any namespace.
 	if err := os.Chmod(filepath.Dir(bin), 0o755); err != nil {

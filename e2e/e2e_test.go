@@ -124,36 +124,9 @@ func TestKillEachPluginOnLeader(t *testing.T) {
 			leader := sc.WaitSingleHolder(electionBound, nil)
 			node := sc.Node(leader)
 			supervisorPID := node.PID()
-			oldPID := 0
-			mustWaitFor(t, processBound, node.ID+"'s "+plugin, func() (bool, string) {
-				pid, err := node.PluginPID(plugin)
-				if err != nil {
-					return false, err.Error()
-				}
-				oldPID = pid
-				return true, ""
-			})
-			if err := syscall.Kill(oldPID, syscall.SIGKILL); err != nil {
-				t.Fatalf("kill -9 %s[%d] on %s: %v", plugin, oldPID, node.ID, err)
-			}
-			killedAt := time.Now()
+			oldPID, killedAt := kill9Plugin(t, node, plugin)
 			t.Logf("kill -9 %s[%d] on leader %s (supervisor %d)", plugin, oldPID, node.ID, supervisorPID)
-
-			newPID := 0
-			took := mustWaitFor(t, processBound, node.ID+" to restart "+plugin, func() (bool, string) {
-				if !node.SupervisorRunning() || !processAlive(supervisorPID) {
-					return false, "supervisor is gone"
-				}
-				if processAlive(oldPID) {
-					return false, fmt.Sprintf("old %s[%d] still alive", plugin, oldPID)
-				}
-				pid, err := node.PluginPID(plugin)
-				if err != nil {
-					return false, err.Error()
-				}
-				newPID = pid
-				return pid != oldPID, fmt.Sprintf("%s pid still %d", plugin, pid)
-			})
+			newPID, took := waitPluginRestarted(t, node, plugin, oldPID, supervisorPID)
 			sc.RequireSupervisorRunning(leader)
 			t.Logf("%s: %s restarted as pid %d, %s after the kill", node.ID, plugin, newPID, took.Round(time.Millisecond))
 
@@ -245,4 +218,45 @@ func TestFailingCheckMovesVIP(t *testing.T) {
 	c.RequireSupervisorRunning(leader)
 	t.Logf("%s is a follower again %s after healing; leader %s", node.ID,
 		time.Since(healedAt).Round(time.Millisecond), c.Node(newLeader).ID)
+}
+
+// kill9Plugin SIGKILLs node's running plugin (a binary name of pluginNames)
+// and returns its pid and when it was killed.
+func kill9Plugin(t *testing.T, node *Node, plugin string) (int, time.Time) {
+	t.Helper()
+	pid := 0
+	mustWaitFor(t, processBound, node.ID+"'s "+plugin, func() (bool, string) {
+		p, err := node.PluginPID(plugin)
+		if err != nil {
+			return false, err.Error()
+		}
+		pid = p
+		return true, ""
+	})
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill -9 %s[%d] on %s: %v", plugin, pid, node.ID, err)
+	}
+	return pid, time.Now()
+}
+
+// waitPluginRestarted waits until node's supervisor (still supervisorPID)
+// runs plugin again under a new pid, and returns that pid and the wait.
+func waitPluginRestarted(t *testing.T, node *Node, plugin string, oldPID, supervisorPID int) (int, time.Duration) {
+	t.Helper()
+	newPID := 0
+	took := mustWaitFor(t, processBound, node.ID+" to restart "+plugin, func() (bool, string) {
+		if !node.SupervisorRunning() || !processAlive(supervisorPID) {
+			return false, "supervisor is gone"
+		}
+		if processAlive(oldPID) {
+			return false, fmt.Sprintf("old %s[%d] still alive", plugin, oldPID)
+		}
+		pid, err := node.PluginPID(plugin)
+		if err != nil {
+			return false, err.Error()
+		}
+		newPID = pid
+		return pid != oldPID, fmt.Sprintf("%s pid still %d", plugin, pid)
+	})
+	return newPID, took
 }

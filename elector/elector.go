@@ -32,6 +32,7 @@ import (
 
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+	"github.com/keep-vip/keep-vip/rpc/limits"
 )
 
 // StoreFile is the bolt file in the data dir holding the Raft log, term and vote.
@@ -203,13 +204,28 @@ func validate(cfg *pb.ElectorConfig) (map[string]string, timings, error) {
 	if _, err = ms("preempt_delay_ms", cfg.GetPreemptDelayMs(), DefaultPreemptDelay); err != nil {
 		return nil, t, err
 	}
-	// See timing.go: past half the heartbeat timeout, a leader cut off from
-	// its quorum could still hold the VIP when another is elected.
-	if maxLease := MaxLeaderLeaseTimeout(t.heartbeat); t.lease > maxLease {
-		return nil, t, fmt.Errorf("leader_lease_timeout_ms %d is above half of heartbeat_timeout_ms %d: a leader cut off from its quorum could still lead when another is elected",
-			t.lease.Milliseconds(), t.heartbeat.Milliseconds())
+	// The rules the supervisor checks the file with (timing.go says why).
+	if err := limits.CheckRaftTimings(t.heartbeat, t.election, t.lease, timingFields); err != nil {
+		return nil, t, err
 	}
 	return addrs, t, nil
+}
+
+// timingFields are the Raft timeouts' ElectorConfig fields.
+var timingFields = limits.RaftTimingKeys{Heartbeat: "heartbeat_timeout_ms", Election: "election_timeout_ms", Lease: "leader_lease_timeout_ms"}
+
+// Validate is the Validate RPC: cfg checked as Configure would (TLS
+// contents included), with no Raft node or store touched.
+func (e *Elector) Validate(_ context.Context, cfg *pb.ElectorConfig) error {
+	if _, _, err := validate(cfg); err != nil {
+		return err
+	}
+	if cfg.GetTls() != nil {
+		if _, err := parseTLS(cfg.GetTls()); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Configure starts this member's Raft node. It may be called once; after a

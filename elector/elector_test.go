@@ -528,11 +528,11 @@ func TestConfigureErrors(t *testing.T) {
 		{"lease longer than heartbeat", func(c *pb.ElectorConfig) *pb.ElectorConfig {
 			c.LeaderLeaseTimeoutMs = 2 * testHeartbeatMs
 			return c
-		}, "leader_lease_timeout_ms 400 is above half of heartbeat_timeout_ms 200"},
+		}, "leader_lease_timeout_ms: 400ms must be at most half of heartbeat_timeout_ms (200ms)"},
 		{"lease above half the heartbeat", func(c *pb.ElectorConfig) *pb.ElectorConfig {
 			c.LeaderLeaseTimeoutMs = testHeartbeatMs/2 + 1
 			return c
-		}, "leader_lease_timeout_ms 101 is above half"},
+		}, "leader_lease_timeout_ms: 101ms must be at most half"},
 		{"tls without key", func(c *pb.ElectorConfig) *pb.ElectorConfig {
 			c.Tls = &pb.RaftTLS{CaPem: []byte("x"), CertPem: []byte("y")}
 			return c

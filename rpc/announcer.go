@@ -35,7 +35,7 @@ func (p *AnnouncerPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error
 
 func (p *AnnouncerPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
 	cl := pb.NewAnnouncerClient(c)
-	return &announcerClient{reporterClient: reporterClient{cl}, c: cl}, nil
+	return &announcerClient{reporterClient: reporterClient{cl}, validatorClient: validatorClient[*pb.AnnouncerConfig]{KindAnnouncer, cl.Validate}, c: cl}, nil
 }
 
 type unimplementedAnnouncer struct {
@@ -46,6 +46,10 @@ type announcerServer struct {
 	reporterServer
 	unimplementedAnnouncer
 	impl Announcer
+}
+
+func (s *announcerServer) Validate(ctx context.Context, cfg *pb.AnnouncerConfig) (*pb.Empty, error) {
+	return validateOn(ctx, s.impl, cfg)
 }
 
 func (s *announcerServer) Configure(ctx context.Context, cfg *pb.AnnouncerConfig) (*pb.Empty, error) {
@@ -66,6 +70,7 @@ func (s *announcerServer) Watch(_ *pb.Empty, st pb.Announcer_WatchServer) error 
 
 type announcerClient struct {
 	reporterClient
+	validatorClient[*pb.AnnouncerConfig]
 	c pb.AnnouncerClient
 }
 

@@ -29,7 +29,7 @@ func (p *BalancerPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error 
 
 func (p *BalancerPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
 	cl := pb.NewBalancerClient(c)
-	return &balancerClient{reporterClient: reporterClient{cl}, c: cl}, nil
+	return &balancerClient{reporterClient: reporterClient{cl}, validatorClient: validatorClient[*pb.BalancerConfig]{KindBalancer, cl.Validate}, c: cl}, nil
 }
 
 type unimplementedBalancer struct{ pb.UnimplementedBalancerServer }
@@ -40,12 +40,17 @@ type balancerServer struct {
 	impl Balancer
 }
 
+func (s *balancerServer) Validate(ctx context.Context, cfg *pb.BalancerConfig) (*pb.Empty, error) {
+	return validateOn(ctx, s.impl, cfg)
+}
+
 func (s *balancerServer) Configure(ctx context.Context, cfg *pb.BalancerConfig) (*pb.Empty, error) {
 	return &pb.Empty{}, s.impl.Configure(ctx, cfg)
 }
 
 type balancerClient struct {
 	reporterClient
+	validatorClient[*pb.BalancerConfig]
 	c pb.BalancerClient
 }
 

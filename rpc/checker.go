@@ -34,7 +34,7 @@ func (p *CheckerPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 
 func (p *CheckerPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
 	cl := pb.NewCheckerClient(c)
-	return &checkerClient{reporterClient: reporterClient{cl}, c: cl}, nil
+	return &checkerClient{reporterClient: reporterClient{cl}, validatorClient: validatorClient[*pb.CheckerConfig]{KindChecker, cl.Validate}, c: cl}, nil
 }
 
 type unimplementedChecker struct{ pb.UnimplementedCheckerServer }
@@ -43,6 +43,10 @@ type checkerServer struct {
 	reporterServer
 	unimplementedChecker
 	impl Checker
+}
+
+func (s *checkerServer) Validate(ctx context.Context, cfg *pb.CheckerConfig) (*pb.Empty, error) {
+	return validateOn(ctx, s.impl, cfg)
 }
 
 func (s *checkerServer) Configure(ctx context.Context, cfg *pb.CheckerConfig) (*pb.Empty, error) {
@@ -55,6 +59,7 @@ func (s *checkerServer) Watch(_ *pb.Empty, st pb.Checker_WatchServer) error {
 
 type checkerClient struct {
 	reporterClient
+	validatorClient[*pb.CheckerConfig]
 	c pb.CheckerClient
 }
 

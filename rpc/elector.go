@@ -35,7 +35,7 @@ func (p *ElectorPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 
 func (p *ElectorPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
 	cl := pb.NewElectorClient(c)
-	return &electorClient{reporterClient: reporterClient{cl}, c: cl}, nil
+	return &electorClient{reporterClient: reporterClient{cl}, validatorClient: validatorClient[*pb.ElectorConfig]{KindElector, cl.Validate}, c: cl}, nil
 }
 
 type unimplementedElector struct{ pb.UnimplementedElectorServer }
@@ -44,6 +44,10 @@ type electorServer struct {
 	reporterServer
 	unimplementedElector
 	impl Elector
+}
+
+func (s *electorServer) Validate(ctx context.Context, cfg *pb.ElectorConfig) (*pb.Empty, error) {
+	return validateOn(ctx, s.impl, cfg)
 }
 
 func (s *electorServer) Configure(ctx context.Context, cfg *pb.ElectorConfig) (*pb.Empty, error) {
@@ -60,6 +64,7 @@ func (s *electorServer) TransferLeadership(ctx context.Context, req *pb.Transfer
 
 type electorClient struct {
 	reporterClient
+	validatorClient[*pb.ElectorConfig]
 	c pb.ElectorClient
 }
 

@@ -1,10 +1,3 @@
-// Package rpc is keep-vip's plugin SDK: the Go interfaces of the four plugin
-// kinds, their gRPC client and server adapters, the go-plugin types that join
-// them, and the Serve calls a plugin's main is made of.
-//
-// A third-party checker imports this package alone; its whole main is
-//
-//	func main() { rpc.ServeChecker(mychecker.New()) }
 package rpc
 
 import (

@@ -2,10 +2,7 @@ package supervisor
 
 import (
 	"context"
-	"net/netip"
 	"time"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
@@ -31,7 +28,7 @@ func (p *policy) electorDown(ev event) {
 // electorUp counts a restart by the cause of the stop before it.
 func (p *policy) electorUp() {
 	if p.started[rpc.KindElector] > 0 && p.electorStopCause != "" {
-		p.s.metrics.fo.electorRestarts.WithLabelValues(p.electorStopCause).Inc()
+		p.s.metrics.failover.electorRestarts.WithLabelValues(p.electorStopCause).Inc()
 	}
 	p.electorStopCause = ""
 }
@@ -49,7 +46,7 @@ func (p *policy) vipAcquired(at time.Time) {
 	if !ok {
 		return
 	}
-	m, log, term := p.s.metrics.fo, p.log, p.leadership.Term
+	m, log, term := p.s.metrics.failover, p.log, p.leadership.Term
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
@@ -111,39 +108,17 @@ func (p *policy) transferLeadershipTo(target, reason string) {
 	defer cancel()
 	start := time.Now()
 	if err := e.TransferLeadership(ctx, target); err != nil {
-		p.s.metrics.fo.handovers.WithLabelValues(reason, "failed").Inc()
+		p.s.metrics.failover.handovers.WithLabelValues(reason, "failed").Inc()
 		p.log.Warn().Err(err).Str("reason", reason).Msg("leadership transfer failed; the others will elect after a timeout")
 		return
 	}
-	p.s.metrics.fo.handovers.WithLabelValues(reason, "ok").Inc()
+	p.s.metrics.failover.handovers.WithLabelValues(reason, "ok").Inc()
 	// Raft has moved on, but the Watch event saying so may still be queued
 	// behind this pass: until it comes, do not take the VIP back.
 	if p.leadership != nil {
 		p.handedOverTerm = p.leadership.Term
 	}
 	p.log.Info().Str("reason", reason).Str("target", target).Dur("took_ms", time.Since(start)).Msg("leadership handed over")
-}
-
-// scrubVIPs takes the VIPs off the interface itself, when the announcer
-// died unexpectedly: a killed announcer leaves them there, and if this
-// member lost leadership before a new announcer starts (its restart backs
-// off, and a fresh announcer only then removes leftovers), the VIP would be
-// on two members. Only host addresses (/32, /128) equal to a VIP are
-// removed, as the announcer adds them.
-func (p *policy) scrubVIPs() {
-	link, addrs, err := p.vipsOnInterface()
-	if err != nil {
-		p.log.Warn().Err(err).Str("vip", p.s.cfg.VIP).Str("plugin", rpc.KindAnnouncer).Msg("announcer gone: cannot look for VIPs left on the interface")
-		return
-	}
-	for _, a := range addrs {
-		ip, _ := netip.AddrFromSlice(a.IP)
-		if err := netlink.AddrDel(link, &a); err != nil {
-			p.log.Warn().Err(err).Str("vip", ip.Unmap().String()).Str("plugin", rpc.KindAnnouncer).Msg("announcer gone: removing the VIP it left failed")
-			continue
-		}
-		p.log.Warn().Str("vip", ip.Unmap().String()).Str("plugin", rpc.KindAnnouncer).Msg("announcer gone: removed the VIP it left on the interface")
-	}
 }
 
 // handedOver is true while the leadership this member handed over is still

@@ -47,7 +47,7 @@ func TestElectorRestartsByCause(t *testing.T) {
 	p.handle(up(2))
 	p.handle(event{kind: rpc.KindElector, gen: 2, err: context.Canceled}) // crashed
 	p.handle(up(3))
-	restarts := p.s.metrics.fo.electorRestarts
+	restarts := p.s.metrics.failover.electorRestarts
 	if got := testutil.ToFloat64(restarts.WithLabelValues(causeUnhealthy)); got != 1 {
 		t.Errorf("unhealthy restarts %v, want 1", got)
 	}
@@ -101,7 +101,7 @@ func TestFailoverMeasured(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	var got float64
 	for time.Now().Before(deadline) {
-		if got = testutil.ToFloat64(p.s.metrics.fo.lastFailover); got != 0 {
+		if got = testutil.ToFloat64(p.s.metrics.failover.lastFailover); got != 0 {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)

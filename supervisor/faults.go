@@ -2,14 +2,12 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"net/netip"
 	"regexp"
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
@@ -251,51 +249,31 @@ func (p *policy) probeVIP() {
 	p.faults.vip = ""
 }
 
-// missingVIPs is faults.missingVIPs on the real interface.
+// missingVIPs is faults.missingVIPs as the announcer reads the interface:
+// the typed announcer part of its Status.
 func (p *policy) missingVIPs() ([]string, error) {
-	_, found, err := p.vipsOnInterface()
+	a, ok := p.impls[rpc.KindAnnouncer].(rpc.Announcer)
+	if !ok {
+		return nil, errors.New("no announcer")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	st, err := a.Status(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("announcer status: %w", err)
 	}
-	have := map[netip.Addr]bool{}
-	for _, a := range found {
-		ip, _ := netip.AddrFromSlice(a.IP)
-		have[ip.Unmap()] = true
+	if st.GetAnnouncer() == nil {
+		return nil, errors.New("the announcer's status has no announcer part: the announcer binary predates it")
 	}
-	var missing []string
-	for _, v := range p.s.cfg.VIPList() {
-		if !have[v] {
-			missing = append(missing, v.String())
-		}
-	}
-	return missing, nil
+	return st.GetAnnouncer().GetMissingVips(), nil
 }
 
-// vipsOnInterface is the interface and those of its addresses that are
-// VIPs as the announcer adds them: host addresses (/32, /128). It reads
-// the supervisor's own network namespace, which its plugins share.
-func (p *policy) vipsOnInterface() (netlink.Link, []netlink.Addr, error) {
-	link, err := netlink.LinkByName(p.s.cfg.Interface)
-	if err != nil {
-		return nil, nil, fmt.Errorf("interface %s: %w", p.s.cfg.Interface, err)
+// errText is err's plain text, or "no error".
+func errText(err error) string {
+	if err == nil {
+		return "no error"
 	}
-	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil, nil, fmt.Errorf("list the addresses of %s: %w", p.s.cfg.Interface, err)
-	}
-	vips := map[netip.Addr]bool{}
-	for _, v := range p.s.cfg.VIPList() {
-		vips[v] = true
-	}
-	var out []netlink.Addr
-	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		ones, bits := a.Mask.Size()
-		if ok && ones == bits && vips[ip.Unmap()] {
-			out = append(out, a)
-		}
-	}
-	return link, out, nil
+	return plainError(err)
 }
 
 // grpcPrefix is what gRPC puts before a plugin's own error text.

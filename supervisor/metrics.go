@@ -35,7 +35,7 @@ type metrics struct {
 	state     prometheus.Gauge
 	checkPort *prometheus.GaugeVec
 
-	fo *failoverMetrics // failover.go
+	failover *failoverMetrics // failover.go
 }
 
 // Brief-compatible member states of keep_vip_member_state.
@@ -97,7 +97,7 @@ func newMetrics(cfg *config.Config, local config.Member) *metrics {
 		m.unhealthy.WithLabelValues(l)
 	}
 	m.reg.MustRegister(m.unhealthy)
-	m.fo = newFailoverMetrics(m.reg)
+	m.failover = newFailoverMetrics(m.reg)
 	m.reg.MustRegister(m.restarts, m.up, m.vipHeld, m.healthy, m.isLeader, m.state, m.checkPort,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m

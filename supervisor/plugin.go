@@ -287,3 +287,21 @@ func (r *runner) kill() {
 		go inst.client.Kill()
 	}
 }
+
+// killNow SIGKILLs the running instance before it returns, so it can no
+// longer act (an announcer would add back a VIP it thinks it holds), and
+// leaves the reaping to go-plugin; the run loop then restarts it.
+func (r *runner) killNow() {
+	r.mu.Lock()
+	inst := r.current
+	r.mu.Unlock()
+	if inst == nil {
+		return
+	}
+	if inst.cmd != nil && inst.cmd.Process != nil {
+		if err := inst.cmd.Process.Kill(); err != nil {
+			r.log.Debug().Err(err).Int("pid", inst.pid).Msg("kill")
+		}
+	}
+	go inst.client.Kill()
+}

@@ -44,6 +44,8 @@ type policy struct {
 	handedOverTerm uint64
 
 	faults faults // faults.go
+	// scrub takes the VIPs off the interface (scrub.go); a test replaces it.
+	scrub func(why string)
 }
 
 func newPolicy(s *Supervisor) *policy {
@@ -56,6 +58,7 @@ func newPolicy(s *Supervisor) *policy {
 		linkOK:  true, // until the announcer says otherwise
 	}
 	p.faults.missingVIPs = p.missingVIPs
+	p.scrub = p.scrubVIPs
 	return p
 }
 
@@ -175,9 +178,9 @@ func (p *policy) pluginDown(ev event) {
 		p.setLeadership(nil)
 	case rpc.KindAnnouncer:
 		// What it held is unknown now; its successor removes any VIP left,
-		// but only once it runs: take them off now (failover.go).
+		// but only once it runs: take them off now (scrub.go).
 		if !p.shutting {
-			p.scrubVIPs()
+			p.scrub("announcer exited: " + errText(ev.err))
 		}
 		p.setHeld(false)
 	case rpc.KindChecker:
@@ -330,10 +333,12 @@ func (p *policy) release() {
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	if err := a.Release(ctx); err != nil {
-		// The announcer cannot be trusted with the VIP any more: restart it;
-		// a fresh announcer removes every VIP it finds.
+		// The announcer cannot be trusted with the VIP any more: kill it,
+		// and take the VIPs off before anything else (a handover) happens;
+		// its successor starts with the restart backoff.
 		p.log.Error().Err(err).Str("vip", p.s.cfg.VIP).Str("plugin", rpc.KindAnnouncer).Msg("release VIP failed; restarting the announcer")
-		p.s.runners[rpc.KindAnnouncer].kill()
+		p.s.runners[rpc.KindAnnouncer].killNow()
+		p.scrub("release failed: " + plainError(err))
 		p.setHeld(false)
 		return
 	}

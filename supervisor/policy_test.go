@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -28,12 +29,16 @@ func (fakeReporter) Gather() ([]*dto.MetricFamily, error)             { return n
 
 type fakeAnnouncer struct {
 	fakeReporter
-	j *callLog
+	j          *callLog
+	releaseErr error
 }
 
 func (f fakeAnnouncer) Configure(context.Context, *pb.AnnouncerConfig) error { return nil }
 func (f fakeAnnouncer) Acquire(context.Context) error                        { f.j.add("acquire"); return nil }
-func (f fakeAnnouncer) Release(context.Context) error                        { f.j.add("release"); return nil }
+func (f fakeAnnouncer) Release(context.Context) error {
+	f.j.add("release")
+	return f.releaseErr
+}
 func (f fakeAnnouncer) Watch(context.Context, func(*pb.InterfaceEvent) error) error {
 	return nil
 }
@@ -83,6 +88,7 @@ members:
 	j := &callLog{}
 	p := newPolicy(s)
 	p.faults.missingVIPs = func() ([]string, error) { return nil, nil }
+	p.scrub = func(string) { j.add("scrub") }
 	p.handle(event{kind: rpc.KindAnnouncer, gen: 1, up: true, impl: fakeAnnouncer{j: j}})
 	return p, j
 }
@@ -133,7 +139,25 @@ func TestPolicy(t *testing.T) {
 		{"announcer restart re-acquires", func(j *callLog) []event {
 			return []event{checkerUp, health(true), {kind: rpc.KindElector, gen: 1, up: true, impl: fakeElector{j: j}}, leader(1),
 				{kind: rpc.KindAnnouncer, gen: 1}, {kind: rpc.KindAnnouncer, gen: 2, up: true, impl: fakeAnnouncer{j: j}}}
-		}, "acquire acquire", true, true},
+		}, "acquire scrub acquire", true, true},
+		// A dead announcer's VIPs are scrubbed before the policy acts on
+		// anything else: here, losing leadership while it is down.
+		{"announcer killed on the holder: scrub, then no VIP while a follower", func(j *callLog) []event {
+			return []event{checkerUp, health(true), {kind: rpc.KindElector, gen: 1, up: true, impl: fakeElector{j: j}}, leader(1),
+				{kind: rpc.KindAnnouncer, gen: 1}, follower(1), {kind: rpc.KindAnnouncer, gen: 2, up: true, impl: fakeAnnouncer{j: j}}}
+		}, "acquire scrub", false, true},
+		{"announcer killed on a follower: scrub, nothing acquired", func(j *callLog) []event {
+			return []event{checkerUp, health(true), {kind: rpc.KindElector, gen: 1, up: true, impl: fakeElector{j: j}}, follower(1),
+				{kind: rpc.KindAnnouncer, gen: 1}, {kind: rpc.KindAnnouncer, gen: 2, up: true, impl: fakeAnnouncer{j: j}}}
+		}, "scrub", false, true},
+		{"announcer down while unhealthy: scrub before the handover", func(j *callLog) []event {
+			return []event{checkerUp, health(true), {kind: rpc.KindElector, gen: 1, up: true, impl: fakeElector{j: j}}, leader(1),
+				{kind: rpc.KindAnnouncer, gen: 1}, health(false)}
+		}, "acquire scrub transfer", false, false},
+		{"release failed: scrub before the handover", func(j *callLog) []event {
+			return []event{checkerUp, health(true), {kind: rpc.KindAnnouncer, gen: 2, up: true, impl: fakeAnnouncer{j: j, releaseErr: errors.New("netlink: operation not permitted")}},
+				{kind: rpc.KindElector, gen: 1, up: true, impl: fakeElector{j: j}}, leader(1), health(false)}
+		}, "acquire release scrub transfer", false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, j := testPolicy(t)

@@ -303,26 +303,25 @@ func Recover(cfg *config.Config) (string, error) {
 	return strings.Join(ids, ", "), nil
 }
 
-// Validate loads a config the way `nginx -t` does; with host it also checks
-// what depends on this host.
-func Validate(path string, host bool) (*config.Config, error) {
-	cfg, err := config.Load(path)
-	if err != nil {
-		return nil, err
+// Validate loads a config the way `nginx -t` does and has each plugin
+// binary validate its part (validate.go); with host it also checks what
+// depends on this host, and every plugin binary must be there. notes are
+// lines worth saying that do not make the config invalid.
+func Validate(ctx context.Context, path string, host bool) (cfg *config.Config, notes []string, err error) {
+	if cfg, err = config.Load(path); err != nil {
+		return nil, nil, err
 	}
+	var local *config.Member
 	if host {
-		if _, err := cfg.CheckHost(); err != nil {
-			return nil, err
+		m, err := cfg.CheckHost()
+		if err != nil {
+			return nil, nil, err
 		}
-		var errs []error
-		for kind, p := range cfg.PluginPaths() {
-			if _, err := FindPlugin(kind, p); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		if err := errors.Join(errs...); err != nil {
-			return nil, err
-		}
+		local = &m
 	}
-	return cfg, nil
+	notes, err = ValidatePlugins(ctx, cfg, local, host)
+	if err != nil {
+		return nil, notes, err
+	}
+	return cfg, notes, nil
 }

@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import signal
+import struct
 import sys
 import tempfile
 import threading
@@ -179,8 +180,14 @@ class FileChecker:
             return st
 
     def metrics(self, _req, _context):
-        # No metrics of its own: an empty list is a valid answer.
-        return pb.PluginMetrics()
+        # One gauge family, as the Go example exports: filecheck_check_up
+        # {check} is 1 while the check is healthy, 0 otherwise (or before
+        # its first run).
+        with self.lock:
+            ups = [(c.cfg.name, 1.0 if c.ran and c.damp.healthy else 0.0) for c in self.checks]
+        family = metric_family("filecheck_check_up", "1 while the file check passes, 0 when it fails.",
+                               GAUGE, [gauge_metric({"check": name}, v) for name, v in ups])
+        return pb.PluginMetrics(families=[family])
 
     # ---- the checks
 
@@ -214,6 +221,50 @@ class FileChecker:
         self.stopping.set()
         with self.lock:
             self.lock.notify_all()
+
+
+# ---- Prometheus metric families, encoded by hand
+#
+# PluginMetrics.families holds serialized io.prometheus.client.MetricFamily
+# messages (proto2, prometheus/client_model's io/prometheus/client/
+# metrics.proto). Only a few fields are needed for a gauge, so they are
+# written here with the protobuf wire format rather than generated:
+#   MetricFamily: name = 1 (string), help = 2 (string), type = 3 (enum), metric = 4 (Metric)
+#   Metric:       label = 1 (LabelPair), gauge = 2 (Gauge)
+#   LabelPair:    name = 1, value = 2 (strings)
+#   Gauge:        value = 1 (double)
+GAUGE = 1  # MetricType.GAUGE
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(number, wire_type, payload):
+    if wire_type == 2:  # length-delimited: strings, bytes, messages
+        payload = _varint(len(payload)) + payload
+    return _varint(number << 3 | wire_type) + payload
+
+
+def gauge_metric(labels, value):
+    """One Metric: its labels (a dict) and a gauge value."""
+    out = b"".join(_field(1, 2, _field(1, 2, k.encode()) + _field(2, 2, v.encode()))
+                   for k, v in sorted(labels.items()))
+    return out + _field(2, 2, _field(1, 1, struct.pack("<d", value)))
+
+
+def metric_family(name, help_text, metric_type, metrics):
+    """One serialized MetricFamily."""
+    out = _field(1, 2, name.encode()) + _field(2, 2, help_text.encode()) + _field(3, 0, _varint(metric_type))
+    return out + b"".join(_field(4, 2, m) for m in metrics)
 
 
 def unary(fn, req_cls, resp_cls):

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
@@ -111,6 +112,9 @@ func TestPythonCheckerOverGRPC(t *testing.T) {
 	if len(h.GetChecks()) != 2 || !h.GetChecks()[0].GetHealthy() || h.GetChecks()[1].GetHealthy() || h.GetChecks()[1].GetRequired() {
 		t.Fatalf("first healthy verdict %v: want in_service up (required), optional down (not required)", h)
 	}
+	if got := checkUp(t, ck); len(got) != 2 || got["in_service"] != 1 || got["optional"] != 0 {
+		t.Errorf("filecheck_check_up by check = %v, want in_service 1 and optional 0", got)
+	}
 	removed := time.Now()
 	if err := os.Remove(flag); err != nil {
 		t.Fatal(err)
@@ -124,8 +128,10 @@ func TestPythonCheckerOverGRPC(t *testing.T) {
 	if err != nil || st.GetState() != "unhealthy" {
 		t.Errorf("status %v, %v: want state unhealthy", st, err)
 	}
-	if _, err := ck.Gather(); err != nil {
-		t.Errorf("metrics: %v", err)
+	// Its metric families, encoded by hand in Python, decode as the
+	// supervisor decodes them: both checks down now (in_service was up).
+	if got := checkUp(t, ck); len(got) != 2 || got["in_service"] != 0 || got["optional"] != 0 {
+		t.Errorf("filecheck_check_up by check = %v, want in_service 0 and optional 0", got)
 	}
 
 	// Stop as the supervisor does: Shutdown, then SIGKILL after 2 s.
@@ -159,4 +165,30 @@ func (w *lockedWriter) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.String()
+}
+
+// checkUp is the checker's filecheck_check_up gauge by check, from its
+// Metrics RPC decoded as the supervisor decodes it.
+func checkUp(t *testing.T, ck rpc.Checker) map[string]float64 {
+	t.Helper()
+	fams, err := ck.Gather()
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	got := map[string]float64{}
+	for _, f := range fams {
+		if f.GetName() != "filecheck_check_up" || f.GetType() != dto.MetricType_GAUGE {
+			t.Errorf("unexpected family %v", f)
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "check" {
+					got[l.GetValue()] = m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Logf("metrics from Python: filecheck_check_up %v", got)
+	return got
 }

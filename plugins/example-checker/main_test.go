@@ -2,14 +2,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"go/parser"
 	"go/token"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -58,35 +57,34 @@ func TestImportsOnlyTheSDK(t *testing.T) {
 	}
 }
 
-// buildOutside copies the example into a module of its own, as a third
-// party would have it (module example.com/file-checker, requiring keep-vip
-// for the SDK), and builds it there. The build is offline: the requirements
-// come from keep-vip's go.mod and the module cache. They are all listed in
-// the example's go.mod, as `go mod tidy` would list them: with keep-vip's
-// alone, the go command would walk the whole module graph, and with it the
-// go.mod of versions no build here needed (so never in the cache).
-func buildOutside(t *testing.T) string {
+// forbiddenModules must not be in the example's module graph: keep-vip's
+// own module (the SDK is a module of its own) and the libraries only the
+// built-in plugins and packaging use.
+var forbiddenModules = []string{
+	"github.com/keep-vip/keep-vip ",
+	"github.com/hashicorp/raft",
+	"go.etcd.io/bbolt",
+	"github.com/boltdb/bolt",
+	"github.com/vishvananda/netlink",
+	"github.com/mdlayher/",
+	"github.com/goreleaser/nfpm",
+	"github.com/knadh/koanf",
+}
+
+// copyOutside copies the example into a module of its own, as a third
+// party would have it: module example.com/file-checker, its go.mod and
+// go.sum as they are here, with the SDK replaced by this tree's rpc/ (the
+// absolute path: the copy is elsewhere). It returns the copy's directory
+// and the go command to run in it, offline and outside any workspace.
+func copyOutside(t *testing.T) (string, func(args ...string) ([]byte, error)) {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("no go command to build the plugin with")
 	}
-	root, err := filepath.Abs(filepath.Join("..", ".."))
+	sdk, err := filepath.Abs(filepath.Join("..", "..", "rpc"))
 	if err != nil {
 		t.Fatal(err)
-	}
-	edit := exec.Command(goBin, "mod", "edit", "-json")
-	edit.Dir = root
-	out, err := edit.Output()
-	if err != nil {
-		t.Fatalf("go mod edit -json in %s: %v", root, err)
-	}
-	var goMod struct {
-		Go      string
-		Require []struct{ Path, Version string }
-	}
-	if err := json.Unmarshal(out, &goMod); err != nil {
-		t.Fatalf("go mod edit -json: %v", err)
 	}
 	src := t.TempDir()
 	copyFile := func(from, to string, replace ...string) {
@@ -102,27 +100,51 @@ func buildOutside(t *testing.T) string {
 			t.Fatal(err)
 		}
 	}
-	const ownPath = "github.com/keep-vip/keep-vip/plugins/example-checker/filecheck"
-	copyFile("main.go", filepath.Join(src, "main.go"), ownPath, "example.com/file-checker/filecheck")
+	const ownModule = "github.com/keep-vip/keep-vip/plugins/example-checker"
+	copyFile("main.go", filepath.Join(src, "main.go"), ownModule, "example.com/file-checker")
 	copyFile(filepath.Join("filecheck", "filecheck.go"), filepath.Join(src, "filecheck", "filecheck.go"))
-	copyFile(filepath.Join(root, "go.sum"), filepath.Join(src, "go.sum"))
-	var mod strings.Builder
-	fmt.Fprintf(&mod, "module example.com/file-checker\n\ngo %s\n\nrequire github.com/keep-vip/keep-vip v0.0.0\n\n", goMod.Go)
-	for _, r := range goMod.Require {
-		fmt.Fprintf(&mod, "require %s %s\n", r.Path, r.Version)
+	copyFile("go.mod", filepath.Join(src, "go.mod"), ownModule, "example.com/file-checker", "=> ../../rpc", "=> "+sdk)
+	copyFile("go.sum", filepath.Join(src, "go.sum"))
+	return src, func(args ...string) ([]byte, error) {
+		cmd := exec.Command(goBin, args...)
+		cmd.Dir = src
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off", "GOWORK=off")
+		return cmd.CombinedOutput()
 	}
-	fmt.Fprintf(&mod, "\nreplace github.com/keep-vip/keep-vip => %s\n", root)
-	if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte(mod.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+}
+
+// buildOutside builds the example from copyOutside's module: with the SDK
+// module alone.
+func buildOutside(t *testing.T) string {
+	t.Helper()
+	_, goCmd := copyOutside(t)
 	bin := filepath.Join(t.TempDir(), "file-checker")
-	cmd := exec.Command(goBin, "build", "-o", bin, ".")
-	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off", "GOWORK=off")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := goCmd("build", "-o", bin, "."); err != nil {
 		t.Fatalf("go build as module example.com/file-checker: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// TestModuleGraphIsTheSDK: a checker built on the SDK pulls in the SDK's
+// requirements (gRPC, protobuf, go-plugin, Prometheus), not keep-vip's.
+func TestModuleGraphIsTheSDK(t *testing.T) {
+	_, goCmd := copyOutside(t)
+	out, err := goCmd("list", "-m", "all")
+	if err != nil {
+		t.Fatalf("go list -m all: %v\n%s", err, out)
+	}
+	mods := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for _, m := range mods {
+		for _, bad := range forbiddenModules {
+			if strings.HasPrefix(m+" ", bad) {
+				t.Errorf("module graph has %s", m)
+			}
+		}
+	}
+	if !slices.ContainsFunc(mods, func(m string) bool { return strings.HasPrefix(m, "github.com/keep-vip/keep-vip/rpc ") }) {
+		t.Errorf("module graph lacks the SDK: %v", mods)
+	}
+	t.Logf("%d modules in the graph", len(mods))
 }
 
 // TestPluginOverGRPC builds this command outside this module and talks to

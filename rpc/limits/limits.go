@@ -6,7 +6,11 @@
 // has no dependencies, so the supervisor links no plugin library for them.
 package limits
 
-import "time"
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
 
 // ---------------------------------------------------------------- elector
 
@@ -103,4 +107,56 @@ func DefaultIdleTimeout(typ string) time.Duration {
 		return DefaultIdleTimeoutHTTP
 	}
 	return DefaultIdleTimeoutTCP
+}
+
+// ParseVIP accepts what a VIP may be: a plain unicast IPv4 or IPv6 address
+// that can be put on an interface as a host address and announced. Prefixes,
+// zones and addresses no one could reach through us are refused here rather
+// than half-working later. An IPv4-mapped IPv6 address is its IPv4 address.
+// The supervisor checks the file with it and the announcer its config.
+func ParseVIP(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("%q is not an IP address", s)
+	}
+	a = a.Unmap()
+	if a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() ||
+		a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return netip.Addr{}, fmt.Errorf("%s cannot be a virtual IP (unspecified, loopback, multicast, link-local or broadcast)", s)
+	}
+	return a, nil
+}
+
+// RaftTimingKeys are the names each side gives the three Raft timeouts:
+// the supervisor's config keys, the elector's pb fields.
+type RaftTimingKeys struct{ Heartbeat, Election, Lease string }
+
+// MinRaftTimeout is the shortest of each Raft timeout.
+const MinRaftTimeout = 10 * time.Millisecond
+
+// CheckRaftTimings checks the three timeouts (after defaults), naming each
+// by its key (the supervisor's config key or the elector's pb field): the rules
+// live here once, each side words the key. The first problem is returned.
+func CheckRaftTimings(heartbeat, election, lease time.Duration, key RaftTimingKeys) error {
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{key.Heartbeat, heartbeat}, {key.Election, election}, {key.Lease, lease}} {
+		if d.v < MinRaftTimeout {
+			return fmt.Errorf("%s: %s must be at least %s", d.key, d.v, MinRaftTimeout)
+		}
+	}
+	// Why half (elector/timing.go): the leader steps down within one lease
+	// (plus 10ms) after it last heard from a quorum, and that hearing can be
+	// late by one transport timeout (heartbeat/4); a follower votes for
+	// another no sooner than one heartbeat timeout after it last heard from
+	// the leader.
+	if lease > MaxLeaderLeaseTimeout(heartbeat) {
+		return fmt.Errorf("%s: %s must be at most half of %s (%s), so a leader cut off from its quorum steps down before another can be elected",
+			key.Lease, lease, key.Heartbeat, heartbeat)
+	}
+	if election < heartbeat {
+		return fmt.Errorf("%s: %s must be at least %s (%s)", key.Election, election, key.Heartbeat, heartbeat)
+	}
+	return nil
 }

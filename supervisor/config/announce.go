@@ -1,7 +1,6 @@
 package config
 
 import (
-	"fmt"
 	"net/netip"
 	"time"
 
@@ -33,7 +32,7 @@ func (c *Config) VIPList() []netip.Addr {
 	var out []netip.Addr
 	seen := map[netip.Addr]bool{}
 	for _, s := range append([]string{c.VIP}, c.VIPs...) {
-		a, err := parseVIP(s)
+		a, err := limits.ParseVIP(s)
 		if err != nil || seen[a] {
 			continue
 		}
@@ -51,7 +50,7 @@ func (c *Config) fillVIP() {
 	if c.VIP != "" || len(c.VIPs) == 0 {
 		return
 	}
-	if _, err := parseVIP(c.VIPs[0]); err == nil {
+	if _, err := limits.ParseVIP(c.VIPs[0]); err == nil {
 		c.VIP = c.VIPs[0]
 	}
 }
@@ -63,31 +62,15 @@ func (c *Config) validateVIPs(bad func(string, ...any)) {
 		bad("vip: missing; give the virtual IP address, e.g. 172.16.0.100 (or several under vips)")
 	}
 	if c.VIP != "" {
-		if _, err := parseVIP(c.VIP); err != nil {
+		if _, err := limits.ParseVIP(c.VIP); err != nil {
 			bad("vip: %v", err)
 		}
 	}
 	for i, s := range c.VIPs {
-		if _, err := parseVIP(s); err != nil {
+		if _, err := limits.ParseVIP(s); err != nil {
 			bad("vips[%d]: %v", i, err)
 		}
 	}
-}
-
-// parseVIP accepts what the announcer accepts: a plain unicast IPv4 or IPv6
-// address that can be put on an interface and announced. An IPv4-mapped
-// IPv6 address is its IPv4 address.
-func parseVIP(s string) (netip.Addr, error) {
-	a, err := netip.ParseAddr(s)
-	if err != nil || a.Zone() != "" {
-		return netip.Addr{}, fmt.Errorf("%q is not an IP address", s)
-	}
-	a = a.Unmap()
-	if a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() ||
-		a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-		return netip.Addr{}, fmt.Errorf("%s cannot be a virtual IP (unspecified, loopback, multicast, link-local or broadcast)", s)
-	}
-	return a, nil
 }
 
 func (c *Config) validateAnnounce(bad func(string, ...any)) {

@@ -8,7 +8,6 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/keep-vip/keep-vip/checker"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
@@ -139,12 +138,11 @@ func (c *Config) fillChecks() {
 	}
 }
 
-func (c *Config) validateChecks(report func(string, ...any)) {
-	problems := 0
-	bad := func(format string, args ...any) { problems++; report(format, args...) }
+func (c *Config) validateChecks(bad func(string, ...any)) {
 	names := map[string]int{}
-	// A third-party checker defines its own check types and address forms;
-	// it validates them itself when it is configured.
+	// A third-party checker defines its own check types and address forms.
+	// Whichever checker is configured has the last word: the supervisor
+	// asks its binary to validate the section (supervisor/validate.go).
 	custom := c.Plugins.Checker != ""
 	for i, ch := range c.Checks {
 		key := fmt.Sprintf("checks[%d]", i)
@@ -160,15 +158,6 @@ func (c *Config) validateChecks(report func(string, ...any)) {
 		}
 		validateCheckTiming(key, ch, c.ChecksInterval, bad)
 		validateCheckValues(key, ch, bad)
-	}
-	// The built-in checker must accept whatever passes here, or it would
-	// refuse its config at every restart; should the two ever disagree,
-	// the file is refused now, naming the check.
-	intervalOK := c.ChecksInterval >= minCheckInterval && c.ChecksInterval <= maxChecksInterval
-	if !custom && problems == 0 && intervalOK {
-		if err := checker.Validate(c.CheckerConfig()); err != nil {
-			report("checks: %v", err)
-		}
 	}
 }
 

@@ -39,9 +39,11 @@ type RaftTLS struct {
 // Enabled tells whether any TLS file is configured.
 func (t RaftTLS) Enabled() bool { return t.CA != "" || t.Cert != "" || t.Key != "" }
 
+// raftKeys are the Raft timeouts' keys in the file.
+var raftKeys = limits.RaftTimingKeys{Heartbeat: "raft.heartbeatTimeout", Election: "raft.electionTimeout", Lease: "raft.leaderLeaseTimeout"}
+
 // Bounds of the raft settings.
 var (
-	minRaftTimeout  = 10 * time.Millisecond
 	maxPreemptDelay = 24 * time.Hour
 	maxPriority     = 1000
 )
@@ -62,29 +64,8 @@ func (c *Config) fillRaft() {
 
 func (c *Config) validateRaft(bad func(string, ...any)) {
 	r := c.Raft
-	for _, d := range []struct {
-		key string
-		v   time.Duration
-	}{
-		{"raft.heartbeatTimeout", r.HeartbeatTimeout},
-		{"raft.electionTimeout", r.ElectionTimeout},
-		{"raft.leaderLeaseTimeout", r.LeaderLeaseTimeout},
-	} {
-		if d.v < minRaftTimeout {
-			bad("%s: %s must be at least %s", d.key, d.v, minRaftTimeout)
-		}
-	}
-	// Why half (elector/timing.go): the leader steps down within one lease
-	// (plus 10ms) after it last heard from a quorum, and that hearing can be
-	// late by one transport timeout (heartbeatTimeout/4); a follower votes
-	// for another no sooner than one heartbeat timeout after it last heard
-	// from the leader.
-	if maxLease := limits.MaxLeaderLeaseTimeout(r.HeartbeatTimeout); r.LeaderLeaseTimeout > maxLease {
-		bad("raft.leaderLeaseTimeout: %s must be at most half of raft.heartbeatTimeout (%s), so a leader cut off from its quorum steps down before another can be elected",
-			r.LeaderLeaseTimeout, r.HeartbeatTimeout)
-	}
-	if r.ElectionTimeout < r.HeartbeatTimeout {
-		bad("raft.electionTimeout: %s must be at least raft.heartbeatTimeout (%s)", r.ElectionTimeout, r.HeartbeatTimeout)
+	if err := limits.CheckRaftTimings(r.HeartbeatTimeout, r.ElectionTimeout, r.LeaderLeaseTimeout, raftKeys); err != nil {
+		bad("%v", err)
 	}
 	if r.PreemptDelay < 0 || r.PreemptDelay > maxPreemptDelay {
 		bad("raft.preemptDelay: %s must be between 0 and %s", r.PreemptDelay, maxPreemptDelay)

@@ -101,6 +101,11 @@ func validate(cfg *pb.CheckerConfig) error {
 
 // Configure replaces the checks with cfg's and runs the first round at once.
 // An invalid cfg leaves the running checks alone.
+// Validate answers the supervisor's Validate RPC (rpc.Validator): this
+// checker is the authority on its own check types, so `keep-vip-supervisor
+// validate` refuses a check it could not run, with this line.
+func (c *Checker) Validate(_ context.Context, cfg *pb.CheckerConfig) error { return validate(cfg) }
+
 func (c *Checker) Configure(_ context.Context, cfg *pb.CheckerConfig) error {
 	if err := validate(cfg); err != nil {
 		return fmt.Errorf("configure filecheck: %w", err)

@@ -239,7 +239,9 @@ type PluginStatus struct {
 	// Set by an elector only.
 	Elector *ElectorStatus `protobuf:"bytes,3,opt,name=elector,proto3" json:"elector,omitempty"`
 	// Set by a balancer only.
-	Balancer      *BalancerStatus `protobuf:"bytes,4,opt,name=balancer,proto3" json:"balancer,omitempty"`
+	Balancer *BalancerStatus `protobuf:"bytes,4,opt,name=balancer,proto3" json:"balancer,omitempty"`
+	// Set by an announcer only.
+	Announcer     *AnnouncerStatus `protobuf:"bytes,5,opt,name=announcer,proto3" json:"announcer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -298,6 +300,13 @@ func (x *PluginStatus) GetElector() *ElectorStatus {
 func (x *PluginStatus) GetBalancer() *BalancerStatus {
 	if x != nil {
 		return x.Balancer
+	}
+	return nil
+}
+
+func (x *PluginStatus) GetAnnouncer() *AnnouncerStatus {
+	if x != nil {
+		return x.Announcer
 	}
 	return nil
 }
@@ -1157,6 +1166,63 @@ func (x *InterfaceEvent) GetReadds() uint64 {
 	return 0
 }
 
+// AnnouncerStatus is what the supervisor reads from an announcer's Status.
+type AnnouncerStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True between an Acquire that succeeded and the next Release.
+	Held bool `protobuf:"varint,1,opt,name=held,proto3" json:"held,omitempty"`
+	// The configured VIPs not on the interface as host addresses (/32,
+	// /128) when Status was asked, read from the kernel: while held, the
+	// supervisor counts a VIP missing for long as a fault.
+	MissingVips   []string `protobuf:"bytes,2,rep,name=missing_vips,json=missingVips,proto3" json:"missing_vips,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AnnouncerStatus) Reset() {
+	*x = AnnouncerStatus{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AnnouncerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AnnouncerStatus) ProtoMessage() {}
+
+func (x *AnnouncerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AnnouncerStatus.ProtoReflect.Descriptor instead.
+func (*AnnouncerStatus) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AnnouncerStatus) GetHeld() bool {
+	if x != nil {
+		return x.Held
+	}
+	return false
+}
+
+func (x *AnnouncerStatus) GetMissingVips() []string {
+	if x != nil {
+		return x.MissingVips
+	}
+	return nil
+}
+
 type Check struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1189,7 +1255,7 @@ type Check struct {
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1201,7 +1267,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1214,7 +1280,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{14}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Check) GetName() string {
@@ -1325,7 +1391,7 @@ type HTTPCheck struct {
 
 func (x *HTTPCheck) Reset() {
 	*x = HTTPCheck{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1403,7 @@ func (x *HTTPCheck) String() string {
 func (*HTTPCheck) ProtoMessage() {}
 
 func (x *HTTPCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1416,7 @@ func (x *HTTPCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPCheck.ProtoReflect.Descriptor instead.
 func (*HTTPCheck) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{15}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HTTPCheck) GetMethod() string {
@@ -1413,7 +1479,7 @@ type UDPCheck struct {
 
 func (x *UDPCheck) Reset() {
 	*x = UDPCheck{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1491,7 @@ func (x *UDPCheck) String() string {
 func (*UDPCheck) ProtoMessage() {}
 
 func (x *UDPCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1504,7 @@ func (x *UDPCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UDPCheck.ProtoReflect.Descriptor instead.
 func (*UDPCheck) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{16}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UDPCheck) GetPayload() []byte {
@@ -1467,7 +1533,7 @@ type ExecCheck struct {
 
 func (x *ExecCheck) Reset() {
 	*x = ExecCheck{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1479,7 +1545,7 @@ func (x *ExecCheck) String() string {
 func (*ExecCheck) ProtoMessage() {}
 
 func (x *ExecCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1492,7 +1558,7 @@ func (x *ExecCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecCheck.ProtoReflect.Descriptor instead.
 func (*ExecCheck) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{17}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExecCheck) GetCommand() string {
@@ -1526,7 +1592,7 @@ type CheckerConfig struct {
 
 func (x *CheckerConfig) Reset() {
 	*x = CheckerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1604,7 @@ func (x *CheckerConfig) String() string {
 func (*CheckerConfig) ProtoMessage() {}
 
 func (x *CheckerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1617,7 @@ func (x *CheckerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckerConfig.ProtoReflect.Descriptor instead.
 func (*CheckerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{18}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CheckerConfig) GetIntervalMs() int64 {
@@ -1587,7 +1653,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1599,7 +1665,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1612,7 +1678,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{19}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CheckResult) GetName() string {
@@ -1676,7 +1742,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1754,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1767,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{20}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Health) GetHealthy() bool {
@@ -1730,7 +1796,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[21]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +1808,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[21]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,7 +1821,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{21}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Backend) GetName() string {
@@ -1796,7 +1862,7 @@ type BackendHealth struct {
 
 func (x *BackendHealth) Reset() {
 	*x = BackendHealth{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[22]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +1874,7 @@ func (x *BackendHealth) String() string {
 func (*BackendHealth) ProtoMessage() {}
 
 func (x *BackendHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[22]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +1887,7 @@ func (x *BackendHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendHealth.ProtoReflect.Descriptor instead.
 func (*BackendHealth) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{22}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BackendHealth) GetType() string {
@@ -1896,7 +1962,7 @@ type LoadBalancer struct {
 
 func (x *LoadBalancer) Reset() {
 	*x = LoadBalancer{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[23]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1908,7 +1974,7 @@ func (x *LoadBalancer) String() string {
 func (*LoadBalancer) ProtoMessage() {}
 
 func (x *LoadBalancer) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[23]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1921,7 +1987,7 @@ func (x *LoadBalancer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadBalancer.ProtoReflect.Descriptor instead.
 func (*LoadBalancer) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{23}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *LoadBalancer) GetName() string {
@@ -2006,7 +2072,7 @@ type BalancerConfig struct {
 
 func (x *BalancerConfig) Reset() {
 	*x = BalancerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[24]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2018,7 +2084,7 @@ func (x *BalancerConfig) String() string {
 func (*BalancerConfig) ProtoMessage() {}
 
 func (x *BalancerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[24]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2031,7 +2097,7 @@ func (x *BalancerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalancerConfig.ProtoReflect.Descriptor instead.
 func (*BalancerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{24}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BalancerConfig) GetLoadBalancers() []*LoadBalancer {
@@ -2063,7 +2129,7 @@ type BalancerStatus struct {
 
 func (x *BalancerStatus) Reset() {
 	*x = BalancerStatus{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[25]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2075,7 +2141,7 @@ func (x *BalancerStatus) String() string {
 func (*BalancerStatus) ProtoMessage() {}
 
 func (x *BalancerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[25]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2088,7 +2154,7 @@ func (x *BalancerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalancerStatus.ProtoReflect.Descriptor instead.
 func (*BalancerStatus) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{25}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *BalancerStatus) GetDraining() bool {
@@ -2111,12 +2177,13 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\n" +
 	"\x18keepvip/v1/keepvip.proto\x12\n" +
 	"keepvip.v1\"\a\n" +
-	"\x05Empty\"\x8e\x02\n" +
+	"\x05Empty\"\xc9\x02\n" +
 	"\fPluginStatus\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12?\n" +
 	"\adetails\x18\x02 \x03(\v2%.keepvip.v1.PluginStatus.DetailsEntryR\adetails\x123\n" +
 	"\aelector\x18\x03 \x01(\v2\x19.keepvip.v1.ElectorStatusR\aelector\x126\n" +
-	"\bbalancer\x18\x04 \x01(\v2\x1a.keepvip.v1.BalancerStatusR\bbalancer\x1a:\n" +
+	"\bbalancer\x18\x04 \x01(\v2\x1a.keepvip.v1.BalancerStatusR\bbalancer\x129\n" +
+	"\tannouncer\x18\x05 \x01(\v2\x1b.keepvip.v1.AnnouncerStatusR\tannouncer\x1a:\n" +
 	"\fDetailsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"+\n" +
@@ -2191,7 +2258,10 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\x0eInterfaceEvent\x12\x16\n" +
 	"\x06usable\x18\x01 \x01(\bR\x06usable\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x16\n" +
-	"\x06readds\x18\x03 \x01(\x04R\x06readds\"\xfd\x03\n" +
+	"\x06readds\x18\x03 \x01(\x04R\x06readds\"H\n" +
+	"\x0fAnnouncerStatus\x12\x12\n" +
+	"\x04held\x18\x01 \x01(\bR\x04held\x12!\n" +
+	"\fmissing_vips\x18\x02 \x03(\tR\vmissingVips\"\xfd\x03\n" +
 	"\x05Check\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12\x18\n" +
@@ -2288,27 +2358,31 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\n" +
 	"WATCH_AUTO\x10\x00\x12\f\n" +
 	"\bWATCH_ON\x10\x01\x12\r\n" +
-	"\tWATCH_OFF\x10\x022\xb0\x02\n" +
+	"\tWATCH_OFF\x10\x022\xea\x02\n" +
 	"\aElector\x129\n" +
-	"\tConfigure\x12\x19.keepvip.v1.ElectorConfig\x1a\x11.keepvip.v1.Empty\x124\n" +
+	"\tConfigure\x12\x19.keepvip.v1.ElectorConfig\x1a\x11.keepvip.v1.Empty\x128\n" +
+	"\bValidate\x12\x19.keepvip.v1.ElectorConfig\x1a\x11.keepvip.v1.Empty\x124\n" +
 	"\x05Watch\x12\x11.keepvip.v1.Empty\x1a\x16.keepvip.v1.Leadership0\x01\x12D\n" +
 	"\x12TransferLeadership\x12\x1b.keepvip.v1.TransferRequest\x1a\x11.keepvip.v1.Empty\x125\n" +
 	"\x06Status\x12\x11.keepvip.v1.Empty\x1a\x18.keepvip.v1.PluginStatus\x127\n" +
-	"\aMetrics\x12\x11.keepvip.v1.Empty\x1a\x19.keepvip.v1.PluginMetrics2\xd4\x02\n" +
+	"\aMetrics\x12\x11.keepvip.v1.Empty\x1a\x19.keepvip.v1.PluginMetrics2\x90\x03\n" +
 	"\tAnnouncer\x12;\n" +
-	"\tConfigure\x12\x1b.keepvip.v1.AnnouncerConfig\x1a\x11.keepvip.v1.Empty\x12/\n" +
+	"\tConfigure\x12\x1b.keepvip.v1.AnnouncerConfig\x1a\x11.keepvip.v1.Empty\x12:\n" +
+	"\bValidate\x12\x1b.keepvip.v1.AnnouncerConfig\x1a\x11.keepvip.v1.Empty\x12/\n" +
 	"\aAcquire\x12\x11.keepvip.v1.Empty\x1a\x11.keepvip.v1.Empty\x12/\n" +
 	"\aRelease\x12\x11.keepvip.v1.Empty\x1a\x11.keepvip.v1.Empty\x128\n" +
 	"\x05Watch\x12\x11.keepvip.v1.Empty\x1a\x1a.keepvip.v1.InterfaceEvent0\x01\x125\n" +
 	"\x06Status\x12\x11.keepvip.v1.Empty\x1a\x18.keepvip.v1.PluginStatus\x127\n" +
-	"\aMetrics\x12\x11.keepvip.v1.Empty\x1a\x19.keepvip.v1.PluginMetrics2\xe6\x01\n" +
+	"\aMetrics\x12\x11.keepvip.v1.Empty\x1a\x19.keepvip.v1.PluginMetrics2\xa0\x02\n" +
 	"\aChecker\x129\n" +
-	"\tConfigure\x12\x19.keepvip.v1.CheckerConfig\x1a\x11.keepvip.v1.Empty\x120\n" +
+	"\tConfigure\x12\x19.keepvip.v1.CheckerConfig\x1a\x11.keepvip.v1.Empty\x128\n" +
+	"\bValidate\x12\x19.keepvip.v1.CheckerConfig\x1a\x11.keepvip.v1.Empty\x120\n" +
 	"\x05Watch\x12\x11.keepvip.v1.Empty\x1a\x12.keepvip.v1.Health0\x01\x125\n" +
 	"\x06Status\x12\x11.keepvip.v1.Empty\x1a\x18.keepvip.v1.PluginStatus\x127\n" +
-	"\aMetrics\x12\x11.keepvip.v1.Empty\x1a\x19.keepvip.v1.PluginMetrics2\xb6\x01\n" +
+	"\aMetrics\x12\x11.keepvip.v1.Empty\x1a\x19.keepvip.v1.PluginMetrics2\xf1\x01\n" +
 	"\bBalancer\x12:\n" +
-	"\tConfigure\x12\x1a.keepvip.v1.BalancerConfig\x1a\x11.keepvip.v1.Empty\x125\n" +
+	"\tConfigure\x12\x1a.keepvip.v1.BalancerConfig\x1a\x11.keepvip.v1.Empty\x129\n" +
+	"\bValidate\x12\x1a.keepvip.v1.BalancerConfig\x1a\x11.keepvip.v1.Empty\x125\n" +
 	"\x06Status\x12\x11.keepvip.v1.Empty\x1a\x18.keepvip.v1.PluginStatus\x127\n" +
 	"\aMetrics\x12\x11.keepvip.v1.Empty\x1a\x19.keepvip.v1.PluginMetricsB7Z5github.com/keep-vip/keep-vip/rpc/keepvip/v1;keepvipv1b\x06proto3"
 
@@ -2325,7 +2399,7 @@ func file_keepvip_v1_keepvip_proto_rawDescGZIP() []byte {
 }
 
 var file_keepvip_v1_keepvip_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_keepvip_v1_keepvip_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_keepvip_v1_keepvip_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_keepvip_v1_keepvip_proto_goTypes = []any{
 	(Role)(0),                     // 0: keepvip.v1.Role
 	(WatchMode)(0),                // 1: keepvip.v1.WatchMode
@@ -2344,88 +2418,98 @@ var file_keepvip_v1_keepvip_proto_goTypes = []any{
 	(*ElectorOfflineReply)(nil),   // 14: keepvip.v1.ElectorOfflineReply
 	(*AnnouncerConfig)(nil),       // 15: keepvip.v1.AnnouncerConfig
 	(*InterfaceEvent)(nil),        // 16: keepvip.v1.InterfaceEvent
-	(*Check)(nil),                 // 17: keepvip.v1.Check
-	(*HTTPCheck)(nil),             // 18: keepvip.v1.HTTPCheck
-	(*UDPCheck)(nil),              // 19: keepvip.v1.UDPCheck
-	(*ExecCheck)(nil),             // 20: keepvip.v1.ExecCheck
-	(*CheckerConfig)(nil),         // 21: keepvip.v1.CheckerConfig
-	(*CheckResult)(nil),           // 22: keepvip.v1.CheckResult
-	(*Health)(nil),                // 23: keepvip.v1.Health
-	(*Backend)(nil),               // 24: keepvip.v1.Backend
-	(*BackendHealth)(nil),         // 25: keepvip.v1.BackendHealth
-	(*LoadBalancer)(nil),          // 26: keepvip.v1.LoadBalancer
-	(*BalancerConfig)(nil),        // 27: keepvip.v1.BalancerConfig
-	(*BalancerStatus)(nil),        // 28: keepvip.v1.BalancerStatus
-	nil,                           // 29: keepvip.v1.PluginStatus.DetailsEntry
-	nil,                           // 30: keepvip.v1.ElectorStatus.PeersEntry
-	nil,                           // 31: keepvip.v1.Check.OptionsEntry
-	nil,                           // 32: keepvip.v1.HTTPCheck.HeadersEntry
+	(*AnnouncerStatus)(nil),       // 17: keepvip.v1.AnnouncerStatus
+	(*Check)(nil),                 // 18: keepvip.v1.Check
+	(*HTTPCheck)(nil),             // 19: keepvip.v1.HTTPCheck
+	(*UDPCheck)(nil),              // 20: keepvip.v1.UDPCheck
+	(*ExecCheck)(nil),             // 21: keepvip.v1.ExecCheck
+	(*CheckerConfig)(nil),         // 22: keepvip.v1.CheckerConfig
+	(*CheckResult)(nil),           // 23: keepvip.v1.CheckResult
+	(*Health)(nil),                // 24: keepvip.v1.Health
+	(*Backend)(nil),               // 25: keepvip.v1.Backend
+	(*BackendHealth)(nil),         // 26: keepvip.v1.BackendHealth
+	(*LoadBalancer)(nil),          // 27: keepvip.v1.LoadBalancer
+	(*BalancerConfig)(nil),        // 28: keepvip.v1.BalancerConfig
+	(*BalancerStatus)(nil),        // 29: keepvip.v1.BalancerStatus
+	nil,                           // 30: keepvip.v1.PluginStatus.DetailsEntry
+	nil,                           // 31: keepvip.v1.ElectorStatus.PeersEntry
+	nil,                           // 32: keepvip.v1.Check.OptionsEntry
+	nil,                           // 33: keepvip.v1.HTTPCheck.HeadersEntry
 }
 var file_keepvip_v1_keepvip_proto_depIdxs = []int32{
-	29, // 0: keepvip.v1.PluginStatus.details:type_name -> keepvip.v1.PluginStatus.DetailsEntry
+	30, // 0: keepvip.v1.PluginStatus.details:type_name -> keepvip.v1.PluginStatus.DetailsEntry
 	11, // 1: keepvip.v1.PluginStatus.elector:type_name -> keepvip.v1.ElectorStatus
-	28, // 2: keepvip.v1.PluginStatus.balancer:type_name -> keepvip.v1.BalancerStatus
-	6,  // 3: keepvip.v1.ElectorConfig.members:type_name -> keepvip.v1.Member
-	7,  // 4: keepvip.v1.ElectorConfig.tls:type_name -> keepvip.v1.RaftTLS
-	10, // 5: keepvip.v1.ElectorStatus.servers:type_name -> keepvip.v1.ConsensusServer
-	30, // 6: keepvip.v1.ElectorStatus.peers:type_name -> keepvip.v1.ElectorStatus.PeersEntry
-	0,  // 7: keepvip.v1.Leadership.role:type_name -> keepvip.v1.Role
-	2,  // 8: keepvip.v1.ElectorOfflineRequest.op:type_name -> keepvip.v1.ElectorOfflineRequest.Op
-	8,  // 9: keepvip.v1.ElectorOfflineRequest.config:type_name -> keepvip.v1.ElectorConfig
-	10, // 10: keepvip.v1.ElectorOfflineRequest.servers:type_name -> keepvip.v1.ConsensusServer
-	10, // 11: keepvip.v1.ElectorOfflineReply.servers:type_name -> keepvip.v1.ConsensusServer
-	31, // 12: keepvip.v1.Check.options:type_name -> keepvip.v1.Check.OptionsEntry
-	18, // 13: keepvip.v1.Check.http:type_name -> keepvip.v1.HTTPCheck
-	19, // 14: keepvip.v1.Check.udp:type_name -> keepvip.v1.UDPCheck
-	20, // 15: keepvip.v1.Check.exec:type_name -> keepvip.v1.ExecCheck
-	1,  // 16: keepvip.v1.Check.watch:type_name -> keepvip.v1.WatchMode
-	32, // 17: keepvip.v1.HTTPCheck.headers:type_name -> keepvip.v1.HTTPCheck.HeadersEntry
-	17, // 18: keepvip.v1.CheckerConfig.checks:type_name -> keepvip.v1.Check
-	22, // 19: keepvip.v1.Health.checks:type_name -> keepvip.v1.CheckResult
-	24, // 20: keepvip.v1.LoadBalancer.backends:type_name -> keepvip.v1.Backend
-	25, // 21: keepvip.v1.LoadBalancer.health:type_name -> keepvip.v1.BackendHealth
-	26, // 22: keepvip.v1.BalancerConfig.load_balancers:type_name -> keepvip.v1.LoadBalancer
-	8,  // 23: keepvip.v1.Elector.Configure:input_type -> keepvip.v1.ElectorConfig
-	3,  // 24: keepvip.v1.Elector.Watch:input_type -> keepvip.v1.Empty
-	9,  // 25: keepvip.v1.Elector.TransferLeadership:input_type -> keepvip.v1.TransferRequest
-	3,  // 26: keepvip.v1.Elector.Status:input_type -> keepvip.v1.Empty
-	3,  // 27: keepvip.v1.Elector.Metrics:input_type -> keepvip.v1.Empty
-	15, // 28: keepvip.v1.Announcer.Configure:input_type -> keepvip.v1.AnnouncerConfig
-	3,  // 29: keepvip.v1.Announcer.Acquire:input_type -> keepvip.v1.Empty
-	3,  // 30: keepvip.v1.Announcer.Release:input_type -> keepvip.v1.Empty
-	3,  // 31: keepvip.v1.Announcer.Watch:input_type -> keepvip.v1.Empty
-	3,  // 32: keepvip.v1.Announcer.Status:input_type -> keepvip.v1.Empty
-	3,  // 33: keepvip.v1.Announcer.Metrics:input_type -> keepvip.v1.Empty
-	21, // 34: keepvip.v1.Checker.Configure:input_type -> keepvip.v1.CheckerConfig
-	3,  // 35: keepvip.v1.Checker.Watch:input_type -> keepvip.v1.Empty
-	3,  // 36: keepvip.v1.Checker.Status:input_type -> keepvip.v1.Empty
-	3,  // 37: keepvip.v1.Checker.Metrics:input_type -> keepvip.v1.Empty
-	27, // 38: keepvip.v1.Balancer.Configure:input_type -> keepvip.v1.BalancerConfig
-	3,  // 39: keepvip.v1.Balancer.Status:input_type -> keepvip.v1.Empty
-	3,  // 40: keepvip.v1.Balancer.Metrics:input_type -> keepvip.v1.Empty
-	3,  // 41: keepvip.v1.Elector.Configure:output_type -> keepvip.v1.Empty
-	12, // 42: keepvip.v1.Elector.Watch:output_type -> keepvip.v1.Leadership
-	3,  // 43: keepvip.v1.Elector.TransferLeadership:output_type -> keepvip.v1.Empty
-	4,  // 44: keepvip.v1.Elector.Status:output_type -> keepvip.v1.PluginStatus
-	5,  // 45: keepvip.v1.Elector.Metrics:output_type -> keepvip.v1.PluginMetrics
-	3,  // 46: keepvip.v1.Announcer.Configure:output_type -> keepvip.v1.Empty
-	3,  // 47: keepvip.v1.Announcer.Acquire:output_type -> keepvip.v1.Empty
-	3,  // 48: keepvip.v1.Announcer.Release:output_type -> keepvip.v1.Empty
-	16, // 49: keepvip.v1.Announcer.Watch:output_type -> keepvip.v1.InterfaceEvent
-	4,  // 50: keepvip.v1.Announcer.Status:output_type -> keepvip.v1.PluginStatus
-	5,  // 51: keepvip.v1.Announcer.Metrics:output_type -> keepvip.v1.PluginMetrics
-	3,  // 52: keepvip.v1.Checker.Configure:output_type -> keepvip.v1.Empty
-	23, // 53: keepvip.v1.Checker.Watch:output_type -> keepvip.v1.Health
-	4,  // 54: keepvip.v1.Checker.Status:output_type -> keepvip.v1.PluginStatus
-	5,  // 55: keepvip.v1.Checker.Metrics:output_type -> keepvip.v1.PluginMetrics
-	3,  // 56: keepvip.v1.Balancer.Configure:output_type -> keepvip.v1.Empty
-	4,  // 57: keepvip.v1.Balancer.Status:output_type -> keepvip.v1.PluginStatus
-	5,  // 58: keepvip.v1.Balancer.Metrics:output_type -> keepvip.v1.PluginMetrics
-	41, // [41:59] is the sub-list for method output_type
-	23, // [23:41] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	29, // 2: keepvip.v1.PluginStatus.balancer:type_name -> keepvip.v1.BalancerStatus
+	17, // 3: keepvip.v1.PluginStatus.announcer:type_name -> keepvip.v1.AnnouncerStatus
+	6,  // 4: keepvip.v1.ElectorConfig.members:type_name -> keepvip.v1.Member
+	7,  // 5: keepvip.v1.ElectorConfig.tls:type_name -> keepvip.v1.RaftTLS
+	10, // 6: keepvip.v1.ElectorStatus.servers:type_name -> keepvip.v1.ConsensusServer
+	31, // 7: keepvip.v1.ElectorStatus.peers:type_name -> keepvip.v1.ElectorStatus.PeersEntry
+	0,  // 8: keepvip.v1.Leadership.role:type_name -> keepvip.v1.Role
+	2,  // 9: keepvip.v1.ElectorOfflineRequest.op:type_name -> keepvip.v1.ElectorOfflineRequest.Op
+	8,  // 10: keepvip.v1.ElectorOfflineRequest.config:type_name -> keepvip.v1.ElectorConfig
+	10, // 11: keepvip.v1.ElectorOfflineRequest.servers:type_name -> keepvip.v1.ConsensusServer
+	10, // 12: keepvip.v1.ElectorOfflineReply.servers:type_name -> keepvip.v1.ConsensusServer
+	32, // 13: keepvip.v1.Check.options:type_name -> keepvip.v1.Check.OptionsEntry
+	19, // 14: keepvip.v1.Check.http:type_name -> keepvip.v1.HTTPCheck
+	20, // 15: keepvip.v1.Check.udp:type_name -> keepvip.v1.UDPCheck
+	21, // 16: keepvip.v1.Check.exec:type_name -> keepvip.v1.ExecCheck
+	1,  // 17: keepvip.v1.Check.watch:type_name -> keepvip.v1.WatchMode
+	33, // 18: keepvip.v1.HTTPCheck.headers:type_name -> keepvip.v1.HTTPCheck.HeadersEntry
+	18, // 19: keepvip.v1.CheckerConfig.checks:type_name -> keepvip.v1.Check
+	23, // 20: keepvip.v1.Health.checks:type_name -> keepvip.v1.CheckResult
+	25, // 21: keepvip.v1.LoadBalancer.backends:type_name -> keepvip.v1.Backend
+	26, // 22: keepvip.v1.LoadBalancer.health:type_name -> keepvip.v1.BackendHealth
+	27, // 23: keepvip.v1.BalancerConfig.load_balancers:type_name -> keepvip.v1.LoadBalancer
+	8,  // 24: keepvip.v1.Elector.Configure:input_type -> keepvip.v1.ElectorConfig
+	8,  // 25: keepvip.v1.Elector.Validate:input_type -> keepvip.v1.ElectorConfig
+	3,  // 26: keepvip.v1.Elector.Watch:input_type -> keepvip.v1.Empty
+	9,  // 27: keepvip.v1.Elector.TransferLeadership:input_type -> keepvip.v1.TransferRequest
+	3,  // 28: keepvip.v1.Elector.Status:input_type -> keepvip.v1.Empty
+	3,  // 29: keepvip.v1.Elector.Metrics:input_type -> keepvip.v1.Empty
+	15, // 30: keepvip.v1.Announcer.Configure:input_type -> keepvip.v1.AnnouncerConfig
+	15, // 31: keepvip.v1.Announcer.Validate:input_type -> keepvip.v1.AnnouncerConfig
+	3,  // 32: keepvip.v1.Announcer.Acquire:input_type -> keepvip.v1.Empty
+	3,  // 33: keepvip.v1.Announcer.Release:input_type -> keepvip.v1.Empty
+	3,  // 34: keepvip.v1.Announcer.Watch:input_type -> keepvip.v1.Empty
+	3,  // 35: keepvip.v1.Announcer.Status:input_type -> keepvip.v1.Empty
+	3,  // 36: keepvip.v1.Announcer.Metrics:input_type -> keepvip.v1.Empty
+	22, // 37: keepvip.v1.Checker.Configure:input_type -> keepvip.v1.CheckerConfig
+	22, // 38: keepvip.v1.Checker.Validate:input_type -> keepvip.v1.CheckerConfig
+	3,  // 39: keepvip.v1.Checker.Watch:input_type -> keepvip.v1.Empty
+	3,  // 40: keepvip.v1.Checker.Status:input_type -> keepvip.v1.Empty
+	3,  // 41: keepvip.v1.Checker.Metrics:input_type -> keepvip.v1.Empty
+	28, // 42: keepvip.v1.Balancer.Configure:input_type -> keepvip.v1.BalancerConfig
+	28, // 43: keepvip.v1.Balancer.Validate:input_type -> keepvip.v1.BalancerConfig
+	3,  // 44: keepvip.v1.Balancer.Status:input_type -> keepvip.v1.Empty
+	3,  // 45: keepvip.v1.Balancer.Metrics:input_type -> keepvip.v1.Empty
+	3,  // 46: keepvip.v1.Elector.Configure:output_type -> keepvip.v1.Empty
+	3,  // 47: keepvip.v1.Elector.Validate:output_type -> keepvip.v1.Empty
+	12, // 48: keepvip.v1.Elector.Watch:output_type -> keepvip.v1.Leadership
+	3,  // 49: keepvip.v1.Elector.TransferLeadership:output_type -> keepvip.v1.Empty
+	4,  // 50: keepvip.v1.Elector.Status:output_type -> keepvip.v1.PluginStatus
+	5,  // 51: keepvip.v1.Elector.Metrics:output_type -> keepvip.v1.PluginMetrics
+	3,  // 52: keepvip.v1.Announcer.Configure:output_type -> keepvip.v1.Empty
+	3,  // 53: keepvip.v1.Announcer.Validate:output_type -> keepvip.v1.Empty
+	3,  // 54: keepvip.v1.Announcer.Acquire:output_type -> keepvip.v1.Empty
+	3,  // 55: keepvip.v1.Announcer.Release:output_type -> keepvip.v1.Empty
+	16, // 56: keepvip.v1.Announcer.Watch:output_type -> keepvip.v1.InterfaceEvent
+	4,  // 57: keepvip.v1.Announcer.Status:output_type -> keepvip.v1.PluginStatus
+	5,  // 58: keepvip.v1.Announcer.Metrics:output_type -> keepvip.v1.PluginMetrics
+	3,  // 59: keepvip.v1.Checker.Configure:output_type -> keepvip.v1.Empty
+	3,  // 60: keepvip.v1.Checker.Validate:output_type -> keepvip.v1.Empty
+	24, // 61: keepvip.v1.Checker.Watch:output_type -> keepvip.v1.Health
+	4,  // 62: keepvip.v1.Checker.Status:output_type -> keepvip.v1.PluginStatus
+	5,  // 63: keepvip.v1.Checker.Metrics:output_type -> keepvip.v1.PluginMetrics
+	3,  // 64: keepvip.v1.Balancer.Configure:output_type -> keepvip.v1.Empty
+	3,  // 65: keepvip.v1.Balancer.Validate:output_type -> keepvip.v1.Empty
+	4,  // 66: keepvip.v1.Balancer.Status:output_type -> keepvip.v1.PluginStatus
+	5,  // 67: keepvip.v1.Balancer.Metrics:output_type -> keepvip.v1.PluginMetrics
+	46, // [46:68] is the sub-list for method output_type
+	24, // [24:46] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_keepvip_v1_keepvip_proto_init() }
@@ -2439,7 +2523,7 @@ func file_keepvip_v1_keepvip_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keepvip_v1_keepvip_proto_rawDesc), len(file_keepvip_v1_keepvip_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

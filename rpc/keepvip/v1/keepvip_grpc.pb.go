@@ -27,6 +27,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Elector_Configure_FullMethodName          = "/keepvip.v1.Elector/Configure"
+	Elector_Validate_FullMethodName           = "/keepvip.v1.Elector/Validate"
 	Elector_Watch_FullMethodName              = "/keepvip.v1.Elector/Watch"
 	Elector_TransferLeadership_FullMethodName = "/keepvip.v1.Elector/TransferLeadership"
 	Elector_Status_FullMethodName             = "/keepvip.v1.Elector/Status"
@@ -36,8 +37,18 @@ const (
 // ElectorClient is the client API for Elector service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Every service has Validate: it checks a config as Configure would,
+// without applying it or touching anything outside the plugin (no
+// interface, socket, file or Raft store), and answers an error with one
+// line naming the key and value at fault (gRPC status INVALID_ARGUMENT).
+// `keep-vip-supervisor validate`, start and reload ask each configured
+// plugin binary, so a swapped plugin validates its own section. A plugin
+// built before Validate existed answers UNIMPLEMENTED; the supervisor then
+// says so and relies on Configure.
 type ElectorClient interface {
 	Configure(ctx context.Context, in *ElectorConfig, opts ...grpc.CallOption) (*Empty, error)
+	Validate(ctx context.Context, in *ElectorConfig, opts ...grpc.CallOption) (*Empty, error)
 	// Watch sends the current leadership at once and then every change.
 	Watch(ctx context.Context, in *Empty, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Leadership], error)
 	// TransferLeadership hands leadership to another voter and waits for it.
@@ -58,6 +69,16 @@ func (c *electorClient) Configure(ctx context.Context, in *ElectorConfig, opts .
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Elector_Configure_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *electorClient) Validate(ctx context.Context, in *ElectorConfig, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Elector_Validate_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -116,8 +137,18 @@ func (c *electorClient) Metrics(ctx context.Context, in *Empty, opts ...grpc.Cal
 // ElectorServer is the server API for Elector service.
 // All implementations must embed UnimplementedElectorServer
 // for forward compatibility.
+//
+// Every service has Validate: it checks a config as Configure would,
+// without applying it or touching anything outside the plugin (no
+// interface, socket, file or Raft store), and answers an error with one
+// line naming the key and value at fault (gRPC status INVALID_ARGUMENT).
+// `keep-vip-supervisor validate`, start and reload ask each configured
+// plugin binary, so a swapped plugin validates its own section. A plugin
+// built before Validate existed answers UNIMPLEMENTED; the supervisor then
+// says so and relies on Configure.
 type ElectorServer interface {
 	Configure(context.Context, *ElectorConfig) (*Empty, error)
+	Validate(context.Context, *ElectorConfig) (*Empty, error)
 	// Watch sends the current leadership at once and then every change.
 	Watch(*Empty, grpc.ServerStreamingServer[Leadership]) error
 	// TransferLeadership hands leadership to another voter and waits for it.
@@ -136,6 +167,9 @@ type UnimplementedElectorServer struct{}
 
 func (UnimplementedElectorServer) Configure(context.Context, *ElectorConfig) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Configure not implemented")
+}
+func (UnimplementedElectorServer) Validate(context.Context, *ElectorConfig) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Validate not implemented")
 }
 func (UnimplementedElectorServer) Watch(*Empty, grpc.ServerStreamingServer[Leadership]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
@@ -184,6 +218,24 @@ func _Elector_Configure_Handler(srv interface{}, ctx context.Context, dec func(i
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ElectorServer).Configure(ctx, req.(*ElectorConfig))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Elector_Validate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ElectorConfig)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ElectorServer).Validate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Elector_Validate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ElectorServer).Validate(ctx, req.(*ElectorConfig))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -265,6 +317,10 @@ var Elector_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Elector_Configure_Handler,
 		},
 		{
+			MethodName: "Validate",
+			Handler:    _Elector_Validate_Handler,
+		},
+		{
 			MethodName: "TransferLeadership",
 			Handler:    _Elector_TransferLeadership_Handler,
 		},
@@ -289,6 +345,7 @@ var Elector_ServiceDesc = grpc.ServiceDesc{
 
 const (
 	Announcer_Configure_FullMethodName = "/keepvip.v1.Announcer/Configure"
+	Announcer_Validate_FullMethodName  = "/keepvip.v1.Announcer/Validate"
 	Announcer_Acquire_FullMethodName   = "/keepvip.v1.Announcer/Acquire"
 	Announcer_Release_FullMethodName   = "/keepvip.v1.Announcer/Release"
 	Announcer_Watch_FullMethodName     = "/keepvip.v1.Announcer/Watch"
@@ -300,8 +357,12 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type AnnouncerClient interface {
-	// Configure also removes VIPs left on the interface by an earlier run.
+	// Configure also removes VIPs left on the interface by an earlier run:
+	// the supervisor starts an announcer for one Configure when the running
+	// one died, so a crashed announcer never leaves a VIP behind.
 	Configure(ctx context.Context, in *AnnouncerConfig, opts ...grpc.CallOption) (*Empty, error)
+	// Validate checks a config without applying it (see Validate below).
+	Validate(ctx context.Context, in *AnnouncerConfig, opts ...grpc.CallOption) (*Empty, error)
 	Acquire(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
 	Release(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
 	// Watch sends the interface's state at once and on every change.
@@ -322,6 +383,16 @@ func (c *announcerClient) Configure(ctx context.Context, in *AnnouncerConfig, op
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Announcer_Configure_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *announcerClient) Validate(ctx context.Context, in *AnnouncerConfig, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Announcer_Validate_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -391,8 +462,12 @@ func (c *announcerClient) Metrics(ctx context.Context, in *Empty, opts ...grpc.C
 // All implementations must embed UnimplementedAnnouncerServer
 // for forward compatibility.
 type AnnouncerServer interface {
-	// Configure also removes VIPs left on the interface by an earlier run.
+	// Configure also removes VIPs left on the interface by an earlier run:
+	// the supervisor starts an announcer for one Configure when the running
+	// one died, so a crashed announcer never leaves a VIP behind.
 	Configure(context.Context, *AnnouncerConfig) (*Empty, error)
+	// Validate checks a config without applying it (see Validate below).
+	Validate(context.Context, *AnnouncerConfig) (*Empty, error)
 	Acquire(context.Context, *Empty) (*Empty, error)
 	Release(context.Context, *Empty) (*Empty, error)
 	// Watch sends the interface's state at once and on every change.
@@ -411,6 +486,9 @@ type UnimplementedAnnouncerServer struct{}
 
 func (UnimplementedAnnouncerServer) Configure(context.Context, *AnnouncerConfig) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Configure not implemented")
+}
+func (UnimplementedAnnouncerServer) Validate(context.Context, *AnnouncerConfig) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Validate not implemented")
 }
 func (UnimplementedAnnouncerServer) Acquire(context.Context, *Empty) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Acquire not implemented")
@@ -462,6 +540,24 @@ func _Announcer_Configure_Handler(srv interface{}, ctx context.Context, dec func
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AnnouncerServer).Configure(ctx, req.(*AnnouncerConfig))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Announcer_Validate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AnnouncerConfig)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AnnouncerServer).Validate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Announcer_Validate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AnnouncerServer).Validate(ctx, req.(*AnnouncerConfig))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -561,6 +657,10 @@ var Announcer_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Announcer_Configure_Handler,
 		},
 		{
+			MethodName: "Validate",
+			Handler:    _Announcer_Validate_Handler,
+		},
+		{
 			MethodName: "Acquire",
 			Handler:    _Announcer_Acquire_Handler,
 		},
@@ -589,6 +689,7 @@ var Announcer_ServiceDesc = grpc.ServiceDesc{
 
 const (
 	Checker_Configure_FullMethodName = "/keepvip.v1.Checker/Configure"
+	Checker_Validate_FullMethodName  = "/keepvip.v1.Checker/Validate"
 	Checker_Watch_FullMethodName     = "/keepvip.v1.Checker/Watch"
 	Checker_Status_FullMethodName    = "/keepvip.v1.Checker/Status"
 	Checker_Metrics_FullMethodName   = "/keepvip.v1.Checker/Metrics"
@@ -603,6 +704,8 @@ const (
 // besides these services.
 type CheckerClient interface {
 	Configure(ctx context.Context, in *CheckerConfig, opts ...grpc.CallOption) (*Empty, error)
+	// Validate checks every check's type and fields without running any.
+	Validate(ctx context.Context, in *CheckerConfig, opts ...grpc.CallOption) (*Empty, error)
 	// Watch sends a verdict after every round of checks, never before every
 	// check has run once, and does not end while the plugin lives.
 	Watch(ctx context.Context, in *Empty, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Health], error)
@@ -622,6 +725,16 @@ func (c *checkerClient) Configure(ctx context.Context, in *CheckerConfig, opts .
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Checker_Configure_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *checkerClient) Validate(ctx context.Context, in *CheckerConfig, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Checker_Validate_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -676,6 +789,8 @@ func (c *checkerClient) Metrics(ctx context.Context, in *Empty, opts ...grpc.Cal
 // besides these services.
 type CheckerServer interface {
 	Configure(context.Context, *CheckerConfig) (*Empty, error)
+	// Validate checks every check's type and fields without running any.
+	Validate(context.Context, *CheckerConfig) (*Empty, error)
 	// Watch sends a verdict after every round of checks, never before every
 	// check has run once, and does not end while the plugin lives.
 	Watch(*Empty, grpc.ServerStreamingServer[Health]) error
@@ -693,6 +808,9 @@ type UnimplementedCheckerServer struct{}
 
 func (UnimplementedCheckerServer) Configure(context.Context, *CheckerConfig) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Configure not implemented")
+}
+func (UnimplementedCheckerServer) Validate(context.Context, *CheckerConfig) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Validate not implemented")
 }
 func (UnimplementedCheckerServer) Watch(*Empty, grpc.ServerStreamingServer[Health]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
@@ -738,6 +856,24 @@ func _Checker_Configure_Handler(srv interface{}, ctx context.Context, dec func(i
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(CheckerServer).Configure(ctx, req.(*CheckerConfig))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Checker_Validate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckerConfig)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CheckerServer).Validate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Checker_Validate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CheckerServer).Validate(ctx, req.(*CheckerConfig))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -801,6 +937,10 @@ var Checker_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Checker_Configure_Handler,
 		},
 		{
+			MethodName: "Validate",
+			Handler:    _Checker_Validate_Handler,
+		},
+		{
 			MethodName: "Status",
 			Handler:    _Checker_Status_Handler,
 		},
@@ -821,6 +961,7 @@ var Checker_ServiceDesc = grpc.ServiceDesc{
 
 const (
 	Balancer_Configure_FullMethodName = "/keepvip.v1.Balancer/Configure"
+	Balancer_Validate_FullMethodName  = "/keepvip.v1.Balancer/Validate"
 	Balancer_Status_FullMethodName    = "/keepvip.v1.Balancer/Status"
 	Balancer_Metrics_FullMethodName   = "/keepvip.v1.Balancer/Metrics"
 )
@@ -831,6 +972,7 @@ const (
 type BalancerClient interface {
 	// Configure replaces the running set of load balancers.
 	Configure(ctx context.Context, in *BalancerConfig, opts ...grpc.CallOption) (*Empty, error)
+	Validate(ctx context.Context, in *BalancerConfig, opts ...grpc.CallOption) (*Empty, error)
 	Status(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*PluginStatus, error)
 	Metrics(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*PluginMetrics, error)
 }
@@ -847,6 +989,16 @@ func (c *balancerClient) Configure(ctx context.Context, in *BalancerConfig, opts
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Balancer_Configure_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *balancerClient) Validate(ctx context.Context, in *BalancerConfig, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Balancer_Validate_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -879,6 +1031,7 @@ func (c *balancerClient) Metrics(ctx context.Context, in *Empty, opts ...grpc.Ca
 type BalancerServer interface {
 	// Configure replaces the running set of load balancers.
 	Configure(context.Context, *BalancerConfig) (*Empty, error)
+	Validate(context.Context, *BalancerConfig) (*Empty, error)
 	Status(context.Context, *Empty) (*PluginStatus, error)
 	Metrics(context.Context, *Empty) (*PluginMetrics, error)
 	mustEmbedUnimplementedBalancerServer()
@@ -893,6 +1046,9 @@ type UnimplementedBalancerServer struct{}
 
 func (UnimplementedBalancerServer) Configure(context.Context, *BalancerConfig) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Configure not implemented")
+}
+func (UnimplementedBalancerServer) Validate(context.Context, *BalancerConfig) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Validate not implemented")
 }
 func (UnimplementedBalancerServer) Status(context.Context, *Empty) (*PluginStatus, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
@@ -935,6 +1091,24 @@ func _Balancer_Configure_Handler(srv interface{}, ctx context.Context, dec func(
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(BalancerServer).Configure(ctx, req.(*BalancerConfig))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Balancer_Validate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BalancerConfig)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BalancerServer).Validate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Balancer_Validate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BalancerServer).Validate(ctx, req.(*BalancerConfig))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -985,6 +1159,10 @@ var Balancer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Configure",
 			Handler:    _Balancer_Configure_Handler,
+		},
+		{
+			MethodName: "Validate",
+			Handler:    _Balancer_Validate_Handler,
 		},
 		{
 			MethodName: "Status",

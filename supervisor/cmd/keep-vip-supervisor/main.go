@@ -81,7 +81,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "validate":
 		var cfg *config.Config
-		if cfg, err = supervisor.Validate(*path, *host); err == nil {
+		var notes []string
+		cfg, notes, err = supervisor.Validate(context.Background(), *path, *host)
+		for _, n := range notes {
+			fmt.Fprintf(stderr, "keep-vip-supervisor: %s: note: %s\n", *path, n)
+		}
+		if err == nil {
 			fmt.Fprintf(stdout, "%s: configuration is valid\n", *path)
 			if *host {
 				// A difference is the normal middle of a membership
@@ -139,7 +144,15 @@ func start(path string) error {
 	log = s.Log()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGHUP is caught before anything slow runs: its default would kill
+	// the process (a reload asked for while it starts waits for the loop).
 	defer watchHUP(ctx, path, s, log)()
+	// Every plugin validates its part first, so a config a plugin refuses
+	// stops the start here, with its line, instead of a plugin that keeps
+	// failing to start.
+	if err := s.ValidatePlugins(ctx, cfg); err != nil {
+		return err
+	}
 	log.Info().Str("version", version).Str("config", path).Msg("starting")
 	if err := s.Run(ctx); err != nil {
 		return err

@@ -48,6 +48,10 @@ func watchHUP(ctx context.Context, path string, s *supervisor.Supervisor, log ze
 func reloadFile(ctx context.Context, path string, s *supervisor.Supervisor, log zerolog.Logger, by string) error {
 	log.Info().Str("config", path).Str("by", by).Msg("reloading the config")
 	cfg, err := config.Load(path)
+	if err == nil {
+		// Each plugin binary validates its part before anything is applied.
+		err = s.ValidatePlugins(ctx, cfg)
+	}
 	if err != nil {
 		err = fmt.Errorf("reload refused: %s: %s", path, strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " "))
 		log.Error().Str("config", path).Str("error", err.Error()).
