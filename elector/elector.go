@@ -317,7 +317,7 @@ func (e *Elector) start(cfg *pb.ElectorConfig, addrs map[string]string, t timing
 	rc.HeartbeatTimeout = t.heartbeat
 	rc.ElectionTimeout = t.election
 	rc.LeaderLeaseTimeout = t.lease
-	rc.CommitTimeout = CommitTimeout(t.heartbeat)
+	rc.CommitTimeout = DefaultCommitTimeout
 	// Never snapshot on our own: the log only grows by one no-op per
 	// election and one entry per membership change. The only snapshot is
 	// the one `recover` writes (recover.go).

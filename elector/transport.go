@@ -195,21 +195,6 @@ func (t *trackedTransport) noteLeaderContact(rpc raft.RPC) {
 	}
 }
 
-// SetHeartbeatHandler wraps raft's heartbeat handler so heartbeats count as
-// contact with the leader too: raft's NetworkTransport hands them to that
-// handler directly, not through Consumer and so not through relay, and the
-// other AppendEntries only come once per commit timeout (timing.go).
-func (t *trackedTransport) SetHeartbeatHandler(cb func(raft.RPC)) {
-	if cb == nil {
-		t.NetworkTransport.SetHeartbeatHandler(nil)
-		return
-	}
-	t.NetworkTransport.SetHeartbeatHandler(func(rpc raft.RPC) {
-		t.noteLeaderContact(rpc)
-		cb(rpc)
-	})
-}
-
 // lastLeaderContact is when an AppendEntries from a current leader last
 // arrived (zero: never).
 func (t *trackedTransport) lastLeaderContact() time.Time {

@@ -219,30 +219,3 @@ func TestLeaderContactIgnoresVotesAndOldTerms(t *testing.T) {
 		})
 	}
 }
-
-// raft's transport hands heartbeats to the heartbeat handler, not to
-// Consumer: they must count as contact with the leader too, or the contact
-// the supervisor measures a failover from would only move once per commit
-// timeout.
-func TestHeartbeatIsLeaderContact(t *testing.T) {
-	tr := testTransport(t, 300*time.Millisecond)
-	handled := make(chan struct{}, 1)
-	tr.SetHeartbeatHandler(func(rpc raft.RPC) {
-		rpc.Respond(&raft.AppendEntriesResponse{Term: 3, Success: true}, nil)
-		handled <- struct{}{}
-	})
-	p := newFakePeer(t, "b", "127.0.0.1:1", nil)
-	req := &raft.AppendEntriesRequest{RPCHeader: p.header(), Term: 3}
-	var resp raft.AppendEntriesResponse
-	if err := p.trans.AppendEntries("a", tr.LocalAddr(), req, &resp); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-handled:
-	default:
-		t.Fatal("the heartbeat did not reach the heartbeat handler")
-	}
-	if tr.lastLeaderContact().IsZero() {
-		t.Fatal("a heartbeat did not count as contact with the leader")
-	}
-}
