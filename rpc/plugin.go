@@ -60,6 +60,7 @@ type Reporter interface {
 // dies). Either way impl's Close, if it has one, runs before the exit, which
 // is how the announcer takes its VIP away on its way out.
 func serve(kind string, p plugin.Plugin, impl any) {
+	ApplyFootprint(kind)
 	closeImpl := func() {
 		if c, ok := impl.(interface{ Close() error }); ok {
 			if err := c.Close(); err != nil {

@@ -188,8 +188,16 @@ func (r *runner) supervise(ctx context.Context, inst *instance, gen uint64) erro
 	if r.watch != nil {
 		go func() { streamErr <- r.watch(wctx, inst.impl, gen) }()
 	}
-	tick := time.NewTicker(exitPollInterval)
-	defer tick.Stop()
+	exited, release, err := watchExit(inst.pid)
+	var pollC <-chan time.Time
+	if err != nil {
+		r.log.Debug().Err(err).Dur("every", exitPollInterval).Msg("polling for the plugin's exit instead")
+		tick := time.NewTicker(exitPollInterval)
+		defer tick.Stop()
+		pollC = tick.C
+	} else {
+		defer release()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -203,7 +211,9 @@ func (r *runner) supervise(ctx context.Context, inst *instance, gen uint64) erro
 				return fmt.Errorf("process %d exited", inst.pid)
 			}
 			return fmt.Errorf("stream broke: %w", err)
-		case <-tick.C:
+		case <-exited:
+			return fmt.Errorf("process %d exited", inst.pid)
+		case <-pollC:
 			if inst.client.Exited() {
 				return fmt.Errorf("process %d exited", inst.pid)
 			}

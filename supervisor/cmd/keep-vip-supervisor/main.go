@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/keep-vip/keep-vip/etc"
+	"github.com/keep-vip/keep-vip/rpc"
 	"github.com/keep-vip/keep-vip/supervisor"
 	"github.com/keep-vip/keep-vip/supervisor/config"
 )
@@ -130,6 +131,7 @@ func cleanup(path string) error {
 }
 
 func start(path string) error {
+	rpc.ApplyFootprint(rpc.Supervisor)
 	supervisor.Version = version
 	cfg, err := config.Load(path)
 	if err != nil {

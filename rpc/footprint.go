@@ -1,0 +1,67 @@
+package rpc
+
+import (
+	"os"
+	"runtime/debug"
+	"time"
+)
+
+// Footprint is one process's Go runtime settings. Footprints holds every
+// keep-vip process's, the one place they are set: the supervisor applies its
+// row in its start command, a plugin its kind's row in its Serve call (a
+// third-party plugin of a kind gets the built-in one's). README "Memory and
+// CPU at idle" and docs/benchmarks.md give what each setting was measured
+// to buy. An operator's GOGC or GOMEMLIMIT in the environment wins over the
+// table (the supervisor passes its environment on to the plugins).
+type Footprint struct {
+	// GCPercent is the GC's heap growth target (GOGC); 0 keeps Go's 100.
+	GCPercent int
+	// MemoryLimit is the GC's soft memory limit (GOMEMLIMIT) in bytes;
+	// 0 sets none.
+	MemoryLimit int64
+	// SettleAfter is when, after start, the process collects its heap and
+	// returns every free page to the OS once (debug.FreeOSMemory): start-up
+	// (config, TLS, gRPC and Raft set-up, the first elections) leaves
+	// garbage and free pages that Go's background scavenger keeps for
+	// minutes. 0: never.
+	SettleAfter time.Duration
+}
+
+// Supervisor names the supervisor's row of Footprints; the plugins' rows
+// are their kinds.
+const Supervisor = "supervisor"
+
+// settleAfter is past a plugin's Configure and a cluster's first election.
+const settleAfter = 10 * time.Second
+
+// Footprints is every keep-vip process's runtime settings.
+//
+// GOMAXPROCS is not capped here: one processor per plugin was measured to
+// save about 1 MB of RSS each and no CPU that the noise of a shared host
+// let us see, and the elector, supervisor and announcer are on the path
+// that releases the VIP, where a second processor keeps one goroutine
+// stuck in a system call from holding up the rest. The balancer sizes its
+// own (one event loop per processor, plugins/balancer).
+var Footprints = map[string]Footprint{
+	Supervisor:    {SettleAfter: settleAfter},
+	KindElector:   {SettleAfter: settleAfter},
+	KindAnnouncer: {SettleAfter: settleAfter},
+	KindChecker:   {SettleAfter: settleAfter},
+	KindBalancer:  {SettleAfter: settleAfter},
+}
+
+// ApplyFootprint applies the settings of process (a key of Footprints; any
+// other name gets none) and returns them.
+func ApplyFootprint(process string) Footprint {
+	f := Footprints[process]
+	if f.GCPercent != 0 && os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(f.GCPercent)
+	}
+	if f.MemoryLimit != 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(f.MemoryLimit)
+	}
+	if f.SettleAfter > 0 {
+		time.AfterFunc(f.SettleAfter, debug.FreeOSMemory)
+	}
+	return f
+}
