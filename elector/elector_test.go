@@ -453,7 +453,9 @@ func TestSingleNodeLifecycle(t *testing.T) {
 		t.Errorf("second configure, same config: %v", err)
 	}
 	changed := proto.Clone(cfg).(*pb.ElectorConfig)
-	changed.HeartbeatTimeoutMs++
+	// A valid timing of its own, so the refusal is for changing it, not for
+	// breaking a timing rule.
+	changed.ElectionTimeoutMs++
 	if err := e.Configure(context.Background(), changed); !errors.Is(err, ErrAlreadyConfigured) {
 		t.Errorf("second configure, new timing: %v, want %v", err, ErrAlreadyConfigured)
 	}
