@@ -58,6 +58,7 @@ type Announcer struct {
 	garpSent atomic.Uint64
 	naSent   atomic.Uint64
 	sendErrs sendErrors
+	bgp      *bgpSpeaker // BGP mode (bgp.go); idle without a bgp config
 
 	mu      sync.Mutex
 	ns      *netnsRef       // opened with nl
@@ -67,6 +68,7 @@ type Announcer struct {
 	addrs   *addrs
 	watcher *linkWatcher // non-nil while configured
 	held    bool
+	term    uint64     // the Raft term the VIPs are held for
 	refresh *refresher // non-nil while held
 	// The interface's state as last read, and how many VIPs were added
 	// back since the start; published to Watch streams on every change.
@@ -79,9 +81,11 @@ var _ rpc.Announcer = (*Announcer)(nil)
 
 // New returns an announcer that holds nothing until configured.
 func New(log zerolog.Logger) *Announcer {
+	m := newMetrics()
 	return &Announcer{
 		log:    log,
-		m:      newMetrics(),
+		m:      m,
+		bgp:    newBGPSpeaker(log, m),
 		state:  newInterfaceFeed(),
 		usable: true,
 	}
@@ -150,6 +154,11 @@ func (a *Announcer) configure(cfg config) (*linkWatcher, error) {
 	if relErr != nil {
 		return old, relErr
 	}
+	// The same bgp config keeps its sessions up across a reload.
+	if err := a.bgp.configure(cfg.bgpRaw, cfg.bgp); err != nil {
+		a.m.failed(opBGP)
+		return old, err
+	}
 
 	for _, vip := range cfg.vips {
 		present, err := next.has(vip)
@@ -199,13 +208,15 @@ func (a *Announcer) configure(cfg config) (*linkWatcher, error) {
 
 // Acquire puts every VIP on the interface, announces them at once and
 // burst-1 more times burst_interval apart, and then every refresh interval
-// until Release or Close. Acquiring again while held only makes sure the
-// VIPs are still there.
+// until Release or Close. In BGP mode it then advertises them to the
+// routers, with a MED from req's term. Acquiring again while held only
+// makes sure the VIPs are still there, and advertises them again if the
+// term changed.
 //
 // A failed announcement does not fail Acquire: the VIP is in place, hosts
 // reach it once their neighbour entries age out, the next round tries
 // again, and the errors metric shows it.
-func (a *Announcer) Acquire(ctx context.Context) error {
+func (a *Announcer) Acquire(ctx context.Context, req *pb.AcquireRequest) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -228,9 +239,14 @@ func (a *Announcer) Acquire(ctx context.Context) error {
 		}
 	}
 	if a.held {
+		if err := a.bgp.advertise(a.cfg.vips, req.GetTerm()); err != nil {
+			a.m.failed(opBGP)
+			return err
+		}
+		a.term = req.GetTerm()
 		return nil
 	}
-	a.held = true
+	a.held, a.term = true, req.GetTerm()
 	for _, vip := range a.cfg.vips {
 		a.m.vipHeld.WithLabelValues(vip.String()).Set(1)
 	}
@@ -239,6 +255,12 @@ func (a *Announcer) Acquire(ctx context.Context) error {
 	vips := a.cfg.vips
 	a.announce(vips)
 	a.refresh = startRefresher(a.cfg.burst, a.cfg.spacing, a.cfg.refresh, func() { a.announce(vips) })
+	// After the VIPs are on the interface: a router that sends traffic
+	// at once finds them there.
+	if err := a.bgp.advertise(vips, a.term); err != nil {
+		a.m.failed(opBGP)
+		return errors.Join(err, a.release())
+	}
 	return nil
 }
 
@@ -283,8 +305,13 @@ func (a *Announcer) release() error {
 	wasHeld := a.held
 	// Not held any more before the VIPs go: the watcher must not take
 	// their removal for someone else's and add them back.
-	a.held = false
+	a.held, a.term = false, 0
 	var errs []error
+	// The routers first: no traffic is sent here once the VIPs are gone.
+	if err := a.bgp.withdraw(); err != nil {
+		a.m.failed(opBGP)
+		errs = append(errs, err)
+	}
 	for _, vip := range a.cfg.vips {
 		a.m.vipHeld.WithLabelValues(vip.String()).Set(0)
 		if err := a.addrs.remove(vip); err != nil {
@@ -310,6 +337,7 @@ func (a *Announcer) Close() error {
 		w.signal()
 	}
 	ns := a.ns
+	a.bgp.close()
 	if a.sp != nil {
 		if cerr := a.sp.close(); cerr != nil {
 			a.log.Warn().Err(cerr).Msg("close announcement sockets")
@@ -520,7 +548,20 @@ func (a *Announcer) Status(context.Context) (*pb.PluginStatus, error) {
 			"usable":    strconv.FormatBool(a.usable),
 		},
 	}
-	st.Announcer = &pb.AnnouncerStatus{Held: a.held}
+	st.Announcer = &pb.AnnouncerStatus{Held: a.held, BgpPeers: a.bgp.status()}
+	if len(st.Announcer.BgpPeers) > 0 {
+		st.Details["term"] = strconv.FormatUint(a.term, 10)
+		for _, p := range st.Announcer.BgpPeers {
+			v := p.State
+			if len(p.Advertised) > 0 {
+				v += ", advertising " + strings.Join(p.Advertised, ",")
+			}
+			if p.LastError != "" && p.State != bgpStateEstablished {
+				v += ": " + p.LastError
+			}
+			st.Details["bgp_peer "+p.Address] = v
+		}
+	}
 	if a.held {
 		st.State = StateHolding
 	}

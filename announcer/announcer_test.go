@@ -138,7 +138,7 @@ func TestParseConfig(t *testing.T) {
 
 func TestAcquireBeforeConfigure(t *testing.T) {
 	a := New(testLogger(t))
-	if err := a.Acquire(context.Background()); !errors.Is(err, ErrNotConfigured) {
+	if err := a.Acquire(context.Background(), nil); !errors.Is(err, ErrNotConfigured) {
 		t.Fatalf("Acquire = %v, want ErrNotConfigured", err)
 	}
 	// Nothing configured: Release and Close have nothing to do.
@@ -170,7 +170,7 @@ func TestAcquireRelease(t *testing.T) {
 			ctx := context.Background()
 			// Twice: the second must be a no-op.
 			for range 2 {
-				if err := a.Acquire(ctx); err != nil {
+				if err := a.Acquire(ctx, nil); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -232,7 +232,7 @@ func TestGratuitousARPSeenByPeer(t *testing.T) {
 	if err := tn.configure(a, nodeIf, time.Hour, testVIP); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -311,7 +311,7 @@ func TestCloseRemovesVIP(t *testing.T) {
 	if err := tn.configure(a, nodeIf, 50*time.Millisecond, testVIP); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if has, _ := tn.nodeHas(t, testVIP); !has {
@@ -353,7 +353,7 @@ func TestConfigureErrors(t *testing.T) {
 			if err := tn.configure(a, nodeIf, time.Second, testVIP2); err != nil {
 				t.Fatal(err)
 			}
-			if err := a.Acquire(context.Background()); err != nil {
+			if err := a.Acquire(context.Background(), nil); err != nil {
 				t.Fatal(err)
 			}
 			before, _ := metricValue(t, a, metricErrors, map[string]string{"op": opConfigure})
@@ -380,7 +380,7 @@ func TestReconfigureReleasesFirst(t *testing.T) {
 	if err := tn.configure(a, nodeIf, time.Second, testVIP); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := tn.configure(a, nodeIf, time.Second, testVIP2); err != nil {
@@ -395,7 +395,7 @@ func TestReconfigureReleasesFirst(t *testing.T) {
 	if _, ok := metricValue(t, a, metricVIPHeld, map[string]string{"vip": testVIP.String()}); ok {
 		t.Error("old vip still has a held series")
 	}
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if has, _ := tn.nodeHas(t, testVIP2); !has {
@@ -433,7 +433,7 @@ func TestSubnetAddressSurvives(t *testing.T) {
 	if !ownPresent() {
 		t.Fatal("Configure removed the node's subnet address")
 	}
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if has, _ := tn.nodeHas(t, own.Addr()); !has {
@@ -457,7 +457,7 @@ func TestRefresh(t *testing.T) {
 	if err := tn.configure(a, nodeIf, 100*time.Millisecond, testVIP); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	first, _ := metricValue(t, a, metricGARPSent, nil)
@@ -501,7 +501,7 @@ func TestGratuitousARPUpdatesExistingEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !eventually(time.Second, func() bool { return tn.peerNeighbour(t, testVIP).String() == tn.nodeMAC.String() }) {
@@ -519,7 +519,7 @@ func TestReleaseFromRenamedInterface(t *testing.T) {
 	if err := tn.configure(a, nodeIf, time.Hour, testVIP); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	const renamed = "kvren0"

@@ -33,7 +33,7 @@ func TestBurstOnAcquire(t *testing.T) {
 				burst, spacing = DefaultBurstCount, DefaultBurstInterval
 			}
 			acquired := time.Now()
-			if err := a.Acquire(context.Background()); err != nil {
+			if err := a.Acquire(context.Background(), nil); err != nil {
 				t.Fatal(err)
 			}
 			// The first round is Acquire's own, sent before it returns.
@@ -99,7 +99,7 @@ func TestBurstThenRefresh(t *testing.T) {
 	if err := tn.configurePB(a, c); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	// Rounds at 0, 20, 40ms (burst), then 340, 640, 940ms (refresh).

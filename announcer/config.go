@@ -39,6 +39,9 @@ type config struct {
 	// apart, before the refresh takes over.
 	burst   int
 	spacing time.Duration
+	// bgp is nil when BGP mode is off; bgpRaw is the message it came from.
+	bgp    *bgpConfig
+	bgpRaw *pb.BgpConfig
 }
 
 // has4 and has6 tell whether any VIP is IPv4 (announced by ARP) or IPv6
@@ -94,6 +97,13 @@ func parseConfig(c *pb.AnnouncerConfig) (config, error) {
 		return config{}, fmt.Errorf("burst_interval_ms %d: must be between %s and %s", ms, MinBurstInterval, MaxBurstInterval)
 	default:
 		out.spacing = time.Duration(ms) * time.Millisecond
+	}
+	bgp, err := parseBGP(c.GetBgp(), out.vips)
+	if err != nil {
+		return config{}, err
+	}
+	if bgp != nil {
+		out.bgp, out.bgpRaw = bgp, c.GetBgp()
 	}
 	return out, nil
 }

@@ -10,6 +10,10 @@ const (
 	metricReadds          = "keep_vip_announcer_vip_readds_total"
 	metricInterfaceUsable = "keep_vip_announcer_interface_usable"
 	metricErrors          = "keep_vip_announcer_errors_total"
+	metricBGPSessionUp    = "keep_vip_announcer_bgp_session_up"
+	metricBGPErrors       = "keep_vip_announcer_bgp_session_errors_total"
+	metricBGPAdvertised   = "keep_vip_announcer_bgp_advertisements_total"
+	metricBGPWithdrawn    = "keep_vip_announcer_bgp_withdrawals_total"
 )
 
 // Values of the op label of metricErrors.
@@ -21,6 +25,7 @@ const (
 	opNA        = "na"
 	opReadd     = "readd"
 	opWatch     = "watch"
+	opBGP       = "bgp"
 )
 
 type metrics struct {
@@ -31,6 +36,11 @@ type metrics struct {
 	readds   *prometheus.CounterVec
 	usable   *prometheus.GaugeVec
 	errors   *prometheus.CounterVec
+	// BGP mode (bgp.go).
+	bgpUp         *prometheus.GaugeVec
+	bgpErrors     *prometheus.CounterVec
+	bgpAdvertised *prometheus.CounterVec
+	bgpWithdrawn  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -60,10 +70,27 @@ func newMetrics() *metrics {
 			Name: metricErrors,
 			Help: "Failed announcer operations, by operation.",
 		}, []string{"op"}),
+		bgpUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: metricBGPSessionUp,
+			Help: "1 while the BGP session to the peer (a router) is established, else 0.",
+		}, []string{"peer"}),
+		bgpErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricBGPErrors,
+			Help: "BGP sessions that went down, and new reasons a session could not be established (refused, unreachable, a NOTIFICATION), by peer.",
+		}, []string{"peer"}),
+		bgpAdvertised: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricBGPAdvertised,
+			Help: "VIP host routes put in the BGP table (sent to every established peer of the VIP's family), by VIP.",
+		}, []string{"vip"}),
+		bgpWithdrawn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricBGPWithdrawn,
+			Help: "VIP host routes withdrawn from the BGP table, by VIP.",
+		}, []string{"vip"}),
 	}
-	m.reg.MustRegister(m.vipHeld, m.garpSent, m.naSent, m.readds, m.usable, m.errors)
+	m.reg.MustRegister(m.vipHeld, m.garpSent, m.naSent, m.readds, m.usable, m.errors,
+		m.bgpUp, m.bgpErrors, m.bgpAdvertised, m.bgpWithdrawn)
 	// Every op starts at 0 so a rate() over it works from the first scrape.
-	for _, op := range []string{opConfigure, opAdd, opRemove, opGARP, opNA, opReadd, opWatch} {
+	for _, op := range []string{opConfigure, opAdd, opRemove, opGARP, opNA, opReadd, opWatch, opBGP} {
 		m.errors.WithLabelValues(op)
 	}
 	return m

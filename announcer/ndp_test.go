@@ -25,7 +25,7 @@ func TestNeighbourAdvertisementSeenByPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	acquired := time.Now()
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -104,7 +104,7 @@ func TestNDPWithoutLinkLocal(t *testing.T) {
 	if err := tn.configurePB(a, burstCfg(1, 50*time.Millisecond, testVIP6)); err != nil {
 		t.Fatalf("Configure must not fail for want of a link-local address: %v", err)
 	}
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if st := status(t, a); st.Details["na_sent"] != "1" {
@@ -127,7 +127,7 @@ func TestAcquireIPv6Disabled(t *testing.T) {
 	if err := tn.configure(a, nodeIf, time.Hour, testVIP, testVIP6); err != nil {
 		t.Fatal(err)
 	}
-	err := a.Acquire(context.Background())
+	err := a.Acquire(context.Background(), nil)
 	if err == nil || !strings.Contains(err.Error(), "IPv6 disabled") {
 		t.Fatalf("Acquire = %v, want an error saying IPv6 is disabled", err)
 	}

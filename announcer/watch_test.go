@@ -23,7 +23,7 @@ func TestWatchLinkState(t *testing.T) {
 	if err := tn.configure(a, nodeIf, time.Hour, testVIP, testVIP6); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, w := range []*watchLog{w1, w2} {
@@ -112,7 +112,7 @@ func TestReaddAfterExternalDelete(t *testing.T) {
 	if err := tn.configurePB(a, burstCfg(1, 50*time.Millisecond, vips...)); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Acquire(context.Background()); err != nil {
+	if err := a.Acquire(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !eventually(time.Second, func() bool {

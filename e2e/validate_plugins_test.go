@@ -77,3 +77,37 @@ plugins:
 		}
 	})
 }
+
+// The bgp section is the announcer's to validate: `validate` names the
+// key and value in one line, with the announcer binary that refused it.
+func TestValidateBGPByAnnouncer(t *testing.T) {
+	bins := binariesForTest(t)
+	dir := t.TempDir()
+	for _, tc := range []struct{ name, bgp, want string }{
+		{"valid", "{asn: 65001, peers: [{address: 198.18.0.1, asn: 65000}]}", ""},
+		{"reserved asn", "{asn: 23456, peers: [{address: 198.18.0.1, asn: 65000}]}", "bgp.asn 23456: is AS_TRANS, reserved"},
+		{"short hold time", "{asn: 65001, peers: [{address: 198.18.0.1, asn: 65000, holdTime: 1}]}", "bgp.peers[0].holdTime 1s: must be whole seconds between 3s and"},
+		{"no peer for the IPv6 vip", "{asn: 65001, peers: [{address: 198.18.0.1, asn: 65000}]}\nvips: ['2001:db8::100']", "bgp.peers: no IPv6 peer to advertise vip 2001:db8::100 to"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yaml")
+			body := "interface: eth0\nvip: 198.18.0.100\nmembers:\n  - {id: a, address: \"198.18.0.11:20000\"}\nbgp: " + tc.bgp + "\n"
+			if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, err := exec.Command(bins.Supervisor(), "validate", "-c", p).CombinedOutput()
+			t.Logf("%v: %s", err, out)
+			got := strings.TrimSpace(string(out))
+			if tc.want == "" {
+				if err != nil || !strings.HasSuffix(got, "configuration is valid") {
+					t.Errorf("want a valid config")
+				}
+				return
+			}
+			if err == nil || strings.Count(got, "\n") != 0 || !strings.Contains(got, tc.want) ||
+				!strings.Contains(got, "interface/vip/vips/announce/bgp:") || !strings.Contains(got, "keep-vip-announcer") {
+				t.Errorf("want one line with the announcer's refusal %q", tc.want)
+			}
+		})
+	}
+}

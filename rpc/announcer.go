@@ -15,7 +15,9 @@ type Announcer interface {
 	// Configure sets the interface and VIPs, and removes any VIP an earlier
 	// run left behind: a fresh announcer holds nothing.
 	Configure(ctx context.Context, cfg *pb.AnnouncerConfig) error
-	Acquire(ctx context.Context) error
+	// Acquire holds the VIPs for req's Raft term: a later Acquire with
+	// another term while held only updates what the routes carry.
+	Acquire(ctx context.Context, req *pb.AcquireRequest) error
 	Release(ctx context.Context) error
 	// Watch calls send with the interface's state at once and on every
 	// change, until ctx ends or send fails.
@@ -56,8 +58,8 @@ func (s *announcerServer) Configure(ctx context.Context, cfg *pb.AnnouncerConfig
 	return &pb.Empty{}, s.impl.Configure(ctx, cfg)
 }
 
-func (s *announcerServer) Acquire(ctx context.Context, _ *pb.Empty) (*pb.Empty, error) {
-	return &pb.Empty{}, s.impl.Acquire(ctx)
+func (s *announcerServer) Acquire(ctx context.Context, req *pb.AcquireRequest) (*pb.Empty, error) {
+	return &pb.Empty{}, s.impl.Acquire(ctx, req)
 }
 
 func (s *announcerServer) Release(ctx context.Context, _ *pb.Empty) (*pb.Empty, error) {
@@ -79,8 +81,8 @@ func (c *announcerClient) Configure(ctx context.Context, cfg *pb.AnnouncerConfig
 	return err
 }
 
-func (c *announcerClient) Acquire(ctx context.Context) error {
-	_, err := c.c.Acquire(ctx, &pb.Empty{})
+func (c *announcerClient) Acquire(ctx context.Context, req *pb.AcquireRequest) error {
+	_, err := c.c.Acquire(ctx, req)
 	return err
 }
 

@@ -117,9 +117,9 @@ type slowAnnouncer struct {
 	d time.Duration
 }
 
-func (a slowAnnouncer) Acquire(ctx context.Context) error {
+func (a slowAnnouncer) Acquire(ctx context.Context, req *pb.AcquireRequest) error {
 	time.Sleep(a.d)
-	return a.fakeAnnouncer.Acquire(ctx)
+	return a.fakeAnnouncer.Acquire(ctx, req)
 }
 
 // The "VIP acquired" line names its durations with their unit: the

@@ -200,7 +200,7 @@ func (p *policy) verifyHeld() {
 	why := fmt.Sprintf("VIP %s missing from %s", strings.Join(missing, ","), p.s.cfg.Interface)
 	if a, ok := p.impls[rpc.KindAnnouncer].(rpc.Announcer); ok {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-		if err := a.Acquire(ctx); err != nil {
+		if err := a.Acquire(ctx, p.acquireRequest()); err != nil {
 			why += ": " + plainError(err)
 		}
 		cancel()

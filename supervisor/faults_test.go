@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/keep-vip/keep-vip/rpc"
+	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
 // failingAnnouncer is fakeAnnouncer whose Acquire and Release fail with
@@ -19,7 +20,7 @@ type failingAnnouncer struct {
 	acq, rel *error
 }
 
-func (f failingAnnouncer) Acquire(ctx context.Context) error {
+func (f failingAnnouncer) Acquire(context.Context, *pb.AcquireRequest) error {
 	f.j.add("acquire")
 	return *f.acq
 }

@@ -309,7 +309,7 @@ func (p *policy) acquire() {
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	start := time.Now()
-	if err := a.Acquire(ctx); err != nil {
+	if err := a.Acquire(ctx, p.acquireRequest()); err != nil {
 		p.acquireFailed(err)
 		return
 	}
@@ -323,6 +323,12 @@ func (p *policy) acquire() {
 		Dur("since_leader_ms", now.Sub(p.leaderAt)).Msg("VIP acquired")
 	p.vipAcquired(now)
 	p.verifyHeld()
+}
+
+// acquireRequest is Acquire's argument: the term this member leads in,
+// which BGP routes carry so that routers prefer the newest holder.
+func (p *policy) acquireRequest() *pb.AcquireRequest {
+	return &pb.AcquireRequest{Term: p.leadership.GetTerm()}
 }
 
 func (p *policy) release() {

@@ -18,9 +18,13 @@ import (
 )
 
 // callLog records the calls the policy makes, in order, across fakes.
-type callLog struct{ calls []string }
+type callLog struct {
+	calls []string
+	terms []uint64 // of every Acquire
+}
 
-func (j *callLog) add(s string) { j.calls = append(j.calls, s) }
+func (j *callLog) add(s string)  { j.calls = append(j.calls, s) }
+func (j *callLog) term(t uint64) { j.terms = append(j.terms, t) }
 
 type fakeReporter struct{}
 
@@ -34,7 +38,11 @@ type fakeAnnouncer struct {
 }
 
 func (f fakeAnnouncer) Configure(context.Context, *pb.AnnouncerConfig) error { return nil }
-func (f fakeAnnouncer) Acquire(context.Context) error                        { f.j.add("acquire"); return nil }
+func (f fakeAnnouncer) Acquire(_ context.Context, req *pb.AcquireRequest) error {
+	f.j.add("acquire")
+	f.j.term(req.GetTerm())
+	return nil
+}
 func (f fakeAnnouncer) Release(context.Context) error {
 	f.j.add("release")
 	return f.releaseErr
@@ -169,6 +177,13 @@ func TestPolicy(t *testing.T) {
 			}
 			if p.held != tc.wantHeld {
 				t.Errorf("held = %v, want %v", p.held, tc.wantHeld)
+			}
+			// BGP routes carry the term (their MED): every Acquire
+			// is for the term of leader(), 2.
+			for i, term := range j.terms {
+				if term != 2 {
+					t.Errorf("acquire %d: term %d, want 2", i, term)
+				}
 			}
 			if on := p.s.runners[rpc.KindElector].wanted(); on != tc.wantElectorOn {
 				t.Errorf("elector wanted = %v, want %v", on, tc.wantElectorOn)

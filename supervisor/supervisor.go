@@ -208,7 +208,7 @@ func (s *Supervisor) newRunner(kind string, spawn *spawner) *runner {
 		}
 	case rpc.KindAnnouncer:
 		r.setup = func(ctx context.Context, impl any) error {
-			return impl.(rpc.Announcer).Configure(ctx, s.cfg.AnnouncerConfig())
+			return impl.(rpc.Announcer).Configure(ctx, s.cfg.AnnouncerConfigFor(s.local))
 		}
 		r.watch = func(ctx context.Context, impl any, gen uint64) error {
 			return impl.(rpc.Announcer).Watch(ctx, func(e *pb.InterfaceEvent) error {

@@ -25,7 +25,7 @@ import (
 // sections names each plugin's part of the file, for its error lines.
 var sections = map[string]string{
 	rpc.KindElector:   "members/raft",
-	rpc.KindAnnouncer: "interface/vip/vips/announce",
+	rpc.KindAnnouncer: "interface/vip/vips/announce/bgp",
 	rpc.KindChecker:   "checks",
 	rpc.KindBalancer:  "loadBalancers",
 }
@@ -65,7 +65,7 @@ func ValidatePlugins(ctx context.Context, cfg *config.Config, local *config.Memb
 	}
 	parts := map[string]proto.Message{
 		rpc.KindElector:   elector,
-		rpc.KindAnnouncer: cfg.AnnouncerConfig(),
+		rpc.KindAnnouncer: cfg.AnnouncerConfigFor(member),
 		rpc.KindChecker:   cfg.CheckerConfig(),
 		rpc.KindBalancer:  cfg.BalancerConfig(),
 	}

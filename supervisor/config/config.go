@@ -61,6 +61,7 @@ type Config struct {
 	VIP            string         `koanf:"vip"`
 	VIPs           []string       `koanf:"vips"` // more VIPs, moving with vip (announce.go)
 	Announce       Announce       `koanf:"announce"`
+	BGP            BGP            `koanf:"bgp"` // bgp.go
 	ChecksInterval time.Duration  `koanf:"checksinterval"`
 	DataDir        string         `koanf:"datadir"`
 	Raft           Raft           `koanf:"raft"`
@@ -363,6 +364,7 @@ func (c *Config) Validate() error {
 	}
 	c.validateVIPs(bad)
 	c.validateAnnounce(bad)
+	c.validateBGP(bad)
 	if c.ChecksInterval < minCheckInterval || c.ChecksInterval > maxChecksInterval {
 		bad("ChecksInterval: %s must be at least %s and at most %s", c.ChecksInterval, minCheckInterval, maxChecksInterval)
 	}

@@ -1033,8 +1033,10 @@ type AnnouncerConfig struct {
 	// Announcements sent at once on acquire, burst_interval_ms apart.
 	BurstCount      int32 `protobuf:"varint,4,opt,name=burst_count,json=burstCount,proto3" json:"burst_count,omitempty"`
 	BurstIntervalMs int64 `protobuf:"varint,5,opt,name=burst_interval_ms,json=burstIntervalMs,proto3" json:"burst_interval_ms,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// BGP mode, beside ARP/NDP: unset or without peers, no BGP at all.
+	Bgp           *BgpConfig `protobuf:"bytes,100,opt,name=bgp,proto3" json:"bgp,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AnnouncerConfig) Reset() {
@@ -1102,6 +1104,224 @@ func (x *AnnouncerConfig) GetBurstIntervalMs() int64 {
 	return 0
 }
 
+func (x *AnnouncerConfig) GetBgp() *BgpConfig {
+	if x != nil {
+		return x.Bgp
+	}
+	return nil
+}
+
+// BgpConfig has the holder advertise each VIP as a host route (/32, /128)
+// to routers. The announcer validates it; the supervisor only maps the
+// file's bgp section onto it.
+type BgpConfig struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// This member's AS number (1 to 4294967294).
+	Asn uint32 `protobuf:"varint,1,opt,name=asn,proto3" json:"asn,omitempty"`
+	// BGP identifier, an IPv4 address; the supervisor fills in this
+	// member's address when the file leaves it out and that is IPv4.
+	RouterId string     `protobuf:"bytes,2,opt,name=router_id,json=routerId,proto3" json:"router_id,omitempty"`
+	Peers    []*BgpPeer `protobuf:"bytes,3,rep,name=peers,proto3" json:"peers,omitempty"`
+	// Standard communities, "AS:value", attached to every VIP route.
+	Communities   []string `protobuf:"bytes,4,rep,name=communities,proto3" json:"communities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BgpConfig) Reset() {
+	*x = BgpConfig{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BgpConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BgpConfig) ProtoMessage() {}
+
+func (x *BgpConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BgpConfig.ProtoReflect.Descriptor instead.
+func (*BgpConfig) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *BgpConfig) GetAsn() uint32 {
+	if x != nil {
+		return x.Asn
+	}
+	return 0
+}
+
+func (x *BgpConfig) GetRouterId() string {
+	if x != nil {
+		return x.RouterId
+	}
+	return ""
+}
+
+func (x *BgpConfig) GetPeers() []*BgpPeer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+func (x *BgpConfig) GetCommunities() []string {
+	if x != nil {
+		return x.Communities
+	}
+	return nil
+}
+
+type BgpPeer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The router's address; it gets the VIPs of its own address family.
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Asn     uint32 `protobuf:"varint,2,opt,name=asn,proto3" json:"asn,omitempty"`
+	// TCP MD5 signature (RFC 2385); empty for none.
+	Password string `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	// Hold time offered, whole seconds (0: the announcer's default).
+	HoldTimeMs int64 `protobuf:"varint,4,opt,name=hold_time_ms,json=holdTimeMs,proto3" json:"hold_time_ms,omitempty"`
+	// eBGP multihop TTL; 0 for a directly connected router.
+	MultihopTtl uint32 `protobuf:"varint,5,opt,name=multihop_ttl,json=multihopTtl,proto3" json:"multihop_ttl,omitempty"`
+	// The router's TCP port; 0 for 179.
+	Port          uint32 `protobuf:"varint,6,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BgpPeer) Reset() {
+	*x = BgpPeer{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BgpPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BgpPeer) ProtoMessage() {}
+
+func (x *BgpPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BgpPeer.ProtoReflect.Descriptor instead.
+func (*BgpPeer) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *BgpPeer) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetAsn() uint32 {
+	if x != nil {
+		return x.Asn
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetHoldTimeMs() int64 {
+	if x != nil {
+		return x.HoldTimeMs
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetMultihopTtl() uint32 {
+	if x != nil {
+		return x.MultihopTtl
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+// AcquireRequest tells the announcer which Raft term it holds the VIPs
+// for: routes carry it (BGP MED), so a router prefers the newest holder
+// even while an older one's route waits for its hold timer.
+type AcquireRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Term          uint64                 `protobuf:"varint,100,opt,name=term,proto3" json:"term,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcquireRequest) Reset() {
+	*x = AcquireRequest{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcquireRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcquireRequest) ProtoMessage() {}
+
+func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcquireRequest.ProtoReflect.Descriptor instead.
+func (*AcquireRequest) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *AcquireRequest) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
 // InterfaceEvent tells the supervisor what happened to the VIP interface.
 type InterfaceEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1117,7 +1337,7 @@ type InterfaceEvent struct {
 
 func (x *InterfaceEvent) Reset() {
 	*x = InterfaceEvent{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1129,7 +1349,7 @@ func (x *InterfaceEvent) String() string {
 func (*InterfaceEvent) ProtoMessage() {}
 
 func (x *InterfaceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[13]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1142,7 +1362,7 @@ func (x *InterfaceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterfaceEvent.ProtoReflect.Descriptor instead.
 func (*InterfaceEvent) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{13}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *InterfaceEvent) GetUsable() bool {
@@ -1174,14 +1394,16 @@ type AnnouncerStatus struct {
 	// The configured VIPs not on the interface as host addresses (/32,
 	// /128) when Status was asked, read from the kernel: while held, the
 	// supervisor counts a VIP missing for long as a fault.
-	MissingVips   []string `protobuf:"bytes,2,rep,name=missing_vips,json=missingVips,proto3" json:"missing_vips,omitempty"`
+	MissingVips []string `protobuf:"bytes,2,rep,name=missing_vips,json=missingVips,proto3" json:"missing_vips,omitempty"`
+	// BGP mode only: each configured peer's session.
+	BgpPeers      []*BgpPeerStatus `protobuf:"bytes,100,rep,name=bgp_peers,json=bgpPeers,proto3" json:"bgp_peers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AnnouncerStatus) Reset() {
 	*x = AnnouncerStatus{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1415,7 @@ func (x *AnnouncerStatus) String() string {
 func (*AnnouncerStatus) ProtoMessage() {}
 
 func (x *AnnouncerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[14]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1428,7 @@ func (x *AnnouncerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnouncerStatus.ProtoReflect.Descriptor instead.
 func (*AnnouncerStatus) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{14}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AnnouncerStatus) GetHeld() bool {
@@ -1221,6 +1443,85 @@ func (x *AnnouncerStatus) GetMissingVips() []string {
 		return x.MissingVips
 	}
 	return nil
+}
+
+func (x *AnnouncerStatus) GetBgpPeers() []*BgpPeerStatus {
+	if x != nil {
+		return x.BgpPeers
+	}
+	return nil
+}
+
+type BgpPeerStatus struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// The BGP FSM state in lower case: idle, connect, active, opensent,
+	// openconfirm, established.
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// The VIP routes (prefixes) advertised to this peer now.
+	Advertised []string `protobuf:"bytes,3,rep,name=advertised,proto3" json:"advertised,omitempty"`
+	// Why the session last went down, when known.
+	LastError     string `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BgpPeerStatus) Reset() {
+	*x = BgpPeerStatus{}
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BgpPeerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BgpPeerStatus) ProtoMessage() {}
+
+func (x *BgpPeerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BgpPeerStatus.ProtoReflect.Descriptor instead.
+func (*BgpPeerStatus) Descriptor() ([]byte, []int) {
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *BgpPeerStatus) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *BgpPeerStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *BgpPeerStatus) GetAdvertised() []string {
+	if x != nil {
+		return x.Advertised
+	}
+	return nil
+}
+
+func (x *BgpPeerStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
 }
 
 type Check struct {
@@ -1255,7 +1556,7 @@ type Check struct {
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1568,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[15]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1581,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{15}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Check) GetName() string {
@@ -1391,7 +1692,7 @@ type HTTPCheck struct {
 
 func (x *HTTPCheck) Reset() {
 	*x = HTTPCheck{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1704,7 @@ func (x *HTTPCheck) String() string {
 func (*HTTPCheck) ProtoMessage() {}
 
 func (x *HTTPCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[16]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1717,7 @@ func (x *HTTPCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPCheck.ProtoReflect.Descriptor instead.
 func (*HTTPCheck) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{16}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HTTPCheck) GetMethod() string {
@@ -1479,7 +1780,7 @@ type UDPCheck struct {
 
 func (x *UDPCheck) Reset() {
 	*x = UDPCheck{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1491,7 +1792,7 @@ func (x *UDPCheck) String() string {
 func (*UDPCheck) ProtoMessage() {}
 
 func (x *UDPCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[17]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1504,7 +1805,7 @@ func (x *UDPCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UDPCheck.ProtoReflect.Descriptor instead.
 func (*UDPCheck) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{17}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UDPCheck) GetPayload() []byte {
@@ -1533,7 +1834,7 @@ type ExecCheck struct {
 
 func (x *ExecCheck) Reset() {
 	*x = ExecCheck{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +1846,7 @@ func (x *ExecCheck) String() string {
 func (*ExecCheck) ProtoMessage() {}
 
 func (x *ExecCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[18]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,7 +1859,7 @@ func (x *ExecCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecCheck.ProtoReflect.Descriptor instead.
 func (*ExecCheck) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{18}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ExecCheck) GetCommand() string {
@@ -1592,7 +1893,7 @@ type CheckerConfig struct {
 
 func (x *CheckerConfig) Reset() {
 	*x = CheckerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1604,7 +1905,7 @@ func (x *CheckerConfig) String() string {
 func (*CheckerConfig) ProtoMessage() {}
 
 func (x *CheckerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[19]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1617,7 +1918,7 @@ func (x *CheckerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckerConfig.ProtoReflect.Descriptor instead.
 func (*CheckerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{19}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CheckerConfig) GetIntervalMs() int64 {
@@ -1653,7 +1954,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1966,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[20]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1979,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{20}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CheckResult) GetName() string {
@@ -1742,7 +2043,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[21]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +2055,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[21]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +2068,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{21}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Health) GetHealthy() bool {
@@ -1796,7 +2097,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[22]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +2109,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[22]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +2122,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{22}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Backend) GetName() string {
@@ -1862,7 +2163,7 @@ type BackendHealth struct {
 
 func (x *BackendHealth) Reset() {
 	*x = BackendHealth{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[23]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1874,7 +2175,7 @@ func (x *BackendHealth) String() string {
 func (*BackendHealth) ProtoMessage() {}
 
 func (x *BackendHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[23]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1887,7 +2188,7 @@ func (x *BackendHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendHealth.ProtoReflect.Descriptor instead.
 func (*BackendHealth) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{23}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *BackendHealth) GetType() string {
@@ -1962,7 +2263,7 @@ type LoadBalancer struct {
 
 func (x *LoadBalancer) Reset() {
 	*x = LoadBalancer{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[24]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1974,7 +2275,7 @@ func (x *LoadBalancer) String() string {
 func (*LoadBalancer) ProtoMessage() {}
 
 func (x *LoadBalancer) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[24]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1987,7 +2288,7 @@ func (x *LoadBalancer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadBalancer.ProtoReflect.Descriptor instead.
 func (*LoadBalancer) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{24}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LoadBalancer) GetName() string {
@@ -2072,7 +2373,7 @@ type BalancerConfig struct {
 
 func (x *BalancerConfig) Reset() {
 	*x = BalancerConfig{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[25]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2084,7 +2385,7 @@ func (x *BalancerConfig) String() string {
 func (*BalancerConfig) ProtoMessage() {}
 
 func (x *BalancerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[25]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2097,7 +2398,7 @@ func (x *BalancerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalancerConfig.ProtoReflect.Descriptor instead.
 func (*BalancerConfig) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{25}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *BalancerConfig) GetLoadBalancers() []*LoadBalancer {
@@ -2129,7 +2430,7 @@ type BalancerStatus struct {
 
 func (x *BalancerStatus) Reset() {
 	*x = BalancerStatus{}
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[26]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2141,7 +2442,7 @@ func (x *BalancerStatus) String() string {
 func (*BalancerStatus) ProtoMessage() {}
 
 func (x *BalancerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keepvip_v1_keepvip_proto_msgTypes[26]
+	mi := &file_keepvip_v1_keepvip_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2154,7 +2455,7 @@ func (x *BalancerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalancerStatus.ProtoReflect.Descriptor instead.
 func (*BalancerStatus) Descriptor() ([]byte, []int) {
-	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{26}
+	return file_keepvip_v1_keepvip_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *BalancerStatus) GetDraining() bool {
@@ -2247,21 +2548,46 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"OP_RECOVER\x10\x03\"n\n" +
 	"\x13ElectorOfflineReply\x125\n" +
 	"\aservers\x18\x01 \x03(\v2\x1b.keepvip.v1.ConsensusServerR\aservers\x12 \n" +
-	"\vdifferences\x18\x02 \x03(\tR\vdifferences\"\xc0\x01\n" +
+	"\vdifferences\x18\x02 \x03(\tR\vdifferences\"\xe9\x01\n" +
 	"\x0fAnnouncerConfig\x12\x1c\n" +
 	"\tinterface\x18\x01 \x01(\tR\tinterface\x12\x12\n" +
 	"\x04vips\x18\x02 \x03(\tR\x04vips\x12.\n" +
 	"\x13refresh_interval_ms\x18\x03 \x01(\x03R\x11refreshIntervalMs\x12\x1f\n" +
 	"\vburst_count\x18\x04 \x01(\x05R\n" +
 	"burstCount\x12*\n" +
-	"\x11burst_interval_ms\x18\x05 \x01(\x03R\x0fburstIntervalMs\"X\n" +
+	"\x11burst_interval_ms\x18\x05 \x01(\x03R\x0fburstIntervalMs\x12'\n" +
+	"\x03bgp\x18d \x01(\v2\x15.keepvip.v1.BgpConfigR\x03bgp\"\x87\x01\n" +
+	"\tBgpConfig\x12\x10\n" +
+	"\x03asn\x18\x01 \x01(\rR\x03asn\x12\x1b\n" +
+	"\trouter_id\x18\x02 \x01(\tR\brouterId\x12)\n" +
+	"\x05peers\x18\x03 \x03(\v2\x13.keepvip.v1.BgpPeerR\x05peers\x12 \n" +
+	"\vcommunities\x18\x04 \x03(\tR\vcommunities\"\xaa\x01\n" +
+	"\aBgpPeer\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x10\n" +
+	"\x03asn\x18\x02 \x01(\rR\x03asn\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x12 \n" +
+	"\fhold_time_ms\x18\x04 \x01(\x03R\n" +
+	"holdTimeMs\x12!\n" +
+	"\fmultihop_ttl\x18\x05 \x01(\rR\vmultihopTtl\x12\x12\n" +
+	"\x04port\x18\x06 \x01(\rR\x04port\"$\n" +
+	"\x0eAcquireRequest\x12\x12\n" +
+	"\x04term\x18d \x01(\x04R\x04term\"X\n" +
 	"\x0eInterfaceEvent\x12\x16\n" +
 	"\x06usable\x18\x01 \x01(\bR\x06usable\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x16\n" +
-	"\x06readds\x18\x03 \x01(\x04R\x06readds\"H\n" +
+	"\x06readds\x18\x03 \x01(\x04R\x06readds\"\x80\x01\n" +
 	"\x0fAnnouncerStatus\x12\x12\n" +
 	"\x04held\x18\x01 \x01(\bR\x04held\x12!\n" +
-	"\fmissing_vips\x18\x02 \x03(\tR\vmissingVips\"\xfd\x03\n" +
+	"\fmissing_vips\x18\x02 \x03(\tR\vmissingVips\x126\n" +
+	"\tbgp_peers\x18d \x03(\v2\x19.keepvip.v1.BgpPeerStatusR\bbgpPeers\"~\n" +
+	"\rBgpPeerStatus\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1e\n" +
+	"\n" +
+	"advertised\x18\x03 \x03(\tR\n" +
+	"advertised\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\"\xfd\x03\n" +
 	"\x05Check\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12\x18\n" +
@@ -2365,11 +2691,11 @@ const file_keepvip_v1_keepvip_proto_rawDesc = "" +
 	"\x05Watch\x12\x11.keepvip.v1.Empty\x1a\x16.keepvip.v1.Leadership0\x01\x12D\n" +
 	"\x12TransferLeadership\x12\x1b.keepvip.v1.TransferRequest\x1a\x11.keepvip.v1.Empty\x125\n" +
 	"\x06Status\x12\x11.keepvip.v1.Empty\x1a\x18.keepvip.v1.PluginStatus\x127\n" +
-	"\aMetrics\x12\x11.keepvip.v1.Empty\x1a\x19.keepvip.v1.PluginMetrics2\x90\x03\n" +
+	"\aMetrics\x12\x11.keepvip.v1.Empty\x1a\x19.keepvip.v1.PluginMetrics2\x99\x03\n" +
 	"\tAnnouncer\x12;\n" +
 	"\tConfigure\x12\x1b.keepvip.v1.AnnouncerConfig\x1a\x11.keepvip.v1.Empty\x12:\n" +
-	"\bValidate\x12\x1b.keepvip.v1.AnnouncerConfig\x1a\x11.keepvip.v1.Empty\x12/\n" +
-	"\aAcquire\x12\x11.keepvip.v1.Empty\x1a\x11.keepvip.v1.Empty\x12/\n" +
+	"\bValidate\x12\x1b.keepvip.v1.AnnouncerConfig\x1a\x11.keepvip.v1.Empty\x128\n" +
+	"\aAcquire\x12\x1a.keepvip.v1.AcquireRequest\x1a\x11.keepvip.v1.Empty\x12/\n" +
 	"\aRelease\x12\x11.keepvip.v1.Empty\x1a\x11.keepvip.v1.Empty\x128\n" +
 	"\x05Watch\x12\x11.keepvip.v1.Empty\x1a\x1a.keepvip.v1.InterfaceEvent0\x01\x125\n" +
 	"\x06Status\x12\x11.keepvip.v1.Empty\x1a\x18.keepvip.v1.PluginStatus\x127\n" +
@@ -2399,7 +2725,7 @@ func file_keepvip_v1_keepvip_proto_rawDescGZIP() []byte {
 }
 
 var file_keepvip_v1_keepvip_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_keepvip_v1_keepvip_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_keepvip_v1_keepvip_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_keepvip_v1_keepvip_proto_goTypes = []any{
 	(Role)(0),                     // 0: keepvip.v1.Role
 	(WatchMode)(0),                // 1: keepvip.v1.WatchMode
@@ -2417,99 +2743,106 @@ var file_keepvip_v1_keepvip_proto_goTypes = []any{
 	(*ElectorOfflineRequest)(nil), // 13: keepvip.v1.ElectorOfflineRequest
 	(*ElectorOfflineReply)(nil),   // 14: keepvip.v1.ElectorOfflineReply
 	(*AnnouncerConfig)(nil),       // 15: keepvip.v1.AnnouncerConfig
-	(*InterfaceEvent)(nil),        // 16: keepvip.v1.InterfaceEvent
-	(*AnnouncerStatus)(nil),       // 17: keepvip.v1.AnnouncerStatus
-	(*Check)(nil),                 // 18: keepvip.v1.Check
-	(*HTTPCheck)(nil),             // 19: keepvip.v1.HTTPCheck
-	(*UDPCheck)(nil),              // 20: keepvip.v1.UDPCheck
-	(*ExecCheck)(nil),             // 21: keepvip.v1.ExecCheck
-	(*CheckerConfig)(nil),         // 22: keepvip.v1.CheckerConfig
-	(*CheckResult)(nil),           // 23: keepvip.v1.CheckResult
-	(*Health)(nil),                // 24: keepvip.v1.Health
-	(*Backend)(nil),               // 25: keepvip.v1.Backend
-	(*BackendHealth)(nil),         // 26: keepvip.v1.BackendHealth
-	(*LoadBalancer)(nil),          // 27: keepvip.v1.LoadBalancer
-	(*BalancerConfig)(nil),        // 28: keepvip.v1.BalancerConfig
-	(*BalancerStatus)(nil),        // 29: keepvip.v1.BalancerStatus
-	nil,                           // 30: keepvip.v1.PluginStatus.DetailsEntry
-	nil,                           // 31: keepvip.v1.ElectorStatus.PeersEntry
-	nil,                           // 32: keepvip.v1.Check.OptionsEntry
-	nil,                           // 33: keepvip.v1.HTTPCheck.HeadersEntry
+	(*BgpConfig)(nil),             // 16: keepvip.v1.BgpConfig
+	(*BgpPeer)(nil),               // 17: keepvip.v1.BgpPeer
+	(*AcquireRequest)(nil),        // 18: keepvip.v1.AcquireRequest
+	(*InterfaceEvent)(nil),        // 19: keepvip.v1.InterfaceEvent
+	(*AnnouncerStatus)(nil),       // 20: keepvip.v1.AnnouncerStatus
+	(*BgpPeerStatus)(nil),         // 21: keepvip.v1.BgpPeerStatus
+	(*Check)(nil),                 // 22: keepvip.v1.Check
+	(*HTTPCheck)(nil),             // 23: keepvip.v1.HTTPCheck
+	(*UDPCheck)(nil),              // 24: keepvip.v1.UDPCheck
+	(*ExecCheck)(nil),             // 25: keepvip.v1.ExecCheck
+	(*CheckerConfig)(nil),         // 26: keepvip.v1.CheckerConfig
+	(*CheckResult)(nil),           // 27: keepvip.v1.CheckResult
+	(*Health)(nil),                // 28: keepvip.v1.Health
+	(*Backend)(nil),               // 29: keepvip.v1.Backend
+	(*BackendHealth)(nil),         // 30: keepvip.v1.BackendHealth
+	(*LoadBalancer)(nil),          // 31: keepvip.v1.LoadBalancer
+	(*BalancerConfig)(nil),        // 32: keepvip.v1.BalancerConfig
+	(*BalancerStatus)(nil),        // 33: keepvip.v1.BalancerStatus
+	nil,                           // 34: keepvip.v1.PluginStatus.DetailsEntry
+	nil,                           // 35: keepvip.v1.ElectorStatus.PeersEntry
+	nil,                           // 36: keepvip.v1.Check.OptionsEntry
+	nil,                           // 37: keepvip.v1.HTTPCheck.HeadersEntry
 }
 var file_keepvip_v1_keepvip_proto_depIdxs = []int32{
-	30, // 0: keepvip.v1.PluginStatus.details:type_name -> keepvip.v1.PluginStatus.DetailsEntry
+	34, // 0: keepvip.v1.PluginStatus.details:type_name -> keepvip.v1.PluginStatus.DetailsEntry
 	11, // 1: keepvip.v1.PluginStatus.elector:type_name -> keepvip.v1.ElectorStatus
-	29, // 2: keepvip.v1.PluginStatus.balancer:type_name -> keepvip.v1.BalancerStatus
-	17, // 3: keepvip.v1.PluginStatus.announcer:type_name -> keepvip.v1.AnnouncerStatus
+	33, // 2: keepvip.v1.PluginStatus.balancer:type_name -> keepvip.v1.BalancerStatus
+	20, // 3: keepvip.v1.PluginStatus.announcer:type_name -> keepvip.v1.AnnouncerStatus
 	6,  // 4: keepvip.v1.ElectorConfig.members:type_name -> keepvip.v1.Member
 	7,  // 5: keepvip.v1.ElectorConfig.tls:type_name -> keepvip.v1.RaftTLS
 	10, // 6: keepvip.v1.ElectorStatus.servers:type_name -> keepvip.v1.ConsensusServer
-	31, // 7: keepvip.v1.ElectorStatus.peers:type_name -> keepvip.v1.ElectorStatus.PeersEntry
+	35, // 7: keepvip.v1.ElectorStatus.peers:type_name -> keepvip.v1.ElectorStatus.PeersEntry
 	0,  // 8: keepvip.v1.Leadership.role:type_name -> keepvip.v1.Role
 	2,  // 9: keepvip.v1.ElectorOfflineRequest.op:type_name -> keepvip.v1.ElectorOfflineRequest.Op
 	8,  // 10: keepvip.v1.ElectorOfflineRequest.config:type_name -> keepvip.v1.ElectorConfig
 	10, // 11: keepvip.v1.ElectorOfflineRequest.servers:type_name -> keepvip.v1.ConsensusServer
 	10, // 12: keepvip.v1.ElectorOfflineReply.servers:type_name -> keepvip.v1.ConsensusServer
-	32, // 13: keepvip.v1.Check.options:type_name -> keepvip.v1.Check.OptionsEntry
-	19, // 14: keepvip.v1.Check.http:type_name -> keepvip.v1.HTTPCheck
-	20, // 15: keepvip.v1.Check.udp:type_name -> keepvip.v1.UDPCheck
-	21, // 16: keepvip.v1.Check.exec:type_name -> keepvip.v1.ExecCheck
-	1,  // 17: keepvip.v1.Check.watch:type_name -> keepvip.v1.WatchMode
-	33, // 18: keepvip.v1.HTTPCheck.headers:type_name -> keepvip.v1.HTTPCheck.HeadersEntry
-	18, // 19: keepvip.v1.CheckerConfig.checks:type_name -> keepvip.v1.Check
-	23, // 20: keepvip.v1.Health.checks:type_name -> keepvip.v1.CheckResult
-	25, // 21: keepvip.v1.LoadBalancer.backends:type_name -> keepvip.v1.Backend
-	26, // 22: keepvip.v1.LoadBalancer.health:type_name -> keepvip.v1.BackendHealth
-	27, // 23: keepvip.v1.BalancerConfig.load_balancers:type_name -> keepvip.v1.LoadBalancer
-	8,  // 24: keepvip.v1.Elector.Configure:input_type -> keepvip.v1.ElectorConfig
-	8,  // 25: keepvip.v1.Elector.Validate:input_type -> keepvip.v1.ElectorConfig
-	3,  // 26: keepvip.v1.Elector.Watch:input_type -> keepvip.v1.Empty
-	9,  // 27: keepvip.v1.Elector.TransferLeadership:input_type -> keepvip.v1.TransferRequest
-	3,  // 28: keepvip.v1.Elector.Status:input_type -> keepvip.v1.Empty
-	3,  // 29: keepvip.v1.Elector.Metrics:input_type -> keepvip.v1.Empty
-	15, // 30: keepvip.v1.Announcer.Configure:input_type -> keepvip.v1.AnnouncerConfig
-	15, // 31: keepvip.v1.Announcer.Validate:input_type -> keepvip.v1.AnnouncerConfig
-	3,  // 32: keepvip.v1.Announcer.Acquire:input_type -> keepvip.v1.Empty
-	3,  // 33: keepvip.v1.Announcer.Release:input_type -> keepvip.v1.Empty
-	3,  // 34: keepvip.v1.Announcer.Watch:input_type -> keepvip.v1.Empty
-	3,  // 35: keepvip.v1.Announcer.Status:input_type -> keepvip.v1.Empty
-	3,  // 36: keepvip.v1.Announcer.Metrics:input_type -> keepvip.v1.Empty
-	22, // 37: keepvip.v1.Checker.Configure:input_type -> keepvip.v1.CheckerConfig
-	22, // 38: keepvip.v1.Checker.Validate:input_type -> keepvip.v1.CheckerConfig
-	3,  // 39: keepvip.v1.Checker.Watch:input_type -> keepvip.v1.Empty
-	3,  // 40: keepvip.v1.Checker.Status:input_type -> keepvip.v1.Empty
-	3,  // 41: keepvip.v1.Checker.Metrics:input_type -> keepvip.v1.Empty
-	28, // 42: keepvip.v1.Balancer.Configure:input_type -> keepvip.v1.BalancerConfig
-	28, // 43: keepvip.v1.Balancer.Validate:input_type -> keepvip.v1.BalancerConfig
-	3,  // 44: keepvip.v1.Balancer.Status:input_type -> keepvip.v1.Empty
-	3,  // 45: keepvip.v1.Balancer.Metrics:input_type -> keepvip.v1.Empty
-	3,  // 46: keepvip.v1.Elector.Configure:output_type -> keepvip.v1.Empty
-	3,  // 47: keepvip.v1.Elector.Validate:output_type -> keepvip.v1.Empty
-	12, // 48: keepvip.v1.Elector.Watch:output_type -> keepvip.v1.Leadership
-	3,  // 49: keepvip.v1.Elector.TransferLeadership:output_type -> keepvip.v1.Empty
-	4,  // 50: keepvip.v1.Elector.Status:output_type -> keepvip.v1.PluginStatus
-	5,  // 51: keepvip.v1.Elector.Metrics:output_type -> keepvip.v1.PluginMetrics
-	3,  // 52: keepvip.v1.Announcer.Configure:output_type -> keepvip.v1.Empty
-	3,  // 53: keepvip.v1.Announcer.Validate:output_type -> keepvip.v1.Empty
-	3,  // 54: keepvip.v1.Announcer.Acquire:output_type -> keepvip.v1.Empty
-	3,  // 55: keepvip.v1.Announcer.Release:output_type -> keepvip.v1.Empty
-	16, // 56: keepvip.v1.Announcer.Watch:output_type -> keepvip.v1.InterfaceEvent
-	4,  // 57: keepvip.v1.Announcer.Status:output_type -> keepvip.v1.PluginStatus
-	5,  // 58: keepvip.v1.Announcer.Metrics:output_type -> keepvip.v1.PluginMetrics
-	3,  // 59: keepvip.v1.Checker.Configure:output_type -> keepvip.v1.Empty
-	3,  // 60: keepvip.v1.Checker.Validate:output_type -> keepvip.v1.Empty
-	24, // 61: keepvip.v1.Checker.Watch:output_type -> keepvip.v1.Health
-	4,  // 62: keepvip.v1.Checker.Status:output_type -> keepvip.v1.PluginStatus
-	5,  // 63: keepvip.v1.Checker.Metrics:output_type -> keepvip.v1.PluginMetrics
-	3,  // 64: keepvip.v1.Balancer.Configure:output_type -> keepvip.v1.Empty
-	3,  // 65: keepvip.v1.Balancer.Validate:output_type -> keepvip.v1.Empty
-	4,  // 66: keepvip.v1.Balancer.Status:output_type -> keepvip.v1.PluginStatus
-	5,  // 67: keepvip.v1.Balancer.Metrics:output_type -> keepvip.v1.PluginMetrics
-	46, // [46:68] is the sub-list for method output_type
-	24, // [24:46] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	16, // 13: keepvip.v1.AnnouncerConfig.bgp:type_name -> keepvip.v1.BgpConfig
+	17, // 14: keepvip.v1.BgpConfig.peers:type_name -> keepvip.v1.BgpPeer
+	21, // 15: keepvip.v1.AnnouncerStatus.bgp_peers:type_name -> keepvip.v1.BgpPeerStatus
+	36, // 16: keepvip.v1.Check.options:type_name -> keepvip.v1.Check.OptionsEntry
+	23, // 17: keepvip.v1.Check.http:type_name -> keepvip.v1.HTTPCheck
+	24, // 18: keepvip.v1.Check.udp:type_name -> keepvip.v1.UDPCheck
+	25, // 19: keepvip.v1.Check.exec:type_name -> keepvip.v1.ExecCheck
+	1,  // 20: keepvip.v1.Check.watch:type_name -> keepvip.v1.WatchMode
+	37, // 21: keepvip.v1.HTTPCheck.headers:type_name -> keepvip.v1.HTTPCheck.HeadersEntry
+	22, // 22: keepvip.v1.CheckerConfig.checks:type_name -> keepvip.v1.Check
+	27, // 23: keepvip.v1.Health.checks:type_name -> keepvip.v1.CheckResult
+	29, // 24: keepvip.v1.LoadBalancer.backends:type_name -> keepvip.v1.Backend
+	30, // 25: keepvip.v1.LoadBalancer.health:type_name -> keepvip.v1.BackendHealth
+	31, // 26: keepvip.v1.BalancerConfig.load_balancers:type_name -> keepvip.v1.LoadBalancer
+	8,  // 27: keepvip.v1.Elector.Configure:input_type -> keepvip.v1.ElectorConfig
+	8,  // 28: keepvip.v1.Elector.Validate:input_type -> keepvip.v1.ElectorConfig
+	3,  // 29: keepvip.v1.Elector.Watch:input_type -> keepvip.v1.Empty
+	9,  // 30: keepvip.v1.Elector.TransferLeadership:input_type -> keepvip.v1.TransferRequest
+	3,  // 31: keepvip.v1.Elector.Status:input_type -> keepvip.v1.Empty
+	3,  // 32: keepvip.v1.Elector.Metrics:input_type -> keepvip.v1.Empty
+	15, // 33: keepvip.v1.Announcer.Configure:input_type -> keepvip.v1.AnnouncerConfig
+	15, // 34: keepvip.v1.Announcer.Validate:input_type -> keepvip.v1.AnnouncerConfig
+	18, // 35: keepvip.v1.Announcer.Acquire:input_type -> keepvip.v1.AcquireRequest
+	3,  // 36: keepvip.v1.Announcer.Release:input_type -> keepvip.v1.Empty
+	3,  // 37: keepvip.v1.Announcer.Watch:input_type -> keepvip.v1.Empty
+	3,  // 38: keepvip.v1.Announcer.Status:input_type -> keepvip.v1.Empty
+	3,  // 39: keepvip.v1.Announcer.Metrics:input_type -> keepvip.v1.Empty
+	26, // 40: keepvip.v1.Checker.Configure:input_type -> keepvip.v1.CheckerConfig
+	26, // 41: keepvip.v1.Checker.Validate:input_type -> keepvip.v1.CheckerConfig
+	3,  // 42: keepvip.v1.Checker.Watch:input_type -> keepvip.v1.Empty
+	3,  // 43: keepvip.v1.Checker.Status:input_type -> keepvip.v1.Empty
+	3,  // 44: keepvip.v1.Checker.Metrics:input_type -> keepvip.v1.Empty
+	32, // 45: keepvip.v1.Balancer.Configure:input_type -> keepvip.v1.BalancerConfig
+	32, // 46: keepvip.v1.Balancer.Validate:input_type -> keepvip.v1.BalancerConfig
+	3,  // 47: keepvip.v1.Balancer.Status:input_type -> keepvip.v1.Empty
+	3,  // 48: keepvip.v1.Balancer.Metrics:input_type -> keepvip.v1.Empty
+	3,  // 49: keepvip.v1.Elector.Configure:output_type -> keepvip.v1.Empty
+	3,  // 50: keepvip.v1.Elector.Validate:output_type -> keepvip.v1.Empty
+	12, // 51: keepvip.v1.Elector.Watch:output_type -> keepvip.v1.Leadership
+	3,  // 52: keepvip.v1.Elector.TransferLeadership:output_type -> keepvip.v1.Empty
+	4,  // 53: keepvip.v1.Elector.Status:output_type -> keepvip.v1.PluginStatus
+	5,  // 54: keepvip.v1.Elector.Metrics:output_type -> keepvip.v1.PluginMetrics
+	3,  // 55: keepvip.v1.Announcer.Configure:output_type -> keepvip.v1.Empty
+	3,  // 56: keepvip.v1.Announcer.Validate:output_type -> keepvip.v1.Empty
+	3,  // 57: keepvip.v1.Announcer.Acquire:output_type -> keepvip.v1.Empty
+	3,  // 58: keepvip.v1.Announcer.Release:output_type -> keepvip.v1.Empty
+	19, // 59: keepvip.v1.Announcer.Watch:output_type -> keepvip.v1.InterfaceEvent
+	4,  // 60: keepvip.v1.Announcer.Status:output_type -> keepvip.v1.PluginStatus
+	5,  // 61: keepvip.v1.Announcer.Metrics:output_type -> keepvip.v1.PluginMetrics
+	3,  // 62: keepvip.v1.Checker.Configure:output_type -> keepvip.v1.Empty
+	3,  // 63: keepvip.v1.Checker.Validate:output_type -> keepvip.v1.Empty
+	28, // 64: keepvip.v1.Checker.Watch:output_type -> keepvip.v1.Health
+	4,  // 65: keepvip.v1.Checker.Status:output_type -> keepvip.v1.PluginStatus
+	5,  // 66: keepvip.v1.Checker.Metrics:output_type -> keepvip.v1.PluginMetrics
+	3,  // 67: keepvip.v1.Balancer.Configure:output_type -> keepvip.v1.Empty
+	3,  // 68: keepvip.v1.Balancer.Validate:output_type -> keepvip.v1.Empty
+	4,  // 69: keepvip.v1.Balancer.Status:output_type -> keepvip.v1.PluginStatus
+	5,  // 70: keepvip.v1.Balancer.Metrics:output_type -> keepvip.v1.PluginMetrics
+	49, // [49:71] is the sub-list for method output_type
+	27, // [27:49] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_keepvip_v1_keepvip_proto_init() }
@@ -2523,7 +2856,7 @@ func file_keepvip_v1_keepvip_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keepvip_v1_keepvip_proto_rawDesc), len(file_keepvip_v1_keepvip_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   31,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

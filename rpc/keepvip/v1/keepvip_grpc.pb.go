@@ -363,7 +363,7 @@ type AnnouncerClient interface {
 	Configure(ctx context.Context, in *AnnouncerConfig, opts ...grpc.CallOption) (*Empty, error)
 	// Validate checks a config without applying it (see Validate below).
 	Validate(ctx context.Context, in *AnnouncerConfig, opts ...grpc.CallOption) (*Empty, error)
-	Acquire(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
+	Acquire(ctx context.Context, in *AcquireRequest, opts ...grpc.CallOption) (*Empty, error)
 	Release(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
 	// Watch sends the interface's state at once and on every change.
 	Watch(ctx context.Context, in *Empty, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InterfaceEvent], error)
@@ -399,7 +399,7 @@ func (c *announcerClient) Validate(ctx context.Context, in *AnnouncerConfig, opt
 	return out, nil
 }
 
-func (c *announcerClient) Acquire(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error) {
+func (c *announcerClient) Acquire(ctx context.Context, in *AcquireRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Announcer_Acquire_FullMethodName, in, out, cOpts...)
@@ -468,7 +468,7 @@ type AnnouncerServer interface {
 	Configure(context.Context, *AnnouncerConfig) (*Empty, error)
 	// Validate checks a config without applying it (see Validate below).
 	Validate(context.Context, *AnnouncerConfig) (*Empty, error)
-	Acquire(context.Context, *Empty) (*Empty, error)
+	Acquire(context.Context, *AcquireRequest) (*Empty, error)
 	Release(context.Context, *Empty) (*Empty, error)
 	// Watch sends the interface's state at once and on every change.
 	Watch(*Empty, grpc.ServerStreamingServer[InterfaceEvent]) error
@@ -490,7 +490,7 @@ func (UnimplementedAnnouncerServer) Configure(context.Context, *AnnouncerConfig)
 func (UnimplementedAnnouncerServer) Validate(context.Context, *AnnouncerConfig) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Validate not implemented")
 }
-func (UnimplementedAnnouncerServer) Acquire(context.Context, *Empty) (*Empty, error) {
+func (UnimplementedAnnouncerServer) Acquire(context.Context, *AcquireRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Acquire not implemented")
 }
 func (UnimplementedAnnouncerServer) Release(context.Context, *Empty) (*Empty, error) {
@@ -563,7 +563,7 @@ func _Announcer_Validate_Handler(srv interface{}, ctx context.Context, dec func(
 }
 
 func _Announcer_Acquire_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(Empty)
+	in := new(AcquireRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -575,7 +575,7 @@ func _Announcer_Acquire_Handler(srv interface{}, ctx context.Context, dec func(i
 		FullMethod: Announcer_Acquire_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(AnnouncerServer).Acquire(ctx, req.(*Empty))
+		return srv.(AnnouncerServer).Acquire(ctx, req.(*AcquireRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
