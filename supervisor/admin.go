@@ -228,6 +228,7 @@ func (a *adminServer) do(req AdminRequest) AdminResponse {
 	}
 	st := a.o.status()
 	st.Raft = a.o.raftInfo()
+	st.BGP = a.o.bgpInfo()
 	return AdminResponse{OK: true, Status: &st}
 }
 
@@ -336,6 +337,7 @@ func FormatStatus(w io.Writer, st *Status) {
 	_ = tw.Flush()
 
 	formatRaft(w, st.Raft)
+	formatBGP(w, st.BGP)
 
 	fmt.Fprintln(w, "\nplugins:")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

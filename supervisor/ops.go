@@ -47,6 +47,8 @@ type ops struct {
 	// elector is the running elector (nil when none), for status's Raft
 	// section; set by the policy loop at every pass.
 	elector rpc.Elector
+	// announcer likewise, for status's bgp section.
+	announcer rpc.Announcer
 }
 
 // maintenance is persisted as JSON in the data directory, so a member in
@@ -97,6 +99,9 @@ type Status struct {
 	// Raft is the elector's view of the cluster's membership; absent while
 	// no elector runs.
 	Raft *RaftInfo `json:"raft,omitempty"`
+	// BGP is each BGP session of the announcer; absent without a bgp
+	// section.
+	BGP []BGPPeerInfo `json:"bgp,omitempty"`
 }
 
 // Maintenance is the maintenance flag as status shows it.
@@ -307,6 +312,7 @@ func (p *policy) publish() {
 	o.mu.Lock()
 	o.snap = st
 	o.elector, _ = p.impls[rpc.KindElector].(rpc.Elector)
+	o.announcer, _ = p.impls[rpc.KindAnnouncer].(rpc.Announcer)
 	o.mu.Unlock()
 }
 
