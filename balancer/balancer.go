@@ -10,13 +10,15 @@
 //
 // By layer, each knowing nothing of those above it:
 //   - internal/reactor: the I/O engine (epoll loops, listeners, frontends'
-//     sockets, the io_uring send ring, splice pipes);
-//   - internal/httpwire: HTTP/1.x heads and body framing, pure;
+//     sockets, the io_uring send ring, splice pipes); internal/httpwire:
+//     HTTP/1.x heads and body framing, pure; internal/proxyheader: PROXY
+//     protocol headers;
+//   - internal/policy: the balancing policy: validated load balancers,
+//     the choice of a backend, active checks and passive ejection, local
+//     faults, metrics;
 //   - this package: the tcp, udp and http data paths (tcp.go, udp.go,
-//     http.go), the balancing policy (pick.go: algorithms; health.go:
-//     active checks and passive ejection), and the public API: the set
-//     of load balancers and its reconfiguration (balancer.go),
-//     validated config (loadbalancer.go), proxyproto.go and metrics.go.
+//     http.go), and the public API: the set of load balancers and its
+//     reconfiguration (balancer.go).
 package balancer
 
 import (
@@ -33,6 +35,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/policy"
 	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
@@ -56,12 +59,11 @@ var _ rpc.Balancer = (*Balancer)(nil)
 // Balancer implements rpc.Balancer.
 type Balancer struct {
 	log zerolog.Logger
-	// localLog is log sampled for the balancer's own faults (see noteLocal).
-	localLog zerolog.Logger
-	reg      *prometheus.Registry
-	m        *metrics
-	// ejectCooldown: see DefaultEjectCooldown; tests shorten it.
-	ejectCooldown time.Duration
+	reg *prometheus.Registry
+	// judge picks backends and keeps their health, for every load
+	// balancer; m is its metrics.
+	judge *policy.Judge
+	m     *policy.Metrics
 
 	// ctx ends on Close, after draining, and stops the health checks.
 	ctx    context.Context
@@ -93,11 +95,11 @@ type frontend struct {
 // server serves one load balancer type on a frontend's socket.
 type server interface {
 	// current is the load balancer served now.
-	current() *loadBalancer
+	current() *policy.LoadBalancer
 	// compatible says whether lb can be swapped in by update, or needs a
 	// new server on the socket.
-	compatible(lb *loadBalancer) bool
-	update(lb *loadBalancer)
+	compatible(lb *policy.LoadBalancer) bool
+	update(lb *policy.LoadBalancer)
 	// stop ends accepting clients and returns once the accept loop has;
 	// the socket stays open.
 	stop()
@@ -110,20 +112,30 @@ type server interface {
 
 func (fe *frontend) addr() net.Addr { return fe.sock.Addr }
 
+// frontendKey says which configured load balancers share a socket across
+// Configure calls: those of the same socket family and bind address. Port 0
+// asks for a fresh port each time, so there the name tells them apart too.
+func frontendKey(lb *policy.LoadBalancer) string {
+	if _, port, _ := net.SplitHostPort(lb.Bind); port == "0" {
+		return policy.Network(lb.Type) + " " + lb.Bind + " " + lb.Name
+	}
+	return policy.Network(lb.Type) + " " + lb.Bind
+}
+
 // New returns a Balancer that serves nothing until Configure.
 func New(log zerolog.Logger) *Balancer {
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithCancel(context.Background())
+	judge := policy.NewJudge(ctx, log, reg)
 	return &Balancer{
-		log:           log,
-		localLog:      newLocalLog(log),
-		reg:           reg,
-		m:             newMetrics(reg),
-		ejectCooldown: DefaultEjectCooldown,
-		ctx:           ctx,
-		cancel:        cancel,
-		frontends:     map[string]*frontend{},
-		draining:      map[server]bool{},
+		log:       log,
+		reg:       reg,
+		judge:     judge,
+		m:         judge.Metrics,
+		ctx:       ctx,
+		cancel:    cancel,
+		frontends: map[string]*frontend{},
+		draining:  map[server]bool{},
 	}
 }
 
@@ -146,12 +158,12 @@ func (b *Balancer) SetLoops(n int) {
 // Validate is the Validate RPC: cfg checked as Configure would, with no
 // socket opened.
 func (b *Balancer) Validate(_ context.Context, cfg *pb.BalancerConfig) error {
-	_, err := validate(cfg)
+	_, err := policy.Validate(cfg)
 	return err
 }
 
 func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error {
-	lbs, err := validate(cfg)
+	lbs, err := policy.Validate(cfg)
 	if err != nil {
 		return fmt.Errorf("configure balancer: %w", err)
 	}
@@ -183,7 +195,7 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 			for _, fe := range opened {
 				fe.close()
 			}
-			return fmt.Errorf("configure balancer: load balancer %q: listen on %s %s: %w", lb.name, network(lb.typ), lb.bind, err)
+			return fmt.Errorf("configure balancer: load balancer %q: listen on %s %s: %w", lb.Name, policy.Network(lb.Type), lb.Bind, err)
 		}
 		opened = append(opened, fe)
 		next[key] = fe
@@ -194,46 +206,46 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 	for key, fe := range b.frontends {
 		if _, ok := next[key]; !ok {
 			lb := fe.srv.current()
-			b.log.Info().Str("balancer", lb.name).Str("bind", fe.addr().String()).Dur("drain", b.drainTimeout).Msg("load balancer removed")
+			b.log.Info().Str("balancer", lb.Name).Str("bind", fe.addr().String()).Dur("drain", b.drainTimeout).Msg("load balancer removed")
 			b.retire(fe.srv, fe)
 			b.forgetRemoved(lb, nil)
 		}
 	}
 	for _, lb := range lbs {
 		fe := next[frontendKey(lb)]
-		lb.mActive = b.m.active.WithLabelValues(lb.name)
-		lb.mNone = b.m.forNone(lb.name)
-		for _, be := range lb.backends {
-			be.m = b.m.forBackend(lb.name, be.name)
+		lb.Clients = b.m.Active.WithLabelValues(lb.Name)
+		lb.OwnAnswers = b.m.ForNone(lb.Name)
+		for _, be := range lb.Backends {
+			be.Metrics = b.m.ForBackend(lb.Name, be.Name)
 		}
-		var old *loadBalancer
+		var old *policy.LoadBalancer
 		if fe.srv != nil {
 			old = fe.srv.current()
 		}
-		if old != nil && old.typ == lb.typ {
-			lb.adopt(old)
+		if old != nil && old.Type == lb.Type {
+			lb.Adopt(old)
 		} else {
-			lb.adopt(nil)
+			lb.Adopt(nil)
 		}
-		b.startHealth(lb)
+		b.judge.StartHealth(lb)
 		switch {
 		case fe.srv != nil && fe.srv.compatible(lb):
 			fe.srv.update(lb)
 			b.forgetRemoved(old, lb)
-			go old.stopHealth()
-			b.log.Debug().Str("balancer", lb.name).Str("bind", fe.addr().String()).Msg("load balancer updated")
+			go old.StopHealth()
+			b.log.Debug().Str("balancer", lb.Name).Str("bind", fe.addr().String()).Msg("load balancer updated")
 		case fe.srv != nil:
 			// Same socket, new server: the old one stops accepting and
 			// drains, the new one accepts from the same backlog.
 			b.retire(fe.srv, nil)
 			b.forgetRemoved(old, lb)
 			fe.srv = b.newServer(fe, lb)
-			b.log.Info().Str("balancer", lb.name).Str("bind", fe.addr().String()).Str("type", lb.typ).
-				Str("was", old.typ).Msg("load balancer restarted on its socket")
+			b.log.Info().Str("balancer", lb.Name).Str("bind", fe.addr().String()).Str("type", lb.Type).
+				Str("was", old.Type).Msg("load balancer restarted on its socket")
 		default:
 			fe.srv = b.newServer(fe, lb)
-			b.log.Info().Str("balancer", lb.name).Str("type", lb.typ).Str("bind", fe.addr().String()).
-				Str("algorithm", lb.algorithm).Int("backends", len(lb.backends)).Msg("load balancer listening")
+			b.log.Info().Str("balancer", lb.Name).Str("type", lb.Type).Str("bind", fe.addr().String()).
+				Str("algorithm", lb.Algorithm).Int("backends", len(lb.Backends)).Msg("load balancer listening")
 		}
 	}
 	b.frontends = next
@@ -243,13 +255,13 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 // listen opens lb's socket. As Go does, a wildcard bind address (0.0.0.0,
 // "::" or none) listens on IPv4 and IPv6 alike, so a load balancer serves
 // IPv4 and IPv6 VIPs. A udp load balancer gets a socket per event loop.
-func listen(ctx context.Context, lb *loadBalancer, loops int) (*frontend, error) {
+func listen(ctx context.Context, lb *policy.LoadBalancer, loops int) (*frontend, error) {
 	var sock *reactor.Socket
 	var err error
-	if lb.typ == TypeUDP {
-		sock, err = reactor.OpenUDPGroup(ctx, lb.bind, loops)
+	if lb.Type == TypeUDP {
+		sock, err = reactor.OpenUDPGroup(ctx, lb.Bind, loops)
 	} else {
-		sock, err = reactor.OpenSocket(ctx, "tcp", lb.bind)
+		sock, err = reactor.OpenSocket(ctx, "tcp", lb.Bind)
 	}
 	if err != nil {
 		return nil, err
@@ -260,9 +272,9 @@ func listen(ctx context.Context, lb *loadBalancer, loops int) (*frontend, error)
 // close closes the socket of a frontend that never served.
 func (fe *frontend) close() { fe.sock.Close() }
 
-func (b *Balancer) newServer(fe *frontend, lb *loadBalancer) server {
+func (b *Balancer) newServer(fe *frontend, lb *policy.LoadBalancer) server {
 	b.wg.Add(1)
-	switch lb.typ {
+	switch lb.Type {
 	case TypeUDP:
 		return b.serveUDP(fe.sock, lb)
 	case TypeHTTP:
@@ -286,46 +298,31 @@ func (b *Balancer) retire(srv server, fe *frontend) {
 	go func() {
 		defer b.wg.Done()
 		lb := srv.current()
-		lb.stopHealth()
+		lb.StopHealth()
 		srv.drain(deadline)
 		b.mu.Lock()
 		delete(b.draining, srv)
 		b.mu.Unlock()
-		b.log.Debug().Str("balancer", lb.name).Msg("load balancer drained")
+		b.log.Debug().Str("balancer", lb.Name).Msg("load balancer drained")
 	}()
 }
 
 // forgetRemoved drops the gauges of old's backends that next no longer has.
-func (b *Balancer) forgetRemoved(old, next *loadBalancer) {
+func (b *Balancer) forgetRemoved(old, next *policy.LoadBalancer) {
 	if old == nil {
 		return
 	}
 	keep := map[string]bool{}
-	if next != nil && next.name == old.name {
-		for _, be := range next.backends {
-			keep[be.name] = true
+	if next != nil && next.Name == old.Name {
+		for _, be := range next.Backends {
+			keep[be.Name] = true
 		}
 	}
-	for _, be := range old.backends {
-		if !keep[be.name] {
-			b.m.forget(old.name, be.name)
+	for _, be := range old.Backends {
+		if !keep[be.Name] {
+			b.m.Forget(old.Name, be.Name)
 		}
 	}
-}
-
-// warnNoBackend logs that a client got no backend, at most once a second
-// per load balancer, so a dead pool does not flood the log.
-func (b *Balancer) warnNoBackend(lb *loadBalancer, tried bool) {
-	now := time.Now().UnixNano()
-	last := lb.lastWarn.Load()
-	if now-last < int64(time.Second) || !lb.lastWarn.CompareAndSwap(last, now) {
-		return
-	}
-	msg := "client refused: every backend is down"
-	if tried {
-		msg = "client refused: no backend answered"
-	}
-	b.log.Warn().Str("balancer", lb.name).Msg(msg)
 }
 
 // Status reports every load balancer's bound address, algorithm, backends
@@ -346,16 +343,16 @@ func (b *Balancer) Status(context.Context) (*pb.PluginStatus, error) {
 		lb := fe.srv.current()
 		// The bound address, not the configured one, so port 0 shows the
 		// port the kernel picked.
-		st.Details[lb.name+" bind"] = lb.typ + " " + fe.addr().String()
-		st.Details[lb.name+" algorithm"] = lb.algorithm
-		if lb.splice {
-			st.Details[lb.name+" splice"] = "on"
+		st.Details[lb.Name+" bind"] = lb.Type + " " + fe.addr().String()
+		st.Details[lb.Name+" algorithm"] = lb.Algorithm
+		if lb.Splice {
+			st.Details[lb.Name+" splice"] = "on"
 		}
-		st.Details[lb.name+" clients"] = strconv.Itoa(fe.srv.clients())
-		bes := make([]string, 0, len(lb.backends))
-		for _, be := range lb.backends {
-			s := be.name + "=" + be.address
-			if !be.st.up.Load() {
+		st.Details[lb.Name+" clients"] = strconv.Itoa(fe.srv.clients())
+		bes := make([]string, 0, len(lb.Backends))
+		for _, be := range lb.Backends {
+			s := be.Name + "=" + be.Address
+			if !be.State.Up.Load() {
 				s += " down"
 			}
 			bes = append(bes, s)
@@ -363,7 +360,7 @@ func (b *Balancer) Status(context.Context) (*pb.PluginStatus, error) {
 		if len(bes) == 0 {
 			bes = append(bes, "none")
 		}
-		st.Details[lb.name+" backends"] = strings.Join(bes, ", ")
+		st.Details[lb.Name+" backends"] = strings.Join(bes, ", ")
 	}
 	st.Balancer = &pb.BalancerStatus{Draining: len(b.draining) > 0}
 	if n := 0; len(b.draining) > 0 {
@@ -383,7 +380,7 @@ func (b *Balancer) Addrs() map[string]net.Addr {
 	defer b.mu.Unlock()
 	out := make(map[string]net.Addr, len(b.frontends))
 	for _, fe := range b.frontends {
-		out[fe.srv.current().name] = fe.addr()
+		out[fe.srv.current().Name] = fe.addr()
 	}
 	return out
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/policy"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
@@ -54,7 +55,7 @@ func deadAddr(t *testing.T) string {
 func newBalancer(t testing.TB) *Balancer {
 	t.Helper()
 	b := New(zerolog.New(zerolog.NewTestWriter(t)))
-	b.ejectCooldown = 200 * time.Millisecond
+	b.judge.EjectCooldown = 200 * time.Millisecond
 	t.Cleanup(func() { b.Close() })
 	return b
 }
@@ -163,12 +164,12 @@ func TestRoundRobin(t *testing.T) {
 		t.Errorf("backends in turn = %v, want %s", got, want)
 	}
 	for _, be := range []string{"b1", "b2", "b3"} {
-		if n := testutil.ToFloat64(b.m.connections.WithLabelValues("web", be)); n != 2 {
-			t.Errorf("%s{backend=%s} = %v, want 2", metricConnections, be, n)
+		if n := testutil.ToFloat64(b.m.Connections.WithLabelValues("web", be)); n != 2 {
+			t.Errorf("%s{backend=%s} = %v, want 2", policy.MetricConnections, be, n)
 		}
 	}
 	eventually(t, "active connections back to 0", func() bool {
-		return testutil.ToFloat64(b.m.active.WithLabelValues("web")) == 0
+		return testutil.ToFloat64(b.m.Active.WithLabelValues("web")) == 0
 	})
 
 	st, err := b.Status(context.Background())
@@ -195,8 +196,8 @@ func TestFailedBackendSkipped(t *testing.T) {
 	if want := "b1 b3 b1 b3"; strings.Join(got, " ") != want {
 		t.Errorf("backends in turn = %v, want %s", got, want)
 	}
-	if n := testutil.ToFloat64(b.m.dialErrors.WithLabelValues("web", "dead")); n != 2 {
-		t.Errorf("%s{backend=dead} = %v, want 2", metricDialErrors, n)
+	if n := testutil.ToFloat64(b.m.DialErrors.WithLabelValues("web", "dead")); n != 2 {
+		t.Errorf("%s{backend=dead} = %v, want 2", policy.MetricDialErrors, n)
 	}
 }
 
@@ -210,7 +211,7 @@ func TestAllBackendsDownClosesClient(t *testing.T) {
 	eventually(t, "2 dial errors", func() bool {
 		fams, _ := b.Gather()
 		for _, f := range fams {
-			if f.GetName() == metricDialErrors {
+			if f.GetName() == policy.MetricDialErrors {
 				sum := 0.0
 				for _, m := range f.GetMetric() {
 					sum += m.GetCounter().GetValue()
@@ -263,8 +264,8 @@ func TestLargeTransferAndBytes(t *testing.T) {
 		t.Errorf("answer = %q, want %q", got, want)
 	}
 	eventually(t, "bytes counted", func() bool {
-		return testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "b1", dirToBackend)) == size &&
-			testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "b1", dirToClient)) == float64(len(got))
+		return testutil.ToFloat64(b.m.Bytes.WithLabelValues("web", "b1", policy.DirToBackend)) == size &&
+			testutil.ToFloat64(b.m.Bytes.WithLabelValues("web", "b1", policy.DirToClient)) == float64(len(got))
 	})
 	if opened, _ := pipeCounts(b); opened != 0 {
 		t.Errorf("%d splice pipes opened without splice: true", opened)
@@ -280,8 +281,8 @@ func TestReconfigureKeepsConnections(t *testing.T) {
 	if got := c.ask("one"); got != "b1 one" {
 		t.Fatalf("answer = %q", got)
 	}
-	if n := testutil.ToFloat64(b.m.active.WithLabelValues("web")); n != 1 {
-		t.Errorf("%s = %v, want 1", metricActiveConnections, n)
+	if n := testutil.ToFloat64(b.m.Active.WithLabelValues("web")); n != 1 {
+		t.Errorf("%s = %v, want 1", policy.MetricActiveConnections, n)
 	}
 
 	// Same name, bind and type: the socket stays, the backends change.
@@ -330,8 +331,8 @@ func TestRenameKeepsSocket(t *testing.T) {
 		t.Error("old name still listed")
 	}
 	whoAnswers(t, front)
-	if n := testutil.ToFloat64(b.m.connections.WithLabelValues("www", "b1")); n != 1 {
-		t.Errorf("%s{balancer=www} = %v, want 1", metricConnections, n)
+	if n := testutil.ToFloat64(b.m.Connections.WithLabelValues("www", "b1")); n != 1 {
+		t.Errorf("%s{balancer=www} = %v, want 1", policy.MetricConnections, n)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/policy"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
@@ -63,18 +64,18 @@ func TestActiveTCPCheckRiseFall(t *testing.T) {
 	l.Health = &pb.BackendHealth{Type: HealthTCP, IntervalMs: 20, TimeoutMs: 20, Rise: 2, Fall: 2}
 	configure(t, b, l)
 	front := addr(t, b, "web")
-	up := func() float64 { return testutil.ToFloat64(b.m.up.WithLabelValues("web", "flaky")) }
+	up := func() float64 { return testutil.ToFloat64(b.m.Up.WithLabelValues("web", "flaky")) }
 
 	flaky.stop()
 	eventually(t, "flaky down", func() bool { return up() == 0 })
-	errs := testutil.ToFloat64(b.m.dialErrors.WithLabelValues("web", "flaky"))
+	errs := testutil.ToFloat64(b.m.DialErrors.WithLabelValues("web", "flaky"))
 	// Down: no connect is even tried.
 	for range 4 {
 		if got := whoAnswers(t, front); got != "b2" {
 			t.Errorf("answer from %s while flaky is down", got)
 		}
 	}
-	if n := testutil.ToFloat64(b.m.dialErrors.WithLabelValues("web", "flaky")); n != errs {
+	if n := testutil.ToFloat64(b.m.DialErrors.WithLabelValues("web", "flaky")); n != errs {
 		t.Errorf("connects tried to a down backend: %v errors, was %v", n, errs)
 	}
 	if st, _ := b.Status(t.Context()); st.Details["web backends"] != "flaky="+flaky.addr+" down, b2="+l.Backends[1].Address {
@@ -100,7 +101,7 @@ func TestPassiveEjection(t *testing.T) {
 	l.Health = &pb.BackendHealth{EjectAfterErrors: 2}
 	configure(t, b, l)
 	front := addr(t, b, "web")
-	errs := func() float64 { return testutil.ToFloat64(b.m.dialErrors.WithLabelValues("web", "dead")) }
+	errs := func() float64 { return testutil.ToFloat64(b.m.DialErrors.WithLabelValues("web", "dead")) }
 
 	for range 8 {
 		if got := whoAnswers(t, front); got != "b2" {
@@ -110,8 +111,8 @@ func TestPassiveEjection(t *testing.T) {
 	if n := errs(); n != 2 {
 		t.Errorf("%v connects tried to the dead backend, want 2 before its ejection", n)
 	}
-	if n := testutil.ToFloat64(b.m.ejections.WithLabelValues("web", "dead")); n != 1 {
-		t.Errorf("%s = %v, want 1", metricEjections, n)
+	if n := testutil.ToFloat64(b.m.Ejections.WithLabelValues("web", "dead")); n != 1 {
+		t.Errorf("%s = %v, want 1", policy.MetricEjections, n)
 	}
 	time.Sleep(250 * time.Millisecond)
 	for range 2 {
@@ -126,7 +127,7 @@ func TestPassiveEjection(t *testing.T) {
 // before the cool-down.
 func TestEjectedBackendReadmittedByChecks(t *testing.T) {
 	b := newBalancer(t)
-	b.ejectCooldown = time.Hour
+	b.judge.EjectCooldown = time.Hour
 	flaky := startRestartable(t, "flaky")
 	l := named(lb("web", "127.0.0.1:0", flaky.addr, startBackend(t, "b2")), "flaky", "b2")
 	// Checks too slow to notice the outage: the ejection does.
@@ -137,11 +138,11 @@ func TestEjectedBackendReadmittedByChecks(t *testing.T) {
 	for range 2 {
 		whoAnswers(t, front)
 	}
-	if v := testutil.ToFloat64(b.m.up.WithLabelValues("web", "flaky")); v != 0 {
+	if v := testutil.ToFloat64(b.m.Up.WithLabelValues("web", "flaky")); v != 0 {
 		t.Fatalf("flaky not ejected (up %v)", v)
 	}
 	flaky.start()
-	eventually(t, "flaky readmitted by a check", func() bool { return testutil.ToFloat64(b.m.up.WithLabelValues("web", "flaky")) == 1 })
+	eventually(t, "flaky readmitted by a check", func() bool { return testutil.ToFloat64(b.m.Up.WithLabelValues("web", "flaky")) == 1 })
 }
 
 // A reload that keeps a backend keeps its health verdict: a backend down
@@ -157,7 +158,7 @@ func TestHealthKeptAcrossReload(t *testing.T) {
 	}
 	configure(t, b, mk(20))
 	flaky.stop()
-	eventually(t, "flaky down", func() bool { return testutil.ToFloat64(b.m.up.WithLabelValues("web", "flaky")) == 0 })
+	eventually(t, "flaky down", func() bool { return testutil.ToFloat64(b.m.Up.WithLabelValues("web", "flaky")) == 0 })
 	configure(t, b, mk(1000))
 	front := addr(t, b, "web")
 	for range 4 {
@@ -165,7 +166,7 @@ func TestHealthKeptAcrossReload(t *testing.T) {
 			t.Errorf("after the reload: answer from %s", got)
 		}
 	}
-	if v := testutil.ToFloat64(b.m.up.WithLabelValues("web", "flaky")); v != 0 {
+	if v := testutil.ToFloat64(b.m.Up.WithLabelValues("web", "flaky")); v != 0 {
 		t.Errorf("flaky up after the reload")
 	}
 }

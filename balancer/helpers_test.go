@@ -148,7 +148,7 @@ func startHTTPBackend(t *testing.T, name string, opts ...func(*http.Server)) (*h
 		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
 			time.Sleep(d)
 		}
-		w.Header().Set("X-Backend", name)
+		w.Header().Set("X-policy.Backend", name)
 		w.Header().Set("X-Got-Host", r.Host)
 		w.Header().Set("X-Got-Forwarded-For", strings.Join(r.Header["X-Forwarded-For"], "|"))
 		w.Header().Set("X-Got-Forwarded-Proto", r.Header.Get("X-Forwarded-Proto"))

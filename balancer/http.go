@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/keep-vip/keep-vip/balancer/internal/httpwire"
+	"github.com/keep-vip/keep-vip/balancer/internal/policy"
+	"github.com/keep-vip/keep-vip/balancer/internal/proxyheader"
 	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	"golang.org/x/sys/unix"
 )
@@ -21,7 +23,7 @@ import (
 // they come.
 type httpServer struct {
 	b     *Balancer
-	lb    atomic.Pointer[loadBalancer]
+	lb    atomic.Pointer[policy.LoadBalancer]
 	loops []*httpLoop
 	count reactor.ConnCount
 	// What the server was built with: another value needs another
@@ -40,7 +42,7 @@ type httpLoop struct {
 	ln      *reactor.Listener
 	conns   map[*httpConn]struct{}
 	tunnels map[*tcpConn]struct{}
-	pools   map[*backendState]*upstreamPool
+	pools   map[*policy.BackendState]*upstreamPool
 	stopT   func()
 }
 
@@ -58,11 +60,11 @@ const httpMaxIdlePerBackend = 256
 // close that raced with the reuse. A variable for tests.
 var idleCheckAfter = time.Second
 
-func (b *Balancer) serveHTTP(sock *reactor.Socket, lb *loadBalancer) *httpServer {
-	s := &httpServer{b: b, pp: lb.proxyProtocol}
+func (b *Balancer) serveHTTP(sock *reactor.Socket, lb *policy.LoadBalancer) *httpServer {
+	s := &httpServer{b: b, pp: lb.ProxyProtocol}
 	s.lb.Store(lb)
 	for _, r := range b.loops.Loops {
-		l := &httpLoop{s: s, r: r, conns: map[*httpConn]struct{}{}, tunnels: map[*tcpConn]struct{}{}, pools: map[*backendState]*upstreamPool{}}
+		l := &httpLoop{s: s, r: r, conns: map[*httpConn]struct{}{}, tunnels: map[*tcpConn]struct{}{}, pools: map[*policy.BackendState]*upstreamPool{}}
 		if l.ln, l.stopT = b.startLoop(r, sock, l, &s.lb); l.ln != nil {
 			s.loops = append(s.loops, l)
 		}
@@ -70,12 +72,12 @@ func (b *Balancer) serveHTTP(sock *reactor.Socket, lb *loadBalancer) *httpServer
 	return s
 }
 
-func (s *httpServer) current() *loadBalancer { return s.lb.Load() }
-func (s *httpServer) compatible(lb *loadBalancer) bool {
-	return lb.typ == TypeHTTP && lb.proxyProtocol == s.pp
+func (s *httpServer) current() *policy.LoadBalancer { return s.lb.Load() }
+func (s *httpServer) compatible(lb *policy.LoadBalancer) bool {
+	return lb.Type == TypeHTTP && lb.ProxyProtocol == s.pp
 }
-func (s *httpServer) update(lb *loadBalancer) { s.lb.Store(lb) }
-func (s *httpServer) clients() int            { return int(s.count.N.Load()) }
+func (s *httpServer) update(lb *policy.LoadBalancer) { s.lb.Store(lb) }
+func (s *httpServer) clients() int                   { return int(s.count.N.Load()) }
 
 // stop ends accepting; idle keep-alive connections close now, busy ones
 // after their response.
@@ -125,7 +127,7 @@ func (l *httpLoop) cutting() bool { return l.s.cut.Load() }
 // forget ends the accounting of an upgraded connection.
 func (l *httpLoop) forget(t *tcpConn) {
 	delete(l.tunnels, t)
-	t.lb.mActive.Dec()
+	t.lb.Clients.Dec()
 	l.s.count.Closed()
 }
 
@@ -136,14 +138,14 @@ func (l *httpLoop) check(now time.Time) {
 		c.checkTimeouts(now)
 	}
 	for t := range l.tunnels {
-		if t.lb.idleTimeout > 0 && now.Sub(t.last) >= t.lb.idleTimeout {
+		if t.lb.IdleTimeout > 0 && now.Sub(t.last) >= t.lb.IdleTimeout {
 			t.close()
 		}
 	}
 	lb := l.s.lb.Load()
-	live := make(map[*backendState]bool, len(lb.backends))
-	for _, be := range lb.backends {
-		live[be.st] = true
+	live := make(map[*policy.BackendState]bool, len(lb.Backends))
+	for _, be := range lb.Backends {
+		live[be.State] = true
 	}
 	for st, p := range l.pools {
 		if !live[st] {
@@ -151,7 +153,7 @@ func (l *httpLoop) check(now time.Time) {
 			delete(l.pools, st)
 			continue
 		}
-		p.sweep(now, lb.idleTimeout)
+		p.sweep(now, lb.IdleTimeout)
 	}
 }
 
@@ -160,7 +162,7 @@ func (l *httpLoop) check(now time.Time) {
 type upstream struct {
 	l  *httpLoop
 	fd int
-	be *backend
+	be *policy.Backend
 	reactor.Readiness
 	reused    bool
 	owner     *httpConn
@@ -172,7 +174,7 @@ func (u *upstream) Event(fd int, ev uint32) {
 		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 			// Idle, and the backend closed it or sent something
 			// unasked: it cannot carry a request.
-			u.l.pool(u.be.st).remove(u)
+			u.l.pool(u.be.State).remove(u)
 			u.close()
 		}
 		return
@@ -192,7 +194,7 @@ func (u *upstream) close() {
 // the most recently used last.
 type upstreamPool struct{ idle []*upstream }
 
-func (l *httpLoop) pool(st *backendState) *upstreamPool {
+func (l *httpLoop) pool(st *policy.BackendState) *upstreamPool {
 	p := l.pools[st]
 	if p == nil {
 		p = &upstreamPool{}
@@ -296,7 +298,7 @@ const httpLinger = 2 * time.Second
 // in its own part.
 type httpConn struct {
 	l      *httpLoop
-	lb     *loadBalancer // the config that accepted it, for its gauge
+	lb     *policy.LoadBalancer // the config that accepted it, for its gauge
 	fd     int
 	client netip.AddrPort
 	ip     []byte // the client's address for X-Forwarded-For
@@ -323,7 +325,7 @@ type httpConn struct {
 // httpRequest is the request an httpConn carries now, as parsed and
 // passed on.
 type httpRequest struct {
-	rlb       *loadBalancer // the config the request runs under
+	rlb       *policy.LoadBalancer // the config the request runs under
 	isHead    bool
 	upgrade   bool
 	http10    bool // an HTTP/1.0 client: no interim answers, no chunks
@@ -333,7 +335,7 @@ type httpRequest struct {
 	reqBody   httpwire.BodyReader
 	bodySent  bool
 	start     time.Time
-	tried     triedSet
+	tried     policy.TriedSet
 	attempted bool
 	timedOut  bool
 	fresh     bool // the next backend connection must be a new one
@@ -342,7 +344,7 @@ type httpRequest struct {
 // httpBackendSide is the backend an httpConn's request went to, and its
 // connection.
 type httpBackendSide struct {
-	be       *backend
+	be       *policy.Backend
 	u        *upstream
 	pp       *upstream // with the PROXY protocol: this client's idle one
 	uin      []byte    // from the backend not yet used
@@ -379,7 +381,7 @@ func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
 	}
 	l.conns[c] = struct{}{}
 	s.count.Opened()
-	lb.mActive.Inc()
+	lb.Clients.Inc()
 }
 
 func (c *httpConn) Event(fd int, ev uint32) {
@@ -600,7 +602,7 @@ func (c *httpConn) readRequest() bool {
 	c.bodySent = false
 	c.in = c.in[:copy(c.in, c.in[end:])]
 	c.start = c.l.r.Now
-	c.tried, c.attempted, c.timedOut, c.fresh = triedSet{}, false, false, false
+	c.tried, c.attempted, c.timedOut, c.fresh = policy.TriedSet{}, false, false, false
 	c.connect()
 	return true
 }
@@ -616,7 +618,7 @@ func (c *httpConn) localAddr() string {
 
 // refuse answers a request the proxy will not pass on, and closes.
 func (c *httpConn) refuse(he *httpwire.Error) {
-	c.l.s.lb.Load().mNone.request(he.Code)
+	c.l.s.lb.Load().OwnAnswers.Request(he.Code)
 	// The request did not parse, so its method is unknown: the answer
 	// has its body, and the connection ends after it.
 	c.out = appendError(c.out, he.Code, statusText(he.Code)+": "+he.Msg, false, false)
@@ -628,41 +630,41 @@ func (c *httpConn) refuse(he *httpwire.Error) {
 // 504.
 func (c *httpConn) connect() {
 	b, lb := c.l.s.b, c.rlb
-	src := lb.hashKey(c.client)
+	src := lb.HashKey(c.client)
 	for {
-		be := b.pick(lb, src, &c.tried)
+		be := b.judge.Pick(lb, src, &c.tried)
 		if be == nil {
 			c.noBackend()
 			return
 		}
-		c.tried.add(be.idx)
+		c.tried.Add(be.Index)
 		c.attempted = true
 		u, connecting, err := c.upstreamFor(be)
 		if err != nil {
-			if b.connectFailed(be, err) {
+			if b.judge.ConnectFailed(be, err) {
 				c.outOfResources()
 				return
 			}
-			b.log.Debug().Err(err).Str("balancer", lb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
+			b.log.Debug().Err(err).Str("balancer", lb.Name).Str("backend", be.Name).Msg("backend connect failed, trying the next")
 			continue
 		}
 		c.be, c.u, u.owner = be, u, c
-		be.st.active.Add(1)
-		be.m.active.Inc()
+		be.State.Active.Add(1)
+		be.Metrics.Active.Inc()
 		c.uout = append(c.uout[:0], c.fwd...)
 		if connecting {
 			c.state = hsConnect
-			c.deadline = c.l.r.Now.Add(lb.connectTimeout)
-			if lb.proxyProtocol > 0 {
+			c.deadline = c.l.r.Now.Add(lb.ConnectTimeout)
+			if lb.ProxyProtocol > 0 {
 				local, _ := unix.Getsockname(c.fd)
 				var hb headerBuffer
-				if err := writeProxyHeader(&hb, lb.proxyProtocol, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(sockaddrAddrPort(local))); err == nil {
+				if err := proxyheader.Write(&hb, lb.ProxyProtocol, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(sockaddrAddrPort(local))); err == nil {
 					c.uout = append(hb.b, c.uout...)
 				}
 			}
 		} else {
 			c.state = hsAwaitHead
-			c.deadline = c.l.r.Now.Add(lb.idleTimeout)
+			c.deadline = c.l.r.Now.Add(lb.IdleTimeout)
 		}
 		c.uin, c.accounted = c.uin[:0], false
 		return
@@ -671,23 +673,23 @@ func (c *httpConn) connect() {
 
 // upstreamFor is a connection to be: the client's own with the PROXY
 // protocol, else a pooled one, else a new one: connecting.
-func (c *httpConn) upstreamFor(be *backend) (u *upstream, connecting bool, err error) {
+func (c *httpConn) upstreamFor(be *policy.Backend) (u *upstream, connecting bool, err error) {
 	now := c.l.r.Now
-	if c.rlb.proxyProtocol > 0 {
+	if c.rlb.ProxyProtocol > 0 {
 		if u := c.pp; u != nil {
 			c.pp = nil
-			if u.be.st == be.st && !c.fresh && (now.Sub(u.idleSince) < idleCheckAfter || peekAlive(u.fd)) {
+			if u.be.State == be.State && !c.fresh && (now.Sub(u.idleSince) < idleCheckAfter || peekAlive(u.fd)) {
 				return u, false, nil
 			}
 			u.close()
 		}
 	} else if !c.fresh {
-		if u := c.l.pool(be.st).get(now); u != nil {
+		if u := c.l.pool(be.State).get(now); u != nil {
 			u.be = be
 			return u, false, nil
 		}
 	}
-	fd, err := connectNonblock(be.ap)
+	fd, err := connectNonblock(be.AddrPort)
 	if err != nil {
 		return nil, false, err
 	}
@@ -702,7 +704,7 @@ func (c *httpConn) upstreamFor(be *backend) (u *upstream, connecting bool, err e
 // noBackend answers when no backend took the request.
 func (c *httpConn) noBackend() {
 	lb := c.rlb
-	c.l.s.b.warnNoBackend(lb, c.attempted)
+	c.l.s.b.judge.WarnNoBackend(lb, c.attempted)
 	code, msg := 503, "every backend is down"
 	switch {
 	case c.timedOut:
@@ -723,8 +725,8 @@ func (c *httpConn) outOfResources() {
 // answerNone ends the request with an answer no backend gave.
 func (c *httpConn) answerNone(code int, msg string) {
 	lb := c.rlb
-	lb.mNone.request(code)
-	c.l.s.b.m.duration.WithLabelValues(lb.name, backendNone).Observe(c.l.r.Now.Sub(c.start).Seconds())
+	lb.OwnAnswers.Request(code)
+	c.l.s.b.m.Duration.WithLabelValues(lb.Name, policy.BackendNone).Observe(c.l.r.Now.Sub(c.start).Seconds())
 	c.answerError(code, msg)
 }
 
@@ -777,9 +779,9 @@ func (c *httpConn) exchange() bool {
 			return true
 		}
 		c.state = hsAwaitHead
-		c.l.s.b.connectOK(c.be)
-		c.be.m.conns.Inc()
-		c.deadline = c.l.r.Now.Add(c.rlb.idleTimeout)
+		c.l.s.b.judge.ConnectOK(c.be)
+		c.be.Metrics.Conns.Inc()
+		c.deadline = c.l.r.Now.Add(c.rlb.IdleTimeout)
 	}
 	progress := false
 	// The request, head then body, to the backend.
@@ -795,11 +797,11 @@ func (c *httpConn) exchange() bool {
 			c.backendFailed(err)
 			return true
 		}
-		c.be.m.toBackend.Add(float64(n))
+		c.be.Metrics.ToBackend.Add(float64(n))
 		if c.state == hsAwaitHead {
 			// The backend has the idle timeout to answer from the
 			// last byte of the request.
-			c.deadline = c.l.r.Now.Add(c.rlb.idleTimeout)
+			c.deadline = c.l.r.Now.Add(c.rlb.IdleTimeout)
 		}
 		c.uout = c.uout[:copy(c.uout, c.uout[n:])]
 		if len(c.uout) > 0 {
@@ -876,9 +878,9 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 		c.backendFailed(err)
 		return true, true
 	default:
-		c.be.m.toBackend.Add(float64(w))
+		c.be.Metrics.ToBackend.Add(float64(w))
 		if c.state == hsAwaitHead {
-			c.deadline = c.l.r.Now.Add(c.rlb.idleTimeout)
+			c.deadline = c.l.r.Now.Add(c.rlb.IdleTimeout)
 		}
 	}
 	c.uout = append(c.uout, data[w:]...)
@@ -913,7 +915,7 @@ func (c *httpConn) readUpstreamInto(buf []byte) (n int, err error) {
 		u.R = false
 	}
 	if n > 0 {
-		c.be.m.toClient.Add(float64(n))
+		c.be.Metrics.ToClient.Add(float64(n))
 		c.last = c.l.r.Now
 	}
 	return n, nil
@@ -1082,8 +1084,8 @@ func (c *httpConn) account(code int) {
 		return
 	}
 	c.accounted = true
-	c.be.m.request(code)
-	c.be.m.duration.Observe(time.Since(c.start).Seconds())
+	c.be.Metrics.Request(code)
+	c.be.Metrics.Duration.Observe(time.Since(c.start).Seconds())
 }
 
 // finish accounts the request and frees its backend connection.
@@ -1095,10 +1097,10 @@ func (c *httpConn) finish() {
 	c.account(c.resp.Code)
 	c.releaseBackend()
 	if c.resp.Reusable && c.reqBody.Done && len(c.uin) == 0 && len(c.uout) == 0 && !c.l.s.stopping.Load() {
-		if c.rlb.proxyProtocol > 0 {
+		if c.rlb.ProxyProtocol > 0 {
 			u.owner, u.idleSince, u.reused, u.R = nil, c.l.r.Now, true, false
 			c.pp = u
-		} else if !c.l.pool(be.st).put(u, c.l.r.Now) {
+		} else if !c.l.pool(be.State).put(u, c.l.r.Now) {
 			u.close()
 		}
 	} else {
@@ -1115,8 +1117,8 @@ func (c *httpConn) releaseBackend() {
 	if c.u == nil {
 		return
 	}
-	c.be.st.active.Add(-1)
-	c.be.m.active.Dec()
+	c.be.State.Active.Add(-1)
+	c.be.Metrics.Active.Dec()
 	c.u.owner = nil
 	c.u = nil
 }
@@ -1128,11 +1130,11 @@ func (c *httpConn) connectFailed(err error) {
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		c.timedOut = true
 	}
-	if c.l.s.b.connectFailed(be, err) {
+	if c.l.s.b.judge.ConnectFailed(be, err) {
 		c.outOfResources()
 		return
 	}
-	c.l.s.b.log.Debug().Err(err).Str("balancer", c.rlb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
+	c.l.s.b.log.Debug().Err(err).Str("balancer", c.rlb.Name).Str("backend", be.Name).Msg("backend connect failed, trying the next")
 	c.connect()
 }
 
@@ -1152,12 +1154,12 @@ func (c *httpConn) backendFailed(err error) {
 	if u.reused && !c.bodySent && c.retryable && len(c.uin) == 0 && !c.fresh && c.state != hsRelay {
 		c.releaseBackendClosing()
 		c.fresh = true
-		c.tried = triedSet{}
+		c.tried = policy.TriedSet{}
 		c.connect()
 		return
 	}
 	c.releaseBackendClosing()
-	c.l.s.b.log.Debug().Err(err).Str("balancer", c.rlb.name).Str("backend", be.name).Msg("http backend failed")
+	c.l.s.b.log.Debug().Err(err).Str("balancer", c.rlb.Name).Str("backend", be.Name).Msg("http backend failed")
 	code := 502
 	if _, ok := err.(*timeoutError); ok {
 		code = 504
@@ -1247,11 +1249,11 @@ func (c *httpConn) checkTimeouts(now time.Time) {
 	case c.state == hsAwaitHead && now.After(c.deadline):
 		c.backendFailed(&timeoutError{"timeout awaiting the backend's response head"})
 		c.run()
-	case c.state == hsIdle && len(c.in) > 0 && lb.idleTimeout > 0 && now.Sub(c.headStart) >= lb.idleTimeout:
+	case c.state == hsIdle && len(c.in) > 0 && lb.IdleTimeout > 0 && now.Sub(c.headStart) >= lb.IdleTimeout:
 		// A head that trickles in (slowloris) gets the idle timeout in
 		// all, not per byte.
 		c.abort(408)
-	case lb.idleTimeout > 0 && now.Sub(c.last) >= lb.idleTimeout && c.state != hsConnect && c.state != hsAwaitHead:
+	case lb.IdleTimeout > 0 && now.Sub(c.last) >= lb.IdleTimeout && c.state != hsConnect && c.state != hsAwaitHead:
 		c.abort(499)
 	}
 }
@@ -1269,7 +1271,7 @@ func (c *httpConn) close() {
 	}
 	c.l.r.CloseFD(c.fd)
 	delete(c.l.conns, c)
-	c.lb.mActive.Dec()
+	c.lb.Clients.Dec()
 	c.l.s.count.Closed()
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/policy"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
@@ -53,16 +54,16 @@ func TestHTTPProxy(t *testing.T) {
 	if resp, _ := get(t, front, "/status/500"); resp.StatusCode != 500 {
 		t.Errorf("a backend's 500 came back as %s", resp.Status)
 	}
-	if n := testutil.ToFloat64(b.m.requests.WithLabelValues("web", "h1", "200")); n != 1 {
-		t.Errorf("%s{h1,200} = %v, want 1", metricHTTPRequests, n)
+	if n := testutil.ToFloat64(b.m.Requests.WithLabelValues("web", "h1", "200")); n != 1 {
+		t.Errorf("%s{h1,200} = %v, want 1", policy.MetricHTTPRequests, n)
 	}
-	if n := testutil.ToFloat64(b.m.requests.WithLabelValues("web", "h1", "500")); n != 1 {
-		t.Errorf("%s{h1,500} = %v, want 1", metricHTTPRequests, n)
+	if n := testutil.ToFloat64(b.m.Requests.WithLabelValues("web", "h1", "500")); n != 1 {
+		t.Errorf("%s{h1,500} = %v, want 1", policy.MetricHTTPRequests, n)
 	}
-	if n := seriesCount(t, b, metricHTTPRequestSeconds); n != 2 {
-		t.Errorf("%s has %d series, want 2 (h1, h2)", metricHTTPRequestSeconds, n)
+	if n := seriesCount(t, b, policy.MetricHTTPRequestSeconds); n != 2 {
+		t.Errorf("%s has %d series, want 2 (h1, h2)", policy.MetricHTTPRequestSeconds, n)
 	}
-	if n := testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "h1", dirToClient)); n < float64(len("h1 /a")) {
+	if n := testutil.ToFloat64(b.m.Bytes.WithLabelValues("web", "h1", policy.DirToClient)); n < float64(len("h1 /a")) {
 		t.Errorf("bytes from h1 = %v", n)
 	}
 }
@@ -84,8 +85,8 @@ func TestHTTPKeepAlivePool(t *testing.T) {
 	if n := conns.Load(); n != 1 {
 		t.Errorf("backend got %d connections for 20 sequential requests, want 1", n)
 	}
-	if n := testutil.ToFloat64(b.m.connections.WithLabelValues("web", "h1")); n != 1 {
-		t.Errorf("%s = %v, want 1", metricConnections, n)
+	if n := testutil.ToFloat64(b.m.Connections.WithLabelValues("web", "h1")); n != 1 {
+		t.Errorf("%s = %v, want 1", policy.MetricConnections, n)
 	}
 }
 
@@ -125,13 +126,13 @@ func TestHTTPAllDown503(t *testing.T) {
 	l := named(httpLB("web", hostOf(h1)), "h1")
 	l.Health = &pb.BackendHealth{Type: HealthHTTP, Path: "/status/500", IntervalMs: 20, TimeoutMs: 20, Fall: 1}
 	configure(t, b, l)
-	eventually(t, "h1 down", func() bool { return testutil.ToFloat64(b.m.up.WithLabelValues("web", "h1")) == 0 })
+	eventually(t, "h1 down", func() bool { return testutil.ToFloat64(b.m.Up.WithLabelValues("web", "h1")) == 0 })
 	resp, body := get(t, addr(t, b, "web"), "/")
 	if resp.StatusCode != 503 || body != "Service Unavailable: every backend is down\n" {
 		t.Errorf("got %s %q", resp.Status, body)
 	}
-	if n := testutil.ToFloat64(b.m.requests.WithLabelValues("web", backendNone, "503")); n != 1 {
-		t.Errorf("%s{none,503} = %v, want 1", metricHTTPRequests, n)
+	if n := testutil.ToFloat64(b.m.Requests.WithLabelValues("web", policy.BackendNone, "503")); n != 1 {
+		t.Errorf("%s{none,503} = %v, want 1", policy.MetricHTTPRequests, n)
 	}
 }
 
@@ -190,8 +191,8 @@ func TestHTTPUpgrade(t *testing.T) {
 			}
 			// Counted when the upgraded connection ends.
 			c.c.Close()
-			eventually(t, "upgrade counted", func() bool { return testutil.ToFloat64(b.m.requests.WithLabelValues("web", "ws", "101")) == 1 })
-			eventually(t, "no client left", func() bool { return testutil.ToFloat64(b.m.active.WithLabelValues("web")) == 0 })
+			eventually(t, "upgrade counted", func() bool { return testutil.ToFloat64(b.m.Requests.WithLabelValues("web", "ws", "101")) == 1 })
+			eventually(t, "no client left", func() bool { return testutil.ToFloat64(b.m.Active.WithLabelValues("web")) == 0 })
 			eventually(t, "pipes closed", func() bool { _, open := pipeCounts(b); return open == 0 })
 		})
 	}
@@ -239,8 +240,8 @@ func TestHTTPProxyProtocol(t *testing.T) {
 		}
 	}
 	// Two client connections, two requests each: two backend connections.
-	if n := testutil.ToFloat64(b.m.connections.WithLabelValues("web", backend)); n != 2 {
-		t.Errorf("%s = %v, want 2", metricConnections, n)
+	if n := testutil.ToFloat64(b.m.Connections.WithLabelValues("web", backend)); n != 2 {
+		t.Errorf("%s = %v, want 2", policy.MetricConnections, n)
 	}
 }
 
@@ -476,7 +477,7 @@ func TestHTTPStalledBodyCut(t *testing.T) {
 	if took := time.Since(start); took < 200*time.Millisecond || took > waitFor/2 {
 		t.Errorf("cut after %s, want just over the 200ms idle timeout", took)
 	}
-	eventually(t, "408 counted", func() bool { return testutil.ToFloat64(b.m.requests.WithLabelValues("web", "h1", "408")) == 1 })
+	eventually(t, "408 counted", func() bool { return testutil.ToFloat64(b.m.Requests.WithLabelValues("web", "h1", "408")) == 1 })
 }
 
 // A request head that trickles in byte by byte is cut after the idle

@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/policy"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
@@ -182,7 +182,7 @@ func TestLocalFaultsAtFDLimit(t *testing.T) {
 					// client's connection: accepted, but no socket to
 					// the backend.
 					eventually(t, "the last client's connection closed", func() bool {
-						return testutil.ToFloat64(b.m.active.WithLabelValues("web")) == 0
+						return testutil.ToFloat64(b.m.Active.WithLabelValues("web")) == 0
 					})
 					lim.leave(1)
 				}
@@ -201,19 +201,19 @@ func TestLocalFaultsAtFDLimit(t *testing.T) {
 					t.Errorf("client %d at the limit got %q", i, got)
 				}
 			}
-			for _, op := range []string{opAccept, opConnect} {
-				if typ == TypeUDP && op == opAccept {
+			for _, op := range []string{policy.OpAccept, policy.OpConnect} {
+				if typ == TypeUDP && op == policy.OpAccept {
 					continue
 				}
-				if n := testutil.ToFloat64(b.m.localErrors.WithLabelValues("web", op, "EMFILE")); n == 0 {
-					t.Errorf("%s{op=%s,error=EMFILE} = 0", metricLocalErrors, op)
+				if n := testutil.ToFloat64(b.m.LocalErrors.WithLabelValues("web", op, "EMFILE")); n == 0 {
+					t.Errorf("%s{op=%s,error=EMFILE} = 0", policy.MetricLocalErrors, op)
 				}
 			}
-			if n := testutil.ToFloat64(b.m.ejections.WithLabelValues("web", "h1")); n != 0 {
+			if n := testutil.ToFloat64(b.m.Ejections.WithLabelValues("web", "h1")); n != 0 {
 				t.Errorf("the backend was ejected %v times", n)
 			}
-			if up := testutil.ToFloat64(b.m.up.WithLabelValues("web", "h1")); up != 1 {
-				t.Errorf("%s = %v at the limit", metricBackendUp, up)
+			if up := testutil.ToFloat64(b.m.Up.WithLabelValues("web", "h1")); up != 1 {
+				t.Errorf("%s = %v at the limit", policy.MetricBackendUp, up)
 			}
 
 			lim.release()
@@ -221,7 +221,7 @@ func TestLocalFaultsAtFDLimit(t *testing.T) {
 			if got := answerOnce(t, typ, front, req); !strings.Contains(got, want) {
 				t.Errorf("0.5 s after the limit: %q, want %q", got, want)
 			}
-			if n := testutil.ToFloat64(b.m.ejections.WithLabelValues("web", "h1")); n != 0 {
+			if n := testutil.ToFloat64(b.m.Ejections.WithLabelValues("web", "h1")); n != 0 {
 				t.Errorf("the backend was ejected %v times", n)
 			}
 		})
@@ -310,35 +310,5 @@ func TestHTTPClientGoneAbandonsBackend(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatal("the backend still works for a client that left")
 	}
-	eventually(t, "499 counted", func() bool { return testutil.ToFloat64(b.m.requests.WithLabelValues("web", "h1", "499")) == 1 })
-}
-
-// An active check that cannot run for want of the balancer's own
-// descriptors says nothing of the backend: it stays up, and the fault is
-// counted as the balancer's.
-func TestLocalFaultIsNoCheckFailure(t *testing.T) {
-	b := newBalancer(t)
-	l := named(lb("web", "127.0.0.1:0", "127.0.0.1:1"), "h1")
-	l.Health = &pb.BackendHealth{Type: HealthTCP, IntervalMs: 1000, TimeoutMs: 100, Rise: 1, Fall: 1}
-	built, err := build(0, l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	built.adopt(nil)
-	be := built.backends[0]
-	be.m = b.m.forBackend("web", "h1")
-	emfile := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", unix.EMFILE)}
-	for range 3 {
-		b.checked(be, emfile)
-	}
-	if !be.st.up.Load() {
-		t.Error("the backend is down after checks that could not run")
-	}
-	if n := testutil.ToFloat64(b.m.localErrors.WithLabelValues("web", opCheck, "EMFILE")); n != 3 {
-		t.Errorf("%s{op=check} = %v, want 3", metricLocalErrors, n)
-	}
-	b.checked(be, errors.New("connection refused"))
-	if be.st.up.Load() {
-		t.Error("a check that failed for the backend's fault did not take it down")
-	}
+	eventually(t, "499 counted", func() bool { return testutil.ToFloat64(b.m.Requests.WithLabelValues("web", "h1", "499")) == 1 })
 }

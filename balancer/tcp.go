@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/policy"
+	"github.com/keep-vip/keep-vip/balancer/internal/proxyheader"
 	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	"golang.org/x/sys/unix"
 )
@@ -15,7 +17,7 @@ import (
 // the listening socket and owns the connections it accepted.
 type tcpServer struct {
 	b     *Balancer
-	lb    atomic.Pointer[loadBalancer]
+	lb    atomic.Pointer[policy.LoadBalancer]
 	loops []*tcpLoop
 	count reactor.ConnCount
 	// cut: drain's deadline passed; connections still connecting close
@@ -32,7 +34,7 @@ type tcpLoop struct {
 	stopT func()
 }
 
-func (b *Balancer) serveTCP(sock *reactor.Socket, lb *loadBalancer) *tcpServer {
+func (b *Balancer) serveTCP(sock *reactor.Socket, lb *policy.LoadBalancer) *tcpServer {
 	s := &tcpServer{b: b}
 	s.lb.Store(lb)
 	for _, r := range b.loops.Loops {
@@ -52,14 +54,14 @@ type loopPart interface {
 
 // startLoop has part accept from sock on r and run its checks; a nil
 // listener when it cannot accept.
-func (b *Balancer) startLoop(r *reactor.Loop, sock *reactor.Socket, part loopPart, lb *atomic.Pointer[loadBalancer]) (*reactor.Listener, func()) {
+func (b *Balancer) startLoop(r *reactor.Loop, sock *reactor.Socket, part loopPart, lb *atomic.Pointer[policy.LoadBalancer]) (*reactor.Listener, func()) {
 	l, err := reactor.ListenOn(r, sock, part.open, func(err error, retryIn time.Duration) {
-		if name := lb.Load().name; !b.noteLocal(name, opAccept, err) {
-			b.localLog.Error().Err(err).Str("balancer", name).Dur("retry_in", retryIn).Msg("accept")
+		if name := lb.Load().Name; !b.judge.NoteLocal(name, policy.OpAccept, err) {
+			b.judge.LocalLog.Error().Err(err).Str("balancer", name).Dur("retry_in", retryIn).Msg("accept")
 		}
 	})
 	if err != nil {
-		b.log.Error().Err(err).Str("balancer", lb.Load().name).Str("bind", sock.Addr.String()).Msg("load balancer cannot accept")
+		b.log.Error().Err(err).Str("balancer", lb.Load().Name).Str("bind", sock.Addr.String()).Msg("load balancer cannot accept")
 		return nil, nil
 	}
 	return l, r.Every(checkEvery(lb.Load()), part.check)
@@ -67,14 +69,14 @@ func (b *Balancer) startLoop(r *reactor.Loop, sock *reactor.Socket, part loopPar
 
 // checkEvery is how often connect deadlines and idle timeouts are checked:
 // a connection closes between idle and 1.25 × idle after its last byte.
-func checkEvery(lb *loadBalancer) time.Duration {
-	return max(min(lb.connectTimeout, lb.idleTimeout)/4, reactor.Tick)
+func checkEvery(lb *policy.LoadBalancer) time.Duration {
+	return max(min(lb.ConnectTimeout, lb.IdleTimeout)/4, reactor.Tick)
 }
 
-func (s *tcpServer) current() *loadBalancer           { return s.lb.Load() }
-func (s *tcpServer) compatible(lb *loadBalancer) bool { return lb.typ == TypeTCP }
-func (s *tcpServer) update(lb *loadBalancer)          { s.lb.Store(lb) }
-func (s *tcpServer) clients() int                     { return int(s.count.N.Load()) }
+func (s *tcpServer) current() *policy.LoadBalancer           { return s.lb.Load() }
+func (s *tcpServer) compatible(lb *policy.LoadBalancer) bool { return lb.Type == TypeTCP }
+func (s *tcpServer) update(lb *policy.LoadBalancer)          { s.lb.Store(lb) }
+func (s *tcpServer) clients() int                            { return int(s.count.N.Load()) }
 
 // stop closes the server's duplicates of the listening socket; its
 // connections go on.
@@ -109,7 +111,7 @@ func (l *tcpLoop) check(now time.Time) {
 		switch {
 		case c.connecting && now.After(c.deadline):
 			c.connectFailed(errConnectTimeout)
-		case !c.connecting && c.lb.idleTimeout > 0 && now.Sub(c.last) >= c.lb.idleTimeout:
+		case !c.connecting && c.lb.IdleTimeout > 0 && now.Sub(c.last) >= c.lb.IdleTimeout:
 			c.close()
 		}
 	}
@@ -136,7 +138,7 @@ func (l *tcpLoop) cutting() bool { return l.s.cut.Load() }
 
 func (l *tcpLoop) forget(c *tcpConn) {
 	delete(l.conns, c)
-	c.lb.mActive.Dec()
+	c.lb.Clients.Dec()
 	l.s.count.Closed()
 }
 
@@ -178,8 +180,8 @@ type tcpConn struct {
 	r      *reactor.Loop
 	b      *Balancer
 	home   connHome
-	lb     *loadBalancer
-	be     *backend
+	lb     *policy.LoadBalancer
+	be     *policy.Backend
 	client netip.AddrPort
 	// clientEnd and backendEnd are the connection's ends, up and down
 	// its directions between them (see wire).
@@ -193,7 +195,7 @@ type tcpConn struct {
 	// noSplice: splice failed on these sockets; directions without a
 	// pipe copy.
 	noSplice               bool
-	tried                  triedSet
+	tried                  policy.TriedSet
 	deadline, last         time.Time
 	counted, backendActive bool
 }
@@ -223,7 +225,7 @@ func (l *tcpLoop) open(fd int, sa unix.Sockaddr) {
 	l.conns[c] = struct{}{}
 	s.count.Opened()
 	c.counted = true
-	lb.mActive.Inc()
+	lb.Clients.Inc()
 	c.connectNext()
 }
 
@@ -231,17 +233,17 @@ func (l *tcpLoop) open(fd int, sa unix.Sockaddr) {
 // each at most once; with none left the client is closed at once.
 func (c *tcpConn) connectNext() {
 	b, lb := c.b, c.lb
-	src := lb.hashKey(c.client)
+	src := lb.HashKey(c.client)
 	for {
-		be := b.pick(lb, src, &c.tried)
+		be := b.judge.Pick(lb, src, &c.tried)
 		if be == nil {
-			b.warnNoBackend(lb, c.be != nil)
+			b.judge.WarnNoBackend(lb, c.be != nil)
 			c.close()
 			return
 		}
-		c.tried.add(be.idx)
+		c.tried.Add(be.Index)
 		c.be = be
-		fd, err := connectNonblock(be.ap)
+		fd, err := connectNonblock(be.AddrPort)
 		if err == nil {
 			if err = c.r.Add(fd, c, reactor.EvConn); err != nil {
 				unix.Close(fd)
@@ -249,16 +251,16 @@ func (c *tcpConn) connectNext() {
 		}
 		if err == nil {
 			c.backendEnd.fd, c.connecting, c.backendEnd.W, c.backendEnd.R = fd, true, false, false
-			c.deadline = c.r.Now.Add(lb.connectTimeout)
+			c.deadline = c.r.Now.Add(lb.ConnectTimeout)
 			return
 		}
-		if b.connectFailed(be, err) {
+		if b.judge.ConnectFailed(be, err) {
 			// The balancer's own fault: no other backend would fare
 			// better.
 			c.close()
 			return
 		}
-		b.log.Debug().Err(err).Str("balancer", lb.name).Str("backend", be.name).Msg("backend connect failed, trying the next")
+		b.log.Debug().Err(err).Str("balancer", lb.Name).Str("backend", be.Name).Msg("backend connect failed, trying the next")
 	}
 }
 
@@ -296,11 +298,11 @@ func (c *tcpConn) connectFailed(err error) {
 		c.close()
 		return
 	}
-	if c.b.connectFailed(c.be, err) {
+	if c.b.judge.ConnectFailed(c.be, err) {
 		c.close()
 		return
 	}
-	c.b.log.Debug().Err(err).Str("balancer", c.lb.name).Str("backend", c.be.name).Msg("backend connect failed, trying the next")
+	c.b.log.Debug().Err(err).Str("balancer", c.lb.Name).Str("backend", c.be.Name).Msg("backend connect failed, trying the next")
 	c.connectNext()
 }
 
@@ -309,23 +311,23 @@ func (c *tcpConn) connected() {
 	b, be := c.b, c.be
 	c.connecting = false
 	c.last = c.r.Now
-	b.connectOK(be)
-	be.st.active.Add(1)
-	be.m.active.Inc()
-	be.m.conns.Inc()
+	b.judge.ConnectOK(be)
+	be.State.Active.Add(1)
+	be.Metrics.Active.Inc()
+	be.Metrics.Conns.Inc()
 	c.backendActive = true
-	if c.lb.proxyProtocol > 0 {
+	if c.lb.ProxyProtocol > 0 {
 		var buf headerBuffer
 		local, _ := unix.Getsockname(c.clientEnd.fd)
 		dst := sockaddrAddrPort(local)
-		if err := writeProxyHeader(&buf, c.lb.proxyProtocol, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(dst)); err != nil {
+		if err := proxyheader.Write(&buf, c.lb.ProxyProtocol, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(dst)); err != nil {
 			c.close()
 			return
 		}
 		c.up.pend = buf.b
 	}
 	if e := b.log.Debug(); e.Enabled() {
-		e.Str("balancer", c.lb.name).Str("client", c.client.String()).Str("backend", be.name).Msg("connection proxied")
+		e.Str("balancer", c.lb.Name).Str("client", c.client.String()).Str("backend", be.Name).Msg("connection proxied")
 	}
 }
 
@@ -470,7 +472,7 @@ func (c *tcpConn) flow(d *tcpDirection, budget *int) bool {
 			}
 			return true
 		}
-		if n == len(scratch) && c.lb.splice && !c.noSplice {
+		if n == len(scratch) && c.lb.Splice && !c.noSplice {
 			// A full buffer: src streams. The rest goes by splice.
 			d.pipe = c.r.NewPipe()
 		}
@@ -561,9 +563,9 @@ func (c *tcpConn) Written(up bool, data []byte, n int, err error) {
 func (c *tcpConn) moved(n int, toBackend bool) {
 	c.last = c.r.Now
 	if toBackend {
-		c.be.m.toBackend.Add(float64(n))
+		c.be.Metrics.ToBackend.Add(float64(n))
 	} else {
-		c.be.m.toClient.Add(float64(n))
+		c.be.Metrics.ToClient.Add(float64(n))
 	}
 }
 
@@ -584,8 +586,8 @@ func (c *tcpConn) close() {
 	c.r.ClosePipe(c.down.pipe)
 	c.up.pipe, c.down.pipe = nil, nil
 	if c.backendActive {
-		c.be.st.active.Add(-1)
-		c.be.m.active.Dec()
+		c.be.State.Active.Add(-1)
+		c.be.Metrics.Active.Dec()
 	}
 	if c.counted {
 		c.home.forget(c)

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/policy"
 	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
@@ -35,8 +36,8 @@ func TestTCPConnectTimeoutTriesNext(t *testing.T) {
 	if took := time.Since(start); took < 100*time.Millisecond || took > time.Second {
 		t.Errorf("answer after %s, want just over the 100ms connect timeout", took)
 	}
-	if n := testutil.ToFloat64(b.m.dialErrors.WithLabelValues("web", "hole")); n != 1 {
-		t.Errorf("%s{backend=hole} = %v, want 1", metricDialErrors, n)
+	if n := testutil.ToFloat64(b.m.DialErrors.WithLabelValues("web", "hole")); n != 1 {
+		t.Errorf("%s{backend=hole} = %v, want 1", policy.MetricDialErrors, n)
 	}
 }
 
@@ -193,7 +194,7 @@ func TestLeastConnTCP(t *testing.T) {
 	}
 	c1.c.Close()
 	eventually(t, "closed connection no longer counted", func() bool {
-		return testutil.ToFloat64(b.m.beActive.WithLabelValues("web", n1)) == 0
+		return testutil.ToFloat64(b.m.BackendActive.WithLabelValues("web", n1)) == 0
 	})
 	c3 := dial(t, front)
 	if got, _, _ := strings.Cut(c3.ask("x"), " "); got != n1 {
@@ -233,7 +234,7 @@ func TestTCPBackendClosesFirst(t *testing.T) {
 		t.Errorf("read %q, %v", got, err)
 	}
 	c.c.Close()
-	eventually(t, "connection gone", func() bool { return testutil.ToFloat64(b.m.active.WithLabelValues("web")) == 0 })
+	eventually(t, "connection gone", func() bool { return testutil.ToFloat64(b.m.Active.WithLabelValues("web")) == 0 })
 }
 
 // pipeCounts are how many splice pipes b's loops have opened in all, and
@@ -286,8 +287,8 @@ func TestTCPSpliceStreams(t *testing.T) {
 	}
 	c.c.Close()
 	eventually(t, "bytes counted", func() bool {
-		return testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "b1", dirToBackend)) == size &&
-			testutil.ToFloat64(b.m.bytes.WithLabelValues("web", "b1", dirToClient)) == size
+		return testutil.ToFloat64(b.m.Bytes.WithLabelValues("web", "b1", policy.DirToBackend)) == size &&
+			testutil.ToFloat64(b.m.Bytes.WithLabelValues("web", "b1", policy.DirToClient)) == size
 	})
 	eventually(t, "pipes closed", func() bool { _, open := pipeCounts(b); return open == 0 })
 }

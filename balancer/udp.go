@@ -8,6 +8,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/policy"
 	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	"golang.org/x/sys/unix"
 )
@@ -39,7 +40,7 @@ const (
 type udpServer struct {
 	b    *Balancer
 	sock *reactor.Socket
-	lb   atomic.Pointer[loadBalancer]
+	lb   atomic.Pointer[policy.LoadBalancer]
 	// pktinfo is the IP version of the destination-address control
 	// messages on a wildcard-bound socket, 0 otherwise.
 	pktinfo int
@@ -64,8 +65,8 @@ type udpSession struct {
 	sh     *udpShard
 	fd     int // connected to the backend
 	client netip.AddrPort
-	lb     *loadBalancer
-	be     *backend
+	lb     *policy.LoadBalancer
+	be     *policy.Backend
 	last   time.Time
 	// reply is the sendmsg header of replies: the client's address and
 	// the control message that sends from the address the client wrote
@@ -78,7 +79,7 @@ type udpSession struct {
 	closed   bool
 }
 
-func (b *Balancer) serveUDP(sock *reactor.Socket, lb *loadBalancer) *udpServer {
+func (b *Balancer) serveUDP(sock *reactor.Socket, lb *policy.LoadBalancer) *udpServer {
 	s := &udpServer{b: b, sock: sock}
 	s.lb.Store(lb)
 	fds := sock.Fds()
@@ -90,7 +91,7 @@ func (b *Balancer) serveUDP(sock *reactor.Socket, lb *loadBalancer) *udpServer {
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, udpSocketBuffer)
 		v, err := reactor.EnablePktinfo(fd, sock.Addr)
 		if err != nil {
-			b.log.Warn().Err(err).Str("balancer", lb.name).Msg("udp: cannot learn datagrams' destination; replies leave from the route's preferred address")
+			b.log.Warn().Err(err).Str("balancer", lb.Name).Msg("udp: cannot learn datagrams' destination; replies leave from the route's preferred address")
 		} else if v != 0 {
 			s.pktinfo = v
 		}
@@ -103,21 +104,21 @@ func (b *Balancer) serveUDP(sock *reactor.Socket, lb *loadBalancer) *udpServer {
 			sh.r.Do(func() { err = sh.r.Add(sh.fd, sh, unix.EPOLLIN) })
 		}
 		if err != nil {
-			b.log.Error().Err(err).Str("balancer", lb.name).Msg("udp load balancer cannot read its socket")
+			b.log.Error().Err(err).Str("balancer", lb.Name).Msg("udp load balancer cannot read its socket")
 		}
-		sh.stopT = sh.r.Every(max(lb.idleTimeout/4, reactor.Tick), sh.sweep)
+		sh.stopT = sh.r.Every(max(lb.IdleTimeout/4, reactor.Tick), sh.sweep)
 		s.shards = append(s.shards, sh)
 	}
 	return s
 }
 
-func (s *udpServer) current() *loadBalancer           { return s.lb.Load() }
-func (s *udpServer) compatible(lb *loadBalancer) bool { return lb.typ == TypeUDP }
-func (s *udpServer) clients() int                     { return int(s.count.N.Load()) }
+func (s *udpServer) current() *policy.LoadBalancer           { return s.lb.Load() }
+func (s *udpServer) compatible(lb *policy.LoadBalancer) bool { return lb.Type == TypeUDP }
+func (s *udpServer) clients() int                            { return int(s.count.N.Load()) }
 
 // update swaps the config; the idle timeout applies to sessions at once,
 // backends to new sessions.
-func (s *udpServer) update(lb *loadBalancer) { s.lb.Store(lb) }
+func (s *udpServer) update(lb *policy.LoadBalancer) { s.lb.Store(lb) }
 
 // stop drops new clients. The sockets keep reading: open sessions go on
 // until they idle out or the drain ends.
@@ -175,17 +176,17 @@ func (sh *udpShard) forward(p, oob []byte, from netip.AddrPort) {
 		}
 		sess.last = sh.r.Now
 		if _, err := reactor.SysWrite(sess.fd, p); err != nil {
-			if err == unix.EAGAIN || sh.s.b.noteLocal(sess.lb.name, opConnect, err) {
+			if err == unix.EAGAIN || sh.s.b.judge.NoteLocal(sess.lb.Name, policy.OpConnect, err) {
 				// The socket is full, or the balancer short of
 				// buffers: dropped, as the kernel would.
 				return
 			}
 			// The backend's port refused an earlier datagram.
-			sh.s.b.connectFailed(sess.be, err)
+			sh.s.b.judge.ConnectFailed(sess.be, err)
 			sess.close()
 			continue
 		}
-		sess.be.m.toBackend.Add(float64(len(p)))
+		sess.be.Metrics.ToBackend.Add(float64(len(p)))
 		return
 	}
 }
@@ -198,13 +199,13 @@ func (sh *udpShard) open(from netip.AddrPort, oob []byte) *udpSession {
 		return nil
 	}
 	lb := s.lb.Load()
-	var tried triedSet
-	be := s.b.pick(lb, from.Addr().Unmap(), &tried)
+	var tried policy.TriedSet
+	be := s.b.judge.Pick(lb, from.Addr().Unmap(), &tried)
 	if be == nil {
-		s.b.warnNoBackend(lb, false)
+		s.b.judge.WarnNoBackend(lb, false)
 		return nil
 	}
-	fd, err := connectSocket(be.ap, unix.SOCK_DGRAM)
+	fd, err := connectSocket(be.AddrPort, unix.SOCK_DGRAM)
 	sess := &udpSession{sh: sh, fd: fd, client: from, lb: lb, be: be, last: sh.r.Now}
 	if err == nil {
 		if err = sh.r.Add(fd, sess, unix.EPOLLIN); err != nil {
@@ -212,8 +213,8 @@ func (sh *udpShard) open(from netip.AddrPort, oob []byte) *udpSession {
 		}
 	}
 	if err != nil {
-		s.b.connectFailed(be, err)
-		s.b.log.Debug().Err(err).Str("balancer", lb.name).Str("backend", be.name).Msg("udp session not opened")
+		s.b.judge.ConnectFailed(be, err)
+		s.b.log.Debug().Err(err).Str("balancer", lb.Name).Str("backend", be.Name).Msg("udp session not opened")
 		return nil
 	}
 	if s.pktinfo != 0 {
@@ -231,10 +232,10 @@ func (sh *udpShard) open(from netip.AddrPort, oob []byte) *udpSession {
 	}
 	sh.sessions[from] = sess
 	s.count.Opened()
-	lb.mActive.Inc()
-	be.st.active.Add(1)
-	be.m.active.Inc()
-	be.m.conns.Inc()
+	lb.Clients.Inc()
+	be.State.Active.Add(1)
+	be.Metrics.Active.Inc()
+	be.Metrics.Conns.Inc()
 	return sess
 }
 
@@ -259,7 +260,7 @@ func (sess *udpSession) Event(fd int, _ uint32) {
 		return
 	case err != nil:
 		if err == unix.ECONNREFUSED {
-			b.connectFailed(sess.be, err)
+			b.judge.ConnectFailed(sess.be, err)
 		}
 		sess.close()
 		return
@@ -268,7 +269,7 @@ func (sess *udpSession) Event(fd int, _ uint32) {
 		// udp has no handshake: a reply is what shows the backend
 		// alive, and clears its count of refusals.
 		sess.answered = true
-		b.connectOK(sess.be)
+		b.judge.ConnectOK(sess.be)
 	}
 	if flags&unix.MSG_TRUNC != 0 {
 		return
@@ -277,7 +278,7 @@ func (sess *udpSession) Event(fd int, _ uint32) {
 	sess.iov.Base = unsafe.SliceData(buf)
 	sess.iov.SetLen(n)
 	if _, _, e := syscall.RawSyscall(syscall.SYS_SENDMSG, uintptr(sh.fd), uintptr(unsafe.Pointer(&sess.reply)), 0); e == 0 {
-		sess.be.m.toClient.Add(float64(n))
+		sess.be.Metrics.ToClient.Add(float64(n))
 	}
 	sess.iov.Base = nil
 }
@@ -293,16 +294,16 @@ func (sess *udpSession) close() {
 		delete(sh.sessions, sess.client)
 	}
 	sh.r.CloseFD(sess.fd)
-	sess.lb.mActive.Dec()
-	sess.be.st.active.Add(-1)
-	sess.be.m.active.Dec()
+	sess.lb.Clients.Dec()
+	sess.be.State.Active.Add(-1)
+	sess.be.Metrics.Active.Dec()
 	sh.s.count.Closed()
 }
 
 // sweep closes the shard's sessions idle for the load balancer's idle
 // timeout.
 func (sh *udpShard) sweep(now time.Time) {
-	idle := sh.s.lb.Load().idleTimeout
+	idle := sh.s.lb.Load().IdleTimeout
 	for _, sess := range sh.sessions {
 		if now.Sub(sess.last) >= idle {
 			sess.close()

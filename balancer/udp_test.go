@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/keep-vip/keep-vip/balancer/internal/policy"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
@@ -70,16 +71,16 @@ func TestUDPSessions(t *testing.T) {
 			t.Fatalf("client y, datagram %d: %q", i, got)
 		}
 	}
-	if n := testutil.ToFloat64(b.m.active.WithLabelValues("dns")); n != 2 {
-		t.Errorf("%s = %v, want 2 sessions", metricActiveConnections, n)
+	if n := testutil.ToFloat64(b.m.Active.WithLabelValues("dns")); n != 2 {
+		t.Errorf("%s = %v, want 2 sessions", policy.MetricActiveConnections, n)
 	}
-	if n := testutil.ToFloat64(b.m.connections.WithLabelValues("dns", "b1")); n != 1 {
-		t.Errorf("%s{b1} = %v, want 1 session", metricConnections, n)
+	if n := testutil.ToFloat64(b.m.Connections.WithLabelValues("dns", "b1")); n != 1 {
+		t.Errorf("%s{b1} = %v, want 1 session", policy.MetricConnections, n)
 	}
-	if n := testutil.ToFloat64(b.m.bytes.WithLabelValues("dns", "b1", dirToBackend)); n != 3 {
+	if n := testutil.ToFloat64(b.m.Bytes.WithLabelValues("dns", "b1", policy.DirToBackend)); n != 3 {
 		t.Errorf("bytes to b1 = %v, want 3", n)
 	}
-	if n := testutil.ToFloat64(b.m.bytes.WithLabelValues("dns", "b1", dirToClient)); n != float64(3*len("b1 x")) {
+	if n := testutil.ToFloat64(b.m.Bytes.WithLabelValues("dns", "b1", policy.DirToClient)); n != float64(3*len("b1 x")) {
 		t.Errorf("bytes from b1 = %v, want %d", n, 3*len("b1 x"))
 	}
 }
@@ -200,7 +201,7 @@ func TestUDPIdleExpiry(t *testing.T) {
 	if got := c.ask("1"); got != "b1 1" {
 		t.Fatalf("first answer %q", got)
 	}
-	eventually(t, "session expired", func() bool { return testutil.ToFloat64(b.m.active.WithLabelValues("dns")) == 0 })
+	eventually(t, "session expired", func() bool { return testutil.ToFloat64(b.m.Active.WithLabelValues("dns")) == 0 })
 	// A new session, so round robin moves on.
 	if got := c.ask("2"); got != "b2 2" {
 		t.Errorf("answer after expiry %q, want b2's", got)
@@ -273,7 +274,7 @@ func TestUDPRefusedBackendEjected(t *testing.T) {
 	// Sessions of new clients alternate; those on the dead port lose their
 	// datagram and the ICMP refusals eject it after two, although b2's
 	// answers come in between.
-	for i := 0; testutil.ToFloat64(b.m.up.WithLabelValues("dns", "dead")) == 1; i++ {
+	for i := 0; testutil.ToFloat64(b.m.Up.WithLabelValues("dns", "dead")) == 1; i++ {
 		if i == 20 {
 			t.Fatal("dead backend not ejected after 20 clients")
 		}

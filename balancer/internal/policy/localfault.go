@@ -1,4 +1,4 @@
-package balancer
+package policy
 
 import (
 	"errors"
@@ -12,15 +12,15 @@ import (
 // local ports says nothing of a backend. Counted against one, they ejected
 // healthy backends the moment the balancer hit its open-files limit, and
 // kept every request failing after the descriptors were free again. So
-// they are told apart here, once, and only counted (metricLocalErrors) and
+// they are told apart here, once, and only counted (MetricLocalErrors) and
 // logged at most once a second; the connection, request or datagram that
 // met one fails alone.
 
 // Operations a local fault is counted under (the op label).
 const (
-	opAccept  = "accept"
-	opConnect = "connect"
-	opCheck   = "check"
+	OpAccept  = "accept"
+	OpConnect = "connect"
+	OpCheck   = "check"
 )
 
 // localFault says whether err is the proxy's own, and its errno.
@@ -47,14 +47,14 @@ func newLocalLog(log zerolog.Logger) zerolog.Logger {
 	return log.Sample(&zerolog.BurstSampler{Burst: 1, Period: localLogEvery})
 }
 
-// noteLocal counts a local fault of lbName's op and logs it, rate-limited.
+// NoteLocal counts a local fault of lbName's op and logs it, rate-limited.
 // It says whether err was one; other errors are the caller's.
-func (b *Balancer) noteLocal(lbName, op string, err error) bool {
+func (j *Judge) NoteLocal(lbName, op string, err error) bool {
 	errno, ok := localFault(err)
 	if !ok {
 		return false
 	}
-	b.m.localErrors.WithLabelValues(lbName, op, unix.ErrnoName(errno)).Inc()
-	b.localLog.Error().Err(err).Str("balancer", lbName).Str("op", op).Msg("the balancer is out of a resource of its own; no backend is blamed (logged at most once a second, counted in " + metricLocalErrors + ")")
+	j.Metrics.LocalErrors.WithLabelValues(lbName, op, unix.ErrnoName(errno)).Inc()
+	j.LocalLog.Error().Err(err).Str("balancer", lbName).Str("op", op).Msg("the balancer is out of a resource of its own; no backend is blamed (logged at most once a second, counted in " + MetricLocalErrors + ")")
 	return true
 }

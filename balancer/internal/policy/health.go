@@ -1,4 +1,4 @@
-package balancer
+package policy
 
 import (
 	"context"
@@ -12,15 +12,18 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/keep-vip/keep-vip/balancer/internal/proxyheader"
+	"github.com/keep-vip/keep-vip/rpc/limits"
 )
 
-// backendState is what is known of a backend at run time. A reload that
+// BackendState is what is known of a backend at run time. A reload that
 // keeps the backend keeps its state.
-type backendState struct {
-	// up is the hot path's view: no new connections while false.
-	up atomic.Bool
-	// active counts connections (udp sessions, http requests) it serves.
-	active atomic.Int64
+type BackendState struct {
+	// Up is the hot path's view: no new connections while false.
+	Up atomic.Bool
+	// Active counts connections (udp sessions, http requests) it serves.
+	Active atomic.Int64
 	// connErrs counts consecutive connect errors, for passive ejection.
 	connErrs atomic.Int32
 
@@ -34,94 +37,94 @@ type backendState struct {
 	okStreak, failStreak int
 }
 
-func newBackendState() *backendState {
-	st := &backendState{}
-	st.up.Store(true)
+func newBackendState() *BackendState {
+	st := &BackendState{}
+	st.Up.Store(true)
 	return st
 }
 
 // available says whether be may get a new connection. A backend ejected by
 // connect errors, with no active check to bring it back, is let in again
 // once the cool-down has passed.
-func (b *Balancer) available(be *backend) bool {
-	if be.st.up.Load() {
+func (j *Judge) available(be *Backend) bool {
+	if be.State.Up.Load() {
 		return true
 	}
 	if be.lb.health.typ != "" {
 		return false
 	}
-	st := be.st
+	st := be.State
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.ejected && time.Since(st.ejectedAt) >= b.ejectCooldown {
+	if st.ejected && time.Since(st.ejectedAt) >= j.EjectCooldown {
 		// On trial: one more connect error ejects it again, one success
 		// clears the count.
 		st.ejected = false
 		st.connErrs.Store(int32(be.lb.health.ejectAfter - 1))
-		b.refresh(be, "cool-down after ejection over")
+		j.refresh(be, "cool-down after ejection over")
 	}
-	return st.up.Load()
+	return st.Up.Load()
 }
 
 // refresh recomputes up from the state, under st.mu, and logs a change.
-func (b *Balancer) refresh(be *backend, why string) {
-	st := be.st
+func (j *Judge) refresh(be *Backend, why string) {
+	st := be.State
 	up := !st.checkDown && !st.ejected
-	if st.up.Swap(up) == up {
+	if st.Up.Swap(up) == up {
 		return
 	}
-	be.m.up.Set(b2f(up))
-	ev := b.log.Info()
+	be.Metrics.up.Set(b2f(up))
+	ev := j.Log.Info()
 	msg := "backend up"
 	if !up {
-		ev = b.log.Warn()
+		ev = j.Log.Warn()
 		msg = "backend down"
 	}
-	ev.Str("balancer", be.lb.name).Str("backend", be.name).Str("address", be.address).Str("reason", why).Msg(msg)
+	ev.Str("balancer", be.lb.Name).Str("backend", be.Name).Str("address", be.Address).Str("reason", why).Msg(msg)
 }
 
-// connectOK resets the passive error count; it costs one atomic load when
+// ConnectOK resets the passive error count; it costs one atomic load when
 // there is nothing to reset.
-func (b *Balancer) connectOK(be *backend) {
-	if be.st.connErrs.Load() != 0 {
-		be.st.connErrs.Store(0)
+func (j *Judge) ConnectOK(be *Backend) {
+	if be.State.connErrs.Load() != 0 {
+		be.State.connErrs.Store(0)
 	}
 }
 
-// connectFailed counts a failed connect and ejects the backend after
+// ConnectFailed counts a failed connect and ejects the backend after
 // ejectAfter of them in a row. A fault of the balancer's own is not the
 // backend's: it is only noted, and local says so, for the caller to give
 // up rather than try the next backend.
-func (b *Balancer) connectFailed(be *backend, err error) (local bool) {
-	if b.noteLocal(be.lb.name, opConnect, err) {
+func (j *Judge) ConnectFailed(be *Backend, err error) (local bool) {
+	if j.NoteLocal(be.lb.Name, OpConnect, err) {
 		return true
 	}
-	be.m.dialErrors.Inc()
-	n := be.st.connErrs.Add(1)
+	be.Metrics.dialErrors.Inc()
+	n := be.State.connErrs.Add(1)
 	limit := be.lb.health.ejectAfter
 	if limit <= 0 || int(n) < limit {
 		return false
 	}
-	st := be.st
+	st := be.State
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.ejected {
 		return false
 	}
 	st.ejected, st.ejectedAt, st.okStreak = true, time.Now(), 0
-	be.m.ejections.Inc()
-	b.refresh(be, fmt.Sprintf("ejected after %d connect errors in a row: %v", n, err))
+	be.Metrics.ejections.Inc()
+	j.refresh(be, fmt.Sprintf("ejected after %d connect errors in a row: %v", n, err))
 	return false
 }
 
 // checked applies one active check result with rise and fall. A success
 // streak of rise also re-admits a backend ejected by connect errors.
-func (b *Balancer) checked(be *backend, err error) {
-	if err != nil && b.noteLocal(be.lb.name, opCheck, err) {
+func (j *Judge) checked(be *Backend, err error) {
+	if err != nil && j.NoteLocal(be.lb.Name, OpCheck, err) {
 		// The check could not run: it says nothing either way.
 		return
 	}
-	st := be.st
+	st := be.State
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if err == nil {
@@ -130,7 +133,7 @@ func (b *Balancer) checked(be *backend, err error) {
 		if (st.checkDown || st.ejected) && st.okStreak >= be.lb.health.rise {
 			st.checkDown, st.ejected = false, false
 			st.connErrs.Store(0)
-			b.refresh(be, fmt.Sprintf("%d %s checks passed", st.okStreak, be.lb.health.typ))
+			j.refresh(be, fmt.Sprintf("%d %s checks passed", st.okStreak, be.lb.health.typ))
 		}
 		return
 	}
@@ -138,34 +141,38 @@ func (b *Balancer) checked(be *backend, err error) {
 	st.failStreak++
 	if !st.checkDown && st.failStreak >= be.lb.health.fall {
 		st.checkDown = true
-		b.refresh(be, fmt.Sprintf("%d %s checks failed, last: %v", st.failStreak, be.lb.health.typ, err))
+		j.refresh(be, fmt.Sprintf("%d %s checks failed, last: %v", st.failStreak, be.lb.health.typ, err))
 	}
 }
 
-// startHealth runs lb's active checks, one loop per backend, until
-// lb.stopHealth. Without active checks it only clears a check verdict an
+// StopHealth ends lb's active checks and waits for them; lb must have been
+// started (StartHealth).
+func (lb *LoadBalancer) StopHealth() { lb.stopHealth() }
+
+// StartHealth runs lb's active checks, one loop per backend, until
+// lb.StopHealth. Without active checks it only clears a check verdict an
 // earlier config left.
-func (b *Balancer) startHealth(lb *loadBalancer) {
-	for _, be := range lb.backends {
-		be.m.up.Set(b2f(be.st.up.Load()))
+func (j *Judge) StartHealth(lb *LoadBalancer) {
+	for _, be := range lb.Backends {
+		be.Metrics.up.Set(b2f(be.State.Up.Load()))
 	}
 	if lb.health.typ == "" {
-		for _, be := range lb.backends {
-			be.st.mu.Lock()
-			be.st.checkDown, be.st.okStreak, be.st.failStreak = false, 0, 0
-			b.refresh(be, "active checks turned off")
-			be.st.mu.Unlock()
+		for _, be := range lb.Backends {
+			be.State.mu.Lock()
+			be.State.checkDown, be.State.okStreak, be.State.failStreak = false, 0, 0
+			j.refresh(be, "active checks turned off")
+			be.State.mu.Unlock()
 		}
 		lb.stopHealth = func() {}
 		return
 	}
-	ctx, cancel := context.WithCancel(b.ctx)
+	ctx, cancel := context.WithCancel(j.ctx)
 	var wg sync.WaitGroup
-	probe := b.tcpProbe
-	if lb.health.typ == HealthHTTP {
-		probe = b.httpProbe(lb)
+	probe := j.tcpProbe
+	if lb.health.typ == limits.HealthHTTP {
+		probe = j.httpProbe(lb)
 	}
-	for _, be := range lb.backends {
+	for _, be := range lb.Backends {
 		wg.Go(func() {
 			// Spread the first checks so a reload does not probe every
 			// backend at the same instant.
@@ -184,7 +191,7 @@ func (b *Balancer) startHealth(lb *loadBalancer) {
 				if ctx.Err() != nil {
 					return
 				}
-				b.checked(be, err)
+				j.checked(be, err)
 				t.Reset(lb.health.interval)
 			}
 		})
@@ -194,33 +201,33 @@ func (b *Balancer) startHealth(lb *loadBalancer) {
 
 // tcpProbe connects and closes. With the PROXY protocol on it sends a LOCAL
 // header first, as a backend that expects one may log a bare connection.
-func (b *Balancer) tcpProbe(ctx context.Context, be *backend) error {
+func (j *Judge) tcpProbe(ctx context.Context, be *Backend) error {
 	var d net.Dialer
-	c, err := d.DialTCP(ctx, "tcp", netip.AddrPort{}, be.ap)
+	c, err := d.DialTCP(ctx, "tcp", netip.AddrPort{}, be.AddrPort)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if v := be.lb.proxyProtocol; v > 0 {
+	if v := be.lb.ProxyProtocol; v > 0 {
 		c.SetWriteDeadline(time.Now().Add(be.lb.health.timeout))
-		return writeProxyLocal(c, v)
+		return proxyheader.WriteLocal(c, v)
 	}
 	return nil
 }
 
 // httpProbe returns a probe that asks for lb's health path on a fresh
 // connection each time and wants a 2xx or 3xx answer.
-func (b *Balancer) httpProbe(lb *loadBalancer) func(ctx context.Context, be *backend) error {
+func (j *Judge) httpProbe(lb *LoadBalancer) func(ctx context.Context, be *Backend) error {
 	tr := &http.Transport{
 		Proxy:             nil,
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "tcp", addr)
-			if err != nil || lb.proxyProtocol == 0 {
+			if err != nil || lb.ProxyProtocol == 0 {
 				return c, err
 			}
-			if err := writeProxyLocal(c, lb.proxyProtocol); err != nil {
+			if err := proxyheader.WriteLocal(c, lb.ProxyProtocol); err != nil {
 				c.Close()
 				return nil, err
 			}
@@ -231,8 +238,8 @@ func (b *Balancer) httpProbe(lb *loadBalancer) func(ctx context.Context, be *bac
 		Transport:     tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	return func(ctx context.Context, be *backend) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+be.address+lb.health.path, nil)
+	return func(ctx context.Context, be *Backend) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+be.Address+lb.health.path, nil)
 		if err != nil {
 			return err
 		}

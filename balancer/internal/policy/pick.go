@@ -1,21 +1,30 @@
-package balancer
+// Package policy is the balancing policy: load balancers as configured
+// and validated (config.go), the choice of a backend (pick.go: round robin,
+// least connections, source hashing), backends' health from active checks
+// and passive ejection (health.go), the balancer's own faults told apart
+// from theirs (localfault.go), and the metrics of it all. It knows
+// nothing of sockets and event loops: the tcp, udp and http handlers ask
+// it for a backend and tell it how the connect went.
+package policy
 
 import (
 	"math"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+
+	"github.com/keep-vip/keep-vip/rpc/limits"
 )
 
-// triedSet marks the backends a client has already been offered, so a retry
+// TriedSet marks the backends a client has already been offered, so a retry
 // after a failed connect goes to another one. Up to 64 backends it is one
 // word on the stack.
-type triedSet struct {
+type TriedSet struct {
 	bits uint64
 	more map[int]bool
 }
 
-func (t *triedSet) add(i int) {
+func (t *TriedSet) Add(i int) {
 	if i < 64 {
 		t.bits |= 1 << i
 		return
@@ -26,37 +35,37 @@ func (t *triedSet) add(i int) {
 	t.more[i] = true
 }
 
-func (t *triedSet) has(i int) bool {
+func (t *TriedSet) has(i int) bool {
 	if i < 64 {
 		return t.bits&(1<<i) != 0
 	}
 	return t.more[i]
 }
 
-// pick chooses the backend for a new connection or request among those up
-// and not yet tried, by lb's algorithm; nil when there is none. client is
-// the client's address, used by sourcehash.
-// hashKey is what the algorithm hashes of a client: its IP for source
+// HashKey is what the algorithm hashes of a client: its IP for source
 // hashing, nothing otherwise.
-func (lb *loadBalancer) hashKey(client netip.AddrPort) netip.Addr {
-	if lb.algorithm == AlgoSourceHash {
+func (lb *LoadBalancer) HashKey(client netip.AddrPort) netip.Addr {
+	if lb.Algorithm == limits.AlgoSourceHash {
 		return client.Addr().Unmap()
 	}
 	return netip.Addr{}
 }
 
-func (b *Balancer) pick(lb *loadBalancer, client netip.Addr, tried *triedSet) *backend {
-	switch lb.algorithm {
-	case AlgoLeastConn:
-		return b.pickLeastConn(lb, tried)
-	case AlgoSourceHash:
-		return b.pickSourceHash(lb, client, tried)
+// Pick chooses the backend for a new connection or request among those up
+// and not yet tried, by lb's algorithm; nil when there is none. client is
+// lb.HashKey of the client's address, used by sourcehash.
+func (j *Judge) Pick(lb *LoadBalancer, client netip.Addr, tried *TriedSet) *Backend {
+	switch lb.Algorithm {
+	case limits.AlgoLeastConn:
+		return j.pickLeastConn(lb, tried)
+	case limits.AlgoSourceHash:
+		return j.pickSourceHash(lb, client, tried)
 	}
-	return b.pickRoundRobin(lb, tried)
+	return j.pickRoundRobin(lb, tried)
 }
 
-func (b *Balancer) eligible(lb *loadBalancer, i int, tried *triedSet) bool {
-	return !tried.has(i) && b.available(lb.backends[i])
+func (j *Judge) eligible(lb *LoadBalancer, i int, tried *TriedSet) bool {
+	return !tried.has(i) && j.available(lb.Backends[i])
 }
 
 // rrState is round robin's position: a plain counter while the weights are
@@ -69,8 +78,8 @@ type rrState struct {
 
 func (r *rrState) init(n int) { r.cur = make([]int, n) }
 
-func (b *Balancer) pickRoundRobin(lb *loadBalancer, tried *triedSet) *backend {
-	n := len(lb.backends)
+func (j *Judge) pickRoundRobin(lb *LoadBalancer, tried *TriedSet) *Backend {
+	n := len(lb.Backends)
 	if n == 0 {
 		return nil
 	}
@@ -78,14 +87,14 @@ func (b *Balancer) pickRoundRobin(lb *loadBalancer, tried *triedSet) *backend {
 		start := int((lb.rr.next.Add(1) - 1) % uint64(n))
 		for k := range n {
 			i := (start + k) % n
-			if b.eligible(lb, i, tried) {
+			if j.eligible(lb, i, tried) {
 				if k > 0 {
 					// Skipping a backend that is down or failed must not
 					// send its share to the next one alone: move the
 					// position past the backend chosen, as nginx does.
 					lb.rr.next.Store(uint64(i + 1))
 				}
-				return lb.backends[i]
+				return lb.Backends[i]
 			}
 		}
 		return nil
@@ -96,8 +105,8 @@ func (b *Balancer) pickRoundRobin(lb *loadBalancer, tried *triedSet) *backend {
 	lb.rr.mu.Lock()
 	defer lb.rr.mu.Unlock()
 	best, total := -1, 0
-	for i, be := range lb.backends {
-		if !b.eligible(lb, i, tried) {
+	for i, be := range lb.Backends {
+		if !j.eligible(lb, i, tried) {
 			continue
 		}
 		lb.rr.cur[i] += be.weight
@@ -110,26 +119,26 @@ func (b *Balancer) pickRoundRobin(lb *loadBalancer, tried *triedSet) *backend {
 		return nil
 	}
 	lb.rr.cur[best] -= total
-	return lb.backends[best]
+	return lb.Backends[best]
 }
 
 // pickLeastConn chooses the backend with the fewest active connections per
 // unit of weight; ties go round robin so equal backends share the load.
-func (b *Balancer) pickLeastConn(lb *loadBalancer, tried *triedSet) *backend {
-	n := len(lb.backends)
+func (j *Judge) pickLeastConn(lb *LoadBalancer, tried *TriedSet) *Backend {
+	n := len(lb.Backends)
 	if n == 0 {
 		return nil
 	}
 	start := int((lb.rr.next.Add(1) - 1) % uint64(n))
-	var best *backend
+	var best *Backend
 	var bestActive int64
 	for k := range n {
 		i := (start + k) % n
-		if !b.eligible(lb, i, tried) {
+		if !j.eligible(lb, i, tried) {
 			continue
 		}
-		be := lb.backends[i]
-		a := be.st.active.Load()
+		be := lb.Backends[i]
+		a := be.State.Active.Load()
 		// a/w < bestActive/bestWeight, without division.
 		if best == nil || a*int64(best.weight) < bestActive*int64(be.weight) {
 			best, bestActive = be, a
@@ -143,13 +152,13 @@ func (b *Balancer) pickLeastConn(lb *loadBalancer, tried *triedSet) *backend {
 // client, the highest score wins. A backend going down or away moves only
 // its own clients, each to its second choice, and the mapping is the same on
 // every member because it hashes addresses, not positions.
-func (b *Balancer) pickSourceHash(lb *loadBalancer, client netip.Addr, tried *triedSet) *backend {
+func (j *Judge) pickSourceHash(lb *LoadBalancer, client netip.Addr, tried *TriedSet) *Backend {
 	a16 := client.Unmap().As16()
 	h := hashBytes(a16[:])
-	var best *backend
+	var best *Backend
 	bestScore := math.Inf(-1)
-	for i, be := range lb.backends {
-		if !b.eligible(lb, i, tried) {
+	for i, be := range lb.Backends {
+		if !j.eligible(lb, i, tried) {
 			continue
 		}
 		x := mix64(h ^ be.hash)

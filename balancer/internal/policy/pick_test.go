@@ -1,22 +1,25 @@
-package balancer
+package policy
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"net/netip"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+	"github.com/keep-vip/keep-vip/rpc/limits"
 )
 
 // pool builds a load balancer of the given algorithm over backends named a,
 // b, c... with the given weights, ready for pick.
-func pool(t *testing.T, b *Balancer, algo string, weights ...int32) *loadBalancer {
+func pool(t *testing.T, j *Judge, algo string, weights ...int32) *LoadBalancer {
 	t.Helper()
-	p := &pb.LoadBalancer{Name: "lb", BindAddress: "127.0.0.1:0", Type: TypeTCP, Algorithm: algo}
+	p := &pb.LoadBalancer{Name: "lb", BindAddress: "127.0.0.1:0", Type: limits.TypeTCP, Algorithm: algo}
 	for i, w := range weights {
 		p.Backends = append(p.Backends, &pb.Backend{Name: string(rune('a' + i)), Address: fmt.Sprintf("127.0.0.1:%d", 1000+i), Weight: w})
 	}
@@ -24,30 +27,29 @@ func pool(t *testing.T, b *Balancer, algo string, weights ...int32) *loadBalance
 	if err != nil {
 		t.Fatal(err)
 	}
-	lb.adopt(nil)
-	for _, be := range lb.backends {
-		be.m = b.m.forBackend(lb.name, be.name)
+	lb.Adopt(nil)
+	for _, be := range lb.Backends {
+		be.Metrics = j.Metrics.ForBackend(lb.Name, be.Name)
 	}
 	return lb
 }
 
-func picks(b *Balancer, lb *loadBalancer, client netip.Addr, n int) string {
+func picks(j *Judge, lb *LoadBalancer, client netip.Addr, n int) string {
 	var out []string
 	for range n {
-		var tried triedSet
-		be := b.pick(lb, client, &tried)
+		var tried TriedSet
+		be := j.Pick(lb, client, &tried)
 		if be == nil {
 			out = append(out, "-")
 			continue
 		}
-		out = append(out, be.name)
+		out = append(out, be.Name)
 	}
 	return strings.Join(out, " ")
 }
 
 func TestRoundRobinWeights(t *testing.T) {
-	b := New(zerolog.Nop())
-	defer b.Close()
+	j := NewJudge(context.Background(), zerolog.Nop(), prometheus.NewRegistry())
 	for _, tc := range []struct {
 		weights []int32
 		want    string
@@ -58,45 +60,44 @@ func TestRoundRobinWeights(t *testing.T) {
 		{[]int32{5, 1, 1}, "a a b a c a a"},
 		{[]int32{2, 1}, "a b a a b a"},
 	} {
-		lb := pool(t, b, AlgoRoundRobin, tc.weights...)
-		if got := picks(b, lb, netip.Addr{}, len(strings.Fields(tc.want))); got != tc.want {
+		lb := pool(t, j, limits.AlgoRoundRobin, tc.weights...)
+		if got := picks(j, lb, netip.Addr{}, len(strings.Fields(tc.want))); got != tc.want {
 			t.Errorf("weights %v: %s, want %s", tc.weights, got, tc.want)
 		}
 	}
 }
 
 func TestPickSkipsDownAndTried(t *testing.T) {
-	b := New(zerolog.Nop())
-	defer b.Close()
-	for _, algo := range Algorithms {
+	j := NewJudge(context.Background(), zerolog.Nop(), prometheus.NewRegistry())
+	for _, algo := range limits.Algorithms {
 		for _, weights := range [][]int32{{1, 1, 1}, {3, 2, 1}} {
-			lb := pool(t, b, algo, weights...)
-			lb.backends[1].st.up.Store(false)
+			lb := pool(t, j, algo, weights...)
+			lb.Backends[1].State.Up.Store(false)
 			client := netip.MustParseAddr("192.0.2.1")
 			for range 10 {
-				var tried triedSet
+				var tried TriedSet
 				seen := map[string]bool{}
 				for {
-					be := b.pick(lb, client, &tried)
+					be := j.Pick(lb, client, &tried)
 					if be == nil {
 						break
 					}
-					if be.name == "b" {
+					if be.Name == "b" {
 						t.Fatalf("%s %v: picked the down backend", algo, weights)
 					}
-					if seen[be.name] {
-						t.Fatalf("%s %v: picked %s twice for one client", algo, weights, be.name)
+					if seen[be.Name] {
+						t.Fatalf("%s %v: picked %s twice for one client", algo, weights, be.Name)
 					}
-					seen[be.name] = true
-					tried.add(be.idx)
+					seen[be.Name] = true
+					tried.Add(be.Index)
 				}
 				if len(seen) != 2 {
 					t.Fatalf("%s %v: offered %v, want a and c", algo, weights, seen)
 				}
 			}
-			lb.backends[0].st.up.Store(false)
-			lb.backends[2].st.up.Store(false)
-			if got := picks(b, lb, client, 1); got != "-" {
+			lb.Backends[0].State.Up.Store(false)
+			lb.Backends[2].State.Up.Store(false)
+			if got := picks(j, lb, client, 1); got != "-" {
 				t.Errorf("%s: all down, picked %s", algo, got)
 			}
 		}
@@ -104,8 +105,7 @@ func TestPickSkipsDownAndTried(t *testing.T) {
 }
 
 func TestLeastConn(t *testing.T) {
-	b := New(zerolog.Nop())
-	defer b.Close()
+	j := NewJudge(context.Background(), zerolog.Nop(), prometheus.NewRegistry())
 	for _, tc := range []struct {
 		weights []int32
 		active  []int64
@@ -115,36 +115,35 @@ func TestLeastConn(t *testing.T) {
 		{[]int32{1, 1, 4}, []int64{1, 1, 3}, "c"}, // 3/4 < 1/1
 		{[]int32{1, 1, 1}, []int64{0, 5, 5}, "a"},
 	} {
-		lb := pool(t, b, AlgoLeastConn, tc.weights...)
+		lb := pool(t, j, limits.AlgoLeastConn, tc.weights...)
 		for i, a := range tc.active {
-			lb.backends[i].st.active.Store(a)
+			lb.Backends[i].State.Active.Store(a)
 		}
 		for range 3 {
-			if got := picks(b, lb, netip.Addr{}, 1); got != tc.want {
+			if got := picks(j, lb, netip.Addr{}, 1); got != tc.want {
 				t.Errorf("weights %v active %v: %s, want %s", tc.weights, tc.active, got, tc.want)
 			}
 		}
 	}
 	// Ties go round.
-	lb := pool(t, b, AlgoLeastConn, 1, 1, 1)
-	if got := picks(b, lb, netip.Addr{}, 3); got != "a b c" {
+	lb := pool(t, j, limits.AlgoLeastConn, 1, 1, 1)
+	if got := picks(j, lb, netip.Addr{}, 3); got != "a b c" {
 		t.Errorf("all idle: %s, want a b c", got)
 	}
 }
 
 func TestSourceHash(t *testing.T) {
-	b := New(zerolog.Nop())
-	defer b.Close()
-	lb := pool(t, b, AlgoSourceHash, 1, 1, 2)
+	j := NewJudge(context.Background(), zerolog.Nop(), prometheus.NewRegistry())
+	lb := pool(t, j, limits.AlgoSourceHash, 1, 1, 2)
 	const clients = 20000
 	first := map[netip.Addr]string{}
 	count := map[string]int{}
 	for i := range clients {
 		ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		got := picks(b, lb, ip, 1)
+		got := picks(j, lb, ip, 1)
 		first[ip] = got
 		count[got]++
-		if again := picks(b, lb, ip, 1); again != got {
+		if again := picks(j, lb, ip, 1); again != got {
 			t.Fatalf("%s went to %s, then %s", ip, got, again)
 		}
 	}
@@ -155,9 +154,9 @@ func TestSourceHash(t *testing.T) {
 		}
 	}
 	// c going down moves only c's clients.
-	lb.backends[2].st.up.Store(false)
+	lb.Backends[2].State.Up.Store(false)
 	for ip, was := range first {
-		got := picks(b, lb, ip, 1)
+		got := picks(j, lb, ip, 1)
 		if was != "c" && got != was {
 			t.Fatalf("%s moved from %s to %s when c went down", ip, was, got)
 		}
@@ -167,9 +166,9 @@ func TestSourceHash(t *testing.T) {
 	}
 	// The same mapping in another process: hashes of addresses, not of
 	// positions or a random seed.
-	other := pool(t, b, AlgoSourceHash, 1, 1, 2)
+	other := pool(t, j, limits.AlgoSourceHash, 1, 1, 2)
 	for ip, was := range first {
-		if got := picks(b, other, ip, 1); got != was {
+		if got := picks(j, other, ip, 1); got != was {
 			t.Fatalf("%s: %s in one pool, %s in an identical one", ip, was, got)
 		}
 		break
@@ -177,9 +176,9 @@ func TestSourceHash(t *testing.T) {
 }
 
 func TestTriedSetBeyond64(t *testing.T) {
-	var s triedSet
+	var s TriedSet
 	for _, i := range []int{0, 63, 64, 200} {
-		s.add(i)
+		s.Add(i)
 	}
 	for i := range 256 {
 		want := i == 0 || i == 63 || i == 64 || i == 200
