@@ -31,8 +31,8 @@ import (
 // failed heartbeats or AppendEntries), with wrk's request rate.
 //
 // Systems: keep-vip at the documented fast profile (heartbeat 100ms) and at
-// the defaults (300ms), each with the supervisor's raised priority (the
-// default) and with KEEP_VIP_PRIORITY=normal, to show what the priority
+// the defaults (300ms), each realtime (the default), at nice -10
+// (KEEP_VIP_PRIORITY=raised) and at normal priority, to show what each
 // buys; keepalived VRRPv3 advert_int 0.1 (wrk straight to an HTTP server on
 // every member: keepalived has no balancer).
 //
@@ -53,10 +53,12 @@ func TestBenchBusyHost(t *testing.T) {
 	}
 	const fast = "  heartbeatTimeout: 100ms\n"
 	systems := []busySystem{
-		{key: "keepvip-fast", name: "keep-vip, heartbeat 100ms, raised priority", raft: fast},
-		{key: "keepvip-default", name: "keep-vip, defaults (300ms), raised priority"},
-		{key: "keepvip-fast-normal", name: "keep-vip, heartbeat 100ms, normal priority", raft: fast, normal: true},
-		{key: "keepvip-default-normal", name: "keep-vip, defaults (300ms), normal priority", normal: true},
+		{key: "keepvip-fast", name: "keep-vip, heartbeat 100ms, realtime (the default)", raft: fast, priority: "realtime"},
+		{key: "keepvip-default", name: "keep-vip, defaults (300ms), realtime (the default)", priority: "realtime"},
+		{key: "keepvip-fast-raised", name: "keep-vip, heartbeat 100ms, nice -10", raft: fast, priority: "raised"},
+		{key: "keepvip-default-raised", name: "keep-vip, defaults (300ms), nice -10", priority: "raised"},
+		{key: "keepvip-fast-normal", name: "keep-vip, heartbeat 100ms, normal priority", raft: fast, priority: "normal"},
+		{key: "keepvip-default-normal", name: "keep-vip, defaults (300ms), normal priority", priority: "normal"},
 		{key: "keepalived-v3", name: "keepalived, VRRPv3 advert_int 0.1", keepalived: true},
 	}
 	if _, err := exec.LookPath("keepalived"); err != nil {
@@ -71,17 +73,19 @@ func TestBenchBusyHost(t *testing.T) {
 		}
 	}
 	t.Logf("busy-host bench: %d runs of %s per system, %d CPUs; load before: %s", runs, d, runtime.NumCPU(), busyUptime())
+	// Runs are interleaved (run 1 of every system, then run 2, ...): the
+	// machine's other load drifts, and each system should see the same.
 	var all []busyRun
-	for _, sys := range systems {
-		if len(only) > 0 && !only[sys.key] {
-			continue
-		}
-		if sys.keepalived {
-			if _, err := exec.LookPath("keepalived"); err != nil {
+	for i := 1; i <= runs; i++ {
+		for _, sys := range systems {
+			if len(only) > 0 && !only[sys.key] {
 				continue
 			}
-		}
-		for i := 1; i <= runs; i++ {
+			if sys.keepalived {
+				if _, err := exec.LookPath("keepalived"); err != nil {
+					continue
+				}
+			}
 			var r busyRun
 			t.Run(fmt.Sprintf("%s/run%d", sys.key, i), func(t *testing.T) { r = sys.run(t, i, d) })
 			all = append(all, r)
@@ -94,7 +98,7 @@ func TestBenchBusyHost(t *testing.T) {
 type busySystem struct {
 	key, name  string
 	raft       string // raft: block body; "" = the product's defaults
-	normal     bool   // KEEP_VIP_PRIORITY=normal
+	priority   string // KEEP_VIP_PRIORITY
 	keepalived bool
 }
 
@@ -103,7 +107,9 @@ type busyRun struct {
 	run                                   int
 	holder                                int
 	moves, candidacies, stepDowns, misses int
-	splitBrain                            int // samples with two holders
+	stalled                               int     // step-downs the elector blamed on a stall
+	maxStall                              float64 // their longest stalled_ms
+	splitBrain                            int     // samples with two holders
 	reqPerSec                             float64
 	wrkErrors                             string
 	load                                  string
@@ -147,11 +153,7 @@ func (sys busySystem) run(t *testing.T, i int, d time.Duration) busyRun {
 	} else {
 		// Before the cluster starts: the supervisors inherit the
 		// environment.
-		if sys.normal {
-			t.Setenv(supervisor.PriorityEnv, "normal")
-		} else {
-			t.Setenv(supervisor.PriorityEnv, "raised")
-		}
+		t.Setenv(supervisor.PriorityEnv, sys.priority)
 		c := StartClusterWith(t, 3, func(cfg *NodeConfig) {
 			cfg.Raft = RaftDefaults
 			if sys.raft != "" {
@@ -193,6 +195,8 @@ func (sys busySystem) run(t *testing.T, i int, d time.Duration) busyRun {
 		r.candidacies += c.candidacies
 		r.stepDowns += c.stepDowns
 		r.misses += c.misses
+		r.stalled += c.stalled
+		r.maxStall = max(r.maxStall, c.maxStall)
 	}
 	// Two holders fail keep-vip's runs; keepalived's are only reported, as
 	// in the failover bench.
@@ -200,8 +204,8 @@ func (sys busySystem) run(t *testing.T, i int, d time.Duration) busyRun {
 		t.Errorf("%d samples with two VIP holders", r.splitBrain)
 	}
 	r.ok = !t.Failed()
-	t.Logf("%s run %d: holder node %d, needless moves %d, candidacies %d, step-downs %d, near misses %d, two-holder samples %d, wrk %.0f req/s%s; %s",
-		sys.key, i, r.holder, r.moves, r.candidacies, r.stepDowns, r.misses, r.splitBrain, r.reqPerSec, r.wrkErrors, r.load)
+	t.Logf("%s run %d: holder node %d, needless moves %d, candidacies %d, step-downs %d (after a stall: %d, longest %.0fms), near misses %d, two-holder samples %d, wrk %.0f req/s%s; %s",
+		sys.key, i, r.holder, r.moves, r.candidacies, r.stepDowns, r.stalled, r.maxStall, r.misses, r.splitBrain, r.reqPerSec, r.wrkErrors, r.load)
 	return r
 }
 
@@ -289,7 +293,13 @@ func busyMoves(s *Sampler, start, end time.Time) int {
 	return moves
 }
 
-type logCounts struct{ candidacies, stepDowns, misses int }
+type logCounts struct {
+	candidacies, stepDowns, misses int
+	// stalled: the elector's "stopped leading after being descheduled";
+	// maxStall its longest stalled_ms.
+	stalled  int
+	maxStall float64
+}
 
 // countLogLines counts raft's election and lease lines of one supervisor
 // log between start and end.
@@ -306,6 +316,10 @@ func countLogLines(path string, start, end time.Time) logCounts {
 			c.candidacies++
 		case msg == "failed to contact quorum of nodes, stepping down":
 			c.stepDowns++
+		case msg == "stopped leading after being descheduled":
+			c.stalled++
+			ms, _ := m["stalled_ms"].(float64)
+			c.maxStall = max(c.maxStall, ms)
 		// raft repeats "failed to contact" at debug level while a
 		// follower stays silent: only the first (warn) is a near miss.
 		case msg == "failed to contact" && m["level"] == "warn", strings.HasPrefix(msg, "failed to heartbeat to"),
@@ -320,13 +334,13 @@ func countLogLines(path string, start, end time.Time) logCounts {
 func printBusyTable(t *testing.T, rs []busyRun) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nbusy host (wrk -t2 -c128 through the VIP, CPU hog on the holder), per run:\n")
-	fmt.Fprintf(&b, "%-24s %4s %7s %6s %11s %10s %12s %11s %10s  %s\n", "system", "run", "holder", "moves", "candidacies", "step-downs", "near-misses", "two-holder", "req/s", "load after")
-	type total struct{ runs, moves, cand, steps, misses, split int }
+	fmt.Fprintf(&b, "%-24s %4s %7s %6s %11s %10s %8s %12s %11s %10s  %s\n", "system", "run", "holder", "moves", "candidacies", "step-downs", "stalled", "near-misses", "two-holder", "req/s", "load after")
+	type total struct{ runs, moves, cand, steps, stalled, misses, split int }
 	totals := map[string]*total{}
 	var order []string
 	for _, r := range rs {
-		fmt.Fprintf(&b, "%-24s %4d %7d %6d %11d %10d %12d %11d %10.0f  %s%s\n", r.sys.key, r.run, r.holder, r.moves, r.candidacies,
-			r.stepDowns, r.misses, r.splitBrain, r.reqPerSec, r.load, map[bool]string{true: "", false: " (run failed)"}[r.ok])
+		fmt.Fprintf(&b, "%-24s %4d %7d %6d %11d %10d %8d %12d %11d %10.0f  %s%s\n", r.sys.key, r.run, r.holder, r.moves, r.candidacies,
+			r.stepDowns, r.stalled, r.misses, r.splitBrain, r.reqPerSec, r.load, map[bool]string{true: "", false: " (run failed)"}[r.ok])
 		tt := totals[r.sys.key]
 		if tt == nil {
 			tt = &total{}
@@ -337,13 +351,14 @@ func printBusyTable(t *testing.T, rs []busyRun) {
 		tt.moves += r.moves
 		tt.cand += r.candidacies
 		tt.steps += r.stepDowns
+		tt.stalled += r.stalled
 		tt.misses += r.misses
 		tt.split += r.splitBrain
 	}
 	fmt.Fprintf(&b, "per system (sums over runs):\n")
 	for _, k := range order {
 		tt := totals[k]
-		fmt.Fprintf(&b, "%-24s runs %d: moves %d, candidacies %d, step-downs %d, near-misses %d, two-holder samples %d\n", k, tt.runs, tt.moves, tt.cand, tt.steps, tt.misses, tt.split)
+		fmt.Fprintf(&b, "%-24s runs %d: moves %d, candidacies %d, step-downs %d (after a stall %d), near-misses %d, two-holder samples %d\n", k, tt.runs, tt.moves, tt.cand, tt.steps, tt.stalled, tt.misses, tt.split)
 	}
 	t.Log(b.String())
 }

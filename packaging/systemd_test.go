@@ -235,24 +235,43 @@ func TestSystemdOperatorStory(t *testing.T) {
 	})
 
 	s.step("scheduling", func() {
-		// The unit grants CAP_SYS_NICE and setpriority: the supervisor,
-		// elector and announcer run raised, the balancer and checker not.
-		if len(s.journal("MESSAGE=scheduling: priority raised for the supervisor, elector and announcer")) == 0 {
-			t.Errorf("journal: no \"scheduling: priority raised\" line:\n%s",
+		// The unit grants CAP_SYS_NICE, sched_setattr and realtime: every
+		// thread of the supervisor, elector and announcer runs SCHED_RR 1
+		// under RLIMIT_RTTIME 200ms/1s; the balancer's and checker's run in
+		// the normal class at nice 0.
+		if len(s.journal("MESSAGE=scheduling: realtime for the supervisor, elector and announcer")) == 0 {
+			t.Errorf("journal: no \"scheduling: realtime\" line:\n%s",
 				grepLines(s.must("journalctl", "--no-pager", "-u", sdUnit, "-o", "cat"), "scheduling"))
 		}
-		// comm (15 characters at most) and nice, from /proc.
-		out := s.must("sh", "-c", `for f in /proc/[0-9]*/stat; do cut -d' ' -f2,19 "$f" 2>/dev/null; done`)
-		nice := map[string]string{}
+		// Per thread: comm (15 characters at most), then stat's fields from
+		// the state on (nice is field 19, rt_priority 40, policy 41).
+		out := s.must("sh", "-c", `for f in /proc/[0-9]*/task/[0-9]*/stat; do `+
+			`l=$(cat "$f" 2>/dev/null) || continue; c=${l#*(}; echo "${c%%)*} ${l##*) }"; done`)
+		type class struct{ policy, rtprio, nice string }
+		seen := map[string]map[class]int{}
 		for _, l := range strings.Split(out, "\n") {
-			if f := strings.Fields(l); len(f) == 2 {
-				nice[strings.Trim(f[0], "()")] = f[1]
+			f := strings.Fields(l)
+			if len(f) < 40 || !strings.HasPrefix(f[0], "keep-vip-") {
+				continue
+			}
+			c := class{policy: f[39], rtprio: f[38], nice: f[17]}
+			if seen[f[0]] == nil {
+				seen[f[0]] = map[class]int{}
+			}
+			seen[f[0]][c]++
+		}
+		rr, other := class{policy: "2", rtprio: "1", nice: "0"}, class{policy: "0", rtprio: "0", nice: "0"}
+		for comm, want := range map[string]class{"keep-vip-superv": rr, "keep-vip-electo": rr,
+			"keep-vip-announ": rr, "keep-vip-balanc": other, "keep-vip-checke": other} {
+			if len(seen[comm]) != 1 || seen[comm][want] == 0 {
+				t.Errorf("%s's threads (policy, rt priority, nice: count) %v, want all %v", comm, seen[comm], want)
 			}
 		}
-		for comm, want := range map[string]string{"keep-vip-superv": "-10", "keep-vip-electo": "-10",
-			"keep-vip-announ": "-10", "keep-vip-balanc": "0", "keep-vip-checke": "0"} {
-			if nice[comm] != want {
-				t.Errorf("%s runs at nice %q, want %s", comm, nice[comm], want)
+		// RLIMIT_RTTIME, soft and hard in µs, of each realtime process.
+		lim := s.must("sh", "-c", `for p in $(pgrep '^keep-vip-'); do echo "$(cat /proc/$p/comm) $(grep 'Max realtime timeout' /proc/$p/limits)"; done`)
+		for _, comm := range []string{"keep-vip-superv", "keep-vip-electo", "keep-vip-announ"} {
+			if !regexp.MustCompile(`(?m)^` + comm + ` Max realtime timeout\s+200000\s+1000000\s+us`).MatchString(lim) {
+				t.Errorf("%s: RLIMIT_RTTIME not 200000/1000000 us:\n%s", comm, lim)
 			}
 		}
 	})

@@ -8,6 +8,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/rs/zerolog"
+
+	"github.com/keep-vip/keep-vip/rpc/sched"
 )
 
 // LogLevelEnv carries the supervisor's log level to its plugins.
@@ -93,4 +95,16 @@ func hclogFields(m map[string]any) map[string]any {
 		}
 	}
 	return out
+}
+
+// LogRTFallBack is the one line a realtime process (the supervisor, the
+// elector, the announcer) logs when it reached RLIMIT_RTTIME and fell back
+// to nice -10 (sched.WatchRTTime).
+func LogRTFallBack(l zerolog.Logger, err error) {
+	if err != nil {
+		l.Error().Err(err).Msg("scheduling: realtime CPU limit (RLIMIT_RTTIME) reached and the fall back to nice -10 failed; the kernel kills the process at the hard limit")
+		return
+	}
+	l.Warn().Dur("rttime_soft_ms", sched.RTTimeSoft).Int("nice", sched.RaisedNice).
+		Msg("scheduling: realtime CPU limit (RLIMIT_RTTIME) reached: a thread ran without blocking that long; the process falls back to nice -10")
 }

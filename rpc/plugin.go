@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
+	"github.com/keep-vip/keep-vip/rpc/sched"
 )
 
 // ProtocolVersion is the major version of the plugin protocol (keepvip.v1).
@@ -61,6 +62,9 @@ type Reporter interface {
 // is how the announcer takes its VIP away on its way out.
 func serve(kind string, p plugin.Plugin, impl any) {
 	ApplyFootprint(kind)
+	// The supervisor starts the elector and the announcer realtime (they
+	// inherit its class); a spinning one falls back to nice -10.
+	sched.WatchRTTime(func(err error) { LogRTFallBack(Log, err) })
 	closeImpl := func() {
 		if c, ok := impl.(interface{ Close() error }); ok {
 			if err := c.Close(); err != nil {

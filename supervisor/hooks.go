@@ -35,6 +35,7 @@ type hookRunner struct {
 	cfg   config.Hooks
 	base  map[string]string
 	log   zerolog.Logger
+	spawn *spawner // the normal-class thread hooks start from (sched.go)
 	queue chan hookJob
 	done  chan struct{}
 
@@ -63,6 +64,7 @@ func newHookRunner(cfg *config.Config, local config.Member, log zerolog.Logger) 
 			"KEEPVIP_CLUSTER":   cfg.Cluster,
 		},
 		log:   log.With().Str("component", "hooks").Logger(),
+		spawn: newNormalSpawner(log),
 		queue: make(chan hookJob, hookQueueLen),
 		done:  make(chan struct{}),
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -149,7 +151,11 @@ func (h *hookRunner) run(job hookJob) {
 	cmd.WaitDelay = hookKillGrace
 
 	start := time.Now()
-	err := cmd.Start()
+	var err error
+	// Started from the normal-class thread: a hook is the operator's
+	// program, not the election's, and runs at nice 0 whatever the
+	// supervisor runs at.
+	h.spawn.do(func() { err = cmd.Start() })
 	if err == nil {
 		err = cmd.Wait()
 		if ctx.Err() != nil {

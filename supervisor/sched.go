@@ -3,105 +3,84 @@ package supervisor
 import (
 	"fmt"
 	"os"
-	"strconv"
 
 	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 
 	"github.com/keep-vip/keep-vip/rpc"
+	"github.com/keep-vip/keep-vip/rpc/sched"
 )
 
-// Scheduling priority. The VIP's safety and its needless moves are timing:
-// a leader that is not scheduled for a lease timeout steps down, and a
-// policy loop or announcer that is late leaves the VIP down longer. On a
-// host whose CPUs are saturated (by the balancer's own traffic, or anything
-// else), those few milliseconds of work must run first, as keepalived
-// raises its VRRP process. So the supervisor raises its own nice value;
-// the elector and the announcer inherit it at fork; the balancer and the
-// checker are started from a thread set back to nice 0, so a busy balancer
-// never competes with the election above its fair share.
-//
-// Nice, not a realtime class: a realtime Go process that spins (a bug, or
-// a GC cycle of a large heap) would own a CPU until the kernel's realtime
-// throttle; a raised nice value only weighs the scheduler's choice (at -10
-// a runnable elector gets about ten times the CPU share of a nice-0 hog,
-// and wakes ahead of it). Measured in TestBenchBusyHost.
+// Scheduling. The VIP's safety and its needless moves are timing: a leader
+// that is not scheduled for a lease timeout steps down, and a policy loop or
+// announcer that is late leaves the VIP down longer. On a host whose CPUs
+// are saturated (by the balancer's own traffic, or anything else), those few
+// milliseconds of work must run first, as keepalived runs its VRRP process
+// realtime. So the supervisor sets itself realtime (SCHED_RR 1, RLIMIT_RTTIME
+// capped, rpc/sched); the elector and the announcer inherit it at fork; the
+// balancer, the checker and the event hooks are started from a thread set
+// back to the normal class at nice 0, so a busy balancer never competes with
+// the election above its fair share. Measured in TestBenchBusyHost
+// (docs/benchmarks.md "A busy host").
 
-// raisedNice is the nice value of the supervisor, the elector and the
-// announcer. PriorityEnv set to "normal" leaves it at the inherited value
-// (for measurement, and for hosts where it is not wanted).
-const raisedNice = -10
-
-// PriorityEnv chooses the supervisor's scheduling: "raised" (the default)
-// or "normal".
+// PriorityEnv chooses the class of the supervisor, the elector and the
+// announcer: "realtime" (the default), "raised" (nice -10) or "normal"
+// (left as inherited: for measurement, and for hosts where it is not
+// wanted).
 const PriorityEnv = "KEEP_VIP_PRIORITY"
 
 // priorityWanted reads PriorityEnv; a bad value is an error naming it.
-func priorityWanted() (bool, error) {
-	switch v := os.Getenv(PriorityEnv); v {
-	case "", "raised":
-		return true, nil
-	case "normal":
-		return false, nil
-	default:
-		return false, fmt.Errorf("%s=%q: want raised or normal", PriorityEnv, v)
+func priorityWanted() (sched.Class, error) {
+	c, err := sched.ParseClass(os.Getenv(PriorityEnv))
+	if err != nil {
+		return 0, fmt.Errorf("%s=%w", PriorityEnv, err)
 	}
+	return c, nil
 }
 
-// raisePriority sets every thread of this process to raisedNice (on Linux
-// the nice value belongs to a thread, and a new thread inherits its
-// creator's), unless it already runs at that or higher. It says in one line
-// what it did, and why not when it could not (no CAP_SYS_NICE, or a
-// seccomp filter without setpriority).
-func raisePriority(log zerolog.Logger) {
+// setPriority sets every thread of this process to the class PriorityEnv
+// asks for. Realtime that the host refuses (no CAP_SYS_NICE, a seccomp
+// filter, a cgroup without realtime budget) falls back to raised, and
+// raised to inherited, each said in one line.
+func setPriority(log zerolog.Logger) {
 	want, err := priorityWanted()
-	if err != nil || !want {
+	if err != nil {
+		log.Error().Err(err).Msg("scheduling: priority left as inherited")
+		return
+	}
+	if want == sched.Normal {
 		log.Info().Str("env", PriorityEnv).Msg("scheduling: priority left as inherited")
 		return
 	}
-	if cur, err := threadNice(unix.Gettid()); err == nil && cur <= raisedNice {
-		log.Info().Int("nice", cur).Msg("scheduling: priority already raised")
-		return
-	}
-	// Threads started during a walk are caught by the next.
-	for pass := 0; pass < 3; pass++ {
-		tasks, err := os.ReadDir("/proc/self/task")
-		if err != nil {
-			log.Warn().Err(err).Msg("scheduling: cannot list threads; running at normal priority")
+	if want == sched.Realtime {
+		err := sched.Set(sched.Realtime)
+		if err == nil {
+			sched.WatchRTTime(func(err error) { rpc.LogRTFallBack(log, err) })
+			log.Info().Str("policy", "SCHED_RR").Int("priority", sched.RTPriority).
+				Dur("rttime_soft_ms", sched.RTTimeSoft).Dur("rttime_hard_ms", sched.RTTimeHard).
+				Msg("scheduling: realtime for the supervisor, elector and announcer")
 			return
 		}
-		for _, task := range tasks {
-			tid, err := strconv.Atoi(task.Name())
-			if err != nil {
-				continue
-			}
-			if err := unix.Setpriority(unix.PRIO_PROCESS, tid, raisedNice); err != nil && err != unix.ESRCH {
-				log.Warn().Err(err).Int("nice", raisedNice).
-					Msg("scheduling: cannot raise priority (needs CAP_SYS_NICE and setpriority allowed); supervisor, elector and announcer run at normal priority")
-				return
-			}
-		}
+		log.Warn().Err(err).Msg("scheduling: cannot run realtime (needs CAP_SYS_NICE, sched_setattr allowed and realtime not restricted); trying nice -10")
 	}
-	log.Info().Int("nice", raisedNice).Msg("scheduling: priority raised for the supervisor, elector and announcer")
+	if err := sched.Set(sched.Raised); err != nil {
+		log.Warn().Err(err).Int("nice", sched.RaisedNice).
+			Msg("scheduling: cannot raise priority (needs CAP_SYS_NICE and sched_setattr allowed); supervisor, elector and announcer run at normal priority")
+		return
+	}
+	log.Info().Int("nice", sched.RaisedNice).Msg("scheduling: priority raised for the supervisor, elector and announcer")
 }
 
-// threadNice is tid's nice value (getpriority's raw value is 20-nice).
-func threadNice(tid int) (int, error) {
-	p, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
-	if err != nil {
-		return 0, err
-	}
-	return 20 - p, nil
-}
-
-// normalPriority sets the calling thread back to nice 0 when it runs
-// higher; lowering a priority needs no privilege.
+// normalPriority sets the calling thread to the normal class at nice 0 when
+// it runs higher; lowering needs no privilege.
 func normalPriority() error {
-	tid := unix.Gettid()
-	if cur, err := threadNice(tid); err != nil || cur >= 0 {
+	c, err := sched.Current()
+	if err != nil {
 		return err
 	}
-	return unix.Setpriority(unix.PRIO_PROCESS, tid, 0)
+	if c == sched.Normal {
+		return nil
+	}
+	return sched.SetThread(sched.Normal)
 }
 
 // timingCritical is whether kind runs at the supervisor's priority: the

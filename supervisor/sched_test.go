@@ -2,71 +2,73 @@ package supervisor
 
 import (
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
+
+	"github.com/keep-vip/keep-vip/rpc/sched"
 )
 
 func TestPriorityEnv(t *testing.T) {
 	for _, tc := range []struct {
 		val     string
-		want    bool
+		want    sched.Class
 		wantErr bool
 	}{
-		{"", true, false},
-		{"raised", true, false},
-		{"normal", false, false},
-		{"realtime", false, true},
+		{"", sched.Realtime, false},
+		{"realtime", sched.Realtime, false},
+		{"raised", sched.Raised, false},
+		{"normal", sched.Normal, false},
+		{"fifo", 0, true},
 	} {
 		t.Run(tc.val, func(t *testing.T) {
 			t.Setenv(PriorityEnv, tc.val)
 			got, err := priorityWanted()
-			if (err != nil) != tc.wantErr || got != tc.want {
+			if (err != nil) != tc.wantErr || (err == nil && got != tc.want) {
 				t.Fatalf("%s=%q: got %v, %v; want %v, error %v", PriorityEnv, tc.val, got, err, tc.want, tc.wantErr)
+			}
+			if err != nil && !strings.Contains(err.Error(), PriorityEnv) {
+				t.Errorf("error does not name %s: %v", PriorityEnv, err)
 			}
 		})
 	}
 }
 
-// A plugin started from the normal spawner runs at nice 0 even when the
-// supervisor runs raised; one from the other spawner inherits the raise.
-// Needs CAP_SYS_NICE (root) to raise.
+// A process started from the normal spawner (balancer, checker, hooks) runs
+// in the normal class at nice 0 even when the spawner's thread was set
+// realtime after the spawner was made (as setPriority does to every thread
+// of the supervisor); one from the other spawner inherits the supervisor's
+// class. Needs CAP_SYS_NICE (root).
 func TestSpawnersPriority(t *testing.T) {
 	if unix.Geteuid() != 0 {
-		t.Skip("raising a nice value needs CAP_SYS_NICE")
+		t.Skip("realtime needs CAP_SYS_NICE")
 	}
-	// Spawner threads are not necessarily created from a raised thread
-	// (Go picks which thread makes a new one): raise both explicitly, as
-	// raisePriority does for every thread of the supervisor.
-	// What a plugin sees: the nice value of a child forked on the
-	// spawner's thread (field 19 of /proc/self/stat).
-	childNice := func(sp *spawner) (int, error) {
+	// What a child sees: its policy and nice value.
+	child := func(sp *spawner) string {
 		var out []byte
 		var err error
-		sp.do(func() { out, err = exec.Command("sh", "-c", `cut -d' ' -f19 /proc/self/stat`).Output() })
+		sp.do(func() {
+			out, err = exec.Command("sh", "-c", `chrt -p $$ | head -1; cut -d' ' -f19 /proc/self/stat`).Output()
+		})
 		if err != nil {
-			return 0, err
+			t.Fatal(err)
 		}
-		return strconv.Atoi(strings.TrimSpace(string(out)))
+		return string(out)
 	}
-	for _, tc := range []struct {
-		name string
-		sp   *spawner
-		want int
-	}{
-		{"critical", newSpawnerAt(func() { _ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), raisedNice) }), raisedNice},
-		{"normal", newSpawnerAt(func() {
-			_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), raisedNice)
-			if err := normalPriority(); err != nil {
-				t.Error(err)
+	critical, normal := newSpawner(), newNormalSpawner(zerolog.Nop())
+	for _, sp := range []*spawner{critical, normal} {
+		sp.do(func() {
+			if err := sched.SetThread(sched.Realtime); err != nil {
+				t.Fatal(err)
 			}
-		}), 0},
-	} {
-		got, err := childNice(tc.sp)
-		if err != nil || got != tc.want {
-			t.Errorf("%s spawner: child's nice %d (%v), want %d", tc.name, got, err, tc.want)
-		}
+		})
+	}
+	if got := child(critical); !strings.Contains(got, "SCHED_RR") {
+		t.Errorf("critical spawner's child: %q, want SCHED_RR", got)
+	}
+	if got := child(normal); !strings.Contains(got, "SCHED_OTHER") || strings.Fields(strings.Split(got, "\n")[1])[0] != "0" {
+		t.Errorf("normal spawner's child: %q, want SCHED_OTHER at nice 0", got)
 	}
 }

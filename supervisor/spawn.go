@@ -17,24 +17,29 @@ type spawner struct {
 
 func newSpawner() *spawner { return newSpawnerAt(nil) }
 
-// newNormalSpawner is a spawner whose thread runs at nice 0 (sched.go), so
-// the plugins it starts do not inherit the supervisor's raised priority.
+// newNormalSpawner is a spawner whose thread runs at the normal class, nice
+// 0 (sched.go), so the processes it starts (balancer, checker, hooks) do not
+// inherit the supervisor's realtime class or raised priority. The class is
+// checked before every start: the supervisor may set its threads (this one
+// among them) after the spawner was made.
 func newNormalSpawner(log zerolog.Logger) *spawner {
 	return newSpawnerAt(func() {
 		if err := normalPriority(); err != nil {
-			log.Warn().Err(err).Msg("scheduling: cannot set the balancer's and checker's thread to nice 0; they inherit the supervisor's priority")
+			log.Warn().Err(err).Msg("scheduling: cannot set the thread that starts the balancer, checker and hooks to the normal class; they inherit the supervisor's priority")
 		}
 	})
 }
 
-func newSpawnerAt(setup func()) *spawner {
+// newSpawnerAt is a spawner that runs before (non-nil) on its thread before
+// every job.
+func newSpawnerAt(before func()) *spawner {
 	s := &spawner{jobs: make(chan func())}
 	go func() {
 		runtime.LockOSThread() // never unlocked: see above
-		if setup != nil {
-			setup()
-		}
 		for job := range s.jobs {
+			if before != nil {
+				before()
+			}
 			job()
 		}
 	}()

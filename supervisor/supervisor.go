@@ -125,7 +125,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.stopOps()
-	raisePriority(s.log)
+	setPriority(s.log)
 	spawn, normal := newSpawner(), newNormalSpawner(s.log)
 	rctx, stopRunners := context.WithCancel(context.Background())
 	defer stopRunners()
