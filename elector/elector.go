@@ -136,6 +136,8 @@ type node struct {
 	// leaderUntil is when the monitor last saw this member stop leading.
 	leaderUntil time.Time
 	wasLeader   bool
+	// stall runs while this member leads (stall.go).
+	stall *stallWatch
 }
 
 // timings are the Raft timeouts after defaults.
@@ -374,6 +376,7 @@ func (e *Elector) monitor(n *node) {
 	defer close(n.monitorDone)
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
+	defer n.endStallWatch()
 	for {
 		select {
 		case <-n.stop:
@@ -384,8 +387,8 @@ func (e *Elector) monitor(n *node) {
 		l := n.leadership()
 		if l.role == pb.Role_ROLE_LEADER {
 			n.noteLeading()
-		} else {
-			n.noteNotLeading()
+		} else if stalled, was := n.noteNotLeading(); was {
+			e.logSteppedDown(n, l, stalled)
 		}
 		e.publish(l)
 	}
@@ -402,6 +405,9 @@ func (n *node) noteLeading() {
 	}
 	n.leaderSince, n.leaderSinceTerm = time.Now(), n.r.CurrentTerm()
 	n.wasLeader = true
+	if n.stall == nil {
+		n.stall = newStallWatch(n.t.lease)
+	}
 	// The previous leader was last heard from either by its AppendEntries
 	// or, if it was this member, when it stopped leading. raft's
 	// LastContact is not used: it also moves when this member grants a
@@ -413,13 +419,46 @@ func (n *node) noteLeading() {
 }
 
 // noteNotLeading records when this member stopped leading, the start of
-// the failover if it is elected again.
-func (n *node) noteNotLeading() {
+// the failover if it is elected again. was is whether it led until now;
+// stalled is then the longest time the elector was not scheduled shortly
+// before (stall.go).
+func (n *node) noteNotLeading() (stalled time.Duration, was bool) {
 	n.leadMu.Lock()
 	defer n.leadMu.Unlock()
-	if n.wasLeader {
-		n.wasLeader, n.leaderUntil = false, time.Now()
+	if !n.wasLeader {
+		return 0, false
 	}
+	n.wasLeader, n.leaderUntil = false, time.Now()
+	if n.stall != nil {
+		stalled = n.stall.end()
+		n.stall = nil
+	}
+	return stalled, true
+}
+
+// endStallWatch stops the stall watch of a node that stops while leading.
+func (n *node) endStallWatch() {
+	n.leadMu.Lock()
+	defer n.leadMu.Unlock()
+	if n.stall != nil {
+		n.stall.end()
+		n.stall = nil
+	}
+}
+
+// logSteppedDown says that this member stopped leading and for how long it
+// had not been scheduled just before: a stall of half a lease or more is
+// the likely cause of a lease step-down (raft's own line says "failed to
+// contact quorum of nodes, stepping down"), a warning: the host starved
+// the elector, the network may well be fine.
+func (e *Elector) logSteppedDown(n *node, l leadership, stalled time.Duration) {
+	ev := e.log.Info()
+	msg := "stopped leading"
+	if stalled >= n.t.lease/2 {
+		ev, msg = e.log.Warn(), "stopped leading after being descheduled"
+	}
+	ev.Str("local_id", n.localID).Str("role", rpc.RoleName(l.role)).Uint64("term", l.term).
+		Dur("stalled_ms", stalled).Dur("lease_ms", n.t.lease).Msg(msg)
 }
 
 // leadership is a comparable snapshot of pb.Leadership.
