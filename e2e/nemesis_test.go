@@ -460,7 +460,9 @@ func (m *nemesis) changeMembers() {
 	switch {
 	case len(m.members) == 3 && len(spares) >= 2 && m.rng.Intn(2) == 0:
 		op, joining = "grow", pick(spares, 2)
-	case len(m.members) == 5 && m.rng.Intn(2) == 0:
+	case len(m.members) == 5 && (len(spares) == 0 || m.rng.Intn(2) == 0):
+		// With no spare left (every node a member) a replace has
+		// nothing to bring in: shrink.
 		op, leaving = "shrink", pick(m.members, 2)
 	default:
 		leaving, joining = pick(m.members, 1), pick(spares, 1)

@@ -53,7 +53,7 @@ type hookJob struct {
 	at    time.Time
 }
 
-func newHookRunner(cfg *config.Config, local config.Member, log zerolog.Logger) *hookRunner {
+func newHookRunner(cfg *config.Config, local config.Member, log zerolog.Logger, spawn *spawner) *hookRunner {
 	h := &hookRunner{
 		cfg: cfg.Hooks,
 		base: map[string]string{
@@ -64,7 +64,7 @@ func newHookRunner(cfg *config.Config, local config.Member, log zerolog.Logger) 
 			"KEEPVIP_CLUSTER":   cfg.Cluster,
 		},
 		log:   log.With().Str("component", "hooks").Logger(),
-		spawn: newNormalSpawner(log),
+		spawn: spawn,
 		queue: make(chan hookJob, hookQueueLen),
 		done:  make(chan struct{}),
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -150,7 +150,10 @@ func (s *Supervisor) startOps() error {
 			Help: "1 while this member is in maintenance: out of the election, VIP given up.",
 		}),
 	}
-	o.hooks = newHookRunner(s.cfg, s.local, s.log)
+	if s.normal == nil {
+		s.normal = newNormalSpawner(s.log)
+	}
+	o.hooks = newHookRunner(s.cfg, s.local, s.log, s.normal)
 	if err := s.metrics.reg.Register(o.maintOn); err != nil {
 		return err
 	}

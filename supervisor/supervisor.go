@@ -61,6 +61,9 @@ type Supervisor struct {
 	metrics *metrics
 	plugins *pluginGatherer
 	ops     *ops // status, maintenance, hooks, systemd (ops.go)
+	// normal is the normal-class thread (sched.go) the balancer, the
+	// checker and the hooks are started from; made by startOps.
+	normal *spawner
 
 	// live is cfg with the parts reloads applied; read by the runners'
 	// setup funcs, written by the policy loop (reload.go).
@@ -126,7 +129,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	defer s.stopOps()
 	setPriority(s.log)
-	spawn, normal := newSpawner(), newNormalSpawner(s.log)
+	spawn, normal := newSpawner(), s.normal
 	rctx, stopRunners := context.WithCancel(context.Background())
 	defer stopRunners()
 	for _, kind := range rpc.Kinds {
