@@ -154,12 +154,6 @@ func (a *Announcer) configure(cfg config) (*linkWatcher, error) {
 	if relErr != nil {
 		return old, relErr
 	}
-	// The same bgp config keeps its sessions up across a reload.
-	if err := a.bgp.configure(cfg.bgpRaw, cfg.bgp); err != nil {
-		a.m.failed(opBGP)
-		return old, err
-	}
-
 	for _, vip := range cfg.vips {
 		present, err := next.has(vip)
 		if err != nil {
@@ -175,6 +169,17 @@ func (a *Announcer) configure(cfg config) (*linkWatcher, error) {
 		}
 		a.log.Warn().Str("vip", vip.String()).Str("interface", cfg.ifname).
 			Msg("removed vip left on the interface by an earlier run")
+	}
+
+	// With no VIP on the interface, the kernel's source address for each
+	// router is a real one; the same bgp config (and sources) keeps its
+	// sessions up across a reload.
+	if cfg.bgp != nil {
+		a.bgp.bindSources(cfg.bgp, a.nl)
+	}
+	if err := a.bgp.configure(cfg.bgpRaw, cfg.bgp); err != nil {
+		a.m.failed(opBGP)
+		return old, err
 	}
 
 	if cfg.has4() {

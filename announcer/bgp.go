@@ -14,6 +14,7 @@ import (
 	bgplog "github.com/osrg/gobgp/v3/pkg/log"
 	"github.com/osrg/gobgp/v3/pkg/server"
 	"github.com/rs/zerolog"
+	"github.com/vishvananda/netlink"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -79,12 +80,32 @@ func newBGPSpeaker(log zerolog.Logger, m *metrics) *bgpSpeaker {
 	return &bgpSpeaker{log: log.With().Str("component", "bgp").Logger(), m: m}
 }
 
+// bindSources sets each peer's source address to the one the kernel
+// picks for it now, through h. Configure calls it while no VIP is on the
+// interface: once one is, the kernel may pick the VIP itself as the
+// source (an IPv6 VIP in the router's prefix does), the router does not
+// know the session, and it stays down. A peer with no route yet is left
+// to the kernel's choice at connect time.
+func (b *bgpSpeaker) bindSources(c *bgpConfig, h *netlink.Handle) {
+	for i, p := range c.peers {
+		routes, err := h.RouteGet(p.addr.AsSlice())
+		if err != nil || len(routes) == 0 {
+			b.log.Warn().Err(err).Str("peer", p.addr.String()).Msg("no route to the bgp peer yet; its session's source address is left to the kernel")
+			continue
+		}
+		if src, ok := netip.AddrFromSlice(routes[0].Src); ok && src.IsValid() && !src.IsUnspecified() {
+			c.peers[i].local = src.Unmap()
+		}
+	}
+}
+
 // configure starts the speaker with c (nil stops it). The same config as
-// the running one changes nothing: a reload does not bounce the sessions.
+// the running one, with the same sources, changes nothing: a reload does
+// not bounce the sessions.
 func (b *bgpSpeaker) configure(raw *pb.BgpConfig, c *bgpConfig) error {
 	b.opMu.Lock()
 	defer b.opMu.Unlock()
-	if c != nil && b.running != nil && proto.Equal(raw, b.running) {
+	if c != nil && b.running != nil && proto.Equal(raw, b.running) && b.sameSources(c) {
 		return nil
 	}
 	b.stopLocked()
@@ -127,11 +148,30 @@ func (b *bgpSpeaker) configure(raw *pb.BgpConfig, c *bgpConfig) error {
 	}
 	peers := make([]string, len(c.peers))
 	for i, p := range c.peers {
-		peers[i] = fmt.Sprintf("%s (AS %d)", p.addr, p.asn)
+		peers[i] = fmt.Sprintf("%s (AS %d", p.addr, p.asn)
+		if p.local.IsValid() {
+			peers[i] += ", from " + p.local.String()
+		}
+		peers[i] += ")"
 	}
 	b.log.Info().Uint32("asn", c.asn).Str("router_id", c.routerID.String()).Str("peers", strings.Join(peers, ", ")).
 		Msg("bgp speaker started")
 	return nil
+}
+
+// sameSources tells whether c's peers have the sources of the running ones.
+func (b *bgpSpeaker) sameSources(c *bgpConfig) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cfg == nil || len(b.cfg.peers) != len(c.peers) {
+		return false
+	}
+	for i := range c.peers {
+		if b.cfg.peers[i].local != c.peers[i].local {
+			return false
+		}
+	}
+	return true
 }
 
 // stopLocked ends every session (a Cease goes to each router, which drops
@@ -178,8 +218,11 @@ func peerOf(c *bgpConfig, p bgpPeer) *api.Peer {
 		}},
 		AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: familyOf(p.addr), Enabled: true}}},
 	}
-	if p.port != 0 {
+	if p.port != 0 || p.local.IsValid() {
 		out.Transport = &api.Transport{RemotePort: p.port}
+		if p.local.IsValid() {
+			out.Transport.LocalAddress = p.local.String()
+		}
 	}
 	if p.multihop != 0 {
 		out.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: p.multihop}

@@ -46,6 +46,9 @@ type bgpPeer struct {
 	hold     time.Duration
 	multihop uint32
 	port     uint32
+	// local is the session's source address (bindSources); invalid: the
+	// kernel's choice at connect time.
+	local netip.Addr
 }
 
 // parseBGP checks c against vips; nil config and nil error when BGP is

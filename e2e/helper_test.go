@@ -82,7 +82,7 @@ func helperServeTCP(args []string) error {
 	if len(args) < 1 {
 		return errors.New("usage: serve ADDR [REPLY]")
 	}
-	ln, err := net.Listen("tcp4", args[0])
+	ln, err := net.Listen(tcpNetwork(args[0]), args[0])
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", args[0], err)
 	}
@@ -110,6 +110,16 @@ func helperServeTCP(args []string) error {
 		}()
 	}
 	return fmt.Errorf("served %d connections, the most a helper serves", helperMaxRequests)
+}
+
+// tcpNetwork is "tcp6" for an [IPv6]:port, else "tcp4": the namespaces
+// have IPv6 off unless a test turns it on, and a wildcard listener must
+// not try it.
+func tcpNetwork(addr string) string {
+	if strings.HasPrefix(addr, "[") {
+		return "tcp6"
+	}
+	return "tcp4"
 }
 
 func helperDialLoop(in io.Reader, out io.Writer) error {
@@ -142,7 +152,7 @@ func helperDialLoop(in io.Reader, out io.Writer) error {
 
 func dialAndReadLine(addr string, timeout time.Duration) (string, error) {
 	deadline := time.Now().Add(timeout)
-	conn, err := net.DialTimeout("tcp4", addr, timeout)
+	conn, err := net.DialTimeout(tcpNetwork(addr), addr, timeout)
 	if err != nil {
 		return "", err
 	}

@@ -82,7 +82,7 @@ func (p *FastProber) dialIn() (net.Conn, error) {
 		runtime.UnlockOSThread()
 		return nil, err
 	}
-	conn, err := net.DialTimeout("tcp4", p.addr, p.timeout)
+	conn, err := net.DialTimeout(tcpNetwork(p.addr), p.addr, p.timeout)
 	if netns.Set(orig) == nil {
 		runtime.UnlockOSThread()
 	}

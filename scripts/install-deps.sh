@@ -11,6 +11,8 @@ have nft      || need+=(nftables)
 have arping   || need+=(arping)
 have tcpdump  || need+=(tcpdump)
 have protoc   || need+=(protobuf-compiler)
+# The BGP e2e tests (e2e/bgp_test.go): BIRD 2 is the router.
+[[ -x /usr/sbin/bird ]] || need+=(bird2)
 have make     || need+=(make)
 have gcc      || need+=(gcc)
 have git      || need+=(git)
