@@ -29,7 +29,7 @@ func TestBenchIdle(t *testing.T) {
 	_, only := benchKnobs(t)
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nidle benchmark: 3 members, default timings, one tcp check every 2s, one tcp load balancer; %s measured\n", idleWindow)
-	fmt.Fprintf(&b, "%-10s %-22s %10s %12s %8s\n", "member", "process", "RSS MB", "CPU ms", "CPU %")
+	fmt.Fprintf(&b, "%-10s %-22s %10s %8s %8s %12s %8s\n", "member", "process", "RSS MB", "anon", "file", "CPU ms", "CPU %")
 	if only == "" || only == "keepvip" {
 		t.Run("keepvip", func(t *testing.T) { idleKeepVIP(t, &b) })
 	}
@@ -40,20 +40,31 @@ func TestBenchIdle(t *testing.T) {
 	fmt.Print(b.String())
 }
 
-// idleSample is one process's resident memory now and CPU time so far.
-type idleSample struct {
-	name string
-	rss  int64 // kB
-	cpu  time.Duration
+// residentKB is a process's resident memory in kB: all of it, its
+// anonymous part (heap, stacks, the runtime's own, relocated data) and the
+// pages of mapped files (its executable's code and read-only data).
+type residentKB struct {
+	all, anon, file int64
 }
 
-// processUsage reads pid's VmRSS and its own (not its children's) CPU time.
-func processUsage(pid int) (rss int64, cpu time.Duration) {
+// processUsage reads pid's resident memory and its own (not its children's)
+// CPU time.
+func processUsage(pid int) (rss residentKB, cpu time.Duration) {
 	if f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-				rss, _ = strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			k, v, ok := strings.Cut(sc.Text(), ":")
+			if !ok || len(strings.Fields(v)) == 0 {
+				continue
+			}
+			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			switch k {
+			case "VmRSS":
+				rss.all = n
+			case "RssAnon":
+				rss.anon = n
+			case "RssFile":
+				rss.file = n
 			}
 		}
 		f.Close()
@@ -82,19 +93,23 @@ func measureIdle(b *strings.Builder, member string, pids map[string]int) time.Du
 		_, before[n] = processUsage(pids[n])
 	}
 	time.Sleep(idleWindow)
-	var totalRSS int64
+	var total residentKB
 	var totalCPU, elector time.Duration
+	row := func(name string, r residentKB, d time.Duration) {
+		fmt.Fprintf(b, "%-10s %-22s %10.1f %8.1f %8.1f %12d %8.2f\n", member, name,
+			float64(r.all)/1024, float64(r.anon)/1024, float64(r.file)/1024, d.Milliseconds(), 100*d.Seconds()/idleWindow.Seconds())
+	}
 	for _, n := range names {
 		rss, cpu := processUsage(pids[n])
 		d := cpu - before[n]
-		totalRSS += rss
+		total.all, total.anon, total.file = total.all+rss.all, total.anon+rss.anon, total.file+rss.file
 		totalCPU += d
 		if n == "keep-vip-elector" {
 			elector = d
 		}
-		fmt.Fprintf(b, "%-10s %-22s %10.1f %12d %8.2f\n", member, n, float64(rss)/1024, d.Milliseconds(), 100*d.Seconds()/idleWindow.Seconds())
+		row(n, rss, d)
 	}
-	fmt.Fprintf(b, "%-10s %-22s %10.1f %12d %8.2f\n", member, "all", float64(totalRSS)/1024, totalCPU.Milliseconds(), 100*totalCPU.Seconds()/idleWindow.Seconds())
+	row("all", total, totalCPU)
 	return elector
 }
 

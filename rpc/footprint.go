@@ -25,6 +25,11 @@ type Footprint struct {
 	// garbage and free pages that Go's background scavenger keeps for
 	// minutes. 0: never.
 	SettleAfter time.Duration
+	// DropStartupCode, at SettleAfter, drops the process's mappings of the
+	// clean pages of its own executable (settle_linux.go): the start-up
+	// code stops counting in its RSS, the page cache keeps the file, and
+	// code that runs again is mapped again by a minor fault.
+	DropStartupCode bool
 }
 
 // Supervisor names the supervisor's row of Footprints; the plugins' rows
@@ -43,11 +48,11 @@ const settleAfter = 10 * time.Second
 // stuck in a system call from holding up the rest. The balancer sizes its
 // own (one event loop per processor, plugins/balancer).
 var Footprints = map[string]Footprint{
-	Supervisor:    {SettleAfter: settleAfter},
-	KindElector:   {SettleAfter: settleAfter},
-	KindAnnouncer: {SettleAfter: settleAfter},
-	KindChecker:   {SettleAfter: settleAfter},
-	KindBalancer:  {SettleAfter: settleAfter},
+	Supervisor:    {SettleAfter: settleAfter, DropStartupCode: true},
+	KindElector:   {SettleAfter: settleAfter, DropStartupCode: true},
+	KindAnnouncer: {SettleAfter: settleAfter, DropStartupCode: true},
+	KindChecker:   {SettleAfter: settleAfter, DropStartupCode: true},
+	KindBalancer:  {SettleAfter: settleAfter, DropStartupCode: true},
 }
 
 // ApplyFootprint applies the settings of process (a key of Footprints; any
@@ -61,7 +66,13 @@ func ApplyFootprint(process string) Footprint {
 		debug.SetMemoryLimit(f.MemoryLimit)
 	}
 	if f.SettleAfter > 0 {
-		time.AfterFunc(f.SettleAfter, debug.FreeOSMemory)
+		time.AfterFunc(f.SettleAfter, func() {
+			debug.FreeOSMemory()
+			if f.DropStartupCode {
+				// Best effort: a process that cannot is only larger.
+				_, _ = dropStartupCode()
+			}
+		})
 	}
 	return f
 }
