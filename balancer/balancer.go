@@ -8,7 +8,7 @@
 // epoll event loops with raw non-blocking syscalls, as HAProxy and nginx
 // do.
 //
-// By layer, each knowing nothing of those above it:
+// By layer, each knowing nothing of those above it (TestLayers holds it):
 //   - internal/reactor: the I/O engine (epoll loops, listeners, frontends'
 //     sockets, the io_uring send ring, splice pipes); internal/httpwire:
 //     HTTP/1.x heads and body framing, pure; internal/proxyheader: PROXY
@@ -16,9 +16,10 @@
 //   - internal/policy: the balancing policy: validated load balancers,
 //     the choice of a backend, active checks and passive ejection, local
 //     faults, metrics;
-//   - this package: the tcp, udp and http data paths (tcp.go, udp.go,
-//     http.go), and the public API: the set of load balancers and its
-//     reconfiguration (balancer.go).
+//   - internal/proxy: the tcp, udp and http data paths, one server type
+//     each;
+//   - this package: the public API: the set of load balancers, their
+//     sockets and their reconfiguration (balancer.go, limits.go).
 package balancer
 
 import (
@@ -36,6 +37,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/keep-vip/keep-vip/balancer/internal/policy"
+	"github.com/keep-vip/keep-vip/balancer/internal/proxy"
 	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	"github.com/keep-vip/keep-vip/rpc"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
@@ -79,7 +81,7 @@ type Balancer struct {
 	mu           sync.Mutex
 	frontends    map[string]*frontend // by frontendKey
 	drainTimeout time.Duration
-	draining     map[server]bool
+	draining     map[proxy.Server]bool
 	closed       bool
 }
 
@@ -89,25 +91,7 @@ type Balancer struct {
 // its load balancer is swapped in place otherwise.
 type frontend struct {
 	sock *reactor.Socket
-	srv  server
-}
-
-// server serves one load balancer type on a frontend's socket.
-type server interface {
-	// current is the load balancer served now.
-	current() *policy.LoadBalancer
-	// compatible says whether lb can be swapped in by update, or needs a
-	// new server on the socket.
-	compatible(lb *policy.LoadBalancer) bool
-	update(lb *policy.LoadBalancer)
-	// stop ends accepting clients and returns once the accept loop has;
-	// the socket stays open.
-	stop()
-	// drain waits for the clients to leave until deadline, then cuts those
-	// left, and returns once every goroutine of the server is done.
-	drain(deadline time.Time)
-	// clients is how many connections (udp: sessions) are open.
-	clients() int
+	srv  proxy.Server
 }
 
 func (fe *frontend) addr() net.Addr { return fe.sock.Addr }
@@ -135,7 +119,7 @@ func New(log zerolog.Logger) *Balancer {
 		ctx:       ctx,
 		cancel:    cancel,
 		frontends: map[string]*frontend{},
-		draining:  map[server]bool{},
+		draining:  map[proxy.Server]bool{},
 	}
 }
 
@@ -205,7 +189,7 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 	b.drainTimeout = time.Duration(cfg.GetDrainTimeoutMs()) * time.Millisecond
 	for key, fe := range b.frontends {
 		if _, ok := next[key]; !ok {
-			lb := fe.srv.current()
+			lb := fe.srv.Current()
 			b.log.Info().Str("balancer", lb.Name).Str("bind", fe.addr().String()).Dur("drain", b.drainTimeout).Msg("load balancer removed")
 			b.retire(fe.srv, fe)
 			b.forgetRemoved(lb, nil)
@@ -220,7 +204,7 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 		}
 		var old *policy.LoadBalancer
 		if fe.srv != nil {
-			old = fe.srv.current()
+			old = fe.srv.Current()
 		}
 		if old != nil && old.Type == lb.Type {
 			lb.Adopt(old)
@@ -229,8 +213,8 @@ func (b *Balancer) Configure(ctx context.Context, cfg *pb.BalancerConfig) error 
 		}
 		b.judge.StartHealth(lb)
 		switch {
-		case fe.srv != nil && fe.srv.compatible(lb):
-			fe.srv.update(lb)
+		case fe.srv != nil && fe.srv.Compatible(lb):
+			fe.srv.Update(lb)
 			b.forgetRemoved(old, lb)
 			go old.StopHealth()
 			b.log.Debug().Str("balancer", lb.Name).Str("bind", fe.addr().String()).Msg("load balancer updated")
@@ -272,15 +256,18 @@ func listen(ctx context.Context, lb *policy.LoadBalancer, loops int) (*frontend,
 // close closes the socket of a frontend that never served.
 func (fe *frontend) close() { fe.sock.Close() }
 
-func (b *Balancer) newServer(fe *frontend, lb *policy.LoadBalancer) server {
+// env is what the servers share, once the loops run.
+func (b *Balancer) env() *proxy.Env { return &proxy.Env{Loops: b.loops, Judge: b.judge} }
+
+func (b *Balancer) newServer(fe *frontend, lb *policy.LoadBalancer) proxy.Server {
 	b.wg.Add(1)
 	switch lb.Type {
 	case TypeUDP:
-		return b.serveUDP(fe.sock, lb)
+		return proxy.ServeUDP(b.env(), fe.sock, lb)
 	case TypeHTTP:
-		return b.serveHTTP(fe.sock, lb)
+		return proxy.ServeHTTP(b.env(), fe.sock, lb)
 	}
-	return b.serveTCP(fe.sock, lb)
+	return proxy.ServeTCP(b.env(), fe.sock, lb)
 }
 
 // retire stops srv accepting and lets its clients drain in the background
@@ -288,18 +275,18 @@ func (b *Balancer) newServer(fe *frontend, lb *policy.LoadBalancer) server {
 // socket closes at once, so new clients are refused rather than left in a
 // backlog no one reads (a udp socket stays open for the sessions' replies
 // and closes when they are drained).
-func (b *Balancer) retire(srv server, fe *frontend) {
-	srv.stop()
-	if _, udp := srv.(*udpServer); fe != nil && !udp {
+func (b *Balancer) retire(srv proxy.Server, fe *frontend) {
+	srv.Stop()
+	if _, udp := srv.(*proxy.UDPServer); fe != nil && !udp {
 		fe.sock.Close()
 	}
 	deadline := time.Now().Add(b.drainTimeout)
 	b.draining[srv] = true
 	go func() {
 		defer b.wg.Done()
-		lb := srv.current()
+		lb := srv.Current()
 		lb.StopHealth()
-		srv.drain(deadline)
+		srv.Drain(deadline)
 		b.mu.Lock()
 		delete(b.draining, srv)
 		b.mu.Unlock()
@@ -340,7 +327,7 @@ func (b *Balancer) Status(context.Context) (*pb.PluginStatus, error) {
 		st.State = StateDraining
 	}
 	for _, fe := range b.frontends {
-		lb := fe.srv.current()
+		lb := fe.srv.Current()
 		// The bound address, not the configured one, so port 0 shows the
 		// port the kernel picked.
 		st.Details[lb.Name+" bind"] = lb.Type + " " + fe.addr().String()
@@ -348,7 +335,7 @@ func (b *Balancer) Status(context.Context) (*pb.PluginStatus, error) {
 		if lb.Splice {
 			st.Details[lb.Name+" splice"] = "on"
 		}
-		st.Details[lb.Name+" clients"] = strconv.Itoa(fe.srv.clients())
+		st.Details[lb.Name+" clients"] = strconv.Itoa(fe.srv.Clients())
 		bes := make([]string, 0, len(lb.Backends))
 		for _, be := range lb.Backends {
 			s := be.Name + "=" + be.Address
@@ -365,7 +352,7 @@ func (b *Balancer) Status(context.Context) (*pb.PluginStatus, error) {
 	st.Balancer = &pb.BalancerStatus{Draining: len(b.draining) > 0}
 	if n := 0; len(b.draining) > 0 {
 		for srv := range b.draining {
-			n += srv.clients()
+			n += srv.Clients()
 		}
 		st.Details["draining clients"] = strconv.Itoa(n)
 		st.Balancer.DrainingClients = int64(n)
@@ -380,7 +367,7 @@ func (b *Balancer) Addrs() map[string]net.Addr {
 	defer b.mu.Unlock()
 	out := make(map[string]net.Addr, len(b.frontends))
 	for _, fe := range b.frontends {
-		out[fe.srv.current().Name] = fe.addr()
+		out[fe.srv.Current().Name] = fe.addr()
 	}
 	return out
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/keep-vip/keep-vip/balancer/internal/policy"
+	"github.com/keep-vip/keep-vip/balancer/internal/proxy"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
@@ -283,15 +284,15 @@ func seriesCount(t *testing.T, b *Balancer, name string) int {
 // before reusing one, and a POST that cannot be retried still gets through.
 func TestHTTPBackendClosesIdleConnection(t *testing.T) {
 	h1, conns := startHTTPBackend(t, "h1", func(s *http.Server) { s.IdleTimeout = 50 * time.Millisecond })
-	was := idleCheckAfter
-	idleCheckAfter = 100 * time.Millisecond
-	t.Cleanup(func() { idleCheckAfter = was })
+	was := proxy.IdleCheckAfter
+	proxy.IdleCheckAfter = 100 * time.Millisecond
+	t.Cleanup(func() { proxy.IdleCheckAfter = was })
 	b := newBalancer(t)
 	configure(t, b, named(httpLB("web", hostOf(h1)), "h1"))
 	front := addr(t, b, "web")
 	for i, method := range []string{"GET", "POST", "POST", "GET"} {
 		// Over the pool's check threshold and the backend's timeout.
-		time.Sleep(idleCheckAfter + 100*time.Millisecond)
+		time.Sleep(proxy.IdleCheckAfter + 100*time.Millisecond)
 		req, _ := http.NewRequest(method, "http://"+front+"/", strings.NewReader("body"))
 		client := &http.Client{Timeout: waitFor, Transport: &http.Transport{DisableKeepAlives: true}}
 		resp, err := client.Do(req)

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keep-vip/keep-vip/balancer/internal/policy"
+	"github.com/keep-vip/keep-vip/balancer/internal/proxy"
 	pb "github.com/keep-vip/keep-vip/rpc/keepvip/v1"
 )
 
@@ -132,19 +133,21 @@ func TestUDPClientsSpreadOverLoops(t *testing.T) {
 			}
 		}
 	}
-	var srv *udpServer
+	var srv *proxy.UDPServer
 	b.mu.Lock()
 	for _, fe := range b.frontends {
-		srv, _ = fe.srv.(*udpServer)
+		srv, _ = fe.srv.(*proxy.UDPServer)
 	}
 	b.mu.Unlock()
-	if srv == nil || len(srv.shards) != 4 {
-		t.Fatalf("udp server with 4 shards expected, got %+v", srv)
+	if srv == nil {
+		t.Fatal("no udp server")
+	}
+	perShard := srv.SessionsPerShard()
+	if len(perShard) != 4 {
+		t.Fatalf("udp server with 4 shards expected, got %d", len(perShard))
 	}
 	busy, sessions := 0, 0
-	for _, sh := range srv.shards {
-		var n int
-		sh.r.Do(func() { n = len(sh.sessions) })
+	for _, n := range perShard {
 		sessions += n
 		if n > 0 {
 			busy++

@@ -1,7 +1,6 @@
-package balancer
+package proxy
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"sync/atomic"
 	"syscall"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/keep-vip/keep-vip/balancer/internal/policy"
 	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
+	"github.com/keep-vip/keep-vip/rpc/limits"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,15 +30,15 @@ const (
 	udpBatch = 1
 )
 
-// udpServer keeps one session per client address: a socket connected to
+// UDPServer keeps one session per client address: a socket connected to
 // the client's backend, whose replies go back to the client from the
 // frontend's socket. Each event loop serves a shard: its own socket of the
-// frontend's SO_REUSEPORT group (see openUDPGroup) and the sessions of the
+// frontend's SO_REUSEPORT group (see reactor.OpenUDPGroup) and the sessions of the
 // clients the kernel hashes to it, so that one client's datagrams stay in
 // order on one loop while the clients spread over all of them. Datagrams
 // move without an allocation once the session exists.
-type udpServer struct {
-	b    *Balancer
+type UDPServer struct {
+	env  *Env
 	sock *reactor.Socket
 	lb   atomic.Pointer[policy.LoadBalancer]
 	// pktinfo is the IP version of the destination-address control
@@ -53,7 +53,7 @@ type udpServer struct {
 // udpShard is the part of a udp server one loop runs; all of it is the
 // loop's.
 type udpShard struct {
-	s        *udpServer
+	s        *UDPServer
 	r        *reactor.Loop
 	fd       int // the loop's duplicate of its socket of the group
 	sessions map[netip.AddrPort]*udpSession
@@ -79,8 +79,10 @@ type udpSession struct {
 	closed   bool
 }
 
-func (b *Balancer) serveUDP(sock *reactor.Socket, lb *policy.LoadBalancer) *udpServer {
-	s := &udpServer{b: b, sock: sock}
+// ServeUDP serves lb on sock's sockets, one shard each, spread over env's
+// event loops.
+func ServeUDP(env *Env, sock *reactor.Socket, lb *policy.LoadBalancer) *UDPServer {
+	s := &UDPServer{env: env, sock: sock}
 	s.lb.Store(lb)
 	fds := sock.Fds()
 	// Every socket is set up before any loop reads one.
@@ -91,20 +93,20 @@ func (b *Balancer) serveUDP(sock *reactor.Socket, lb *policy.LoadBalancer) *udpS
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, udpSocketBuffer)
 		v, err := reactor.EnablePktinfo(fd, sock.Addr)
 		if err != nil {
-			b.log.Warn().Err(err).Str("balancer", lb.Name).Msg("udp: cannot learn datagrams' destination; replies leave from the route's preferred address")
+			env.Log.Warn().Err(err).Str("balancer", lb.Name).Msg("udp: cannot learn datagrams' destination; replies leave from the route's preferred address")
 		} else if v != 0 {
 			s.pktinfo = v
 		}
 	}
 	for i, fd := range fds {
-		sh := &udpShard{s: s, r: b.loops.Loops[i%len(b.loops.Loops)], fd: -1, sessions: map[netip.AddrPort]*udpSession{},
+		sh := &udpShard{s: s, r: env.Loops.Loops[i%len(env.Loops.Loops)], fd: -1, sessions: map[netip.AddrPort]*udpSession{},
 			in: newMmsgBatch(udpBatch, udpReadBuffer, udpOOBBuffer)}
 		var err error
 		if sh.fd, err = reactor.DupFD(fd); err == nil {
 			sh.r.Do(func() { err = sh.r.Add(sh.fd, sh, unix.EPOLLIN) })
 		}
 		if err != nil {
-			b.log.Error().Err(err).Str("balancer", lb.Name).Msg("udp load balancer cannot read its socket")
+			env.Log.Error().Err(err).Str("balancer", lb.Name).Msg("udp load balancer cannot read its socket")
 		}
 		sh.stopT = sh.r.Every(max(lb.IdleTimeout/4, reactor.Tick), sh.sweep)
 		s.shards = append(s.shards, sh)
@@ -112,19 +114,19 @@ func (b *Balancer) serveUDP(sock *reactor.Socket, lb *policy.LoadBalancer) *udpS
 	return s
 }
 
-func (s *udpServer) current() *policy.LoadBalancer           { return s.lb.Load() }
-func (s *udpServer) compatible(lb *policy.LoadBalancer) bool { return lb.Type == TypeUDP }
-func (s *udpServer) clients() int                            { return int(s.count.N.Load()) }
+func (s *UDPServer) Current() *policy.LoadBalancer           { return s.lb.Load() }
+func (s *UDPServer) Compatible(lb *policy.LoadBalancer) bool { return lb.Type == limits.TypeUDP }
+func (s *UDPServer) Clients() int                            { return int(s.count.N.Load()) }
 
-// update swaps the config; the idle timeout applies to sessions at once,
+// Update swaps the config; the idle timeout applies to sessions at once,
 // backends to new sessions.
-func (s *udpServer) update(lb *policy.LoadBalancer) { s.lb.Store(lb) }
+func (s *UDPServer) Update(lb *policy.LoadBalancer) { s.lb.Store(lb) }
 
-// stop drops new clients. The sockets keep reading: open sessions go on
+// Stop drops new clients. The sockets keep reading: open sessions go on
 // until they idle out or the drain ends.
-func (s *udpServer) stop() { s.stopped.Store(true) }
+func (s *UDPServer) Stop() { s.stopped.Store(true) }
 
-func (s *udpServer) drain(deadline time.Time) {
+func (s *UDPServer) Drain(deadline time.Time) {
 	s.count.WaitEmpty(time.Until(deadline))
 	for _, sh := range s.shards {
 		sh.r.Do(func() {
@@ -141,7 +143,17 @@ func (s *udpServer) drain(deadline time.Time) {
 	s.sock.Close()
 }
 
-// event reads a batch of the clients' datagrams; level-triggered epoll
+// SessionsPerShard is how many sessions each shard holds now, in the
+// order of the server's sockets.
+func (s *UDPServer) SessionsPerShard() []int {
+	n := make([]int, len(s.shards))
+	for i, sh := range s.shards {
+		sh.r.Do(func() { n[i] = len(sh.sessions) })
+	}
+	return n
+}
+
+// Event reads a batch of the clients' datagrams; level-triggered epoll
 // reports the socket again while more wait.
 func (sh *udpShard) Event(fd int, _ uint32) {
 	if fd < 0 || sh.fd < 0 {
@@ -176,13 +188,13 @@ func (sh *udpShard) forward(p, oob []byte, from netip.AddrPort) {
 		}
 		sess.last = sh.r.Now
 		if _, err := reactor.SysWrite(sess.fd, p); err != nil {
-			if err == unix.EAGAIN || sh.s.b.judge.NoteLocal(sess.lb.Name, policy.OpConnect, err) {
+			if err == unix.EAGAIN || sh.s.env.NoteLocal(sess.lb.Name, policy.OpConnect, err) {
 				// The socket is full, or the balancer short of
 				// buffers: dropped, as the kernel would.
 				return
 			}
 			// The backend's port refused an earlier datagram.
-			sh.s.b.judge.ConnectFailed(sess.be, err)
+			sh.s.env.ConnectFailed(sess.be, err)
 			sess.close()
 			continue
 		}
@@ -200,9 +212,9 @@ func (sh *udpShard) open(from netip.AddrPort, oob []byte) *udpSession {
 	}
 	lb := s.lb.Load()
 	var tried policy.TriedSet
-	be := s.b.judge.Pick(lb, from.Addr().Unmap(), &tried)
+	be := s.env.Pick(lb, from.Addr().Unmap(), &tried)
 	if be == nil {
-		s.b.judge.WarnNoBackend(lb, false)
+		s.env.WarnNoBackend(lb, false)
 		return nil
 	}
 	fd, err := connectSocket(be.AddrPort, unix.SOCK_DGRAM)
@@ -213,8 +225,8 @@ func (sh *udpShard) open(from netip.AddrPort, oob []byte) *udpSession {
 		}
 	}
 	if err != nil {
-		s.b.judge.ConnectFailed(be, err)
-		s.b.log.Debug().Err(err).Str("balancer", lb.Name).Str("backend", be.Name).Msg("udp session not opened")
+		s.env.ConnectFailed(be, err)
+		s.env.Log.Debug().Err(err).Str("balancer", lb.Name).Str("backend", be.Name).Msg("udp session not opened")
 		return nil
 	}
 	if s.pktinfo != 0 {
@@ -239,7 +251,7 @@ func (sh *udpShard) open(from netip.AddrPort, oob []byte) *udpSession {
 	return sess
 }
 
-// event sends a backend's reply back to the client, from the shard's
+// Event sends a backend's reply back to the client, from the shard's
 // socket (every socket of the group has the frontend's address). The
 // session's socket is level-triggered and read once per event: epoll
 // reports it again while more replies wait, so the loop needs no read that
@@ -249,7 +261,7 @@ func (sess *udpSession) Event(fd int, _ uint32) {
 	if sess.closed {
 		return
 	}
-	sh, b := sess.sh, sess.sh.s.b
+	sh, env := sess.sh, sess.sh.s.env
 	buf := sh.r.Scratch[:udpReplyBuffer]
 	n, flags, err := recvOne(fd, buf)
 	for err == unix.EINTR {
@@ -260,7 +272,7 @@ func (sess *udpSession) Event(fd int, _ uint32) {
 		return
 	case err != nil:
 		if err == unix.ECONNREFUSED {
-			b.judge.ConnectFailed(sess.be, err)
+			env.ConnectFailed(sess.be, err)
 		}
 		sess.close()
 		return
@@ -269,7 +281,7 @@ func (sess *udpSession) Event(fd int, _ uint32) {
 		// udp has no handshake: a reply is what shows the backend
 		// alive, and clears its count of refusals.
 		sess.answered = true
-		b.judge.ConnectOK(sess.be)
+		env.ConnectOK(sess.be)
 	}
 	if flags&unix.MSG_TRUNC != 0 {
 		return
@@ -309,92 +321,4 @@ func (sh *udpShard) sweep(now time.Time) {
 			sess.close()
 		}
 	}
-}
-
-// mmsgBatch is the buffers of one recvmmsg: each slot a datagram, its
-// source address and its control messages.
-type mmsgBatch struct {
-	msgs  []mmsghdr
-	iovs  []unix.Iovec
-	bufs  [][]byte
-	names []unix.RawSockaddrInet6
-	oobs  [][]byte
-}
-
-// mmsghdr is struct mmsghdr: a msghdr and the length received.
-type mmsghdr struct {
-	hdr unix.Msghdr
-	n   uint32
-}
-
-func newMmsgBatch(n, size, oob int) *mmsgBatch {
-	b := &mmsgBatch{msgs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n), bufs: make([][]byte, n),
-		names: make([]unix.RawSockaddrInet6, n), oobs: make([][]byte, n)}
-	for i := range n {
-		b.bufs[i], b.oobs[i] = make([]byte, size), make([]byte, oob)
-		b.iovs[i].Base = &b.bufs[i][0]
-		b.iovs[i].SetLen(size)
-	}
-	return b
-}
-
-// recv takes up to len(b.msgs) datagrams without waiting.
-func (b *mmsgBatch) recv(fd int) (int, error) {
-	for i := range b.msgs {
-		h := &b.msgs[i].hdr
-		h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
-		h.Namelen = unix.SizeofSockaddrInet6
-		h.Iov = &b.iovs[i]
-		h.SetIovlen(1)
-		h.Control = &b.oobs[i][0]
-		h.SetControllen(len(b.oobs[i]))
-		h.Flags = 0
-	}
-	n, _, e := syscall.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(len(b.msgs)), unix.MSG_DONTWAIT, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
-
-// recvOne reads one datagram from a connected socket.
-func recvOne(fd int, p []byte) (int, int, error) {
-	var iov unix.Iovec
-	iov.Base = unsafe.SliceData(p)
-	iov.SetLen(len(p))
-	var h unix.Msghdr
-	h.Iov = &iov
-	h.SetIovlen(1)
-	n, _, e := syscall.RawSyscall(syscall.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&h)), unix.MSG_DONTWAIT)
-	if e != 0 {
-		return 0, 0, e
-	}
-	return int(n), int(h.Flags), nil
-}
-
-// rawAddrPort reads a datagram's source address.
-func rawAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
-	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
-	if sa.Family == unix.AF_INET {
-		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port)
-	}
-	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), port)
-}
-
-// putRawAddr writes ap as the socket address family of the frontend's
-// socket would report it, and returns its length.
-func putRawAddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) uint32 {
-	port := ap.Port()
-	if ap.Addr().Is4() {
-		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		sa4.Family = unix.AF_INET
-		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:], port)
-		sa4.Addr = ap.Addr().As4()
-		return unix.SizeofSockaddrInet4
-	}
-	sa.Family = unix.AF_INET6
-	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], port)
-	sa.Addr = ap.Addr().As16()
-	return unix.SizeofSockaddrInet6
 }

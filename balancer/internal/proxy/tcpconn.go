@@ -1,9 +1,8 @@
-package balancer
+package proxy
 
 import (
 	"net"
 	"net/netip"
-	"sync/atomic"
 	"time"
 
 	"github.com/keep-vip/keep-vip/balancer/internal/policy"
@@ -11,136 +10,6 @@ import (
 	"github.com/keep-vip/keep-vip/balancer/internal/reactor"
 	"golang.org/x/sys/unix"
 )
-
-// tcpServer proxies each client connection to one backend, byte for byte,
-// on the balancer's reactors: each loop accepts from its own duplicate of
-// the listening socket and owns the connections it accepted.
-type tcpServer struct {
-	b     *Balancer
-	lb    atomic.Pointer[policy.LoadBalancer]
-	loops []*tcpLoop
-	count reactor.ConnCount
-	// cut: drain's deadline passed; connections still connecting close
-	// too.
-	cut atomic.Bool
-}
-
-// tcpLoop is a tcp server's part of one reactor.
-type tcpLoop struct {
-	s     *tcpServer
-	r     *reactor.Loop
-	ln    *reactor.Listener
-	conns map[*tcpConn]struct{}
-	stopT func()
-}
-
-func (b *Balancer) serveTCP(sock *reactor.Socket, lb *policy.LoadBalancer) *tcpServer {
-	s := &tcpServer{b: b}
-	s.lb.Store(lb)
-	for _, r := range b.loops.Loops {
-		l := &tcpLoop{s: s, r: r, conns: map[*tcpConn]struct{}{}}
-		if l.ln, l.stopT = b.startLoop(r, sock, l, &s.lb); l.ln != nil {
-			s.loops = append(s.loops, l)
-		}
-	}
-	return s
-}
-
-// loopPart is a server's part of one event loop.
-type loopPart interface {
-	open(fd int, sa unix.Sockaddr)
-	check(now time.Time)
-}
-
-// startLoop has part accept from sock on r and run its checks; a nil
-// listener when it cannot accept.
-func (b *Balancer) startLoop(r *reactor.Loop, sock *reactor.Socket, part loopPart, lb *atomic.Pointer[policy.LoadBalancer]) (*reactor.Listener, func()) {
-	l, err := reactor.ListenOn(r, sock, part.open, func(err error, retryIn time.Duration) {
-		if name := lb.Load().Name; !b.judge.NoteLocal(name, policy.OpAccept, err) {
-			b.judge.LocalLog.Error().Err(err).Str("balancer", name).Dur("retry_in", retryIn).Msg("accept")
-		}
-	})
-	if err != nil {
-		b.log.Error().Err(err).Str("balancer", lb.Load().Name).Str("bind", sock.Addr.String()).Msg("load balancer cannot accept")
-		return nil, nil
-	}
-	return l, r.Every(checkEvery(lb.Load()), part.check)
-}
-
-// checkEvery is how often connect deadlines and idle timeouts are checked:
-// a connection closes between idle and 1.25 × idle after its last byte.
-func checkEvery(lb *policy.LoadBalancer) time.Duration {
-	return max(min(lb.ConnectTimeout, lb.IdleTimeout)/4, reactor.Tick)
-}
-
-func (s *tcpServer) current() *policy.LoadBalancer           { return s.lb.Load() }
-func (s *tcpServer) compatible(lb *policy.LoadBalancer) bool { return lb.Type == TypeTCP }
-func (s *tcpServer) update(lb *policy.LoadBalancer)          { s.lb.Store(lb) }
-func (s *tcpServer) clients() int                            { return int(s.count.N.Load()) }
-
-// stop closes the server's duplicates of the listening socket; its
-// connections go on.
-func (s *tcpServer) stop() {
-	for _, l := range s.loops {
-		l.ln.Stop()
-	}
-}
-
-// drain waits for the connections to end until deadline, then cuts those
-// left.
-func (s *tcpServer) drain(deadline time.Time) {
-	if !s.count.WaitEmpty(time.Until(deadline)) {
-		s.cut.Store(true)
-		for _, l := range s.loops {
-			l.r.Do(func() {
-				for c := range l.conns {
-					c.close()
-				}
-			})
-		}
-	}
-	for _, l := range s.loops {
-		l.stopT()
-	}
-}
-
-// check runs every tcpCheckEvery: connects past their deadline move on to
-// the next backend, idle connections close.
-func (l *tcpLoop) check(now time.Time) {
-	for c := range l.conns {
-		switch {
-		case c.connecting && now.After(c.deadline):
-			c.connectFailed(errConnectTimeout)
-		case !c.connecting && c.lb.IdleTimeout > 0 && now.Sub(c.last) >= c.lb.IdleTimeout:
-			c.close()
-		}
-	}
-}
-
-var errConnectTimeout = &timeoutError{"connect timeout"}
-
-type timeoutError struct{ s string }
-
-func (e *timeoutError) Error() string   { return e.s }
-func (e *timeoutError) Timeout() bool   { return true }
-func (e *timeoutError) Temporary() bool { return true }
-
-// connHome is what a proxied connection belongs to: a tcp server's loop,
-// or an http one's for a connection upgraded to a tunnel.
-type connHome interface {
-	// cutting: the server's drain deadline has passed.
-	cutting() bool
-	// forget ends the accounting of the client's connection.
-	forget(c *tcpConn)
-}
-
-func (l *tcpLoop) cutting() bool { return l.s.cut.Load() }
-
-func (l *tcpLoop) forget(c *tcpConn) {
-	delete(l.conns, c)
-	c.lb.Clients.Dec()
-	l.s.count.Closed()
-}
 
 // tcpEnd is one end of a proxied connection, the client's or the
 // backend's.
@@ -178,7 +47,7 @@ func (d *tcpDirection) more() bool { return d.from.R && d.to.W && !d.from.eof }
 // up (client to backend) and down.
 type tcpConn struct {
 	r      *reactor.Loop
-	b      *Balancer
+	env    *Env
 	home   connHome
 	lb     *policy.LoadBalancer
 	be     *policy.Backend
@@ -207,37 +76,15 @@ func (c *tcpConn) wire() *tcpConn {
 	return c
 }
 
-func (l *tcpLoop) open(fd int, sa unix.Sockaddr) {
-	s := l.s
-	if s.cut.Load() {
-		unix.Close(fd)
-		return
-	}
-	lb := s.lb.Load()
-	c := (&tcpConn{r: l.r, b: s.b, home: l, lb: lb, client: sockaddrAddrPort(sa), last: l.r.Now,
-		clientEnd:  tcpEnd{fd: fd, Readiness: reactor.Readiness{W: true}},
-		backendEnd: tcpEnd{fd: -1},
-	}).wire()
-	if err := l.r.Add(fd, c, reactor.EvConn); err != nil {
-		unix.Close(fd)
-		return
-	}
-	l.conns[c] = struct{}{}
-	s.count.Opened()
-	c.counted = true
-	lb.Clients.Inc()
-	c.connectNext()
-}
-
 // connectNext starts a connect to the next backend the algorithm picks,
 // each at most once; with none left the client is closed at once.
 func (c *tcpConn) connectNext() {
-	b, lb := c.b, c.lb
+	env, lb := c.env, c.lb
 	src := lb.HashKey(c.client)
 	for {
-		be := b.judge.Pick(lb, src, &c.tried)
+		be := env.Pick(lb, src, &c.tried)
 		if be == nil {
-			b.judge.WarnNoBackend(lb, c.be != nil)
+			env.WarnNoBackend(lb, c.be != nil)
 			c.close()
 			return
 		}
@@ -254,41 +101,14 @@ func (c *tcpConn) connectNext() {
 			c.deadline = c.r.Now.Add(lb.ConnectTimeout)
 			return
 		}
-		if b.judge.ConnectFailed(be, err) {
+		if env.ConnectFailed(be, err) {
 			// The balancer's own fault: no other backend would fare
 			// better.
 			c.close()
 			return
 		}
-		b.log.Debug().Err(err).Str("balancer", lb.Name).Str("backend", be.Name).Msg("backend connect failed, trying the next")
+		env.Log.Debug().Err(err).Str("balancer", lb.Name).Str("backend", be.Name).Msg("backend connect failed, trying the next")
 	}
-}
-
-// connectNonblock starts a tcp connect to ap.
-func connectNonblock(ap netip.AddrPort) (int, error) {
-	fd, err := connectSocket(ap, unix.SOCK_STREAM)
-	if err == nil {
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	}
-	return fd, err
-}
-
-// connectSocket is a non-blocking socket of typ connecting (tcp) or
-// connected (udp) to ap.
-func connectSocket(ap netip.AddrPort, typ int) (int, error) {
-	family := unix.AF_INET
-	if !ap.Addr().Unmap().Is4() {
-		family = unix.AF_INET6
-	}
-	fd, err := unix.Socket(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	if err := unix.Connect(fd, addrPortSockaddr(ap)); err != nil && err != unix.EINPROGRESS {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
 }
 
 func (c *tcpConn) connectFailed(err error) {
@@ -298,20 +118,20 @@ func (c *tcpConn) connectFailed(err error) {
 		c.close()
 		return
 	}
-	if c.b.judge.ConnectFailed(c.be, err) {
+	if c.env.ConnectFailed(c.be, err) {
 		c.close()
 		return
 	}
-	c.b.log.Debug().Err(err).Str("balancer", c.lb.Name).Str("backend", c.be.Name).Msg("backend connect failed, trying the next")
+	c.env.Log.Debug().Err(err).Str("balancer", c.lb.Name).Str("backend", c.be.Name).Msg("backend connect failed, trying the next")
 	c.connectNext()
 }
 
 // connected: the backend accepted. The PROXY protocol header goes first.
 func (c *tcpConn) connected() {
-	b, be := c.b, c.be
+	env, be := c.env, c.be
 	c.connecting = false
 	c.last = c.r.Now
-	b.judge.ConnectOK(be)
+	env.ConnectOK(be)
 	be.State.Active.Add(1)
 	be.Metrics.Active.Inc()
 	be.Metrics.Conns.Inc()
@@ -326,7 +146,7 @@ func (c *tcpConn) connected() {
 		}
 		c.up.pend = buf.b
 	}
-	if e := b.log.Debug(); e.Enabled() {
+	if e := env.Log.Debug(); e.Enabled() {
 		e.Str("balancer", c.lb.Name).Str("client", c.client.String()).Str("backend", be.Name).Msg("connection proxied")
 	}
 }
@@ -334,11 +154,6 @@ func (c *tcpConn) connected() {
 type headerBuffer struct{ b []byte }
 
 func (h *headerBuffer) Write(p []byte) (int, error) { h.b = append(h.b, p...); return len(p), nil }
-
-// deferIO: events only mark readiness; the I/O runs once the loop has
-// polled again (see tcpConn.Event). Measured: about 3% more requests per second
-// on the bench, fewer segments.
-const deferIO = true
 
 // tcpBudget bounds the reads one event makes per direction, so a fast
 // sender cannot starve the loop's other connections.
@@ -592,22 +407,4 @@ func (c *tcpConn) close() {
 	if c.counted {
 		c.home.forget(c)
 	}
-}
-
-// sockaddrAddrPort converts a socket address from accept or getsockname.
-func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
-	}
-	return netip.AddrPort{}
-}
-
-func addrPortSockaddr(ap netip.AddrPort) unix.Sockaddr {
-	if a := ap.Addr(); a.Is4() || a.Is4In6() {
-		return &unix.SockaddrInet4{Addr: a.Unmap().As4(), Port: int(ap.Port())}
-	}
-	return &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
 }
