@@ -44,6 +44,7 @@ type bgpLab struct {
 	t        *testing.T
 	c        *Cluster
 	v6       bool
+	refusing bool // members also peer with refuseIP
 	routerNS string
 	clientNS string
 	dir      string
@@ -61,8 +62,9 @@ func (l *bgpLab) memberIP6(i int) string { return fmt.Sprintf("2001:db8:%x::%d",
 
 // startBGPLab starts 3 members rendering their config with base (nil:
 // the harness's) plus a bgp section, BIRD, and the routed client. With v6
-// the members also hold an IPv6 VIP, advertised over IPv6 sessions.
-func startBGPLab(t *testing.T, v6 bool, base func(NodeConfig, *Net) string) *bgpLab {
+// the members also hold an IPv6 VIP, advertised over IPv6 sessions; with
+// refusing they also peer with an address that refuses.
+func startBGPLab(t *testing.T, v6, refusing bool, base func(NodeConfig, *Net) string) *bgpLab {
 	t.Helper()
 	if _, err := os.Stat(birdPath); err != nil {
 		t.Skipf("BIRD 2 is not installed (%v): apt-get install bird2, or make deps", err)
@@ -71,7 +73,7 @@ func startBGPLab(t *testing.T, v6 bool, base func(NodeConfig, *Net) string) *bgp
 	keepLogs(t, c)
 	n := c.Net
 	l := &bgpLab{
-		t: t, c: c, v6: v6, routerNS: n.name("rt"), clientNS: n.name("rc"), dir: t.TempDir(),
+		t: t, c: c, v6: v6, refusing: refusing, routerNS: n.name("rt"), clientNS: n.name("rc"), dir: t.TempDir(),
 		routerIP: fmt.Sprintf("198.18.%d.1", n.Subnet), refuseIP: fmt.Sprintf("198.18.%d.3", n.Subnet),
 		routerIP6: fmt.Sprintf("2001:db8:%x::1", n.Subnet), vip6: fmt.Sprintf("2001:db8:%x::100", n.Subnet),
 	}
@@ -112,7 +114,9 @@ func (l *bgpLab) render(base func(NodeConfig, *Net) string) func(NodeConfig, *Ne
 		}
 		fmt.Fprintf(&b, "bgp:\n  asn: %d\n  peers:\n", bgpMemberASN)
 		fmt.Fprintf(&b, "    - {address: %s, asn: %d}\n", l.routerIP, bgpRouterASN)
-		fmt.Fprintf(&b, "    - {address: %s, asn: %d}\n", l.refuseIP, bgpRouterASN)
+		if l.refusing {
+			fmt.Fprintf(&b, "    - {address: %s, asn: %d}\n", l.refuseIP, bgpRouterASN)
+		}
 		if l.v6 {
 			fmt.Fprintf(&b, "    - {address: '%s', asn: %d}\n", l.routerIP6, bgpRouterASN)
 		}
@@ -174,16 +178,25 @@ func (l *bgpLab) buildNetwork() {
 	if l.v6 {
 		l.ip("-n", l.clientNS, "-6", "route", "add", "default", "via", fmt.Sprintf("2001:db8:%x:1::1", s))
 	}
-	// The members reach the client through the router.
 	for i, ns := range n.NodeNS {
-		l.ip("-n", ns, "route", "add", fmt.Sprintf("198.19.%d.0/24", s), "via", l.routerIP)
 		if l.v6 {
-			// Kept across a link down (a crash trial), like the IPv4 one.
+			// The address is kept across a link down (a crash trial).
 			l.sysctl(ns, append(ipv6On, "net.ipv6.conf.eth0.disable_ipv6=0", "net.ipv6.conf.eth0.accept_dad=0",
 				"net.ipv6.conf.eth0.keep_addr_on_down=1")...)
 			l.ip("-n", ns, "addr", "add", l.memberIP6(i+1)+"/64", "dev", nodeIfName, "nodad")
-			l.ip("-n", ns, "-6", "route", "add", fmt.Sprintf("2001:db8:%x:1::/64", s), "via", l.routerIP6)
 		}
+		l.routeToClient(i + 1)
+	}
+}
+
+// routeToClient gives member i its route to the client, through the
+// router; again after its link was down, which takes the route away.
+func (l *bgpLab) routeToClient(i int) {
+	l.t.Helper()
+	ns, s := l.c.Net.NodeNS[i-1], l.sub()
+	l.ip("-n", ns, "route", "replace", fmt.Sprintf("198.19.%d.0/24", s), "via", l.routerIP)
+	if l.v6 {
+		l.ip("-n", ns, "-6", "route", "replace", fmt.Sprintf("2001:db8:%x:1::/64", s), "via", l.routerIP6)
 	}
 }
 
@@ -458,7 +471,7 @@ func (l *bgpLab) checkMoved(s *routeSampler, since time.Time, i int) time.Time {
 // cluster's sampler checks the members. A router address that refuses
 // the session is a warning and a metric on every member.
 func TestBGP(t *testing.T) {
-	l := startBGPLab(t, true, nil)
+	l := startBGPLab(t, true, true, nil)
 	c := l.c
 	client := NewClient(t, l.clientNS)
 	h := c.WaitSingleHolder(electionBound, nil)
@@ -521,6 +534,7 @@ func TestBGP(t *testing.T) {
 		l.waitClientReaches(client, next)
 		l.waitOnlyRoute(next) // the hold timer expired
 		setNSLink(t, dead.NS, "up")
+		l.routeToClient(dead.Index)
 		restartSupervisor(dead)
 		h = next
 	})
@@ -546,4 +560,64 @@ func TestBGP(t *testing.T) {
 	if rs.errs > 0 {
 		t.Errorf("the router's table could not be read %d times: %s", rs.errs, rs.lastErr)
 	}
+}
+
+// TestBenchBGP is the BGP failover benchmark (KEEPVIP_BENCH=1, make
+// bench): TestBenchFailover's trials, node lost (kill -9 and link down)
+// and check fails, on 3 members with the product's default timings
+// advertising the VIP to BIRD, and the client behind the router, so the
+// outage it sees includes the route's move at the router. The dead
+// holder's route stays at the router until the hold timer (9s); the new
+// holder's wins on MED as soon as it arrives.
+func TestBenchBGP(t *testing.T) {
+	trials, _ := benchKnobs(t)
+	l := startBGPLab(t, false, false, failoverRender("", failoverCheckInterval, ""))
+	sys := &bgpFailover{keepVIPFailover: &keepVIPFailover{t: t, c: l.c, service: l.services}, lab: l}
+	h := l.c.WaitSingleHolder(electionBound, nil)
+	l.waitOnlyRoute(h)
+	rs := l.startRouteSampler()
+	start := time.Now()
+	name := "keep-vip BGP to BIRD 2, defaults (heartbeat 300ms, hold 9s)"
+	r := runTrials(t, sys, name, trialPlan{nodeLost: trials, checkFail: trials, phase: failoverCheckInterval})
+	r.key = "keepvip-bgp"
+	t.Logf("%s: %d trials of each in %s", name, trials, time.Since(start).Round(time.Second))
+	rs.halt()
+	rs.mu.Lock()
+	moves := len(rs.changes[rs.prefixes[0]])
+	rs.mu.Unlock()
+	t.Logf("router's route changed %d times (the sampler reads its kernel table every %s)", moves, samplerInterval)
+	printFailoverTable(t, []failoverResult{r})
+	t.Logf("members' VIP timeline: %s", l.c.Sampler.Stop().describeTimeline())
+}
+
+// bgpFailover is keep-vip's failover system with the client behind the
+// router.
+type bgpFailover struct {
+	*keepVIPFailover
+	lab *bgpLab
+}
+
+func (b *bgpFailover) net() *Net {
+	n := *b.lab.c.Net
+	n.ClientNS = b.lab.clientNS
+	return &n
+}
+
+// restoreNode also waits for the restarted member's session: the router
+// still has the dead one's until its hold timer, and a member that leads
+// before its session is up is not reachable.
+func (b *bgpFailover) restoreNode(i int) {
+	b.keepVIPFailover.restoreNodeLink(i)
+	b.lab.routeToClient(i)
+	b.keepVIPFailover.restoreNode(i)
+	node := b.lab.c.Node(i)
+	// Up to the hold timer, a connect retry and a start.
+	mustWaitFor(b.t, electionBound, node.ID+"'s session with the router", func() (bool, string) {
+		body, err := node.Metrics()
+		if err != nil {
+			return false, err.Error()
+		}
+		v, ok := metricSample(body, "keep_vip_announcer_bgp_session_up", "peer="+b.lab.routerIP)
+		return ok && v == 1, fmt.Sprintf("found=%v value=%g", ok, v)
+	})
 }
