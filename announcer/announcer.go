@@ -662,14 +662,14 @@ func (s *sendErrors) note(log zerolog.Logger, vip netip.Addr, err error) {
 // burst of rounds spacing apart (the first is the caller's, at once), then
 // one every interval. kick starts a new burst at once.
 type refresher struct {
-	stop context.CancelFunc
-	done chan struct{}
-	kc   chan struct{}
+	stop  context.CancelFunc
+	done  chan struct{}
+	kicks chan struct{}
 }
 
 func startRefresher(burst int, spacing, every time.Duration, round func()) *refresher {
 	ctx, stop := context.WithCancel(context.Background())
-	r := &refresher{stop: stop, done: make(chan struct{}), kc: make(chan struct{}, 1)}
+	r := &refresher{stop: stop, done: make(chan struct{}), kicks: make(chan struct{}, 1)}
 	go func() {
 		defer close(r.done)
 		// due is how many rounds of the current burst are still to come.
@@ -686,7 +686,7 @@ func startRefresher(burst int, spacing, every time.Duration, round func()) *refr
 			select {
 			case <-ctx.Done():
 				return
-			case <-r.kc:
+			case <-r.kicks:
 				round()
 				due = burst - 1
 			case <-t.C:
@@ -708,7 +708,7 @@ func (r *refresher) kick() {
 		return
 	}
 	select {
-	case r.kc <- struct{}{}:
+	case r.kicks <- struct{}{}:
 	default:
 	}
 }

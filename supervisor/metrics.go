@@ -38,7 +38,7 @@ type metrics struct {
 	failover *failoverMetrics // failover.go
 }
 
-// Brief-compatible member states of keep_vip_member_state.
+// The original keep-vip's member states, the values of keep_vip_member_state.
 const (
 	memberFollower  = 0
 	memberCandidate = 1

@@ -9,7 +9,7 @@ import (
 
 // The original example config (../shared/seed beside the repo) must load
 // unchanged, on any host.
-func TestBriefExampleLoads(t *testing.T) {
+func TestOriginalExampleLoads(t *testing.T) {
 	path := filepath.Join("..", "..", "..", "shared", "seed", "config.yaml")
 	if _, err := os.Stat(path); err != nil {
 		t.Skipf("original example config not beside the repo: %v", err)

@@ -51,11 +51,11 @@ type httpConn struct {
 	client netip.AddrPort
 	ip     []byte // the client's address for X-Forwarded-For
 	reactor.Readiness
-	eof     bool
-	state   httpState
-	done    bool
-	in, out []byte // from the client not yet used; to it not yet written
-	last    time.Time
+	eof                  bool
+	state                httpState
+	done                 bool
+	fromClient, toClient []byte // from the client not yet used; to it not yet written
+	last                 time.Time
 	// headStart: when the first byte of the request head now awaited
 	// came.
 	headStart   time.Time
@@ -73,7 +73,7 @@ type httpConn struct {
 // httpRequest is the request an httpConn carries now, as parsed and
 // passed on.
 type httpRequest struct {
-	rlb       *policy.LoadBalancer // the config the request runs under
+	requestLB *policy.LoadBalancer // the config the request runs under
 	isHead    bool
 	upgrade   bool
 	http10    bool // an HTTP/1.0 client: no interim answers, no chunks
@@ -92,12 +92,12 @@ type httpRequest struct {
 // httpBackendSide is the backend an httpConn's request went to, and its
 // connection.
 type httpBackendSide struct {
-	be       *policy.Backend
-	u        *upstream
-	pp       *upstream // with the PROXY protocol: this client's idle one
-	uin      []byte    // from the backend not yet used
-	uout     []byte    // to the backend not yet written
-	deadline time.Time
+	be          *policy.Backend
+	u           *upstream
+	ownUpstream *upstream // with the PROXY protocol: this client's idle one
+	fromBackend []byte    // from the backend not yet used
+	toBackend   []byte    // to the backend not yet written
+	deadline    time.Time
 	// accounted: the answer is in the metrics.
 	accounted bool
 }
@@ -162,11 +162,11 @@ func (c *httpConn) run() {
 
 // step makes one move; false when it waits for a socket.
 func (c *httpConn) step() bool {
-	if len(c.out) > 0 && !c.hold {
+	if len(c.toClient) > 0 && !c.hold {
 		if !c.flushOut() {
 			return false
 		}
-		if len(c.out) > 0 {
+		if len(c.toClient) > 0 {
 			// The client is slow: read no more for it until it
 			// catches up.
 			return false
@@ -209,12 +209,12 @@ func (c *httpConn) step() bool {
 // flushOut writes what the client is owed; false when the connection
 // failed and was closed.
 func (c *httpConn) flushOut() bool {
-	for len(c.out) > 0 && c.W {
-		n, ok := c.writeClient(c.out)
+	for len(c.toClient) > 0 && c.W {
+		n, ok := c.writeClient(c.toClient)
 		if !ok {
 			return false
 		}
-		c.out = c.out[:copy(c.out, c.out[n:])]
+		c.toClient = c.toClient[:copy(c.toClient, c.toClient[n:])]
 	}
 	return true
 }
@@ -242,16 +242,16 @@ func (c *httpConn) writeClient(p []byte) (int, bool) {
 	return 0, true
 }
 
-// readClient reads from the client into c.in; false when there was
+// readClient reads from the client into c.fromClient; false when there was
 // nothing to read (or the client is gone: c.eof).
 func (c *httpConn) readClient() bool {
 	if !c.R || c.eof {
 		return false
 	}
-	if cap(c.in)-len(c.in) < 1024 {
-		c.in = append(c.in, make([]byte, cap(c.in))...)[:len(c.in)]
+	if cap(c.fromClient)-len(c.fromClient) < 1024 {
+		c.fromClient = append(c.fromClient, make([]byte, cap(c.fromClient))...)[:len(c.fromClient)]
 	}
-	buf := c.in[len(c.in):cap(c.in)]
+	buf := c.fromClient[len(c.fromClient):cap(c.fromClient)]
 	n, err := reactor.SysRead(c.fd, buf)
 	switch {
 	case err == unix.EAGAIN:
@@ -266,7 +266,7 @@ func (c *httpConn) readClient() bool {
 	if n < len(buf) && !c.Rdhup {
 		c.R = false
 	}
-	c.in = c.in[:len(c.in)+n]
+	c.fromClient = c.fromClient[:len(c.fromClient)+n]
 	c.last = c.l.r.Now
 	return true
 }
@@ -280,8 +280,8 @@ func (c *httpConn) tunnel() {
 		r: c.l.r, env: c.l.s.env, home: c.l, lb: c.lb, be: be, client: c.client,
 		clientEnd:  tcpEnd{fd: c.fd, Readiness: c.Readiness},
 		backendEnd: tcpEnd{fd: u.fd, Readiness: u.Readiness},
-		up:         tcpDirection{pend: append([]byte(nil), c.in...)},
-		down:       tcpDirection{pend: append(append([]byte(nil), c.out...), c.uin...)},
+		up:         tcpDirection{pend: append([]byte(nil), c.fromClient...)},
+		down:       tcpDirection{pend: append(append([]byte(nil), c.toClient...), c.fromBackend...)},
 		last:       c.l.r.Now, counted: true, backendActive: true,
 	}).wire()
 	// The relay owns the sockets and the accounting now.
@@ -295,7 +295,7 @@ func (c *httpConn) tunnel() {
 // checkTimeouts: a client that idles out, a connect past its deadline, a
 // backend slow to answer (504), a body that stalls.
 func (c *httpConn) checkTimeouts(now time.Time) {
-	lb := c.rlb
+	lb := c.requestLB
 	if lb == nil {
 		lb = c.lb
 	}
@@ -305,14 +305,14 @@ func (c *httpConn) checkTimeouts(now time.Time) {
 	case c.state == hsConnect && now.After(c.deadline):
 		c.connectFailed(errConnectTimeout)
 		c.run()
-	case c.state == hsAwaitHead && now.After(c.deadline) && !c.reqBody.Done && len(c.uout) == 0:
+	case c.state == hsAwaitHead && now.After(c.deadline) && !c.reqBody.Done && len(c.toBackend) == 0:
 		// The client stopped sending its body (nginx answers 408 to
 		// that; half a request cannot be answered): cut.
 		c.abort(408)
 	case c.state == hsAwaitHead && now.After(c.deadline):
 		c.backendFailed(&timeoutError{"timeout awaiting the backend's response head"})
 		c.run()
-	case c.state == hsIdle && len(c.in) > 0 && lb.IdleTimeout > 0 && now.Sub(c.headStart) >= lb.IdleTimeout:
+	case c.state == hsIdle && len(c.fromClient) > 0 && lb.IdleTimeout > 0 && now.Sub(c.headStart) >= lb.IdleTimeout:
 		// A head that trickles in (slowloris) gets the idle timeout in
 		// all, not per byte.
 		c.abort(408)
@@ -328,9 +328,9 @@ func (c *httpConn) close() {
 	}
 	c.done = true
 	c.releaseBackendClosing()
-	if c.pp != nil {
-		c.pp.close()
-		c.pp = nil
+	if c.ownUpstream != nil {
+		c.ownUpstream.close()
+		c.ownUpstream = nil
 	}
 	c.l.r.CloseFD(c.fd)
 	delete(c.l.conns, c)

@@ -12,13 +12,13 @@ func (c *httpConn) refuse(he *httpwire.Error) {
 	c.l.s.lb.Load().OwnAnswers.Request(he.Code)
 	// The request did not parse, so its method is unknown: the answer
 	// has its body, and the connection ends after it.
-	c.out = appendError(c.out, he.Code, statusText(he.Code)+": "+he.Msg, false, false)
+	c.toClient = appendError(c.toClient, he.Code, statusText(he.Code)+": "+he.Msg, false, false)
 	c.state = hsClosing
 }
 
 // noBackend answers when no backend took the request.
 func (c *httpConn) noBackend() {
-	lb := c.rlb
+	lb := c.requestLB
 	c.l.s.env.WarnNoBackend(lb, c.attempted)
 	code, msg := 503, "every backend is down"
 	switch {
@@ -39,7 +39,7 @@ func (c *httpConn) outOfResources() {
 
 // answerNone ends the request with an answer no backend gave.
 func (c *httpConn) answerNone(code int, msg string) {
-	lb := c.rlb
+	lb := c.requestLB
 	lb.OwnAnswers.Request(code)
 	c.l.s.env.Metrics.Duration.WithLabelValues(lb.Name, policy.BackendNone).Observe(c.l.r.Now.Sub(c.start).Seconds())
 	c.answerError(code, msg)
@@ -48,7 +48,7 @@ func (c *httpConn) answerNone(code int, msg string) {
 // answerError ends the request with an error of the proxy's own.
 func (c *httpConn) answerError(code int, msg string) {
 	c.clientKA = c.keepAlive && c.reqBody.Done && !c.l.s.stopping.Load()
-	c.out = appendError(c.out, code, msg, c.clientKA, c.isHead)
+	c.toClient = appendError(c.toClient, code, msg, c.clientKA, c.isHead)
 	c.endRequest()
 }
 
@@ -57,7 +57,7 @@ func (c *httpConn) answerError(code int, msg string) {
 // when the request can be sent again; else the client gets 502, or 504.
 func (c *httpConn) backendFailed(err error) {
 	be, u := c.be, c.u
-	if u.reused && !c.bodySent && c.retryable && len(c.uin) == 0 && !c.fresh && c.state != hsRelay {
+	if u.reused && !c.bodySent && c.retryable && len(c.fromBackend) == 0 && !c.fresh && c.state != hsRelay {
 		c.releaseBackendClosing()
 		c.fresh = true
 		c.tried = policy.TriedSet{}
@@ -65,7 +65,7 @@ func (c *httpConn) backendFailed(err error) {
 		return
 	}
 	c.releaseBackendClosing()
-	c.l.s.env.Log.Debug().Err(err).Str("balancer", c.rlb.Name).Str("backend", be.Name).Msg("http backend failed")
+	c.l.s.env.Log.Debug().Err(err).Str("balancer", c.requestLB.Name).Str("backend", be.Name).Msg("http backend failed")
 	code := 502
 	if _, ok := err.(*timeoutError); ok {
 		code = 504
@@ -86,7 +86,7 @@ func (c *httpConn) responseBroke(err error) {
 		c.abort(502)
 		return
 	}
-	c.out, c.hold = c.out[:c.heldFrom], false
+	c.toClient, c.hold = c.toClient[:c.heldFrom], false
 	c.backendFailed(err)
 }
 

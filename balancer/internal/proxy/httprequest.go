@@ -17,34 +17,34 @@ func (c *httpConn) readRequest() bool {
 		// One empty line before a request line is ignored (RFC 9112
 		// 2.2): some clients end a body with one more CRLF. One only,
 		// so that a trickle of them still meets the head's timeout.
-		if n := httpwire.EmptyLine(c.in); n > 0 {
-			c.in = c.in[:copy(c.in, c.in[n:])]
+		if n := httpwire.EmptyLine(c.fromClient); n > 0 {
+			c.fromClient = c.fromClient[:copy(c.fromClient, c.fromClient[n:])]
 			c.skippedEmpty = true
 		}
 	}
-	end := httpwire.HeadEnd(c.in)
+	end := httpwire.HeadEnd(c.fromClient)
 	if end > httpwire.MaxHead {
 		c.refuse(&httpwire.Error{Code: 431, Msg: "request head too large"})
 		return true
 	}
 	if end < 0 {
 		switch {
-		case len(c.in) >= httpwire.MaxHead:
+		case len(c.fromClient) >= httpwire.MaxHead:
 			c.refuse(&httpwire.Error{Code: 431, Msg: "request head too large"})
 			return true
 		case c.eof:
 			c.close()
 			return false
 		}
-		empty := len(c.in) == 0
+		empty := len(c.fromClient) == 0
 		more := c.readClient()
-		if empty && len(c.in) > 0 {
+		if empty && len(c.fromClient) > 0 {
 			c.headStart = c.l.r.Now
 		}
 		return more
 	}
 	var h httpwire.RequestHead
-	if err := httpwire.ParseRequest(c.in[:end], &h); err != nil {
+	if err := httpwire.ParseRequest(c.fromClient[:end], &h); err != nil {
 		var he *httpwire.Error
 		if !errors.As(err, &he) {
 			he = &httpwire.Error{Code: 400, Msg: err.Error()}
@@ -52,25 +52,25 @@ func (c *httpConn) readRequest() bool {
 		c.refuse(he)
 		return true
 	}
-	c.rlb, c.skippedEmpty = c.l.s.lb.Load(), false
+	c.requestLB, c.skippedEmpty = c.l.s.lb.Load(), false
 	c.isHead, c.upgrade, c.http10 = h.IsHead(), h.WantsUpgrade(), h.Minor == 0
 	c.keepAlive = h.KeepAlive && h.Minor == 1
 	m := string(h.Method)
 	c.retryable = (h.Body.Length <= 0 && !h.Body.Chunked) &&
 		(m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "TRACE" || m == "PUT" || m == "DELETE")
-	c.fwd = httpwire.AppendRequest(c.fwd[:0], c.in[:end], &h, c.ip, c.localAddr)
+	c.fwd = httpwire.AppendRequest(c.fwd[:0], c.fromClient[:end], &h, c.ip, c.localAddr)
 	if !h.Body.Chunked && h.Body.Length < 0 {
 		h.Body.Length = 0
 	}
 	c.reqBody = httpwire.NewBodyReader(h.Body, false)
-	if !c.reqBody.Valid(c.in[end:]) {
+	if !c.reqBody.Valid(c.fromClient[end:]) {
 		// Chunks already here that no backend may see: refused before
 		// one is chosen.
 		c.refuse(&httpwire.Error{Code: 400, Msg: httpwire.ErrChunked.Error()})
 		return true
 	}
 	c.bodySent = false
-	c.in = c.in[:copy(c.in, c.in[end:])]
+	c.fromClient = c.fromClient[:copy(c.fromClient, c.fromClient[end:])]
 	c.start = c.l.r.Now
 	c.tried, c.attempted, c.timedOut, c.fresh = policy.TriedSet{}, false, false, false
 	c.connect()
@@ -90,7 +90,7 @@ func (c *httpConn) localAddr() string {
 // a pooled connection or a new one; with none left it answers 502, 503 or
 // 504.
 func (c *httpConn) connect() {
-	env, lb := c.l.s.env, c.rlb
+	env, lb := c.l.s.env, c.requestLB
 	src := lb.HashKey(c.client)
 	for {
 		be := env.Pick(lb, src, &c.tried)
@@ -112,7 +112,7 @@ func (c *httpConn) connect() {
 		c.be, c.u, u.owner = be, u, c
 		be.State.Active.Add(1)
 		be.Metrics.Active.Inc()
-		c.uout = append(c.uout[:0], c.fwd...)
+		c.toBackend = append(c.toBackend[:0], c.fwd...)
 		if connecting {
 			c.state = hsConnect
 			c.deadline = c.l.r.Now.Add(lb.ConnectTimeout)
@@ -120,14 +120,14 @@ func (c *httpConn) connect() {
 				local, _ := unix.Getsockname(c.fd)
 				var hb headerBuffer
 				if err := proxyheader.Write(&hb, lb.ProxyProtocol, net.TCPAddrFromAddrPort(c.client), net.TCPAddrFromAddrPort(sockaddrAddrPort(local))); err == nil {
-					c.uout = append(hb.b, c.uout...)
+					c.toBackend = append(hb.b, c.toBackend...)
 				}
 			}
 		} else {
 			c.state = hsAwaitHead
 			c.deadline = c.l.r.Now.Add(lb.IdleTimeout)
 		}
-		c.uin, c.accounted = c.uin[:0], false
+		c.fromBackend, c.accounted = c.fromBackend[:0], false
 		return
 	}
 }
@@ -136,9 +136,9 @@ func (c *httpConn) connect() {
 // protocol, else a pooled one, else a new one: connecting.
 func (c *httpConn) upstreamFor(be *policy.Backend) (u *upstream, connecting bool, err error) {
 	now := c.l.r.Now
-	if c.rlb.ProxyProtocol > 0 {
-		if u := c.pp; u != nil {
-			c.pp = nil
+	if c.requestLB.ProxyProtocol > 0 {
+		if u := c.ownUpstream; u != nil {
+			c.ownUpstream = nil
 			if u.be.State == be.State && !c.fresh && (now.Sub(u.idleSince) < IdleCheckAfter || peekAlive(u.fd)) {
 				return u, false, nil
 			}
@@ -180,7 +180,7 @@ func (c *httpConn) exchange() bool {
 	if u == nil {
 		return false
 	}
-	if c.reqBody.Done && c.R && !c.eof && len(c.in) < httpwire.MaxHead {
+	if c.reqBody.Done && c.R && !c.eof && len(c.fromClient) < httpwire.MaxHead {
 		// What the client sends meanwhile is its next request; reading
 		// it is also how its end is seen.
 		c.readClient()
@@ -206,12 +206,12 @@ func (c *httpConn) exchange() bool {
 		c.state = hsAwaitHead
 		c.l.s.env.ConnectOK(c.be)
 		c.be.Metrics.Conns.Inc()
-		c.deadline = c.l.r.Now.Add(c.rlb.IdleTimeout)
+		c.deadline = c.l.r.Now.Add(c.requestLB.IdleTimeout)
 	}
 	progress := false
 	// The request, head then body, to the backend.
-	for len(c.uout) > 0 && u.W {
-		n, err := reactor.SysWrite(u.fd, c.uout)
+	for len(c.toBackend) > 0 && u.W {
+		n, err := reactor.SysWrite(u.fd, c.toBackend)
 		switch {
 		case err == unix.EAGAIN:
 			u.W = false
@@ -226,23 +226,23 @@ func (c *httpConn) exchange() bool {
 		if c.state == hsAwaitHead {
 			// The backend has the idle timeout to answer from the
 			// last byte of the request.
-			c.deadline = c.l.r.Now.Add(c.rlb.IdleTimeout)
+			c.deadline = c.l.r.Now.Add(c.requestLB.IdleTimeout)
 		}
-		c.uout = c.uout[:copy(c.uout, c.uout[n:])]
-		if len(c.uout) > 0 {
+		c.toBackend = c.toBackend[:copy(c.toBackend, c.toBackend[n:])]
+		if len(c.toBackend) > 0 {
 			u.W = false
 		}
 		progress = true
 	}
-	if len(c.uout) == 0 && !c.reqBody.Done {
-		if len(c.in) > 0 {
-			n, err := c.reqBody.Take(c.in)
+	if len(c.toBackend) == 0 && !c.reqBody.Done {
+		if len(c.fromClient) > 0 {
+			n, err := c.reqBody.Take(c.fromClient)
 			if err != nil {
 				c.badBody()
 				return false
 			}
-			c.uout = append(c.uout, c.in[:n]...)
-			c.in = c.in[:copy(c.in, c.in[n:])]
+			c.toBackend = append(c.toBackend, c.fromClient[:n]...)
+			c.fromClient = c.fromClient[:copy(c.fromClient, c.fromClient[n:])]
 			c.bodySent = true
 			progress = true
 		} else if c.eof {
@@ -290,7 +290,7 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 		return true, false
 	}
 	// Bytes past the body's end are the next request's.
-	c.in = append(c.in, scratch[k:n]...)
+	c.fromClient = append(c.fromClient, scratch[k:n]...)
 	c.bodySent = true
 	data := scratch[:k]
 	w, err := reactor.SysWrite(c.u.fd, data)
@@ -305,10 +305,10 @@ func (c *httpConn) forwardBody() (ended, more bool) {
 	default:
 		c.be.Metrics.ToBackend.Add(float64(w))
 		if c.state == hsAwaitHead {
-			c.deadline = c.l.r.Now.Add(c.rlb.IdleTimeout)
+			c.deadline = c.l.r.Now.Add(c.requestLB.IdleTimeout)
 		}
 	}
-	c.uout = append(c.uout, data[w:]...)
+	c.toBackend = append(c.toBackend, data[w:]...)
 	return false, false
 }
 
@@ -334,7 +334,7 @@ func (c *httpConn) connectFailed(err error) {
 		c.outOfResources()
 		return
 	}
-	c.l.s.env.Log.Debug().Err(err).Str("balancer", c.rlb.Name).Str("backend", be.Name).Msg("backend connect failed, trying the next")
+	c.l.s.env.Log.Debug().Err(err).Str("balancer", c.requestLB.Name).Str("backend", be.Name).Msg("backend connect failed, trying the next")
 	c.connect()
 }
 

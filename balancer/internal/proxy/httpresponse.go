@@ -13,13 +13,13 @@ import (
 // its body, to leave with them in one segment.
 const httpHoldHead = time.Millisecond
 
-// readUpstream reads from the backend into c.uin.
+// readUpstream reads from the backend into c.fromBackend.
 func (c *httpConn) readUpstream() (n int, err error) {
-	if cap(c.uin)-len(c.uin) < 1024 {
-		c.uin = append(c.uin, make([]byte, max(cap(c.uin), 4096))...)[:len(c.uin)]
+	if cap(c.fromBackend)-len(c.fromBackend) < 1024 {
+		c.fromBackend = append(c.fromBackend, make([]byte, max(cap(c.fromBackend), 4096))...)[:len(c.fromBackend)]
 	}
-	n, err = c.readUpstreamInto(c.uin[len(c.uin):cap(c.uin)])
-	c.uin = c.uin[:len(c.uin)+n]
+	n, err = c.readUpstreamInto(c.fromBackend[len(c.fromBackend):cap(c.fromBackend)])
+	c.fromBackend = c.fromBackend[:len(c.fromBackend)+n]
 	return n, err
 }
 
@@ -49,11 +49,11 @@ func (c *httpConn) readUpstreamInto(buf []byte) (n int, err error) {
 
 func (c *httpConn) readResponseHead() bool {
 	for {
-		end := httpwire.HeadEnd(c.uin)
+		end := httpwire.HeadEnd(c.fromBackend)
 		if end > 0 && end <= httpwire.MaxHead {
 			return c.startResponse(end)
 		}
-		if end > 0 || len(c.uin) >= httpwire.MaxHead {
+		if end > 0 || len(c.fromBackend) >= httpwire.MaxHead {
 			c.backendFailed(errors.New("response head too large"))
 			return true
 		}
@@ -73,9 +73,9 @@ func (c *httpConn) readResponseHead() bool {
 	}
 }
 
-// startResponse passes on the response head in c.uin[:end].
+// startResponse passes on the response head in c.fromBackend[:end].
 func (c *httpConn) startResponse(end int) bool {
-	if err := httpwire.ParseResponse(c.uin[:end], c.isHead, &c.resp); err != nil {
+	if err := httpwire.ParseResponse(c.fromBackend[:end], c.isHead, &c.resp); err != nil {
 		c.backendFailed(err)
 		return true
 	}
@@ -84,9 +84,9 @@ func (c *httpConn) startResponse(end int) bool {
 		// Interim (100 Continue, 103): passed on, but never to an
 		// HTTP/1.0 client (RFC 9110 15.2); the final answer follows.
 		if !c.http10 {
-			c.out = httpwire.AppendResponse(c.out, c.uin[:end], &c.resp, true, false)
+			c.toClient = httpwire.AppendResponse(c.toClient, c.fromBackend[:end], &c.resp, true, false)
 		}
-		c.uin = c.uin[:copy(c.uin, c.uin[end:])]
+		c.fromBackend = c.fromBackend[:copy(c.fromBackend, c.fromBackend[end:])]
 		return true
 	}
 	if c.http10 && c.resp.Body.Chunked {
@@ -101,20 +101,20 @@ func (c *httpConn) startResponse(end int) bool {
 			c.backendFailed(errors.New("unasked protocol switch"))
 			return true
 		}
-		c.out = httpwire.AppendResponse(c.out, c.uin[:end], &c.resp, false, true)
-		c.uin = c.uin[:copy(c.uin, c.uin[end:])]
+		c.toClient = httpwire.AppendResponse(c.toClient, c.fromBackend[:end], &c.resp, false, true)
+		c.fromBackend = c.fromBackend[:copy(c.fromBackend, c.fromBackend[end:])]
 		c.tunnel()
 		return false
 	}
-	if br := httpwire.NewBodyReader(c.resp.Body, c.resp.CloseDelimited); !br.Valid(c.uin[end:]) {
+	if br := httpwire.NewBodyReader(c.resp.Body, c.resp.CloseDelimited); !br.Valid(c.fromBackend[end:]) {
 		// Broken chunks already here: a 502 rather than half an answer.
 		c.backendFailed(httpwire.ErrChunked)
 		return true
 	}
 	c.clientKA = c.keepAlive && !c.resp.CloseDelimited && !c.l.s.stopping.Load()
-	c.heldFrom = len(c.out)
-	c.out = httpwire.AppendResponse(c.out, c.uin[:end], &c.resp, c.clientKA, false)
-	c.uin = c.uin[:copy(c.uin, c.uin[end:])]
+	c.heldFrom = len(c.toClient)
+	c.toClient = httpwire.AppendResponse(c.toClient, c.fromBackend[:end], &c.resp, c.clientKA, false)
+	c.fromBackend = c.fromBackend[:copy(c.fromBackend, c.fromBackend[end:])]
 	c.respBody = httpwire.NewBodyReader(c.resp.Body, c.resp.CloseDelimited)
 	// On with the body at once: head and body leave in one write, one
 	// segment for a small response, as nginx's writev sends them. A
@@ -122,7 +122,7 @@ func (c *httpConn) startResponse(end int) bool {
 	// then sendfile) sends the body microseconds later: the head waits
 	// for it up to httpHoldHead (nginx's postpone_output waits for 1460
 	// bytes or the end, however long).
-	if len(c.uin) == 0 && !c.respBody.Done {
+	if len(c.fromBackend) == 0 && !c.respBody.Done {
 		c.hold = true
 		c.l.r.HoldUntil(c.fd, c, c.l.r.Now.Add(httpHoldHead))
 	}
@@ -133,19 +133,19 @@ func (c *httpConn) startResponse(end int) bool {
 // relayResponse passes the body on until its end.
 func (c *httpConn) relayResponse() bool {
 	for {
-		if len(c.uin) > 0 {
-			k, ok := c.passBody(c.uin)
+		if len(c.fromBackend) > 0 {
+			k, ok := c.passBody(c.fromBackend)
 			if !ok {
 				// Cut (done), or answered with a 502: then on.
 				return !c.done
 			}
-			c.uin = c.uin[:copy(c.uin, c.uin[k:])]
+			c.fromBackend = c.fromBackend[:copy(c.fromBackend, c.fromBackend[k:])]
 		}
 		if c.respBody.Done {
 			c.finish()
 			return true
 		}
-		if len(c.out) > 0 && !c.hold {
+		if len(c.toClient) > 0 && !c.hold {
 			return false // the client first
 		}
 		// The body is read into the loop's buffer and written on from
@@ -171,7 +171,7 @@ func (c *httpConn) relayResponse() bool {
 		}
 		// Bytes past the body's end: the backend said more than the
 		// response; the connection will not be reused (see finish).
-		c.uin = append(c.uin, scratch[k:n]...)
+		c.fromBackend = append(c.fromBackend, scratch[k:n]...)
 	}
 }
 
@@ -193,14 +193,14 @@ func (c *httpConn) passBody(p []byte) (int, bool) {
 	}
 	c.hold = false
 	data := p[:k]
-	if len(c.out) == 0 {
+	if len(c.toClient) == 0 {
 		w, ok := c.writeClient(data)
 		if !ok {
 			return 0, false
 		}
 		data = data[w:]
 	}
-	c.out = append(c.out, data...)
+	c.toClient = append(c.toClient, data...)
 	return k, c.flushOut()
 }
 
@@ -222,10 +222,10 @@ func (c *httpConn) finish() {
 	c.hold = false
 	c.account(c.resp.Code)
 	c.releaseBackend()
-	if c.resp.Reusable && c.reqBody.Done && len(c.uin) == 0 && len(c.uout) == 0 && !c.l.s.stopping.Load() {
-		if c.rlb.ProxyProtocol > 0 {
+	if c.resp.Reusable && c.reqBody.Done && len(c.fromBackend) == 0 && len(c.toBackend) == 0 && !c.l.s.stopping.Load() {
+		if c.requestLB.ProxyProtocol > 0 {
 			u.owner, u.idleSince, u.reused, u.R = nil, c.l.r.Now, true, false
-			c.pp = u
+			c.ownUpstream = u
 		} else if !c.l.pool(be.State).put(u, c.l.r.Now) {
 			u.close()
 		}

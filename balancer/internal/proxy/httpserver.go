@@ -21,9 +21,9 @@ type HTTPServer struct {
 	lb    atomic.Pointer[policy.LoadBalancer]
 	loops []*httpLoop
 	count reactor.ConnCount
-	// What the server was built with: another value needs another
-	// server (see compatible).
-	pp int
+	// proxyProtocol is the PROXY protocol version the server was built
+	// with: another version needs another server (see Compatible).
+	proxyProtocol int
 	// stopping: no keep-alive after the response in flight; cut: drain's
 	// deadline passed.
 	stopping, cut atomic.Bool
@@ -32,22 +32,22 @@ type HTTPServer struct {
 // httpLoop is an http server's part of one reactor: its client
 // connections, upgraded tunnels and keep-alive pools.
 type httpLoop struct {
-	s       *HTTPServer
-	r       *reactor.Loop
-	ln      *reactor.Listener
-	conns   map[*httpConn]struct{}
-	tunnels map[*tcpConn]struct{}
-	pools   map[*policy.BackendState]*upstreamPool
-	stopT   func()
+	s         *HTTPServer
+	r         *reactor.Loop
+	ln        *reactor.Listener
+	conns     map[*httpConn]struct{}
+	tunnels   map[*tcpConn]struct{}
+	pools     map[*policy.BackendState]*upstreamPool
+	stopCheck func()
 }
 
 // ServeHTTP serves lb on sock, on every event loop of env.
 func ServeHTTP(env *Env, sock *reactor.Socket, lb *policy.LoadBalancer) *HTTPServer {
-	s := &HTTPServer{env: env, pp: lb.ProxyProtocol}
+	s := &HTTPServer{env: env, proxyProtocol: lb.ProxyProtocol}
 	s.lb.Store(lb)
 	for _, r := range env.Loops.Loops {
 		l := &httpLoop{s: s, r: r, conns: map[*httpConn]struct{}{}, tunnels: map[*tcpConn]struct{}{}, pools: map[*policy.BackendState]*upstreamPool{}}
-		if l.ln, l.stopT = startLoop(env, r, sock, l, &s.lb); l.ln != nil {
+		if l.ln, l.stopCheck = startLoop(env, r, sock, l, &s.lb); l.ln != nil {
 			s.loops = append(s.loops, l)
 		}
 	}
@@ -57,7 +57,7 @@ func ServeHTTP(env *Env, sock *reactor.Socket, lb *policy.LoadBalancer) *HTTPSer
 func (s *HTTPServer) Current() *policy.LoadBalancer { return s.lb.Load() }
 
 func (s *HTTPServer) Compatible(lb *policy.LoadBalancer) bool {
-	return lb.Type == limits.TypeHTTP && lb.ProxyProtocol == s.pp
+	return lb.Type == limits.TypeHTTP && lb.ProxyProtocol == s.proxyProtocol
 }
 
 func (s *HTTPServer) Update(lb *policy.LoadBalancer) { s.lb.Store(lb) }
@@ -71,7 +71,7 @@ func (s *HTTPServer) Stop() {
 		l.ln.Stop()
 		l.r.Do(func() {
 			for c := range l.conns {
-				if c.state == hsIdle && len(c.in) == 0 {
+				if c.state == hsIdle && len(c.fromClient) == 0 {
 					c.close()
 				}
 			}
@@ -102,7 +102,7 @@ func (s *HTTPServer) Drain(deadline time.Time) {
 				delete(l.pools, st)
 			}
 		})
-		l.stopT()
+		l.stopCheck()
 	}
 }
 
@@ -148,7 +148,7 @@ func (l *httpLoop) open(fd int, sa unix.Sockaddr) {
 		return
 	}
 	lb := s.lb.Load()
-	c := &httpConn{l: l, lb: lb, fd: fd, client: sockaddrAddrPort(sa), Readiness: reactor.Readiness{W: true}, last: l.r.Now, in: make([]byte, 0, 4096)}
+	c := &httpConn{l: l, lb: lb, fd: fd, client: sockaddrAddrPort(sa), Readiness: reactor.Readiness{W: true}, last: l.r.Now, fromClient: make([]byte, 0, 4096)}
 	c.ip = c.client.Addr().Unmap().AppendTo(nil)
 	if err := l.r.Add(fd, c, reactor.EvConn); err != nil {
 		unix.Close(fd)

@@ -25,11 +25,11 @@ type TCPServer struct {
 
 // tcpLoop is a tcp server's part of one reactor.
 type tcpLoop struct {
-	s     *TCPServer
-	r     *reactor.Loop
-	ln    *reactor.Listener
-	conns map[*tcpConn]struct{}
-	stopT func()
+	s         *TCPServer
+	r         *reactor.Loop
+	ln        *reactor.Listener
+	conns     map[*tcpConn]struct{}
+	stopCheck func()
 }
 
 // ServeTCP serves lb on sock, on every event loop of env.
@@ -38,7 +38,7 @@ func ServeTCP(env *Env, sock *reactor.Socket, lb *policy.LoadBalancer) *TCPServe
 	s.lb.Store(lb)
 	for _, r := range env.Loops.Loops {
 		l := &tcpLoop{s: s, r: r, conns: map[*tcpConn]struct{}{}}
-		if l.ln, l.stopT = startLoop(env, r, sock, l, &s.lb); l.ln != nil {
+		if l.ln, l.stopCheck = startLoop(env, r, sock, l, &s.lb); l.ln != nil {
 			s.loops = append(s.loops, l)
 		}
 	}
@@ -72,7 +72,7 @@ func (s *TCPServer) Drain(deadline time.Time) {
 		}
 	}
 	for _, l := range s.loops {
-		l.stopT()
+		l.stopCheck()
 	}
 }
 

@@ -53,12 +53,12 @@ type UDPServer struct {
 // udpShard is the part of a udp server one loop runs; all of it is the
 // loop's.
 type udpShard struct {
-	s        *UDPServer
-	r        *reactor.Loop
-	fd       int // the loop's duplicate of its socket of the group
-	sessions map[netip.AddrPort]*udpSession
-	in       *mmsgBatch
-	stopT    func()
+	s         *UDPServer
+	r         *reactor.Loop
+	fd        int // the loop's duplicate of its socket of the group
+	sessions  map[netip.AddrPort]*udpSession
+	in        *mmsgBatch
+	stopCheck func()
 }
 
 type udpSession struct {
@@ -108,7 +108,7 @@ func ServeUDP(env *Env, sock *reactor.Socket, lb *policy.LoadBalancer) *UDPServe
 		if err != nil {
 			env.Log.Error().Err(err).Str("balancer", lb.Name).Msg("udp load balancer cannot read its socket")
 		}
-		sh.stopT = sh.r.Every(max(lb.IdleTimeout/4, reactor.Tick), sh.sweep)
+		sh.stopCheck = sh.r.Every(max(lb.IdleTimeout/4, reactor.Tick), sh.sweep)
 		s.shards = append(s.shards, sh)
 	}
 	return s
@@ -138,7 +138,7 @@ func (s *UDPServer) Drain(deadline time.Time) {
 				sh.fd = -1
 			}
 		})
-		sh.stopT()
+		sh.stopCheck()
 	}
 	s.sock.Close()
 }
