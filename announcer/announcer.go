@@ -3,8 +3,9 @@
 // ARP for IPv4 VIPs, unsolicited neighbour advertisements for IPv6 ones. One
 // small type per concern: addrs (netlink), arpSender and ndpSender (one
 // packet each), speaker (their sockets), refresher (burst and repeat),
-// linkWatcher (netlink subscriptions), an rpc.Feed (Watch streams), and Announcer
-// tying them to rpc.Announcer.
+// linkWatcher (netlink subscriptions), an rpc.Feed (Watch streams), bgpSpeaker
+// (BGP mode, bgp.go: host routes to routers, GoBGP in-process), and
+// Announcer tying them to rpc.Announcer.
 //
 // Robustness: the interface's state is followed through netlink; an
 // interface that is down or has no carrier is reported unusable on Watch,
