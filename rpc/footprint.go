@@ -9,9 +9,9 @@ import (
 // Footprint is one process's Go runtime settings. Footprints holds every
 // keep-vip process's, the one place they are set: the supervisor applies its
 // row in its start command, a plugin its kind's row in its Serve call (a
-// third-party plugin of a kind gets the built-in one's). README "Memory and
-// CPU at idle" and docs/benchmarks.md give what each setting was measured
-// to buy. An operator's GOGC or GOMEMLIMIT in the environment wins over the
+// third-party plugin of a kind gets the built-in one's).
+// docs/benchmarks.md ("Idle cost") gives what each setting was measured to
+// buy. An operator's GOGC or GOMEMLIMIT in the environment wins over the
 // table (the supervisor passes its environment on to the plugins).
 type Footprint struct {
 	// GCPercent is the GC's heap growth target (GOGC); 0 keeps Go's 100.
