@@ -84,10 +84,20 @@ type httpRequest struct {
 	bodySent  bool
 	start     time.Time
 	tried     policy.TriedSet
-	attempted bool
-	timedOut  bool
+	attempts  httpAttempts
 	fresh     bool // the next backend connection must be a new one
 }
+
+// httpAttempts is how the request's tries of backends went, for the answer
+// when none is left: 503 when none was tried (every backend is down), 502
+// when some were and none answered, 504 when a connect timed out.
+type httpAttempts uint8
+
+const (
+	noneTried    httpAttempts = iota
+	someTried                 // a backend was picked; none answered yet
+	someTimedOut              // and a connect timed out
+)
 
 // httpBackendSide is the backend an httpConn's request went to, and its
 // connection.
@@ -110,7 +120,7 @@ type httpResponse struct {
 	clientKA bool // the client connection stays open after the response
 	// hold: a response head waits for its body (see httpHoldHead).
 	hold bool
-	// heldFrom is where the held head starts in out.
+	// heldFrom is where the held head starts in toClient.
 	heldFrom int
 }
 

@@ -19,12 +19,12 @@ func (c *httpConn) refuse(he *httpwire.Error) {
 // noBackend answers when no backend took the request.
 func (c *httpConn) noBackend() {
 	lb := c.requestLB
-	c.l.s.env.WarnNoBackend(lb, c.attempted)
+	c.l.s.env.WarnNoBackend(lb, c.attempts != noneTried)
 	code, msg := 503, "every backend is down"
-	switch {
-	case c.timedOut:
+	switch c.attempts {
+	case someTimedOut:
 		code, msg = 504, "no backend answered in time"
-	case c.attempted:
+	case someTried:
 		code, msg = 502, "no backend answered"
 	}
 	c.answerNone(code, statusText(code)+": "+msg)

@@ -72,7 +72,7 @@ func (c *httpConn) readRequest() bool {
 	c.bodySent = false
 	c.fromClient = c.fromClient[:copy(c.fromClient, c.fromClient[end:])]
 	c.start = c.l.r.Now
-	c.tried, c.attempted, c.timedOut, c.fresh = policy.TriedSet{}, false, false, false
+	c.tried, c.attempts, c.fresh = policy.TriedSet{}, noneTried, false
 	c.connect()
 	return true
 }
@@ -99,7 +99,7 @@ func (c *httpConn) connect() {
 			return
 		}
 		c.tried.Add(be.Index)
-		c.attempted = true
+		c.attempts = max(c.attempts, someTried)
 		u, connecting, err := c.upstreamFor(be)
 		if err != nil {
 			if env.ConnectFailed(be, err) {
@@ -328,7 +328,7 @@ func (c *httpConn) connectFailed(err error) {
 	be := c.be
 	c.releaseBackendClosing()
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		c.timedOut = true
+		c.attempts = someTimedOut
 	}
 	if c.l.s.env.ConnectFailed(be, err) {
 		c.outOfResources()
