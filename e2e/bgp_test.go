@@ -277,6 +277,9 @@ var birdVia = regexp.MustCompile(`\bvia ([0-9a-f:.]+)`)
 // (best first), whichever member it came from.
 func (l *bgpLab) birdRoutes(prefix string) ([]string, error) {
 	out, err := l.birdc("show", "route", prefix)
+	if strings.Contains(out, "Network not found") {
+		return nil, nil // birdc exits 1 on it
+	}
 	if err != nil {
 		return nil, fmt.Errorf("birdc show route %s: %v: %s", prefix, err, out)
 	}
@@ -503,6 +506,7 @@ func TestBGP(t *testing.T) {
 	})
 
 	rs := l.startRouteSampler()
+	start := time.Now()
 
 	t.Run("failing check", func(t *testing.T) {
 		t0 := time.Now()
@@ -539,20 +543,62 @@ func TestBGP(t *testing.T) {
 		h = next
 	})
 
-	t.Run("partition", func(t *testing.T) {
-		time.Sleep(time.Second)
-		p := NewPartitioner(t, c.Net)
+	// The partition experiments of partition_test.go (there, what the
+	// members do is asserted; here, that the route follows): the
+	// partitions are between members, each keeps its session with the
+	// router.
+	p := NewPartitioner(t, c.Net)
+	t.Run("partition: leader cut from both followers", func(t *testing.T) {
 		t.Cleanup(p.healQuietly)
 		t0 := time.Now()
 		p.Isolate(h)
 		next := c.WaitSingleHolder(electionBound, func(n int) bool { return n != h })
 		l.checkMoved(rs, t0, next)
-		// The isolated member still talks to the router: it withdraws.
+		// The isolated member steps down and withdraws.
 		l.waitOnlyRoute(next)
 		l.waitClientReaches(client, next)
 		p.HealAll()
-		h = next
+		h = c.WaitSingleHolder(partHealBound, nil)
 	})
+	t.Run("partition: full", func(t *testing.T) {
+		t.Cleanup(p.healQuietly)
+		for i := 1; i <= 3; i++ {
+			p.Isolate(i)
+		}
+		// No leader, so no route: the router sends the VIP's traffic
+		// nowhere rather than to a member that may not hold it.
+		for _, pfx := range l.prefixes() {
+			mustWaitFor(t, partMoveBound+partHealBound, "no route for "+pfx, func() (bool, string) {
+				hops, err := l.birdRoutes(pfx)
+				return err == nil && len(hops) == 0, fmt.Sprint(hops, err)
+			})
+		}
+		p.HealAll()
+		h = c.WaitSingleHolder(partHealBound, nil)
+		l.waitOnlyRoute(h)
+	})
+	for _, tc := range []struct {
+		name string
+		cut  func(leader int, f []int)
+	}{
+		{"leader cut from one follower", func(leader int, f []int) { p.Cut(leader, f[0]) }},
+		{"followers cut", func(_ int, f []int) { p.Cut(f[0], f[1]) }},
+		{"followers cut and leader cut from one", func(leader int, f []int) { p.Cut(f[0], f[1]); p.Cut(leader, f[1]) }},
+	} {
+		t.Run("partition: "+tc.name, func(t *testing.T) {
+			t.Cleanup(p.healQuietly)
+			tc.cut(h, others(c, h))
+			time.Sleep(partObserve)
+			p.HealAll()
+			h = c.WaitSingleHolder(partHealBound, nil)
+			l.waitOnlyRoute(h)
+			l.waitClientReaches(client, h)
+		})
+	}
+
+	// Over the whole test: the route never pointed at a member other
+	// than the holder once the holder's route had reached the router.
+	l.checkRouteFollowsHolder(rs, start)
 
 	rs.mu.Lock()
 	t.Logf("router route sampler: %d read errors %s; changes: %v", rs.errs, rs.lastErr, rs.changes)
@@ -620,4 +666,50 @@ func (b *bgpFailover) restoreNode(i int) {
 		v, ok := metricSample(body, "keep_vip_announcer_bgp_session_up", "peer="+b.lab.routerIP)
 		return ok && v == 1, fmt.Sprintf("found=%v value=%g", ok, v)
 	})
+}
+
+// checkRouteFollowsHolder fails t if, at any route sample since from, the
+// router's route pointed at a member other than the one holding the VIP
+// (the cluster's sampler) although that holder's route had already been
+// at the router since it took the VIP. Before the new holder's route
+// arrives the old one may still be best (a crashed holder's), after it
+// never.
+func (l *bgpLab) checkRouteFollowsHolder(s *routeSampler, from time.Time) {
+	l.t.Helper()
+	holders := l.c.Sampler.TimelineSince(from)
+	holderAt := func(at time.Time) (int, time.Time) {
+		h, since := 0, time.Time{}
+		for _, ch := range holders {
+			if ch.At.After(at) {
+				break
+			}
+			h, since = 0, ch.At
+			if len(ch.Holders) == 1 {
+				h = ch.Holders[0]
+			}
+		}
+		return h, since
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.prefixes {
+		seen := map[int]time.Time{} // member → last time the route came to it
+		for _, c := range s.changes[p] {
+			if c.At.Before(from) || c.Via == "" {
+				continue
+			}
+			via := 0
+			for i := 1; i <= 3; i++ {
+				if l.hopOf(p.String(), i) == c.Via {
+					via = i
+				}
+			}
+			h, since := holderAt(c.At)
+			if via != 0 && h != 0 && via != h && seen[h].After(since) {
+				l.t.Errorf("%s: at %s the router's route went to server%d while server%d held the VIP (since %s) and its route had reached the router at %s",
+					p, c.At.Format("15:04:05.000"), via, h, since.Format("15:04:05.000"), seen[h].Format("15:04:05.000"))
+			}
+			seen[via] = c.At
+		}
+	}
 }
