@@ -58,6 +58,14 @@ type bgpLab struct {
 
 func (l *bgpLab) sub() int { return l.c.Net.Subnet }
 
+// with is l for subtest t: its waits fail t, not the parent test (as
+// partition_test.go does with a Cluster).
+func (l *bgpLab) with(t *testing.T) *bgpLab {
+	sl, sc := *l, *l.c
+	sc.t, sl.t, sl.c = t, t, &sc
+	return &sl
+}
+
 func (l *bgpLab) memberIP6(i int) string { return fmt.Sprintf("2001:db8:%x::%d", l.sub(), 10+i) }
 
 // startBGPLab starts 3 members rendering their config with base (nil:
@@ -211,14 +219,19 @@ func (l *bgpLab) startBIRD() {
 	if l.v6 {
 		b.WriteString("protocol kernel { ipv6 { import none; export all; }; }\n")
 	}
-	fmt.Fprintf(&b, "template bgp members { local %s as %d; strict bind on; passive on; ipv4 { import all; export none; }; }\n",
-		l.routerIP, bgpRouterASN)
+	// error wait time: after a session fails (a crashed member's hold
+	// timer), BIRD refuses that member for 60s by default, doubling to
+	// 300s; a member back and elected in that window would have no route.
+	// The README recommends this setting.
+	const birdErrorWait = "error wait time 1, 10;"
+	fmt.Fprintf(&b, "template bgp members { local %s as %d; strict bind on; passive on; %s ipv4 { import all; export none; }; }\n",
+		l.routerIP, bgpRouterASN, birdErrorWait)
 	for i := 1; i <= 3; i++ {
 		fmt.Fprintf(&b, "protocol bgp m%d from members { neighbor %s as %d; }\n", i, l.c.Net.NodeIP(i), bgpMemberASN)
 	}
 	if l.v6 {
-		fmt.Fprintf(&b, "template bgp members6 { local %s as %d; strict bind on; passive on; ipv6 { import all; export none; }; }\n",
-			l.routerIP6, bgpRouterASN)
+		fmt.Fprintf(&b, "template bgp members6 { local %s as %d; strict bind on; passive on; %s ipv6 { import all; export none; }; }\n",
+			l.routerIP6, bgpRouterASN, birdErrorWait)
 		for i := 1; i <= 3; i++ {
 			fmt.Fprintf(&b, "protocol bgp m%dv6 from members6 { neighbor %s as %d; }\n", i, l.memberIP6(i), bgpMemberASN)
 		}
@@ -482,6 +495,8 @@ func TestBGP(t *testing.T) {
 	l.waitClientReaches(client, h)
 
 	t.Run("sessions and the refusing router", func(t *testing.T) {
+		l := l.with(t)
+		c := l.c
 		for _, node := range c.Nodes {
 			waitMetricSample(t, node, "keep_vip_announcer_bgp_session_up", func(v float64) bool { return v == 1 }, "peer="+l.routerIP)
 			waitMetricSample(t, node, "keep_vip_announcer_bgp_session_up", func(v float64) bool { return v == 1 }, "peer="+l.routerIP6)
@@ -509,6 +524,8 @@ func TestBGP(t *testing.T) {
 	start := time.Now()
 
 	t.Run("failing check", func(t *testing.T) {
+		l := l.with(t)
+		c := l.c
 		t0 := time.Now()
 		c.Node(h).Health.Stop()
 		next := c.WaitSingleHolder(electionBound, func(n int) bool { return n != h })
@@ -520,6 +537,8 @@ func TestBGP(t *testing.T) {
 	})
 
 	t.Run("node crash", func(t *testing.T) {
+		l := l.with(t)
+		c := l.c
 		time.Sleep(time.Second)
 		t0 := time.Now()
 		dead := c.Node(h)
@@ -540,6 +559,9 @@ func TestBGP(t *testing.T) {
 		setNSLink(t, dead.NS, "up")
 		l.routeToClient(dead.Index)
 		restartSupervisor(dead)
+		// Back in the router's table of sessions within seconds: BIRD's
+		// error wait time is short (see startBIRD).
+		waitMetricSample(t, dead, "keep_vip_announcer_bgp_session_up", func(v float64) bool { return v == 1 }, "peer="+l.routerIP)
 		h = next
 	})
 
@@ -549,6 +571,8 @@ func TestBGP(t *testing.T) {
 	// router.
 	p := NewPartitioner(t, c.Net)
 	t.Run("partition: leader cut from both followers", func(t *testing.T) {
+		l := l.with(t)
+		c := l.c
 		t.Cleanup(p.healQuietly)
 		t0 := time.Now()
 		p.Isolate(h)
@@ -561,6 +585,8 @@ func TestBGP(t *testing.T) {
 		h = c.WaitSingleHolder(partHealBound, nil)
 	})
 	t.Run("partition: full", func(t *testing.T) {
+		l := l.with(t)
+		c := l.c
 		t.Cleanup(p.healQuietly)
 		for i := 1; i <= 3; i++ {
 			p.Isolate(i)
@@ -586,6 +612,8 @@ func TestBGP(t *testing.T) {
 		{"followers cut and leader cut from one", func(leader int, f []int) { p.Cut(f[0], f[1]); p.Cut(leader, f[1]) }},
 	} {
 		t.Run("partition: "+tc.name, func(t *testing.T) {
+			l := l.with(t)
+			c := l.c
 			t.Cleanup(p.healQuietly)
 			tc.cut(h, others(c, h))
 			time.Sleep(partObserve)
