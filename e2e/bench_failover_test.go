@@ -39,7 +39,8 @@ import (
 // its default timings and with timings tuned for speed; then the ratios.
 //
 // KEEPVIP_BENCH_TRIALS overrides the 20 trials; KEEPVIP_BENCH_ONLY=name
-// runs one system (keepvip, keepvip-tuned, keepalived, keepalived-v3).
+// runs one system (keepvip, keepvip-tuned, keepalived, keepalived-v3);
+// KEEPVIP_BENCH_FAST_HEARTBEAT sets keepvip-tuned's heartbeat timeout.
 func TestBenchFailover(t *testing.T) {
 	trials, only := benchKnobs(t)
 	systems := []struct {
@@ -48,8 +49,8 @@ func TestBenchFailover(t *testing.T) {
 		run  func(t *testing.T) failoverSystem
 	}{
 		{"keepvip", "keep-vip, default timings (heartbeat 300ms)", func(t *testing.T) failoverSystem { return startKeepVIPFailover(t, "") }},
-		{"keepvip-tuned", "keep-vip, tuned (heartbeat 100ms)", func(t *testing.T) failoverSystem {
-			return startKeepVIPFailover(t, "  heartbeatTimeout: 100ms\n")
+		{"keepvip-tuned", "keep-vip, tuned (heartbeat " + benchFastHeartbeat() + ")", func(t *testing.T) failoverSystem {
+			return startKeepVIPFailover(t, benchFastRaft())
 		}},
 		{"keepalived", "keepalived, advert_int 1 (default)", func(t *testing.T) failoverSystem { return startKeepalivedFailover(t, 1, false) }},
 		{"keepalived-v3", "keepalived, VRRPv3 advert_int 0.1", func(t *testing.T) failoverSystem { return startKeepalivedFailover(t, 0.1, true) }},

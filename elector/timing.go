@@ -65,13 +65,22 @@ import (
 // replication goroutines are ready together, and if the check runs first it
 // steps down although the followers, whose timeout is 2.5 leases, still
 // follow it. Pre-vote does not cover this: it only keeps a candidate from
-// raising the term, and the step-down is the leader's own. The followers
+// raising the term, and the step-down is the leader's own. What pre-vote
+// does cover is the other side of starvation: a follower that was not
+// scheduled past its heartbeat timeout wakes up and stands, but its pre-vote
+// is refused by every member that still has a leader ("rejecting pre-vote
+// request since we have a leader"), so it neither raises the term nor
+// unseats the leader; it only costs a log line and the next heartbeat
+// brings it back. The followers
 // would grant the stepped-down member's pre-vote and vote at once (raft
 // grants them to the leader it follows), but raft sets its LastContact at
 // the step-down, so it stands only one heartbeat timeout later: the VIP is
 // off for about hb. Lengthening the lease would close this only by eating
 // the margin above; what is ours is that the elector is scheduled, which
-// the supervisor does (supervisor/sched.go, README "Scheduling priority").
+// the supervisor does (realtime, supervisor/sched.go, README "Scheduling
+// priority"), and that such a step-down says so: the elector's stall watch
+// (stall.go) logs "stopped leading after being descheduled" with
+// stalled_ms beside raft's "failed to contact quorum of nodes".
 // Standing again right after a lease step-down is left out: it would make
 // the stepped-down member forget its leadership before hb.
 const (
