@@ -29,7 +29,7 @@ func TestBenchIdle(t *testing.T) {
 	_, only := benchKnobs(t)
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nidle benchmark: 3 members, default timings, one tcp check every 2s, one tcp load balancer; %s measured\n", idleWindow)
-	fmt.Fprintf(&b, "%-10s %-22s %10s %8s %8s %12s %8s\n", "member", "process", "RSS MB", "anon", "file", "CPU ms", "CPU %")
+	fmt.Fprintf(&b, "%-10s %-22s %10s %8s %8s %10s %8s %10s\n", "member", "process", "RSS MB", "anon", "file", "CPU ms", "CPU %", "switches/s")
 	if only == "" || only == "keepvip" {
 		t.Run("keepvip", func(t *testing.T) { idleKeepVIP(t, &b) })
 	}
@@ -47,9 +47,8 @@ type residentKB struct {
 	all, anon, file int64
 }
 
-// processUsage reads pid's resident memory and its own (not its children's)
-// CPU time.
-func processUsage(pid int) (rss residentKB, cpu time.Duration) {
+// residentOf reads pid's resident memory.
+func residentOf(pid int) (rss residentKB) {
 	if f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
@@ -69,48 +68,76 @@ func processUsage(pid int) (rss residentKB, cpu time.Duration) {
 		}
 		f.Close()
 	}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(f) > 12 {
-			u, _ := strconv.ParseInt(f[11], 10, 64)
-			s, _ := strconv.ParseInt(f[12], 10, 64)
-			cpu = time.Duration(u+s) * 10 * time.Millisecond // USER_HZ 100
+	return rss
+}
+
+// threadsUsage sums, over pid's threads, the CPU time the scheduler
+// accounted to them (schedstat, in nanoseconds: the tick-based utime and
+// stime of /proc/PID/stat move in 10ms steps, which is most of a small
+// process's idle figure) and their context switches, voluntary or not
+// (each is a wake-up, which on a virtual machine costs far more than the
+// work of a heartbeat). Threads that exited are not counted; a Go process
+// keeps its threads.
+func threadsUsage(pid int) (cpu time.Duration, switches int64) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, task := range tasks {
+		dir := fmt.Sprintf("/proc/%d/task/%s/", pid, task.Name())
+		if b, err := os.ReadFile(dir + "schedstat"); err == nil {
+			if f := strings.Fields(string(b)); len(f) > 0 {
+				ns, _ := strconv.ParseInt(f[0], 10, 64)
+				cpu += time.Duration(ns)
+			}
+		}
+		if b, err := os.ReadFile(dir + "status"); err == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+					n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+					switches += n
+				}
+			}
 		}
 	}
-	return rss, cpu
+	return cpu, switches
 }
 
 // measureIdle samples pids (name → pid) over idleWindow and writes a row
 // each, and a total.
-func measureIdle(b *strings.Builder, member string, pids map[string]int) time.Duration {
+func measureIdle(b *strings.Builder, member string, pids map[string]int) (elector time.Duration, electorSwitches int64) {
 	names := make([]string, 0, len(pids))
 	for n := range pids {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	before := map[string]time.Duration{}
+	before, beforeSw := map[string]time.Duration{}, map[string]int64{}
 	for _, n := range names {
-		_, before[n] = processUsage(pids[n])
+		before[n], beforeSw[n] = threadsUsage(pids[n])
 	}
 	time.Sleep(idleWindow)
 	var total residentKB
-	var totalCPU, elector time.Duration
-	row := func(name string, r residentKB, d time.Duration) {
-		fmt.Fprintf(b, "%-10s %-22s %10.1f %8.1f %8.1f %12d %8.2f\n", member, name,
-			float64(r.all)/1024, float64(r.anon)/1024, float64(r.file)/1024, d.Milliseconds(), 100*d.Seconds()/idleWindow.Seconds())
+	var totalCPU time.Duration
+	var totalSw int64
+	row := func(name string, r residentKB, d time.Duration, sw int64) {
+		fmt.Fprintf(b, "%-10s %-22s %10.1f %8.1f %8.1f %10.1f %8.2f %10.0f\n", member, name,
+			float64(r.all)/1024, float64(r.anon)/1024, float64(r.file)/1024, float64(d.Microseconds())/1000,
+			100*d.Seconds()/idleWindow.Seconds(), float64(sw)/idleWindow.Seconds())
 	}
 	for _, n := range names {
-		rss, cpu := processUsage(pids[n])
-		d := cpu - before[n]
+		rss := residentOf(pids[n])
+		cpu, sw := threadsUsage(pids[n])
+		d, dsw := cpu-before[n], sw-beforeSw[n]
 		total.all, total.anon, total.file = total.all+rss.all, total.anon+rss.anon, total.file+rss.file
 		totalCPU += d
+		totalSw += dsw
 		if n == "keep-vip-elector" {
-			elector = d
+			elector, electorSwitches = d, dsw
 		}
-		row(n, rss, d)
+		row(n, rss, d, dsw)
 	}
-	row("all", total, totalCPU)
-	return elector
+	row("all", total, totalCPU, totalSw)
+	return elector, electorSwitches
 }
 
 func idleKeepVIP(t *testing.T, b *strings.Builder) {
@@ -168,12 +195,12 @@ func idleKeepVIP(t *testing.T, b *strings.Builder) {
 			pids[name] = pid
 		}
 		rpcs0 := counter()
-		elector := measureIdle(b, who.label, pids)
+		elector, switches := measureIdle(b, who.label, pids)
 		if who.label == "leader" {
 			rpcs := counter() - rpcs0
 			if rpcs > 0 {
-				fmt.Fprintf(b, "%-10s elector: %d Raft RPCs sent in %s (%.0f/s), %.1f µs CPU per RPC round trip\n", who.label, rpcs, idleWindow,
-					float64(rpcs)/idleWindow.Seconds(), float64(elector.Microseconds())/float64(rpcs))
+				fmt.Fprintf(b, "%-10s elector: %d Raft RPCs sent in %s (%.0f/s), %.1f µs CPU and %.1f context switches per RPC round trip\n", who.label, rpcs, idleWindow,
+					float64(rpcs)/idleWindow.Seconds(), float64(elector.Microseconds())/float64(rpcs), float64(switches)/float64(rpcs))
 			}
 		}
 	}
