@@ -62,8 +62,9 @@ type Reporter interface {
 // is how the announcer takes its VIP away on its way out.
 func serve(kind string, p plugin.Plugin, impl any) {
 	ApplyFootprint(kind)
-	// The supervisor starts the elector and the announcer realtime (they
-	// inherit its class); a spinning one falls back to nice -10.
+	// The supervisor sets the elector and the announcer realtime once they
+	// are configured (sched.SetProcess); a spinning one falls back to nice
+	// -10.
 	sched.WatchRTTime(func(err error) { LogRTFallBack(Log, err) })
 	closeImpl := func() {
 		if c, ok := impl.(interface{ Close() error }); ok {

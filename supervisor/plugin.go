@@ -86,8 +86,11 @@ type runner struct {
 	spawn *spawner
 	// setup configures a fresh instance; watch, if set, streams its events
 	// and returns when the stream breaks.
-	setup  func(ctx context.Context, impl any) error
-	watch  func(ctx context.Context, impl any, gen uint64) error
+	setup func(ctx context.Context, impl any) error
+	watch func(ctx context.Context, impl any, gen uint64) error
+	// raise, if set, sets a configured instance's scheduling class
+	// (sched.go).
+	raise  func(pid int) error
 	events chan<- event
 
 	mu      sync.Mutex
@@ -265,6 +268,11 @@ func (r *runner) start(ctx context.Context) (*instance, error) {
 	if err != nil {
 		client.Kill()
 		return nil, fmt.Errorf("plugin %s: %w", r.kind, err)
+	}
+	if r.raise != nil && inst.pid != 0 {
+		if err := r.raise(inst.pid); err != nil {
+			r.log.Warn().Err(err).Int("pid", inst.pid).Msg("scheduling: cannot raise the plugin to the supervisor's class; it runs at normal priority")
+		}
 	}
 	r.log.Info().Int("pid", inst.pid).Str("path", r.path).Msg("plugin started")
 	return inst, nil

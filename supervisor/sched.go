@@ -16,11 +16,15 @@ import (
 // are saturated (by the balancer's own traffic, or anything else), those few
 // milliseconds of work must run first, as keepalived runs its VRRP process
 // realtime. So the supervisor sets itself realtime (SCHED_RR 1, RLIMIT_RTTIME
-// capped, rpc/sched); the elector and the announcer inherit it at fork; the
-// balancer, the checker and the event hooks are started from a thread set
-// back to the normal class at nice 0, so a busy balancer never competes with
-// the election above its fair share. Measured in TestBenchBusyHost
-// (docs/benchmarks.md "A busy host").
+// capped, rpc/sched). Every plugin and event hook is started from a thread
+// set back to the normal class at nice 0, so a busy balancer never competes
+// with the election above its fair share; the elector and the announcer are
+// set to the supervisor's class once configured (raiseCritical), not at
+// fork: a starting process's burst of work (the Go runtime, TLS keys, Raft's
+// store) at realtime is time taken from the running elector of this host,
+// or of another member on the same machine, and restarting a member took
+// the VIP off the leader so (docs/benchmarks.md "A busy host"). Measured in
+// TestBenchBusyHost.
 
 // PriorityEnv chooses the class of the supervisor, the elector and the
 // announcer: "realtime" (the default), "raised" (nice -10) or "normal"
@@ -88,4 +92,16 @@ func normalPriority() error {
 // and the checker run at normal priority.
 func timingCritical(kind string) bool {
 	return kind == rpc.KindElector || kind == rpc.KindAnnouncer
+}
+
+// raiseCritical sets the plugin process pid to the supervisor's class (the
+// one setPriority got, or Raised after a realtime fall back); nothing when
+// the supervisor runs at normal priority. Call it from any goroutine but a
+// spawner's (their threads are set apart).
+func raiseCritical(pid int) error {
+	c, err := sched.Current()
+	if err != nil || c == sched.Normal {
+		return err
+	}
+	return sched.SetProcess(pid, c)
 }

@@ -129,15 +129,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	defer s.stopOps()
 	setPriority(s.log)
-	spawn, normal := newSpawner(), s.normal
 	rctx, stopRunners := context.WithCancel(context.Background())
 	defer stopRunners()
 	for _, kind := range rpc.Kinds {
-		sp := normal
+		r := s.newRunner(kind, s.normal)
 		if timingCritical(kind) {
-			sp = spawn
+			r.raise = raiseCritical
 		}
-		s.runners[kind] = s.newRunner(kind, sp)
+		s.runners[kind] = r
 	}
 	var wg sync.WaitGroup
 	for _, kind := range rpc.Kinds {

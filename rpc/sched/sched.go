@@ -99,7 +99,7 @@ func (c Class) attr() *unix.SchedAttr {
 // c. A new thread, and a child process, inherit its creator's class.
 func SetThread(c Class) error {
 	if c == Realtime {
-		if err := capRTTime(); err != nil {
+		if err := capRTTime(0); err != nil {
 			return err
 		}
 	}
@@ -115,15 +115,27 @@ func SetThread(c Class) error {
 // realtime without the cap. It stops at the first thread it cannot set:
 // the usual reason is a missing CAP_SYS_NICE, or a seccomp filter (systemd's
 // RestrictRealtime, SystemCallFilter) refusing sched_setattr.
-func Set(c Class) error {
+func Set(c Class) error { return SetProcess(0, c) }
+
+// SetProcess is Set for the process pid (0: this one). The supervisor
+// raises the elector and the announcer with it once they are configured, so
+// their start-up work (the Go runtime, TLS keys, Raft's store) runs at the
+// normal class instead of competing with a running elector at realtime.
+// Raising another process needs CAP_SYS_NICE; capping its RLIMIT_RTTIME
+// needs the same user (or CAP_SYS_RESOURCE).
+func SetProcess(pid int, c Class) error {
 	if c == Realtime {
-		if err := capRTTime(); err != nil {
+		if err := capRTTime(pid); err != nil {
 			return err
 		}
 	}
+	dir := "/proc/self/task"
+	if pid != 0 {
+		dir = "/proc/" + strconv.Itoa(pid) + "/task"
+	}
 	// Threads started during a walk are caught by the next.
 	for pass := 0; pass < 3; pass++ {
-		tasks, err := os.ReadDir("/proc/self/task")
+		tasks, err := os.ReadDir(dir)
 		if err != nil {
 			return fmt.Errorf("list threads: %w", err)
 		}
@@ -157,12 +169,12 @@ func Current() (Class, error) {
 	return Normal, nil
 }
 
-// capRTTime lowers RLIMIT_RTTIME to RTTimeSoft/RTTimeHard, keeping a
-// lower limit already set (an operator's LimitRTTIME=). Lowering a limit
-// needs no privilege.
-func capRTTime() error {
+// capRTTime lowers RLIMIT_RTTIME of process pid (0: this one) to
+// RTTimeSoft/RTTimeHard, keeping a lower limit already set (an operator's
+// LimitRTTIME=). Lowering a limit needs no privilege.
+func capRTTime(pid int) error {
 	var cur unix.Rlimit
-	if err := unix.Prlimit(0, unix.RLIMIT_RTTIME, nil, &cur); err != nil {
+	if err := unix.Prlimit(pid, unix.RLIMIT_RTTIME, nil, &cur); err != nil {
 		return fmt.Errorf("read RLIMIT_RTTIME: %w", err)
 	}
 	want := unix.Rlimit{Cur: uint64(RTTimeSoft.Microseconds()), Max: uint64(RTTimeHard.Microseconds())}
@@ -171,22 +183,31 @@ func capRTTime() error {
 	if want == cur {
 		return nil
 	}
-	if err := unix.Prlimit(0, unix.RLIMIT_RTTIME, &want, nil); err != nil {
+	if err := unix.Prlimit(pid, unix.RLIMIT_RTTIME, &want, nil); err != nil {
 		return fmt.Errorf("set RLIMIT_RTTIME %d/%dµs: %w", want.Cur, want.Max, err)
 	}
 	return nil
 }
 
+// rtTimeCapped is whether this process's RLIMIT_RTTIME has a soft limit:
+// one set realtime later (SetProcess) falls back on SIGXCPU only if its
+// watch runs already.
+func rtTimeCapped() bool {
+	var cur unix.Rlimit
+	return unix.Prlimit(0, unix.RLIMIT_RTTIME, nil, &cur) == nil && cur.Cur != unix.RLIM_INFINITY
+}
+
 var watchOnce sync.Once
 
-// WatchRTTime, when the calling thread runs realtime, catches the SIGXCPU
-// the kernel sends when a thread reaches RLIMIT_RTTIME's soft limit and
-// sets the whole process to Raised; fellBack is then called once, with the
-// error of that fall back if it failed. Call it once the process's class is
-// set (a plugin: at start, having inherited it); it does nothing for a
-// process that does not run realtime, and nothing the second time.
+// WatchRTTime, when the calling thread runs realtime or RLIMIT_RTTIME has
+// a soft limit (the supervisor caps it before it starts a plugin it may
+// raise later, SetProcess), catches the SIGXCPU the kernel sends when a
+// thread reaches that limit and sets the whole process to Raised; fellBack
+// is then called once, with the error of that fall back if it failed. Call
+// it at start; it does nothing in a process that neither runs realtime nor
+// has the cap, and nothing the second time.
 func WatchRTTime(fellBack func(error)) {
-	if c, err := Current(); err != nil || c != Realtime {
+	if c, err := Current(); err != nil || (c != Realtime && !rtTimeCapped()) {
 		return
 	}
 	watchOnce.Do(func() {

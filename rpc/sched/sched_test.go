@@ -87,6 +87,73 @@ func TestSetThreadChild(t *testing.T) {
 	}
 }
 
+// SetProcess sets another process, every thread of it, and caps its
+// RLIMIT_RTTIME: how the supervisor raises a configured elector.
+func TestSetProcess(t *testing.T) {
+	if unix.Geteuid() != 0 {
+		t.Skip("realtime needs CAP_SYS_NICE")
+	}
+	// A child with a second thread: a shell's background sleep is another
+	// process, so use the test binary (a Go program has several threads).
+	cmd := exec.Command("/proc/self/exe", "-test.run", "^TestHelperSleep$")
+	cmd.Env = append(cmd.Environ(), "SCHED_HELPER_SLEEP=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	pid := cmd.Process.Pid
+	policies := func() map[string]int {
+		seen := map[string]int{}
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, task := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+			if err != nil {
+				continue
+			}
+			f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+			// Fields from state (3rd): rt_priority is the 40th, policy the 41st.
+			seen[f[40-3]+"/"+f[41-3]]++
+		}
+		return seen
+	}
+	// Until the Go runtime of the child has its threads (bounded).
+	for i := 0; i < 500; i++ {
+		if tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); len(tasks) >= 3 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := policies(); got["1/2"] != 0 {
+		t.Fatalf("child realtime before SetProcess: %v", got)
+	}
+	if err := SetProcess(pid, Realtime); err != nil {
+		t.Fatal(err)
+	}
+	got := policies()
+	if len(got) != 1 || got["1/2"] < 2 {
+		t.Errorf("threads by rt_priority/policy after SetProcess(Realtime): %v, want all at 1/2 (SCHED_RR 1), at least two", got)
+	}
+	limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+	if err != nil || !regexpLimits(string(limits), RTTimeSoft, RTTimeHard) {
+		t.Errorf("child's RLIMIT_RTTIME not %v/%v: %v\n%s", RTTimeSoft, RTTimeHard, err, limits)
+	}
+	if err := SetProcess(pid, Normal); err != nil {
+		t.Fatal(err)
+	}
+	if got := policies(); got["1/2"] != 0 {
+		t.Errorf("threads still realtime after SetProcess(Normal): %v", got)
+	}
+}
+
+// TestHelperSleep is TestSetProcess's child: it waits to be killed (at
+// most a minute).
+func TestHelperSleep(t *testing.T) {
+	if os.Getenv("SCHED_HELPER_SLEEP") == "" {
+		t.Skip("helper")
+	}
+	time.Sleep(time.Minute)
+}
+
 func regexpLimits(s string, soft, hard time.Duration) bool {
 	for _, l := range strings.Split(s, "\n") {
 		if f := strings.Fields(l); len(f) >= 5 && strings.HasPrefix(l, "Max realtime timeout") {
