@@ -239,7 +239,8 @@ func TestSystemdOperatorStory(t *testing.T) {
 		// The unit grants CAP_SYS_NICE, sched_setattr and realtime: every
 		// thread of the supervisor, elector and announcer runs SCHED_RR 1
 		// under RLIMIT_RTTIME 200ms/1s, but one of the supervisor's (the
-		// thread it starts the balancer, checker and hooks from); the
+		// thread it starts the plugins and hooks from; the elector and the
+		// announcer are raised once configured); the
 		// balancer's and checker's run in the normal class at nice 0.
 		if len(s.journal("MESSAGE=scheduling: realtime for the supervisor, elector and announcer")) == 0 {
 			t.Errorf("journal: no \"scheduling: realtime\" line:\n%s",

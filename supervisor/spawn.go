@@ -18,8 +18,9 @@ type spawner struct {
 func newSpawner() *spawner { return newSpawnerAt(nil) }
 
 // newNormalSpawner is a spawner whose thread runs at the normal class, nice
-// 0 (sched.go), so the processes it starts (balancer, checker, hooks) do not
-// inherit the supervisor's realtime class or raised priority. The class is
+// 0 (sched.go), so the processes it starts (every plugin, every hook) do not
+// inherit the supervisor's realtime class or raised priority; the elector
+// and the announcer are raised once configured (raiseCritical). The class is
 // checked before every start: the supervisor may set its threads (this one
 // among them) after the spawner was made.
 func newNormalSpawner(log zerolog.Logger) *spawner {
