@@ -64,6 +64,8 @@ func runHelper(mode string, args []string) int {
 		err = helperUDPEchoServe(args)
 	case helperHTTP:
 		err = helperServeHTTP(args)
+	case helperPauseWatch:
+		err = helperPauseWatchRun(args)
 	default:
 		err = fmt.Errorf("unknown helper mode %q", mode)
 	}
