@@ -190,14 +190,18 @@ func helperHTTPGet(args []string) error {
 	return nil
 }
 
-// helperCommand runs the test binary in helper mode inside namespace ns.
-// It dies with the test process (Pdeathsig) in case no cleanup runs.
+// helperCommand runs the test binary in helper mode inside namespace ns
+// ("": the test's own, for a helper that sends nothing). It dies with the
+// test process (Pdeathsig) in case no cleanup runs.
 func helperCommand(ns, mode string, args ...string) (*exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find test binary: %w", err)
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, self}, args...)...)
+	cmd := exec.Command(self, args...)
+	if ns != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", ns, self}, args...)...)
+	}
 	cmd.Env = append(os.Environ(), helperModeEnv+"="+mode)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd, nil

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -127,14 +126,11 @@ type pauseWatch struct {
 // (Pdeathsig, cleanup), or at helperMaxLifetime.
 func startPauseWatch(t *testing.T, d time.Duration) *pauseWatch {
 	t.Helper()
-	self, err := os.Executable()
+	cmd, err := helperCommand("", helperPauseWatch, d.String(), pauseMin.String())
 	if err != nil {
 		t.Fatalf("pause watch: %v", err)
 	}
-	w := &pauseWatch{done: make(chan struct{})}
-	w.cmd = exec.Command(self, d.String(), pauseMin.String())
-	w.cmd.Env = append(os.Environ(), helperModeEnv+"="+helperPauseWatch)
-	w.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	w := &pauseWatch{cmd: cmd, done: make(chan struct{})}
 	w.cmd.Stderr = os.Stderr
 	stdout, err := w.cmd.StdoutPipe()
 	if err != nil {
