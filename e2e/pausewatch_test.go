@@ -203,12 +203,12 @@ func (w *pauseWatch) between(start, end time.Time) []hostPause {
 }
 
 // blamed counts the moves (times the VIP left its holder) that came within
-// pauseBlame after a pause of at least min.
-func blamed(moves []time.Time, pauses []hostPause, min time.Duration) int {
+// pauseBlame after a pause of least or longer.
+func blamed(moves []time.Time, pauses []hostPause, least time.Duration) int {
 	n := 0
 	for _, m := range moves {
 		for _, p := range pauses {
-			if p.Len >= min && !m.Before(p.At) && m.Sub(p.At) <= pauseBlame+p.Len {
+			if p.Len >= least && !m.Before(p.At) && m.Sub(p.At) <= pauseBlame+p.Len {
 				n++
 				break
 			}
