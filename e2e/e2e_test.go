@@ -2,10 +2,14 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keep-vip/keep-vip/rpc"
 )
 
 // Generous bounds: raft elects in ~1-2s with the 500ms timeouts configured,
@@ -53,6 +57,31 @@ func TestClusterHoldsOneVIP(t *testing.T) {
 	if hs, err := c.VIPHolders(); err != nil || !slices.Equal(hs, []int{holder}) {
 		t.Errorf("VIP holders at the end: %v (err %v), want [%d]", hs, err, holder)
 	}
+
+	// Each plugin started with its footprint's GODEBUG settings first (the
+	// elector's keep the runtime's monitor thread ticking, rpc/footprint.go).
+	for name, pid := range c.WaitPlugins(holder, processBound) {
+		want := rpc.Footprints[strings.TrimPrefix(name, "keep-vip-")].Godebug
+		if godebug := processEnv(t, pid)["GODEBUG"]; want != "" && !strings.HasPrefix(godebug, want) {
+			t.Errorf("%s (pid %d) started with GODEBUG=%q, want %q first", name, pid, godebug, want)
+		}
+	}
+}
+
+// processEnv is the environment pid started with.
+func processEnv(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatalf("environment of %d: %v", pid, err)
+	}
+	env := map[string]string{}
+	for _, kv := range strings.Split(string(raw), "\x00") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
 }
 
 func TestKill9LeaderSupervisor(t *testing.T) {

@@ -3,6 +3,7 @@ package rpc
 import (
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 )
 
@@ -30,6 +31,11 @@ type Footprint struct {
 	// code stops counting in its RSS, the page cache keeps the file, and
 	// code that runs again is mapped again by a minor fault.
 	DropStartupCode bool
+	// Godebug is GODEBUG settings the process must start with: the runtime
+	// reads them before main runs, so the supervisor puts them in a
+	// plugin's environment (PluginEnv). Empty for the supervisor, which
+	// cannot change its own.
+	Godebug string
 }
 
 // Supervisor names the supervisor's row of Footprints; the plugins' rows
@@ -38,6 +44,22 @@ const Supervisor = "supervisor"
 
 // settleAfter is past a plugin's Configure and a cluster's first election.
 const settleAfter = 10 * time.Second
+
+// sysmonAwake keeps the Go runtime's monitor thread (sysmon) out of its deep
+// sleep. sysmon sleeps deeply whenever every processor is idle, unless a
+// scheduler trace is asked for (runtime/proc.go, sysmon), and while it does,
+// every system call wakes it and it polls at 20 µs before it sleeps again.
+// The leader's elector enters several system calls per Raft RPC, ~70 RPCs a
+// second at idle, so most of its context switches were sysmon's: 20 per RPC
+// round trip, against ~8 with sysmon ticking every 10 ms instead, and about 40 %
+// less CPU (docs/benchmarks.md, "Idle cost"). The trace interval is the
+// longest there is (2^31-1 ms, 24.8 days; the first line comes once the
+// host's monotonic clock passes it), and the supervisor logs such a line at
+// debug level. The other processes are not given it: they make few system
+// calls at idle (supervisor, announcer, checker) or their event loops return
+// often (balancer), and the 10 ms tick costs them more than it saves (the
+// balancer measured 160 -> 250 switches a second).
+const sysmonAwake = "schedtrace=2147483647"
 
 // Footprints is every keep-vip process's runtime settings.
 //
@@ -56,7 +78,7 @@ const settleAfter = 10 * time.Second
 // the balancer's work runs again at every check round and connection.
 var Footprints = map[string]Footprint{
 	Supervisor:    {SettleAfter: settleAfter},
-	KindElector:   {SettleAfter: settleAfter},
+	KindElector:   {SettleAfter: settleAfter, Godebug: sysmonAwake},
 	KindAnnouncer: {SettleAfter: settleAfter},
 	KindChecker:   {SettleAfter: settleAfter, DropStartupCode: true},
 	KindBalancer:  {SettleAfter: settleAfter, DropStartupCode: true},
@@ -82,4 +104,28 @@ func ApplyFootprint(process string) Footprint {
 		})
 	}
 	return f
+}
+
+// PluginEnv returns environ with the GODEBUG settings of kind's footprint
+// put first in GODEBUG, so a setting the operator's GODEBUG names wins (the
+// runtime applies the last one given).
+func PluginEnv(kind string, environ []string) []string {
+	ours := Footprints[kind].Godebug
+	if ours == "" {
+		return environ
+	}
+	const key = "GODEBUG="
+	env := make([]string, 0, len(environ)+1)
+	theirs := ""
+	for _, kv := range environ {
+		if v, ok := strings.CutPrefix(kv, key); ok {
+			theirs = v // like exec.Cmd, the last one counts
+			continue
+		}
+		env = append(env, kv)
+	}
+	if theirs != "" {
+		ours += "," + theirs
+	}
+	return append(env, key+ours)
 }

@@ -68,7 +68,8 @@ func journalStdout() bool {
 // pluginLogWriter receives a plugin's stderr from go-plugin, which writes a
 // line and its newline in separate calls, and re-logs each line through the
 // supervisor's logger with a plugin field. JSON lines (what rpc.Log writes)
-// keep their level and fields; anything else (a panic) is logged as an error.
+// keep their level and fields; the runtime's scheduler trace is debug;
+// anything else (a panic) is logged as an error.
 type pluginLogWriter struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
@@ -97,6 +98,11 @@ func (w *pluginLogWriter) Write(p []byte) (int, error) {
 
 func (w *pluginLogWriter) emit(line []byte) {
 	if len(bytes.TrimSpace(line)) == 0 {
+		return
+	}
+	// The runtime's scheduler trace (rpc.Footprint.Godebug) is no error.
+	if bytes.HasPrefix(line, []byte("SCHED ")) {
+		w.log.Debug().Msg(string(line))
 		return
 	}
 	var m map[string]any

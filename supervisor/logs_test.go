@@ -24,6 +24,9 @@ func TestPluginLogWriter(t *testing.T) {
 		{"a panic line is an error",
 			[]string{"panic: boom", "\n"},
 			[]map[string]any{{"level": "error", "message": "panic: boom", "plugin": "checker"}}},
+		{"the runtime's scheduler trace is debug",
+			[]string{"SCHED 2147483647ms: gomaxprocs=2 idleprocs=2 threads=8", "\n"},
+			[]map[string]any{{"level": "debug", "message": "SCHED 2147483647ms: gomaxprocs=2 idleprocs=2 threads=8", "plugin": "checker"}}},
 		{"blank lines are dropped", []string{"\n", "  \n"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -228,7 +228,7 @@ func (r *runner) supervise(ctx context.Context, inst *instance, gen uint64) erro
 // client and configures it.
 func (r *runner) start(ctx context.Context) (*instance, error) {
 	cmd := exec.Command(r.path)
-	cmd.Env = append(os.Environ(), rpc.LogLevelEnv+"="+r.log.GetLevel().String())
+	cmd.Env = append(rpc.PluginEnv(r.kind, os.Environ()), rpc.LogLevelEnv+"="+r.log.GetLevel().String())
 	// SIGTERM, not SIGKILL: the announcer takes its VIP away on SIGTERM.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	client := plugin.NewClient(&plugin.ClientConfig{
