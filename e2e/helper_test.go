@@ -198,8 +198,10 @@ func helperCommand(ns, mode string, args ...string) (*exec.Cmd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find test binary: %w", err)
 	}
-	cmd := exec.Command(self, args...)
-	if ns != "" {
+	var cmd *exec.Cmd
+	if ns == "" {
+		cmd = exec.Command(self, args...)
+	} else {
 		cmd = exec.Command("ip", append([]string{"netns", "exec", ns, self}, args...)...)
 	}
 	cmd.Env = append(os.Environ(), helperModeEnv+"="+mode)
