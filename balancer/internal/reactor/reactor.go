@@ -68,6 +68,10 @@ type Loop struct {
 	spare   []func()
 	woken   atomic.Bool
 	tickers map[*reactorTicker]struct{}
+	// conns counts the registered sockets that are not listening ones:
+	// the sockets a ticker may have to time out. With none, the tickers
+	// stop (see tick).
+	conns int
 	// nextTick is when the earliest ticker is due, in UnixNano, for the
 	// tick goroutine: the loop is woken only when a ticker is due.
 	nextTick    atomic.Int64
@@ -165,6 +169,12 @@ func (r *Loop) Add(fd int, h Handler, events uint32) error {
 		r.Entries = append(r.Entries, make([]reactorEntry, len(r.Entries)+64)...)
 	}
 	r.Entries[fd] = reactorEntry{H: h, fd: fd}
+	if counted(h) {
+		r.conns++
+		if r.nextTick.Load() == 0 && len(r.tickers) > 0 {
+			r.setNextTick() // the tickers had stopped: idle no more
+		}
+	}
 	return nil
 }
 
@@ -172,8 +182,21 @@ func (r *Loop) Add(fd int, h Handler, events uint32) error {
 func (r *Loop) remove(fd int) {
 	unix.EpollCtl(r.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	if fd < len(r.Entries) {
+		if counted(r.Entries[fd].H) {
+			r.conns--
+		}
 		r.Entries[fd] = reactorEntry{}
 	}
+}
+
+// counted says whether a socket of h keeps the tickers running: a
+// listening socket has nothing to time out.
+func counted(h Handler) bool {
+	if h == nil {
+		return false
+	}
+	_, listener := h.(*Listener)
+	return !listener
 }
 
 // CloseFD removes fd and closes it.
@@ -268,7 +291,13 @@ func (r *Loop) closed() bool {
 }
 
 // Every runs f on the loop every interval (rounded up to the tick) until
-// the returned function is called.
+// the returned function is called, while the loop has sockets other than
+// listening ones: the tickers time out connections and sessions, and
+// waking an idle loop for nothing costs more than the tick itself (each
+// return from epoll_wait also wakes the runtime's monitor thread, which
+// then polls for a while: measured, an idle balancer's 150-260 context
+// switches a second). An idle loop stops ticking after one more tick and
+// starts again with its next socket.
 func (r *Loop) Every(interval time.Duration, f func(now time.Time)) (stop func()) {
 	t := &reactorTicker{every: max(interval, Tick), f: f}
 	r.post(func() {
@@ -285,7 +314,8 @@ func (r *Loop) Every(interval time.Duration, f func(now time.Time)) (stop func()
 }
 
 // tickLoop wakes the loop when its earliest ticker is due, and sleeps
-// otherwise: an idle balancer costs no wakeups but its tickers'.
+// otherwise; with no socket to time out there are none (see Every), so an
+// idle balancer costs no wakeups.
 func (r *Loop) tickLoop() {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
@@ -317,7 +347,11 @@ func (r *Loop) tick() {
 			t.f(r.Now)
 		}
 	}
-	r.setNextTick()
+	if r.conns > 0 {
+		r.setNextTick()
+	}
+	// Otherwise nextTick stays 0 (tickLoop cleared it before posting this
+	// tick), and Add publishes it again.
 }
 
 // setNextTick publishes when the earliest ticker is due; 0 for none.
