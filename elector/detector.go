@@ -54,6 +54,8 @@ func (e *Elector) detect(n *node) {
 	}
 	timer := time.NewTimer(delayNow())
 	defer timer.Stop()
+	// warmed is the contact for whose silence spares were last opened.
+	var warmed time.Time
 	for {
 		select {
 		case <-n.stop:
@@ -70,15 +72,42 @@ func (e *Elector) detect(n *node) {
 			if last.Before(n.started) {
 				last = n.started
 			}
-			if due := last.Add(delay); time.Now().Before(due) {
-				next = time.Until(due)
+			now := time.Now()
+			if due := last.Add(delay); now.Before(due) {
+				next = due.Sub(now)
 			} else {
 				n.kick()
 				e.met.kicks.Inc()
 			}
+			// Three quarters of a heartbeat timeout of silence: open the
+			// connections the election may need (spare.go), once per
+			// silence. Not earlier: the detector wakes this often while
+			// heartbeats come.
+			if warm := last.Add(hb * 3 / 4); !last.Equal(warmed) {
+				if now.Before(warm) {
+					next = min(next, warm.Sub(now))
+				} else {
+					warmed = last
+					n.warmPeers()
+				}
+			}
 		}
 		timer.Reset(max(next, time.Millisecond))
 	}
+}
+
+// warmPeers opens a spare connection to every member but this one and the
+// leader it follows.
+func (n *node) warmPeers() {
+	_, leader := n.r.LeaderWithID()
+	ms := n.members()
+	var addrs []raft.ServerAddress
+	for id, a := range ms.addrs {
+		if id != n.localID && id != string(leader) {
+			addrs = append(addrs, raft.ServerAddress(a))
+		}
+	}
+	n.trans.spare.prepare(addrs, TransportTimeout(n.t.heartbeat))
 }
 
 // kick makes raft's follower loop run its heartbeat check now.

@@ -40,8 +40,11 @@ func newTransport(addr string, tlsCfg *tlsConfig, hb time.Duration, log hclog.Lo
 	if tlsCfg != nil {
 		stream = newTLSStream(ln, adv, tlsCfg)
 	}
+	// Spares (spare.go) are opened below the hello mux: a hello may take
+	// one too, which the other side reads like any connection.
+	spare := newSpareStream(stream)
 	// The same port answers the hellos of members that join (join.go).
-	mux := &muxStream{StreamLayer: stream}
+	mux := &muxStream{StreamLayer: spare}
 	nt := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  mux,
 		MaxPool: transportMaxPool,
@@ -51,6 +54,7 @@ func newTransport(addr string, tlsCfg *tlsConfig, hb time.Duration, log hclog.Lo
 	t := newTrackedTransport(nt, hb)
 	t.tls = tlsCfg != nil
 	t.stream = mux
+	t.spare = spare
 	return t, nil
 }
 
@@ -90,6 +94,7 @@ type peerState struct {
 type trackedTransport struct {
 	*raft.NetworkTransport
 	stream  *muxStream
+	spare   *spareStream
 	tls     bool
 	hb      time.Duration
 	started time.Time

@@ -1,0 +1,217 @@
+package elector
+
+import (
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// spareServer accepts on loopback and keeps or closes what it accepts.
+type spareServer struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+	close bool // close each connection at once
+}
+
+func newSpareServer(t *testing.T, closeEach bool) *spareServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &spareServer{ln: ln, close: closeEach}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns = append(s.conns, c)
+			s.mu.Unlock()
+			if closeEach {
+				c.Close()
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, c := range s.conns {
+			c.Close()
+		}
+	})
+	return s
+}
+
+func (s *spareServer) accepted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+func waitSpare(t *testing.T, s *spareStream, a raft.ServerAddress) net.Conn {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		sp, ok := s.spares[a]
+		s.mu.Unlock()
+		if ok {
+			return sp.c
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("no spare to %s within 5s", a)
+	return nil
+}
+
+func TestSpareStream(t *testing.T) {
+	own, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSpareStream(&tcpStream{Listener: own, adv: own.Addr()})
+	t.Cleanup(func() { s.Close() })
+
+	t.Run("the next dial takes the spare, once", func(t *testing.T) {
+		srv := newSpareServer(t, false)
+		a := raft.ServerAddress(srv.ln.Addr().String())
+		s.prepare([]raft.ServerAddress{a}, time.Second)
+		spare := waitSpare(t, s, a)
+		s.prepare([]raft.ServerAddress{a}, time.Second) // fresh: not dialled again
+		c, err := s.Dial(a, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if c != spare {
+			t.Errorf("Dial opened a new connection, want the spare")
+		}
+		c2, err := s.Dial(a, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c2.Close()
+		if c2 == spare {
+			t.Errorf("the spare was handed out twice")
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for srv.accepted() < 2 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := srv.accepted(); n != 2 {
+			t.Errorf("server accepted %d connections, want 2 (the spare, then one dial)", n)
+		}
+	})
+
+	t.Run("a spare the peer closed is not handed out", func(t *testing.T) {
+		srv := newSpareServer(t, true)
+		a := raft.ServerAddress(srv.ln.Addr().String())
+		s.prepare([]raft.ServerAddress{a}, time.Second)
+		spare := waitSpare(t, s, a)
+		// Until the peer's end is seen on the spare.
+		deadline := time.Now().Add(5 * time.Second)
+		for open(spare) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if open(spare) {
+			t.Fatal("a connection the peer closed still looks open")
+		}
+		c, err := s.Dial(a, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if c == spare {
+			t.Errorf("Dial handed out the closed spare")
+		}
+	})
+
+	t.Run("a spare over mutual TLS stays open", func(t *testing.T) {
+		ca := newTestCA(t, "cluster CA")
+		srvCfg, err := parseTLS(ca.issue(t, "server2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cliCfg, err := parseTLS(ca.issue(t, "server1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := newTLSStream(ln, ln.Addr(), srvCfg)
+		t.Cleanup(func() { srv.Close() })
+		go func() {
+			for {
+				c, err := srv.Accept()
+				if err != nil {
+					return
+				}
+				// As raft's connection goroutine: the handshake, then a
+				// read that waits for a request.
+				go func() { defer c.Close(); _, _ = c.Read(make([]byte, 1)) }()
+			}
+		}()
+		own, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli := newSpareStream(newTLSStream(own, own.Addr(), cliCfg))
+		t.Cleanup(func() { cli.Close() })
+		a := raft.ServerAddress(ln.Addr().String())
+		cli.prepare([]raft.ServerAddress{a}, 5*time.Second)
+		spare := waitSpare(t, cli, a)
+		// Anything the server sent after the handshake (a TLS 1.3
+		// session ticket, were the client to ask for resumption) would
+		// arrive within a round trip and make the spare look closed.
+		time.Sleep(100 * time.Millisecond)
+		if !open(spare) {
+			t.Fatal("an idle TLS spare looks closed: the server sent something after the handshake")
+		}
+		c, err := cli.Dial(a, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if c != spare {
+			t.Errorf("Dial opened a new connection, want the TLS spare")
+		}
+	})
+
+	t.Run("no spare to a member that does not answer", func(t *testing.T) {
+		dead, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := raft.ServerAddress(dead.Addr().String())
+		dead.Close()
+		s.prepare([]raft.ServerAddress{a}, time.Second)
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			s.mu.Lock()
+			busy := s.dialing[a]
+			s.mu.Unlock()
+			if !busy {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		s.mu.Lock()
+		_, ok := s.spares[a]
+		s.mu.Unlock()
+		if ok {
+			t.Errorf("a spare to a closed port")
+		}
+		if _, err := s.Dial(a, time.Second); err == nil {
+			t.Errorf("Dial to a closed port succeeded")
+		}
+	})
+}
