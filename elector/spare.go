@@ -91,7 +91,7 @@ func (s *spareStream) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	delete(s.spares, address)
 	s.mu.Unlock()
 	if ok {
-		if time.Since(sp.at) < spareMaxAge && open(sp.c) {
+		if time.Since(sp.at) < spareMaxAge && stillOpen(sp.c) {
 			return sp.c, nil
 		}
 		_ = sp.c.Close()
@@ -111,10 +111,10 @@ func (s *spareStream) Close() error {
 	return s.StreamLayer.Close()
 }
 
-// open reports whether an idle connection is still usable: the peer has
+// stillOpen reports whether an idle connection is still usable: the peer has
 // sent nothing on it (a Raft server speaks only when asked), neither data,
 // nor an end, nor a reset.
-func open(c net.Conn) bool {
+func stillOpen(c net.Conn) bool {
 	for {
 		nc, ok := c.(interface{ NetConn() net.Conn })
 		if !ok {

@@ -1,6 +1,7 @@
 package elector
 
 import (
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -57,18 +58,15 @@ func (s *spareServer) accepted() int {
 
 func waitSpare(t *testing.T, s *spareStream, a raft.ServerAddress) net.Conn {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	var c net.Conn
+	waitFor(t, "a spare to "+string(a), func() (bool, string) {
 		s.mu.Lock()
+		defer s.mu.Unlock()
 		sp, ok := s.spares[a]
-		s.mu.Unlock()
-		if ok {
-			return sp.c
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("no spare to %s within 5s", a)
-	return nil
+		c = sp.c
+		return ok, "none yet"
+	})
+	return c
 }
 
 func TestSpareStream(t *testing.T) {
@@ -101,10 +99,9 @@ func TestSpareStream(t *testing.T) {
 		if c2 == spare {
 			t.Errorf("the spare was handed out twice")
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for srv.accepted() < 2 && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitFor(t, "the server to accept the dial", func() (bool, string) {
+			return srv.accepted() >= 2, fmt.Sprint(srv.accepted(), " accepted")
+		})
 		if n := srv.accepted(); n != 2 {
 			t.Errorf("server accepted %d connections, want 2 (the spare, then one dial)", n)
 		}
@@ -115,14 +112,9 @@ func TestSpareStream(t *testing.T) {
 		a := raft.ServerAddress(srv.ln.Addr().String())
 		s.prepare([]raft.ServerAddress{a}, time.Second)
 		spare := waitSpare(t, s, a)
-		// Until the peer's end is seen on the spare.
-		deadline := time.Now().Add(5 * time.Second)
-		for open(spare) && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		if open(spare) {
-			t.Fatal("a connection the peer closed still looks open")
-		}
+		waitFor(t, "the peer's close to be seen on the spare", func() (bool, string) {
+			return !stillOpen(spare), "still looks open"
+		})
 		c, err := s.Dial(a, time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -173,7 +165,7 @@ func TestSpareStream(t *testing.T) {
 		// session ticket, were the client to ask for resumption) would
 		// arrive within a round trip and make the spare look closed.
 		time.Sleep(100 * time.Millisecond)
-		if !open(spare) {
+		if !stillOpen(spare) {
 			t.Fatal("an idle TLS spare looks closed: the server sent something after the handshake")
 		}
 		c, err := cli.Dial(a, time.Second)
@@ -194,16 +186,11 @@ func TestSpareStream(t *testing.T) {
 		a := raft.ServerAddress(dead.Addr().String())
 		dead.Close()
 		s.prepare([]raft.ServerAddress{a}, time.Second)
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
+		waitFor(t, "the dial to end", func() (bool, string) {
 			s.mu.Lock()
-			busy := s.dialing[a]
-			s.mu.Unlock()
-			if !busy {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			defer s.mu.Unlock()
+			return !s.dialing[a], "dialing"
+		})
 		s.mu.Lock()
 		_, ok := s.spares[a]
 		s.mu.Unlock()
