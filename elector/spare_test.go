@@ -69,6 +69,17 @@ func waitSpare(t *testing.T, s *spareStream, a raft.ServerAddress) net.Conn {
 	return c
 }
 
+// mustDial dials a through s and closes the connection at the test's end.
+func mustDial(t *testing.T, s *spareStream, a raft.ServerAddress) net.Conn {
+	t.Helper()
+	c, err := s.Dial(a, time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", a, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func TestSpareStream(t *testing.T) {
 	own, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -83,20 +94,10 @@ func TestSpareStream(t *testing.T) {
 		s.prepare([]raft.ServerAddress{a}, time.Second)
 		spare := waitSpare(t, s, a)
 		s.prepare([]raft.ServerAddress{a}, time.Second) // fresh: not dialled again
-		c, err := s.Dial(a, time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if c != spare {
+		if c := mustDial(t, s, a); c != spare {
 			t.Errorf("Dial opened a new connection, want the spare")
 		}
-		c2, err := s.Dial(a, time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c2.Close()
-		if c2 == spare {
+		if c2 := mustDial(t, s, a); c2 == spare {
 			t.Errorf("the spare was handed out twice")
 		}
 		waitFor(t, "the server to accept the dial", func() (bool, string) {
@@ -115,12 +116,7 @@ func TestSpareStream(t *testing.T) {
 		waitFor(t, "the peer's close to be seen on the spare", func() (bool, string) {
 			return !stillOpen(spare), "still looks open"
 		})
-		c, err := s.Dial(a, time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if c == spare {
+		if c := mustDial(t, s, a); c == spare {
 			t.Errorf("Dial handed out the closed spare")
 		}
 	})
@@ -168,12 +164,7 @@ func TestSpareStream(t *testing.T) {
 		if !stillOpen(spare) {
 			t.Fatal("an idle TLS spare looks closed: the server sent something after the handshake")
 		}
-		c, err := cli.Dial(a, time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if c != spare {
+		if c := mustDial(t, cli, a); c != spare {
 			t.Errorf("Dial opened a new connection, want the TLS spare")
 		}
 	})
